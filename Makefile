@@ -1,0 +1,45 @@
+# The two commands of the README: `make demo` (the main job) and `make test` (what CI runs).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_WORKERS ?= 2
+export JAX_PLATFORMS ?= cpu
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: venv lint format test test-slow demo clean
+
+$(STAMP): setup.py constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+lint: venv
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
+format: venv
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+# Everything but the slow learning gates (their smoke versions run here); pytest exits non-zero
+# on a failure and also when it collects nothing.
+test: lint
+	$(BIN)/python -m pytest -m "not slow" -n $(PYTEST_WORKERS) --durations=15
+
+test-slow: venv
+	$(BIN)/python -m pytest -m slow -s --durations=0
+
+# The main job: builds the shapes set, trains CLIP -> prior -> decoder -> upsampler, writes
+# demo/samples.png and demo/metrics.json. Finished stages are skipped on a re-run;
+# DEMO_FLAGS="--force=all" (or --force=decoder,...) retrains them.
+DEMO_FLAGS ?=
+demo: venv
+	$(BIN)/python -m unclip_jax.demo --config configs/demo.py --workdir workdirs/demo \
+		--demo_out demo $(DEMO_FLAGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,42 @@
+"""unclip_jax: DALL·E 2 (unCLIP) in JAX/Flax."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="unclip_jax",
+    version="0.1.0",
+    description="unCLIP (DALL·E 2) in JAX/Flax",
+    packages=find_packages(include=["unclip_jax", "unclip_jax.*"]),
+    python_requires=">=3.11",
+    install_requires=[
+        "jax>=0.10,<0.11",
+        "flax>=0.12,<0.13",
+        "optax>=0.2.5,<0.3",
+        "orbax-checkpoint>=0.12,<0.13",
+        "tensorflow-datasets>=4.9.9,<5",
+        "tensorflow-cpu>=2.20,<2.22",
+        "transformers>=5.0,<6",
+        "tokenizers>=0.22,<0.24",
+        "safetensors>=0.5,<1",
+        "ml_collections>=1.0,<2",
+        "absl-py>=2.1,<3",
+        "tqdm>=4.66,<5",
+        "pillow>=11,<14",
+        "numpy>=2.0,<3",
+        "scipy>=1.14,<2",
+        "tensorboardX>=2.6,<3",
+    ],
+    extras_require={
+        # CPU torch (the build this machine serves) and diffusers: parity tests only.
+        "test": [
+            "torch==2.13.0",
+            "diffusers>=0.35,<0.43",
+            "pytest>=8,<10",
+            "pytest-xdist>=3.6,<4",
+            "ruff>=0.15,<0.18",
+        ],
+        # Deviceless TPU compilation (jax.experimental.topologies) for the paper-size configs.
+        "tpu": ["jax[tpu]==0.10.2"],
+    },
+    entry_points={"console_scripts": ["unclip=unclip_jax.cli:run"]},
+)
