@@ -1,0 +1,1 @@
+"""Diffusion math: schedules, the Gaussian process, losses, samplers, guidance (jax.numpy only)."""
