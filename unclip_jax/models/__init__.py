@@ -1,0 +1,1 @@
+"""Model families: CLIP, the priors, the U-Nets (decoder and upsamplers)."""

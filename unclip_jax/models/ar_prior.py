@@ -1,0 +1,363 @@
+"""The autoregressive prior of unCLIP (Ramesh et al. 2022, §2.1).
+
+The image embedding is reduced by PCA and quantised (`pca_quantizer.PCAQuantizer`) into K codes;
+a causal transformer over
+
+    [caption token encodings (L), text embedding z_t, quantised z_i·z_t, code_0 … code_{K−2}]
+
+predicts code_k at the position before it. The z_i·z_t token lets sampling ask for embeddings that
+match the caption closely (the paper conditions on a high dot product). Sampling decodes the whole
+sequence in one `lax.scan` with a key/value cache, guiding the logits of the captioned half by the
+null-caption half of the same batch.
+"""
+
+import dataclasses
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from unclip_jax.diffusion.guidance import check_guidance_scale, guide
+from unclip_jax.models.pca_quantizer import PCAQuantizer
+from unclip_jax.models.prior import (
+    NULL_CONDITIONINGS,
+    PriorBlock,
+    dense,
+    layer_norm,
+    sequence_mask,
+    substitute_null,
+)
+from unclip_jax.sharding import EMBED, JOINT_EMBED, LENGTH, VOCAB
+
+Array = jax.Array
+NUM_PREFIX_EXTRA = 2  # the text embedding and the dot-product token after the caption tokens
+
+
+class DecodeCache(struct.PyTreeNode):
+    """Keys and values of every position decoded so far, in a buffer of the full length."""
+
+    keys: Array  # [layers, B, S, H, Dh], S = L + 2 + K − 1
+    values: Array  # [layers, B, S, H, Dh]
+    valid: Array  # [B, S] bool: filled and not caption padding
+
+
+class ARPrior(nn.Module):
+    """Logits over the `num_buckets` codes of each of the `num_codes` PCA components."""
+
+    num_codes: int  # K, PCA components
+    num_buckets: int = 1024  # V, buckets per component
+    num_dot_buckets: int = 64  # buckets of the z_i·z_t token
+    text_embed_dim: int = 1024
+    token_dim: int = 1024
+    num_tokens: int = 77  # caption length L
+    width: int = 2048
+    depth: int = 20
+    num_heads: int = 32
+    head_dim: int | None = None
+    mlp_ratio: int = 4
+    null_conditioning: str = "learned"  # or "empty_caption" (the caller substitutes it)
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    def setup(self):
+        if self.null_conditioning not in NULL_CONDITIONINGS:
+            raise ValueError(
+                f"null_conditioning must be one of {NULL_CONDITIONINGS}, "
+                f"got {self.null_conditioning!r}"
+            )
+        common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        width = self.width
+        init = nn.initializers.normal(0.02)
+        self.tokens_proj = dense(width, (JOINT_EMBED, EMBED), name="tokens_proj", **common)
+        self.text_proj = dense(width, (JOINT_EMBED, EMBED), name="text_proj", **common)
+        embed_init = nn.with_logical_partitioning(init, (VOCAB, EMBED))
+        self.dot_embed = nn.Embed(self.num_dot_buckets, width, embedding_init=embed_init, **common)
+        self.code_embed = nn.Embed(self.num_buckets, width, embedding_init=embed_init, **common)
+        self.positions = self.param(
+            "positions",
+            nn.with_logical_partitioning(init, (LENGTH, EMBED)),
+            (self.cache_length, width),
+            self.param_dtype,
+        )
+        self.blocks = [
+            PriorBlock(
+                width,
+                self.num_heads,
+                self.head_dim,
+                self.mlp_ratio * width,
+                name=f"block_{i}",
+                **common,
+            )
+            for i in range(self.depth)
+        ]
+        self.norm_out = layer_norm(name="norm_out", **common)
+        self.logits = dense(self.num_buckets, (EMBED, VOCAB), name="logits", **common)
+        if self.null_conditioning == "learned":
+            self.null_text_embed = self.param(
+                "null_text_embed",
+                nn.with_logical_partitioning(init, (JOINT_EMBED,)),
+                (self.text_embed_dim,),
+                self.param_dtype,
+            )
+            self.null_tokens = self.param(
+                "null_tokens",
+                nn.with_logical_partitioning(init, (LENGTH, JOINT_EMBED)),
+                (self.num_tokens, self.token_dim),
+                self.param_dtype,
+            )
+
+    @property
+    def prefix_length(self) -> int:  # P = L + 2
+        return self.num_tokens + NUM_PREFIX_EXTRA
+
+    @property
+    def cache_length(self) -> int:  # positions fed to the model: P + K − 1
+        return self.prefix_length + self.num_codes - 1
+
+    def _condition(self, text_embed, text_tokens, text_mask, drop):
+        batch = text_embed.shape[0]
+        want = {
+            "text_embed": ((batch, self.text_embed_dim), text_embed.shape),
+            "text_tokens": ((batch, self.num_tokens, self.token_dim), text_tokens.shape),
+        }
+        if text_mask is not None:
+            want["text_mask"] = ((batch, self.num_tokens), text_mask.shape)
+        for name, (expected, got) in want.items():
+            if tuple(got) != expected:
+                raise ValueError(f"{name} must have shape {expected}, got {tuple(got)}")
+        if text_mask is None:
+            text_mask = jnp.ones((batch, self.num_tokens), bool)
+        text_mask = jnp.asarray(text_mask, bool)
+        if drop is None:
+            return text_embed, text_tokens, text_mask
+        if self.null_conditioning != "learned":
+            raise ValueError(
+                "drop needs null_conditioning='learned'; with 'empty_caption' pass the empty "
+                "caption's encoding in place of dropped captions (see substitute_null)"
+            )
+        null_mask = jnp.ones((self.num_tokens,), bool)
+        return substitute_null(
+            drop,
+            text_embed,
+            text_tokens,
+            text_mask,
+            self.null_text_embed,
+            self.null_tokens,
+            null_mask,
+        )
+
+    def _prefix(self, dot_bucket, text_embed, text_tokens) -> Array:  # [B, P, W]
+        tokens = jnp.concatenate(
+            [
+                self.tokens_proj(text_tokens),
+                self.text_proj(text_embed)[:, None],
+                self.dot_embed(jnp.asarray(dot_bucket, jnp.int32))[:, None],
+            ],
+            axis=1,
+        )
+        return tokens + jnp.asarray(self.positions[: self.prefix_length], self.dtype)
+
+    def _head(self, h: Array) -> Array:  # [..., W] -> [..., V] float32
+        return self.logits(self.norm_out(h)).astype(jnp.float32)
+
+    def __call__(
+        self,
+        codes: Array,  # [B, K] int, teacher forcing
+        dot_bucket: Array,  # [B] int, quantised z_i·z_t
+        text_embed: Array,  # [B, Dz]
+        text_tokens: Array,  # [B, L, Dt]
+        text_mask: Array | None = None,  # [B, L] bool, False at padding
+        drop: Array | None = None,  # [B] bool, null caption (classifier-free guidance)
+    ) -> Array:  # [B, K, V] logits of code_k given everything before it
+        if codes.shape[1:] != (self.num_codes,):
+            raise ValueError(f"codes must have shape [B, {self.num_codes}], got {codes.shape}")
+        text_embed, text_tokens, text_mask = self._condition(
+            text_embed, text_tokens, text_mask, drop
+        )
+        inputs = self.code_embed(jnp.asarray(codes[:, :-1], jnp.int32))
+        inputs = inputs + jnp.asarray(self.positions[self.prefix_length :], self.dtype)
+        h = jnp.concatenate([self._prefix(dot_bucket, text_embed, text_tokens), inputs], axis=1)
+        mask = sequence_mask(text_mask, NUM_PREFIX_EXTRA + self.num_codes - 1)
+        for block in self.blocks:
+            h = block(h, mask)
+        return self._head(h[:, self.prefix_length - 1 :])
+
+    def encode_prefix(
+        self,
+        dot_bucket: Array,  # [B]
+        text_embed: Array,  # [B, Dz]
+        text_tokens: Array,  # [B, L, Dt]
+        text_mask: Array | None = None,  # [B, L] bool
+        drop: Array | None = None,  # [B] bool
+    ) -> tuple[Array, DecodeCache]:
+        """The logits of code_0 [B, V] and a cache holding the prefix's keys and values."""
+        text_embed, text_tokens, text_mask = self._condition(
+            text_embed, text_tokens, text_mask, drop
+        )
+        h = self._prefix(dot_bucket, text_embed, text_tokens)
+        mask = sequence_mask(text_mask, NUM_PREFIX_EXTRA)
+        free = self.cache_length - self.prefix_length
+        keys, values = [], []
+        for block in self.blocks:
+            h, k, v = block.prefix(h, mask)
+            keys.append(jnp.pad(k, ((0, 0), (0, free), (0, 0), (0, 0))))
+            values.append(jnp.pad(v, ((0, 0), (0, free), (0, 0), (0, 0))))
+        batch = text_mask.shape[0]
+        valid = jnp.concatenate(
+            [text_mask, jnp.ones((batch, NUM_PREFIX_EXTRA), bool), jnp.zeros((batch, free), bool)],
+            axis=1,
+        )
+        cache = DecodeCache(keys=jnp.stack(keys), values=jnp.stack(values), valid=valid)
+        return self._head(h[:, -1]), cache
+
+    def decode_step(
+        self, cache: DecodeCache, code: Array, index: Array
+    ) -> tuple[Array, DecodeCache]:
+        """Feed code_index [B]; return the logits of code_{index+1} [B, V] and the new cache."""
+        position = self.prefix_length + index
+        position_embed = jax.lax.dynamic_index_in_dim(self.positions, position, keepdims=False)
+        h = self.code_embed(jnp.asarray(code, jnp.int32))[:, None]
+        h = h + jnp.asarray(position_embed, self.dtype)
+        batch = code.shape[0]
+        mask = jnp.concatenate([cache.valid, jnp.ones((batch, 1), bool)], axis=1)[:, None, None]
+        keys, values = cache.keys, cache.values
+        for i, block in enumerate(self.blocks):
+            h, k, v = block.step(h, cache.keys[i], cache.values[i], mask)
+            keys = keys.at[i, :, position].set(k[:, 0].astype(keys.dtype))
+            values = values.at[i, :, position].set(v[:, 0].astype(values.dtype))
+        valid = cache.valid.at[:, position].set(True)
+        return self._head(h[:, 0]), DecodeCache(keys=keys, values=values, valid=valid)
+
+
+def ar_prior_loss(logits: Array, codes: Array) -> tuple[Array, dict[str, Array]]:
+    """Mean cross-entropy of the codes. logits: [B, K, V], codes: [B, K] -> (loss, aux)."""
+    logits = logits.astype(jnp.float32)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, codes).mean()
+    accuracy = (jnp.argmax(logits, axis=-1) == codes).mean()
+    return loss, {"loss": loss, "accuracy": accuracy}
+
+
+def sample_token(key: Array, logits: Array, temperature: Array, top_p: Array) -> Array:
+    """Nucleus sampling (Holtzman et al. 2020) at `temperature`: logits [B, V] -> codes [B] int32.
+
+    The smallest set of most likely tokens whose probability reaches `top_p` is kept; the most
+    likely token always is, so a tiny `top_p` decodes greedily.
+    """
+    logits = logits.astype(jnp.float32) / temperature
+    ordered = jnp.sort(logits, axis=-1)[:, ::-1]
+    probs = jax.nn.softmax(ordered, axis=-1)
+    before = jnp.cumsum(probs, axis=-1) - probs  # mass of the strictly more likely tokens
+    kept = jnp.sum(before < top_p, axis=-1)  # >= 1
+    threshold = jnp.take_along_axis(ordered, (kept - 1)[:, None], axis=-1)
+    logits = jnp.where(logits >= threshold, logits, -jnp.inf)
+    return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+
+
+def make_ar_prior_sampler(model: ARPrior) -> "ARPriorSampler":
+    """A compiled `sample(params, key, text_embed, text_tokens, text_mask, dot_bucket, quantizer,
+    guidance_scale, temperature, top_p, null=None) -> (z_i [B, D], codes [B, K])`.
+
+    One program per batch shape: new captions, keys and settings do not recompile. `null` is the
+    empty caption's (embedding [Dz], tokens [L, Dt], mask [L]) for "empty_caption" models.
+    """
+
+    def sample(
+        params,
+        key: Array,
+        text_embed: Array,
+        text_tokens: Array,
+        text_mask: Array,
+        dot_bucket: Array,
+        quantizer: PCAQuantizer,
+        guidance_scale: Array,
+        temperature: Array,
+        top_p: Array,
+        null=None,
+    ) -> tuple[Array, Array]:
+        batch = text_embed.shape[0]
+        doubled = tuple(
+            jnp.concatenate([c, c], axis=0)
+            for c in (text_embed, text_tokens, jnp.asarray(text_mask, bool))
+        )
+        is_null = jnp.arange(2 * batch) >= batch
+        drop = is_null if null is None else None
+        if null is not None:
+            doubled = substitute_null(is_null, *doubled, *null)
+        variables = {"params": params}
+        dots = jnp.concatenate([dot_bucket, dot_bucket], axis=0)
+        logits, cache = model.apply(variables, dots, *doubled, drop, method=model.encode_prefix)
+
+        def choose(step_key, logits):  # [2B, V] -> [B]
+            captioned, unconditional = jnp.split(logits, 2, axis=0)
+            guided = guide(captioned, unconditional, guidance_scale, logits.shape[-1])
+            return sample_token(step_key, guided, temperature, top_p)
+
+        first = choose(jax.random.fold_in(key, 0), logits)
+
+        def body(carry, index):
+            cache, code = carry
+            logits, cache = model.apply(
+                variables, cache, jnp.concatenate([code, code]), index, method=model.decode_step
+            )
+            code = choose(jax.random.fold_in(key, index + 1), logits)
+            return (cache, code), code
+
+        _, rest = jax.lax.scan(body, (cache, first), jnp.arange(model.num_codes - 1))
+        codes = jnp.concatenate([first[:, None], rest.T], axis=1)
+        return quantizer.decode(codes), codes
+
+    return ARPriorSampler(jax.jit(sample), model.null_conditioning, model.num_codes)
+
+
+@dataclasses.dataclass(frozen=True)
+class ARPriorSampler:
+    """Checks the arguments on the host, then runs the one compiled decoding program."""
+
+    compiled: Callable[..., tuple[Array, Array]]
+    null_conditioning: str
+    num_codes: int
+
+    def __call__(
+        self,
+        params,
+        key,
+        text_embed,
+        text_tokens,
+        text_mask,
+        dot_bucket,
+        quantizer: PCAQuantizer,
+        guidance_scale: float = 1.0,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        null=None,
+    ) -> tuple[Array, Array]:
+        check_guidance_scale(guidance_scale)
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        if quantizer.num_components != self.num_codes:
+            raise ValueError(
+                f"the quantizer has {quantizer.num_components} components, the model predicts "
+                f"{self.num_codes} codes"
+            )
+        if (null is None) != (self.null_conditioning == "learned"):
+            raise ValueError(
+                "null (the empty caption's encoding) must be given exactly when "
+                f"null_conditioning is 'empty_caption'; the model has {self.null_conditioning!r}"
+            )
+        settings = (jnp.float32(guidance_scale), jnp.float32(temperature), jnp.float32(top_p))
+        return self.compiled(
+            params,
+            key,
+            text_embed,
+            text_tokens,
+            text_mask,
+            jnp.asarray(dot_bucket, jnp.int32),
+            quantizer,
+            *settings,
+            null,
+        )

@@ -1,0 +1,406 @@
+"""CLIP (Radford et al. 2021, arXiv:2103.00020): a causal text transformer and a ViT image tower
+projected into one embedding space.
+
+unCLIP (arXiv:2204.06125, §2) works in this space: the prior maps text embeddings to image
+embeddings and the decoder inverts image embeddings. Both towers return the pooled projected
+embedding and their per-token states, `(embedding, {"hidden_states": ..., "pooled": ...})`.
+Parameter layout and numerics follow the OpenAI/Hugging Face models so that weights port exactly
+(`unclip_jax.convert.hf_clip`).
+"""
+
+import dataclasses
+import math
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from unclip_jax.nn.attention import MultiHeadAttention
+from unclip_jax.sharding import CONV_IN, EMBED, JOINT_EMBED, LENGTH, MLP, NORM, VOCAB
+
+Array = jax.Array
+
+
+def quick_gelu(x: Array) -> Array:
+    """The sigmoid approximation of GELU used by the OpenAI CLIP models."""
+    return x * jax.nn.sigmoid(1.702 * x)
+
+
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "quick_gelu": quick_gelu,
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+}
+
+# Where the text tower pools: "eos" = first position of eos_token_id (Hugging Face's rule);
+# "argmax" = position of the largest id (the OpenAI rule, kept by Hugging Face for configs whose
+# eos_token_id is the legacy value 2).
+POOLING: dict[str, Callable[[Array, int], Array]] = {
+    "eos": lambda ids, eos_token_id: jnp.argmax((ids == eos_token_id).astype(jnp.int32), axis=-1),
+    "argmax": lambda ids, eos_token_id: jnp.argmax(ids, axis=-1),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class TextConfig:
+    vocab_size: int = 49408
+    context_length: int = 77
+    width: int = 512
+    layers: int = 12
+    heads: int = 8
+    mlp_dim: int = 2048
+    act: str = "quick_gelu"  # a key of ACTIVATIONS
+    eos_token_id: int = 49407
+    pooling: str = "eos"  # a key of POOLING
+    layer_norm_eps: float = 1e-5
+
+
+@dataclasses.dataclass(frozen=True)
+class VisionConfig:
+    image_size: int = 224
+    patch_size: int = 32
+    width: int = 768
+    layers: int = 12
+    heads: int = 12
+    mlp_dim: int = 3072
+    act: str = "quick_gelu"  # a key of ACTIVATIONS
+    channels: int = 3
+    layer_norm_eps: float = 1e-5
+
+
+@dataclasses.dataclass(frozen=True)
+class CLIPConfig:
+    text: TextConfig = TextConfig()
+    vision: VisionConfig = VisionConfig()
+    projection_dim: int = 512
+    logit_scale_init: float = math.log(1 / 0.07)
+    max_logit_scale: float = 100.0  # the temperature cap of CLIP's training recipe
+
+    def __post_init__(self):
+        for tower in (self.text, self.vision):
+            if tower.act not in ACTIVATIONS:
+                raise ValueError(f"act must be one of {sorted(ACTIVATIONS)}, got {tower.act!r}")
+            if tower.width % tower.heads:
+                raise ValueError(f"width {tower.width} is not divisible by heads {tower.heads}")
+        if self.text.pooling not in POOLING:
+            raise ValueError(f"pooling must be one of {sorted(POOLING)}, got {self.text.pooling!r}")
+        if self.vision.image_size % self.vision.patch_size:
+            raise ValueError(
+                f"image_size {self.vision.image_size} is not a multiple of "
+                f"patch_size {self.vision.patch_size}"
+            )
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CLIPConfig":
+        d = dict(d)
+        return cls(text=TextConfig(**d.pop("text")), vision=VisionConfig(**d.pop("vision")), **d)
+
+
+def _openai(
+    embed: int, image: int, patch: int, v_width: int, v_layers: int, t_width: int, t_layers: int
+) -> CLIPConfig:
+    return CLIPConfig(
+        text=TextConfig(width=t_width, layers=t_layers, heads=t_width // 64, mlp_dim=4 * t_width),
+        vision=VisionConfig(
+            image_size=image,
+            patch_size=patch,
+            width=v_width,
+            layers=v_layers,
+            heads=v_width // 64,
+            mlp_dim=4 * v_width,
+        ),
+        projection_dim=embed,
+    )
+
+
+_H14 = _openai(1024, 224, 14, 1280, 32, 1024, 24)
+
+VARIANTS: dict[str, CLIPConfig] = {
+    "B/32": _openai(512, 224, 32, 768, 12, 512, 12),
+    "B/16": _openai(512, 224, 16, 768, 12, 512, 12),
+    "L/14": _openai(768, 224, 14, 1024, 24, 768, 12),
+    "L/14-336": _openai(768, 336, 14, 1024, 24, 768, 12),
+    # OpenCLIP's LAION ViT-H/14 (exact GELU).
+    "H/14": dataclasses.replace(
+        _H14,
+        text=dataclasses.replace(_H14.text, act="gelu"),
+        vision=dataclasses.replace(_H14.vision, act="gelu"),
+    ),
+    # Tiny variants for tests and the 32 px synthetic set; end-of-text is id 2 as in the trained
+    # BPE (unclip_jax.text.bpe).
+    "tiny": CLIPConfig(
+        text=TextConfig(
+            vocab_size=512,
+            context_length=16,
+            width=32,
+            layers=2,
+            heads=4,
+            mlp_dim=64,
+            eos_token_id=2,
+        ),
+        vision=VisionConfig(image_size=32, patch_size=8, width=32, layers=2, heads=4, mlp_dim=64),
+        projection_dim=16,
+    ),
+    "tiny-shapes": CLIPConfig(
+        text=TextConfig(
+            vocab_size=256,
+            context_length=32,
+            width=64,
+            layers=2,
+            heads=4,
+            mlp_dim=256,
+            eos_token_id=2,
+        ),
+        vision=VisionConfig(image_size=32, patch_size=4, width=64, layers=3, heads=4, mlp_dim=256),
+        projection_dim=64,
+    ),
+}
+
+
+def clip_config(variant: str) -> CLIPConfig:
+    """The CLIPConfig of a named variant ("B/32", "L/14", "tiny", ...)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"CLIP variant must be one of {sorted(VARIANTS)}, got {variant!r}")
+    return VARIANTS[variant]
+
+
+def _layer_norm(eps: float, dtype, param_dtype, name: str) -> nn.LayerNorm:
+    return nn.LayerNorm(
+        epsilon=eps,
+        use_fast_variance=False,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), (NORM,)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (NORM,)),
+        name=name,
+    )
+
+
+def _dense(features: int, names: tuple[str, str], dtype, param_dtype, name: str, use_bias=True):
+    return nn.Dense(
+        features,
+        use_bias=use_bias,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), names),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), names[1:]),
+        name=name,
+    )
+
+
+class ResidualBlock(nn.Module):
+    """Pre-LN transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+
+    heads: int
+    mlp_dim: int
+    act: str
+    layer_norm_eps: float
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self,
+        x: Array,  # [B, L, D]
+        mask: Array | None = None,  # bool [B, 1, 1, L] (keys)
+        is_causal: bool = False,
+    ) -> Array:  # [B, L, D]
+        common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        h = _layer_norm(self.layer_norm_eps, name="ln_1", **common)(x)
+        x = x + MultiHeadAttention(self.heads, name="attn", **common)(
+            h, mask=mask, is_causal=is_causal
+        )
+        h = _layer_norm(self.layer_norm_eps, name="ln_2", **common)(x)
+        h = _dense(self.mlp_dim, (EMBED, MLP), name="fc1", **common)(h)
+        h = _dense(x.shape[-1], (MLP, EMBED), name="fc2", **common)(ACTIVATIONS[self.act](h))
+        return x + h
+
+
+def _blocks(x, config, dtype, param_dtype, mask=None, is_causal=False):
+    for i in range(config.layers):
+        x = ResidualBlock(
+            config.heads,
+            config.mlp_dim,
+            config.act,
+            config.layer_norm_eps,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            name=f"block_{i}",
+        )(x, mask=mask, is_causal=is_causal)
+    return x
+
+
+class TextTransformer(nn.Module):
+    """Token + learned position embeddings, causal pre-LN blocks, final LN, EOT pooling,
+    projection."""
+
+    config: TextConfig
+    projection_dim: int
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self,
+        ids: Array,  # int [B, L], L <= context_length
+        mask: Array | None = None,  # [B, L], nonzero on real tokens; None = all real
+    ) -> tuple[Array, dict[str, Array]]:  # [B, P] float32, {hidden_states: [B, L, D], pooled}
+        cfg = self.config
+        if ids.ndim != 2 or ids.shape[1] > cfg.context_length:
+            raise ValueError(
+                f"token ids must be [batch, length <= {cfg.context_length}], got shape {ids.shape}"
+            )
+        if mask is not None and mask.shape != ids.shape:
+            raise ValueError(f"mask shape {mask.shape} must equal ids shape {ids.shape}")
+        common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        x = nn.Embed(
+            cfg.vocab_size,
+            cfg.width,
+            embedding_init=nn.with_logical_partitioning(
+                nn.initializers.normal(0.02), (VOCAB, EMBED)
+            ),
+            name="token_embedding",
+            **common,
+        )(ids)
+        positions = self.param(
+            "position_embedding",
+            nn.with_logical_partitioning(nn.initializers.normal(0.01), (LENGTH, EMBED)),
+            (cfg.context_length, cfg.width),
+            self.param_dtype,
+        )
+        x = x + positions[: ids.shape[1]].astype(self.dtype)
+        key_mask = None if mask is None else mask.astype(bool)[:, None, None, :]
+        x = _blocks(x, cfg, self.dtype, self.param_dtype, mask=key_mask, is_causal=True)
+        hidden = _layer_norm(cfg.layer_norm_eps, name="ln_final", **common)(x)
+        eot = POOLING[cfg.pooling](ids, cfg.eos_token_id)  # [B]
+        pooled = jnp.take_along_axis(hidden, eot[:, None, None], axis=1)[:, 0]  # [B, D]
+        embedding = _dense(
+            self.projection_dim, (EMBED, JOINT_EMBED), name="projection", use_bias=False, **common
+        )(pooled)
+        return embedding.astype(jnp.float32), {"hidden_states": hidden, "pooled": pooled}
+
+
+class VisionTransformer(nn.Module):
+    """ViT: patch embedding, class token, position embeddings, pre-LN, blocks, post-LN on the class
+    token, projection."""
+
+    config: VisionConfig
+    projection_dim: int
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self,
+        images: Array,  # [B, S, S, C], normalised with CLIP's mean/std (clip_preprocessing)
+    ) -> tuple[Array, dict[str, Array]]:  # [B, P] float32, {hidden_states: [B, 1+N, D], pooled}
+        cfg = self.config
+        size, patch, channels = cfg.image_size, cfg.patch_size, cfg.channels
+        if images.ndim != 4 or images.shape[1:] != (size, size, channels):
+            raise ValueError(
+                f"images must be [batch, {size}, {size}, {channels}] (NHWC, resized and "
+                f"normalised by clip_preprocess), got shape {tuple(images.shape)}"
+            )
+        common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        batch, grid = images.shape[0], size // patch
+        patches = images.reshape(batch, grid, patch, grid, patch, channels)
+        patches = patches.transpose(0, 1, 3, 2, 4, 5).reshape(batch, grid * grid, -1)
+        x = _dense(cfg.width, (CONV_IN, EMBED), name="patch_embedding", use_bias=False, **common)(
+            patches
+        )  # [B, N, D]; a stride-`patch` convolution, kernel [p*p*C, D]
+        class_embedding = self.param(
+            "class_embedding",
+            nn.with_logical_partitioning(nn.initializers.normal(cfg.width**-0.5), (EMBED,)),
+            (cfg.width,),
+            self.param_dtype,
+        )
+        positions = self.param(
+            "position_embedding",
+            nn.with_logical_partitioning(nn.initializers.normal(cfg.width**-0.5), (LENGTH, EMBED)),
+            (grid * grid + 1, cfg.width),
+            self.param_dtype,
+        )
+        cls = jnp.broadcast_to(class_embedding.astype(x.dtype), (batch, 1, cfg.width))
+        x = jnp.concatenate([cls, x], axis=1) + positions.astype(x.dtype)
+        x = _layer_norm(cfg.layer_norm_eps, name="ln_pre", **common)(x)
+        hidden = _blocks(x, cfg, self.dtype, self.param_dtype)
+        pooled = _layer_norm(cfg.layer_norm_eps, name="ln_post", **common)(hidden[:, 0])
+        embedding = _dense(
+            self.projection_dim, (EMBED, JOINT_EMBED), name="projection", use_bias=False, **common
+        )(pooled)
+        return embedding.astype(jnp.float32), {"hidden_states": hidden, "pooled": pooled}
+
+
+def normalize(x: Array) -> Array:
+    """x / ||x|| along the last axis."""
+    return x / jnp.linalg.norm(x, axis=-1, keepdims=True)
+
+
+class CLIP(nn.Module):
+    """Both towers and the learnable log-temperature `logit_scale`.
+
+    `model.apply(params, ids, mask, method=CLIP.encode_text)` and
+    `model.apply(params, images, method=CLIP.encode_image)` run one tower.
+    """
+
+    config: CLIPConfig
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    def setup(self):
+        common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        self.text = TextTransformer(self.config.text, self.config.projection_dim, **common)
+        self.vision = VisionTransformer(self.config.vision, self.config.projection_dim, **common)
+        self.logit_scale = self.param(
+            "logit_scale",
+            nn.with_logical_partitioning(
+                nn.initializers.constant(self.config.logit_scale_init), ()
+            ),
+            (),
+            jnp.float32,
+        )
+
+    def encode_text(self, ids: Array, mask: Array | None = None) -> tuple[Array, dict]:
+        """ids, mask: [B, L] -> ([B, P], {hidden_states: [B, L, Dt], pooled: [B, Dt]})."""
+        return self.text(ids, mask)
+
+    def encode_image(self, images: Array) -> tuple[Array, dict]:
+        """images: [B, S, S, C] -> ([B, P], {hidden_states: [B, 1+N, Dv], pooled: [B, Dv]})."""
+        return self.vision(images)
+
+    def __call__(
+        self,
+        ids: Array,  # int [Bt, L]
+        images: Array,  # [Bi, S, S, C]
+        mask: Array | None = None,  # [Bt, L]
+    ) -> tuple[Array, dict[str, Array]]:  # logits_per_image [Bi, Bt], aux
+        """Image-text logits: exp(min(logit_scale, log max_logit_scale)) · cos(z_i, z_t)."""
+        text_embeds, text_aux = self.encode_text(ids, mask)
+        image_embeds, image_aux = self.encode_image(images)
+        scale = jnp.exp(jnp.minimum(self.logit_scale, math.log(self.config.max_logit_scale)))
+        logits = scale * normalize(image_embeds) @ normalize(text_embeds).T
+        return logits, {
+            "text_embeds": text_embeds,
+            "image_embeds": image_embeds,
+            "text_hidden_states": text_aux["hidden_states"],
+            "image_hidden_states": image_aux["hidden_states"],
+            "logit_scale": self.logit_scale,
+        }
+
+
+def count_params(config: CLIPConfig) -> int:
+    """Number of parameters of `config`, from shapes only (nothing allocated)."""
+    model = CLIP(config)
+    text, vision = config.text, config.vision
+    shapes = jax.eval_shape(
+        model.init,
+        jax.random.key(0),
+        jnp.zeros((1, text.context_length), jnp.int32),
+        jnp.zeros((1, vision.image_size, vision.image_size, vision.channels), jnp.float32),
+    )
+    return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(nn.unbox(shapes)))

@@ -1,0 +1,128 @@
+"""How the decoder sees the CLIP image embedding and the caption (unCLIP §2.1).
+
+"We modify the architecture described in Nichol et al. (2021) by projecting and adding CLIP
+embeddings to the existing timestep embedding, and by projecting CLIP embeddings into four extra
+tokens of context that are concatenated to the sequence of outputs from the GLIDE text encoder."
+
+Classifier-free guidance drops the image embedding (10%) and the caption (50%) in training: a
+dropped image embedding is replaced by the learned `null_image_embed`; a dropped caption's pooled
+embedding by the learned `null_caption_embed` and its tokens are masked out of attention.
+The layout is that of diffusers' `UnCLIPTextProjModel` (Karlo), so its weights port exactly.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from unclip_jax.models.unet_blocks import dense
+from unclip_jax.sharding import EMBED, LENGTH, MLP, NORM
+
+Array = jax.Array
+
+
+def substitute(drop: Array | None, null: Array, value: Array) -> Array:
+    """`null` (broadcast) where `drop` [B] is True, `value` [B, D] elsewhere."""
+    if drop is None:
+        return value
+    return jnp.where(drop[:, None], null[None].astype(value.dtype), value)
+
+
+class TokenProjection(nn.Module):
+    """x [B, D] → [B, T, W] with kernel [D, T, W] and bias [T, W] (the layout of a DenseGeneral),
+    initialised with fan-in D. The kernel is created at its 3-D shape so that its logical axis
+    names fit it when a mesh is active."""
+
+    num_tokens: int
+    width: int
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        kernel = self.param(
+            "kernel",
+            nn.with_logical_partitioning(
+                nn.initializers.lecun_normal(in_axis=0, out_axis=(1, 2)), (EMBED, LENGTH, MLP)
+            ),
+            (x.shape[-1], self.num_tokens, self.width),
+            self.param_dtype,
+        )
+        bias = self.param(
+            "bias",
+            nn.with_logical_partitioning(nn.initializers.zeros_init(), (LENGTH, MLP)),
+            (self.num_tokens, self.width),
+            self.param_dtype,
+        )
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        return jnp.einsum("bd,dtw->btw", x, kernel) + bias
+
+
+class DecoderConditioning(nn.Module):
+    """Image embedding + caption -> (added time embedding, attention tokens, their mask).
+
+    Parameters: `image_to_time`, `caption_to_time` (added to the timestep embedding),
+    `image_to_tokens` (kernel [D_img, T, D_ctx]: the T extra tokens), `caption_proj` and
+    `caption_norm` (caption states to the token width), `null_image_embed`, `null_caption_embed`.
+    """
+
+    time_embed_dim: int
+    context_dim: int
+    num_image_tokens: int = 4
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self,
+        image_embed: Array,  # [B, D_img]
+        caption_embed: Array | None = None,  # [B, D_cap], pooled caption encoding
+        caption_states: Array | None = None,  # [B, L, D_cap]
+        caption_mask: Array | None = None,  # [B, L] bool, False at padding
+        drop_image: Array | None = None,  # [B] bool
+        drop_caption: Array | None = None,  # [B] bool
+    ) -> tuple[Array, Array, Array]:  # [B, E], [B, T + L, D_ctx], [B, T + L] bool
+        common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        batch = image_embed.shape[0]
+        null_image = self.param(
+            "null_image_embed",
+            nn.with_logical_partitioning(nn.initializers.zeros_init(), (EMBED,)),
+            image_embed.shape[-1:],
+            self.param_dtype,
+        )
+        image_embed = substitute(drop_image, null_image, image_embed)
+        added = dense(self.time_embed_dim, (EMBED, MLP), name="image_to_time", **common)(
+            image_embed
+        )
+        tokens = TokenProjection(
+            self.num_image_tokens, self.context_dim, name="image_to_tokens", **common
+        )(image_embed)
+        mask = jnp.ones((batch, self.num_image_tokens), bool)
+        if caption_embed is not None:
+            null_caption = self.param(
+                "null_caption_embed",
+                nn.with_logical_partitioning(nn.initializers.zeros_init(), (EMBED,)),
+                caption_embed.shape[-1:],
+                self.param_dtype,
+            )
+            caption_embed = substitute(drop_caption, null_caption, caption_embed)
+            added = added + dense(
+                self.time_embed_dim, (EMBED, MLP), name="caption_to_time", **common
+            )(caption_embed)
+        if caption_states is not None:
+            states = dense(self.context_dim, (EMBED, MLP), name="caption_proj", **common)(
+                caption_states
+            )
+            states = nn.LayerNorm(
+                epsilon=1e-5,
+                scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), (NORM,)),
+                bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (NORM,)),
+                name="caption_norm",
+                **common,
+            )(states)
+            tokens = jnp.concatenate([tokens, states.astype(tokens.dtype)], axis=1)
+            if caption_mask is None:
+                caption_mask = jnp.ones(caption_states.shape[:2], bool)
+            if drop_caption is not None:
+                caption_mask = caption_mask & ~drop_caption[:, None]
+            mask = jnp.concatenate([mask, caption_mask], axis=1)
+        return added, tokens, mask

@@ -1,0 +1,436 @@
+"""The diffusion prior of unCLIP (Ramesh et al. 2022, §2.1 and Appendix C).
+
+A decoder-only transformer with a causal mask over the sequence
+
+    [caption token encodings (L), text embedding z_t, timestep, noised image embedding, query]
+
+whose output at the final learned query predicts the clean image embedding z_i (not the noise).
+Its layout can express diffusers' `PriorTransformer` (Karlo) exactly: token order, learned
+positions, the caption padding mask, `norm_out` and the output projection.
+
+The caption prefix (tokens and z_t) only attends to itself, so its keys and values are the same
+at every sampling step: `encode_prefix` computes them once and `step` runs the three per-step
+tokens against them.
+"""
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from unclip_jax.nn.attention import MultiHeadAttention
+from unclip_jax.sharding import EMBED, JOINT_EMBED, LENGTH, MLP, NORM
+
+Array = jax.Array
+
+NUM_STEP_TOKENS = 3  # timestep, noised embedding, query
+NULL_CONDITIONINGS = ("learned", "empty_caption")
+
+
+class PrefixCache(struct.PyTreeNode):
+    """Keys and values of the caption prefix in every layer, fixed across sampling steps."""
+
+    keys: Array  # [layers, B, P, H, Dh], P = L + 1 (caption tokens, text embedding)
+    values: Array  # [layers, B, P, H, Dh]
+    mask: Array  # [B, P] bool, False at padded caption tokens
+
+
+def timestep_embedding(t: Array, dim: int, max_period: float = 10000.0) -> Array:
+    """Sinusoidal features [cos | sin] of timesteps t: [B] -> [B, dim] (diffusers' flip order)."""
+    half = dim // 2
+    freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+    angles = jnp.asarray(t, jnp.float32)[:, None] * freqs[None]
+    emb = jnp.concatenate([jnp.cos(angles), jnp.sin(angles)], axis=-1)
+    if dim % 2:
+        emb = jnp.pad(emb, ((0, 0), (0, 1)))
+    return emb
+
+
+def substitute_null(
+    drop: Array,  # [B] bool, True where the caption is replaced by the null conditioning
+    text_embed: Array,  # [B, Dz]
+    text_tokens: Array,  # [B, L, Dt]
+    text_mask: Array,  # [B, L] bool
+    null_embed: Array,  # [Dz] or [B, Dz]
+    null_tokens: Array,  # [L, Dt] or [B, L, Dt]
+    null_mask: Array,  # [L] or [B, L] bool
+) -> tuple[Array, Array, Array]:
+    """Classifier-free guidance conditioning: the null caption where `drop` is set."""
+    drop = jnp.asarray(drop, bool)
+    text_embed = jnp.where(drop[:, None], null_embed, text_embed)
+    text_tokens = jnp.where(drop[:, None, None], null_tokens, text_tokens)
+    text_mask = jnp.where(drop[:, None], null_mask, text_mask)
+    return text_embed, text_tokens, text_mask
+
+
+class EmbeddingNormalizer(struct.PyTreeNode):
+    """Maps CLIP image embeddings to the space the prior diffuses in, and back.
+
+    kind "unit_norm": z / |z| * sqrt(D) (the paper); "mean_std": (z - mean) / std per dimension
+    (Karlo's `clip_mean` / `clip_std`).
+    """
+
+    mean: Array  # [D]
+    std: Array  # [D]
+    kind: str = struct.field(pytree_node=False, default="unit_norm")  # or "mean_std"
+
+    @classmethod
+    def create(cls, kind: str, dim: int, mean: Array | None = None, std: Array | None = None):
+        if kind not in _NORMALIZERS:
+            raise ValueError(
+                f"embedding normalisation must be one of {sorted(_NORMALIZERS)}, got {kind!r}"
+            )
+        if kind == "mean_std" and (mean is None or std is None):
+            raise ValueError("embedding normalisation 'mean_std' needs both mean and std")
+        mean = jnp.zeros((dim,), jnp.float32) if mean is None else jnp.asarray(mean, jnp.float32)
+        std = jnp.ones((dim,), jnp.float32) if std is None else jnp.asarray(std, jnp.float32)
+        if mean.shape != (dim,) or std.shape != (dim,):
+            raise ValueError(
+                f"mean and std must have shape ({dim},), got {mean.shape} and {std.shape}"
+            )
+        return cls(mean=mean, std=std, kind=kind)
+
+    def normalize(self, z: Array) -> Array:  # [..., D] -> [..., D]
+        return _NORMALIZERS[self.kind][0](self, z)
+
+    def denormalize(self, x: Array) -> Array:  # [..., D] -> [..., D]
+        return _NORMALIZERS[self.kind][1](self, x)
+
+
+def _unit_norm(norm: EmbeddingNormalizer, z: Array) -> Array:
+    z = jnp.asarray(z, jnp.float32)
+    return (
+        z * jax.lax.rsqrt(jnp.sum(z * z, axis=-1, keepdims=True) + 1e-12) * math.sqrt(z.shape[-1])
+    )
+
+
+def _unit_denorm(norm: EmbeddingNormalizer, x: Array) -> Array:
+    return jnp.asarray(x, jnp.float32) / math.sqrt(x.shape[-1])
+
+
+_NORMALIZERS = {
+    "unit_norm": (_unit_norm, _unit_denorm),
+    "mean_std": (lambda n, z: (z - n.mean) / n.std, lambda n, x: x * n.std + n.mean),
+}
+
+
+def dense(features: int, names: tuple[str, str], *, name: str, dtype, param_dtype) -> nn.Dense:
+    """A Dense layer whose kernel has logical axes `names` (input, output)."""
+    return nn.Dense(
+        features,
+        kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), names),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (names[1],)),
+        dtype=dtype,
+        param_dtype=param_dtype,
+        name=name,
+    )
+
+
+def layer_norm(*, name: str, dtype, param_dtype) -> nn.LayerNorm:
+    """LayerNorm with PyTorch's epsilon (1e-5), as in diffusers' transformer blocks."""
+    return nn.LayerNorm(
+        epsilon=1e-5,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), (NORM,)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (NORM,)),
+        dtype=dtype,
+        param_dtype=param_dtype,
+        name=name,
+    )
+
+
+def _project(params: dict, x: Array, dtype) -> Array:
+    """A `MultiHeadAttention` input projection: [B, S, D] x kernel [D, H, Dh] -> [B, S, H, Dh]."""
+    kernel = jnp.asarray(params["kernel"], dtype)
+    return jnp.einsum("bsd,dhk->bshk", x.astype(dtype), kernel) + jnp.asarray(params["bias"], dtype)
+
+
+class PriorBlock(nn.Module):
+    """Pre-LayerNorm transformer block: x + attn(LN(x)), then x + MLP(LN(x)) with exact GELU."""
+
+    width: int
+    num_heads: int
+    head_dim: int | None = None
+    mlp_dim: int = 8192
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    def setup(self):
+        common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        self.norm_attn = layer_norm(name="norm_attn", **common)
+        self.attn = MultiHeadAttention(self.num_heads, self.head_dim, name="attn", **common)
+        self.norm_mlp = layer_norm(name="norm_mlp", **common)
+        self.mlp_in = dense(self.mlp_dim, (EMBED, MLP), name="mlp_in", **common)
+        self.mlp_out = dense(self.width, (MLP, EMBED), name="mlp_out", **common)
+
+    def _mlp(self, h: Array) -> Array:
+        hidden = nn.gelu(self.mlp_in(self.norm_mlp(h)), approximate=False)
+        return h + self.mlp_out(hidden)
+
+    def __call__(self, h: Array, mask: Array) -> Array:
+        """h: [B, S, W]; mask: [B, 1, S, S] bool (True = may attend)."""
+        h = h + self.attn(self.norm_attn(h), mask=mask)
+        return self._mlp(h)
+
+    def prefix(self, h: Array, mask: Array) -> tuple[Array, Array, Array]:
+        """Like `__call__`, also returning this layer's keys and values [B, S, H, Dh]."""
+        normed = self.norm_attn(h)
+        params = nn.meta.unbox(self.attn.variables["params"])
+        keys = _project(params["key"], normed, self.dtype)
+        values = _project(params["value"], normed, self.dtype)
+        h = h + self.attn(normed, mask=mask)
+        return self._mlp(h), keys, values
+
+    def step(self, h: Array, keys: Array, values: Array, mask: Array) -> tuple[Array, Array, Array]:
+        """New tokens h: [B, S, W] against cached keys/values [B, P, H, Dh]; mask [B, 1, S, P+S].
+
+        Returns the new tokens' outputs [B, S, W] and their own keys and values [B, S, H, Dh].
+        """
+        normed = self.norm_attn(h)
+        params = nn.meta.unbox(self.attn.variables["params"])
+        query = _project(params["query"], normed, self.dtype)
+        new_keys = _project(params["key"], normed, self.dtype)
+        new_values = _project(params["value"], normed, self.dtype)
+        attended = jax.nn.dot_product_attention(
+            query,
+            jnp.concatenate([keys, new_keys], axis=1),
+            jnp.concatenate([values, new_values], axis=1),
+            mask=mask,
+        )
+        out = params["out"]
+        attended = jnp.einsum("bshk,hkd->bsd", attended, jnp.asarray(out["kernel"], self.dtype))
+        h = h + attended + jnp.asarray(out["bias"], self.dtype)
+        return self._mlp(h), new_keys, new_values
+
+
+class DiffusionPrior(nn.Module):
+    """Predicts the clean image embedding from the caption and a noised image embedding.
+
+    Inputs live in the normalised space of `EmbeddingNormalizer`; the output is the x0 prediction
+    in that space (paper §2.1: "we find it better to predict the unnoised z_i directly").
+    """
+
+    embed_dim: int  # D: width of the (noised and predicted) image embedding
+    text_embed_dim: int | None = None  # width of z_t; default D
+    token_dim: int | None = None  # width of the caption token encodings; default D
+    num_tokens: int = 77  # caption length L
+    width: int = 2048
+    depth: int = 20
+    num_heads: int = 32
+    head_dim: int | None = None  # default width // num_heads
+    mlp_ratio: int = 4
+    time_embed_dim: int | None = None  # hidden width of the timestep MLP; default width
+    norm_in: bool = False  # LayerNorm over the whole sequence before the blocks
+    text_embed_norm: bool = False  # LayerNorm on z_t before its projection
+    null_conditioning: str = "learned"  # or "empty_caption" (the caller substitutes it)
+    # False: every token sees every other, as diffusers' PriorTransformer does when called
+    # without an attention mask; the prefix cache needs the causal mask.
+    causal: bool = True
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    def setup(self):
+        if self.null_conditioning not in NULL_CONDITIONINGS:
+            raise ValueError(
+                f"null_conditioning must be one of {NULL_CONDITIONINGS}, "
+                f"got {self.null_conditioning!r}"
+            )
+        common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        width, text_dim, token_dim = self.width, self._text_dim, self._token_dim
+        self.tokens_proj = dense(width, (JOINT_EMBED, EMBED), name="tokens_proj", **common)
+        self.text_norm = layer_norm(name="text_norm", **common) if self.text_embed_norm else None
+        self.text_proj = dense(width, (JOINT_EMBED, EMBED), name="text_proj", **common)
+        time_dim = self.time_embed_dim or width
+        self.time_in = dense(time_dim, (EMBED, MLP), name="time_in", **common)
+        self.time_out = dense(width, (MLP, EMBED), name="time_out", **common)
+        self.x_proj = dense(width, (JOINT_EMBED, EMBED), name="x_proj", **common)
+        init = nn.initializers.normal(0.02)
+        self.positions = self.param(
+            "positions",
+            nn.with_logical_partitioning(init, (LENGTH, EMBED)),
+            (self.num_tokens + 1 + NUM_STEP_TOKENS, width),
+            self.param_dtype,
+        )
+        self.query = self.param(
+            "query", nn.with_logical_partitioning(init, (EMBED,)), (width,), self.param_dtype
+        )
+        self.input_norm = layer_norm(name="norm_in", **common) if self.norm_in else None
+        self.blocks = [
+            PriorBlock(
+                width,
+                self.num_heads,
+                self.head_dim,
+                self.mlp_ratio * width,
+                name=f"block_{i}",
+                **common,
+            )
+            for i in range(self.depth)
+        ]
+        self.norm_out = layer_norm(name="norm_out", **common)
+        self.out_proj = dense(self.embed_dim, (EMBED, JOINT_EMBED), name="out_proj", **common)
+        if self.null_conditioning == "learned":
+            self.null_text_embed = self.param(
+                "null_text_embed",
+                nn.with_logical_partitioning(init, (JOINT_EMBED,)),
+                (text_dim,),
+                self.param_dtype,
+            )
+            self.null_tokens = self.param(
+                "null_tokens",
+                nn.with_logical_partitioning(init, (LENGTH, JOINT_EMBED)),
+                (self.num_tokens, token_dim),
+                self.param_dtype,
+            )
+
+    @property
+    def _text_dim(self) -> int:
+        return self.text_embed_dim or self.embed_dim
+
+    @property
+    def _token_dim(self) -> int:
+        return self.token_dim or self.embed_dim
+
+    def _check(self, text_embed: Array, text_tokens: Array, text_mask: Array | None) -> None:
+        batch = text_embed.shape[0]
+        want = {
+            "text_embed": ((batch, self._text_dim), text_embed.shape),
+            "text_tokens": ((batch, self.num_tokens, self._token_dim), text_tokens.shape),
+        }
+        if text_mask is not None:
+            want["text_mask"] = ((batch, self.num_tokens), text_mask.shape)
+        for name, (expected, got) in want.items():
+            if tuple(got) != expected:
+                raise ValueError(f"{name} must have shape {expected}, got {tuple(got)}")
+
+    def _condition(self, text_embed, text_tokens, text_mask, drop):
+        self._check(text_embed, text_tokens, text_mask)
+        batch = text_embed.shape[0]
+        if text_mask is None:
+            text_mask = jnp.ones((batch, self.num_tokens), bool)
+        text_mask = jnp.asarray(text_mask, bool)
+        if drop is None:
+            return text_embed, text_tokens, text_mask
+        if self.null_conditioning != "learned":
+            raise ValueError(
+                "drop needs null_conditioning='learned'; with 'empty_caption' pass the empty "
+                "caption's encoding in place of dropped captions (see substitute_null)"
+            )
+        null_mask = jnp.ones((self.num_tokens,), bool)
+        return substitute_null(
+            drop,
+            text_embed,
+            text_tokens,
+            text_mask,
+            self.null_text_embed,
+            self.null_tokens,
+            null_mask,
+        )
+
+    def _check_causal(self) -> None:
+        if not self.causal:
+            raise ValueError(
+                "the prefix cache needs causal=True: without the causal mask the "
+                "caption tokens attend to the per-step tokens"
+            )
+
+    def _prefix_tokens(self, text_embed: Array, text_tokens: Array) -> Array:
+        """[B, L+1, W]: projected caption tokens and text embedding, with their positions."""
+        if self.text_norm is not None:
+            text_embed = self.text_norm(text_embed)
+        tokens = jnp.concatenate(
+            [self.tokens_proj(text_tokens), self.text_proj(text_embed)[:, None]], axis=1
+        )
+        return tokens + jnp.asarray(self.positions[: self.num_tokens + 1], self.dtype)
+
+    def _step_tokens(self, x_t: Array, t: Array) -> Array:
+        """[B, 3, W]: timestep, noised embedding and query tokens, with their positions."""
+        batch = x_t.shape[0]
+        t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (batch,))
+        time = self.time_out(nn.silu(self.time_in(timestep_embedding(t, self.width))))
+        query = jnp.broadcast_to(jnp.asarray(self.query, self.dtype), (batch, self.width))
+        tokens = jnp.stack([time, self.x_proj(x_t), query], axis=1)
+        return tokens + jnp.asarray(self.positions[self.num_tokens + 1 :], self.dtype)
+
+    def _readout(self, h: Array) -> Array:  # [B, W] -> [B, D] float32
+        return self.out_proj(self.norm_out(h)).astype(jnp.float32)
+
+    def __call__(
+        self,
+        x_t: Array,  # [B, D] noised image embedding
+        t: Array,  # [B] or scalar, timestep
+        text_embed: Array,  # [B, Dz]
+        text_tokens: Array,  # [B, L, Dt] caption token encodings
+        text_mask: Array | None = None,  # [B, L] bool, False at padding
+        drop: Array | None = None,  # [B] bool, use the null caption (classifier-free guidance)
+    ) -> Array:  # [B, D] predicted clean embedding
+        text_embed, text_tokens, text_mask = self._condition(
+            text_embed, text_tokens, text_mask, drop
+        )
+        h = jnp.concatenate(
+            [self._prefix_tokens(text_embed, text_tokens), self._step_tokens(x_t, t)], 1
+        )
+        if self.input_norm is not None:
+            h = self.input_norm(h)
+        mask = sequence_mask(text_mask, NUM_STEP_TOKENS + 1, causal=self.causal)
+        for block in self.blocks:
+            h = block(h, mask)
+        return self._readout(h[:, -1])
+
+    def encode_prefix(
+        self,
+        text_embed: Array,  # [B, Dz]
+        text_tokens: Array,  # [B, L, Dt]
+        text_mask: Array | None = None,  # [B, L] bool
+        drop: Array | None = None,  # [B] bool
+    ) -> PrefixCache:
+        """Keys and values of the caption prefix in every layer (once per sample)."""
+        self._check_causal()
+        text_embed, text_tokens, text_mask = self._condition(
+            text_embed, text_tokens, text_mask, drop
+        )
+        h = self._prefix_tokens(text_embed, text_tokens)
+        if self.input_norm is not None:
+            h = self.input_norm(h)
+        mask = sequence_mask(text_mask, 1)
+        key_mask = mask[:, 0, -1]  # [B, P]: which prefix tokens may be attended to
+        keys, values = [], []
+        for block in self.blocks:
+            h, k, v = block.prefix(h, mask)
+            keys.append(k)
+            values.append(v)
+        return PrefixCache(keys=jnp.stack(keys), values=jnp.stack(values), mask=key_mask)
+
+    def step(self, cache: PrefixCache, x_t: Array, t: Array) -> Array:
+        """The prediction of `__call__` from a cached prefix: x_t [B, D], t [B] -> [B, D]."""
+        self._check_causal()
+        if x_t.shape != (cache.mask.shape[0], self.embed_dim):
+            raise ValueError(
+                f"x_t must have shape {(cache.mask.shape[0], self.embed_dim)}, got {x_t.shape}"
+            )
+        h = self._step_tokens(x_t, t)
+        if self.input_norm is not None:
+            h = self.input_norm(h)
+        causal = jnp.tril(jnp.ones((NUM_STEP_TOKENS, NUM_STEP_TOKENS), bool))
+        batch = x_t.shape[0]
+        mask = jnp.concatenate(
+            [
+                jnp.broadcast_to(
+                    cache.mask[:, None, None], (batch, 1, NUM_STEP_TOKENS, cache.mask.shape[1])
+                ),
+                jnp.broadcast_to(causal, (batch, 1, NUM_STEP_TOKENS, NUM_STEP_TOKENS)),
+            ],
+            axis=-1,
+        )
+        for i, block in enumerate(self.blocks):
+            h, _, _ = block.step(h, cache.keys[i], cache.values[i], mask)
+        return self._readout(h[:, -1])
+
+
+def sequence_mask(text_mask: Array, num_extra: int, causal: bool = True) -> Array:
+    """[B, 1, S, S] bool: causal, and no attention to padded caption tokens (S = L + num_extra)."""
+    batch, length = text_mask.shape
+    size = length + num_extra
+    valid = jnp.concatenate([text_mask, jnp.ones((batch, num_extra), bool)], axis=1)
+    order = jnp.tril(jnp.ones((size, size), bool)) if causal else jnp.ones((size, size), bool)
+    return order[None, None] & valid[:, None, None, :]

@@ -1,0 +1,184 @@
+"""Building blocks of the ADM/GLIDE U-Net (Dhariwal & Nichol 2021; Nichol et al. 2021).
+
+Residual blocks with the timestep embedding as an additive bias or a GroupNorm scale-shift,
+BigGAN-style up/down-sampling inside residual blocks, and spatial self-attention whose keys and
+values are extended with conditioning tokens (unCLIP §2.1). The numerics follow diffusers'
+`ResnetBlock2D` and `Attention` + `AttnAddedKVProcessor` so that Karlo's weights port exactly.
+"""
+
+import math
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from unclip_jax.nn.attention import MultiHeadAttention
+from unclip_jax.sharding import CONV_IN, CONV_OUT, CONV_SPATIAL, EMBED, MLP, NORM
+
+Array = jax.Array
+
+
+def timestep_embedding(t: Array, dim: int, max_period: float = 10000.0) -> Array:
+    """Sinusoidal features [cos, sin] of (fractional) timesteps, as ADM; t: [B] -> [B, dim]."""
+    half = dim // 2
+    freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+    args = t.astype(jnp.float32)[:, None] * freqs[None]
+    emb = jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+    return jnp.pad(emb, ((0, 0), (0, dim % 2)))
+
+
+def conv(
+    features: int, kernel: int, *, name: str, dtype, param_dtype, zero: bool = False
+) -> nn.Conv:
+    """A same-padded 2-D convolution; kernel [k, k, C_in, C_out]."""
+    init = nn.initializers.zeros_init() if zero else nn.initializers.lecun_normal()
+    return nn.Conv(
+        features,
+        (kernel, kernel),
+        padding="SAME",
+        # Flax forbids a logical name twice in one array; the width axis, like the height, is
+        # never sharded.
+        kernel_init=nn.with_logical_partitioning(init, (CONV_SPATIAL, None, CONV_IN, CONV_OUT)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (CONV_OUT,)),
+        dtype=dtype,
+        param_dtype=param_dtype,
+        name=name,
+    )
+
+
+def dense(features: int, names: tuple[str, str], *, name: str, dtype, param_dtype) -> nn.Dense:
+    return nn.Dense(
+        features,
+        kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), names),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), names[1:]),
+        dtype=dtype,
+        param_dtype=param_dtype,
+        name=name,
+    )
+
+
+def group_norm(groups: int, eps: float, *, name: str, dtype, param_dtype) -> nn.GroupNorm:
+    return nn.GroupNorm(
+        num_groups=groups,
+        epsilon=eps,
+        use_fast_variance=False,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), (NORM,)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (NORM,)),
+        dtype=dtype,
+        param_dtype=param_dtype,
+        name=name,
+    )
+
+
+def downsample(x: Array) -> Array:
+    """2×2 average pooling; x: [B, H, W, C] -> [B, H/2, W/2, C]."""
+    b, h, w, c = x.shape
+    return x.reshape(b, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
+
+
+def upsample(x: Array) -> Array:
+    """Nearest-neighbour ×2; x: [B, H, W, C] -> [B, 2H, 2W, C]."""
+    return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+
+
+RESAMPLE: dict[str, Callable[[Array], Array]] = {
+    "none": lambda x: x,
+    "down": downsample,
+    "up": upsample,
+}
+
+
+class ResBlock(nn.Module):
+    """GroupNorm-SiLU-conv twice, conditioned on the embedding; BigGAN-style resampling inside.
+
+    With `scale_shift` the embedding gives a scale and shift applied after the second GroupNorm
+    (ADM's `use_scale_shift_norm`); otherwise it is added before it.
+    """
+
+    out_channels: int
+    resample: str = "none"  # a key of RESAMPLE
+    scale_shift: bool = True
+    dropout: float = 0.0
+    groups: int = 32
+    eps: float = 1e-5
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self,
+        x: Array,  # [B, H, W, C_in]
+        emb: Array,  # [B, E]
+        deterministic: bool = True,
+    ) -> Array:  # [B, H', W', out_channels]
+        common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        resample = RESAMPLE[self.resample]
+        h = nn.silu(group_norm(self.groups, self.eps, name="norm1", **common)(x))
+        h, x = resample(h), resample(x)
+        h = conv(self.out_channels, 3, name="conv1", **common)(h)
+        width = 2 * self.out_channels if self.scale_shift else self.out_channels
+        e = dense(width, (EMBED, CONV_OUT), name="emb_proj", **common)(nn.silu(emb))
+        e = e[:, None, None, :]
+        norm2 = group_norm(self.groups, self.eps, name="norm2", **common)
+        if self.scale_shift:
+            scale, shift = jnp.split(e, 2, axis=-1)
+            h = norm2(h) * (1 + scale) + shift
+        else:
+            h = norm2(h + e)
+        h = nn.Dropout(self.dropout)(nn.silu(h), deterministic=deterministic)
+        h = conv(self.out_channels, 3, name="conv2", zero=True, **common)(h)
+        if x.shape[-1] != self.out_channels:
+            x = conv(self.out_channels, 1, name="skip", **common)(x)
+        return x + h
+
+
+class AttentionBlock(nn.Module):
+    """Spatial self-attention whose keys/values are extended with conditioning tokens.
+
+    The tokens (unCLIP's 4 image-embedding tokens and the caption encodings) are projected by
+    `extra_key`/`extra_value` and prepended to the keys and values of the H·W positions.
+    """
+
+    head_dim: int = 64
+    groups: int = 32
+    eps: float = 1e-5
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self,
+        x: Array,  # [B, H, W, C]
+        context: Array | None = None,  # [B, L, D]
+        context_mask: Array | None = None,  # [B, L] bool, False = ignored (padding)
+    ) -> Array:  # [B, H, W, C]
+        b, height, width, channels = x.shape
+        common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        h = group_norm(self.groups, self.eps, name="norm", **common)(x)
+        h = h.reshape(b, height * width, channels)
+        mask = None
+        if context is not None and context_mask is not None:
+            keys = jnp.concatenate([context_mask, jnp.ones((b, height * width), bool)], axis=1)
+            mask = keys[:, None, None, :]
+        h = MultiHeadAttention(channels // self.head_dim, name="attention", **common)(
+            h, extra_tokens=context, mask=mask
+        )
+        return x + h.reshape(b, height, width, channels)
+
+
+class TimeEmbedding(nn.Module):
+    """Sinusoidal features of t through a two-layer SiLU MLP; t: [B] -> [B, width]."""
+
+    features: int  # sinusoid size (the U-Net's base channels in ADM)
+    width: int
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, t: Array) -> Array:
+        common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        h = dense(self.width, (EMBED, MLP), name="linear_1", **common)(
+            timestep_embedding(t, self.features)
+        )
+        return dense(self.width, (MLP, EMBED), name="linear_2", **common)(nn.silu(h))
