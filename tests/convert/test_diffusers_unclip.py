@@ -1,0 +1,485 @@
+"""A tiny random diffusers `UnCLIPPipeline` (Karlo's layout), saved with `save_pretrained`,
+converted by `convert-karlo`: every module matches PyTorch (≤ 1e-4), and our per-stage samplers
+with Karlo's settings, fed the same initial latents and the noise diffusers draws, produce the
+same images (≤ 1e-3). Errors name the component and the tensor."""
+
+import json
+import shutil
+from unittest import mock
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import safetensors.torch
+import torch
+from diffusers import PriorTransformer, UnCLIPScheduler, UNet2DConditionModel, UNet2DModel
+from diffusers.pipelines.deprecated.unclip import UnCLIPPipeline
+from diffusers.pipelines.deprecated.unclip.text_proj import UnCLIPTextProjModel
+from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer
+from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+from unclip_jax.commands.convert_karlo import convert
+from unclip_jax.convert.diffusers_unclip import (
+    convert_karlo,
+    load_karlo,
+    read_weights,
+    save_karlo,
+    unet_config_from_diffusers,
+)
+from unclip_jax.diffusion import guidance
+from unclip_jax.diffusion.schedules import cosine_betas
+from unclip_jax.models.unet import UNetConfig
+from unclip_jax.text.tokenizer import load_tokenizer
+
+EMBED, CONTEXT, LENGTH, SIZE, SR_SIZE = 16, 24, 8, 16, 32
+PROMPTS = ["red circle", "a red cir"]
+NOISE = "diffusers.schedulers.scheduling_unclip.randn_tensor"
+
+
+def _tokenizer(directory) -> CLIPTokenizer:
+    symbols = list(bytes_to_unicode().values())
+    vocab = [*symbols, *(s + "</w>" for s in symbols), "re", "red</w>", "ci", "cir"]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    (directory / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
+    (directory / "merges.txt").write_text("#version: 0.2\nr e\nre d</w>\nc i\nci r\n")
+    return CLIPTokenizer(
+        str(directory / "vocab.json"), str(directory / "merges.txt"), model_max_length=LENGTH
+    )
+
+
+def _randomize(module: torch.nn.Module, seed: int, scale: float = 0.2) -> torch.nn.Module:
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            param.copy_(scale * torch.randn(param.shape, generator=generator))
+            if name == "clip_std":
+                param.copy_(0.5 + torch.rand(param.shape, generator=generator))
+    return module.eval()
+
+
+def _pipeline(tmp) -> UnCLIPPipeline:
+    """Karlo's component layout at a tiny size: 16 px decoder, 16 → 32 px super-resolution."""
+    tokenizer = _tokenizer(tmp)
+    vocab = len(tokenizer.get_vocab())
+    text_encoder = CLIPTextModelWithProjection(
+        CLIPTextConfig(
+            vocab_size=vocab,
+            hidden_size=EMBED,
+            projection_dim=EMBED,
+            intermediate_size=32,
+            num_attention_heads=2,
+            num_hidden_layers=2,
+            max_position_embeddings=LENGTH,
+            bos_token_id=vocab - 2,
+            eos_token_id=vocab - 1,
+            pad_token_id=vocab - 1,
+        )
+    )
+    prior = PriorTransformer(
+        num_attention_heads=2,
+        attention_head_dim=8,
+        num_layers=2,
+        embedding_dim=EMBED,
+        num_embeddings=LENGTH,
+    )
+    text_proj = UnCLIPTextProjModel(
+        clip_embeddings_dim=EMBED, time_embed_dim=64, cross_attention_dim=CONTEXT
+    )
+    decoder = UNet2DConditionModel(
+        sample_size=SIZE,
+        layers_per_block=1,
+        down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
+        up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
+        mid_block_type="UNetMidBlock2DSimpleCrossAttn",
+        block_out_channels=(16, 32),
+        in_channels=3,
+        out_channels=6,
+        cross_attention_dim=CONTEXT,
+        attention_head_dim=8,
+        class_embed_type="identity",
+        resnet_time_scale_shift="scale_shift",
+        norm_num_groups=8,
+    )
+    super_res = dict(
+        sample_size=SR_SIZE,
+        layers_per_block=1,
+        down_block_types=("ResnetDownsampleBlock2D",) * 2,
+        up_block_types=("ResnetUpsampleBlock2D",) * 2,
+        block_out_channels=(16, 32),
+        in_channels=6,
+        out_channels=3,
+        add_attention=False,
+        norm_num_groups=8,
+    )
+    models = dict(
+        text_encoder=text_encoder,
+        prior=prior,
+        text_proj=text_proj,
+        decoder=decoder,
+        super_res_first=UNet2DModel(**super_res),
+        super_res_last=UNet2DModel(**super_res),
+    )
+    for seed, module in enumerate(models.values()):
+        _randomize(module, seed)
+    return UnCLIPPipeline(
+        tokenizer=tokenizer,
+        prior_scheduler=UnCLIPScheduler(
+            variance_type="fixed_small_log", prediction_type="sample", clip_sample_range=5.0
+        ),
+        decoder_scheduler=UnCLIPScheduler(variance_type="learned_range", prediction_type="epsilon"),
+        super_res_scheduler=UnCLIPScheduler(
+            variance_type="fixed_small_log", prediction_type="epsilon"
+        ),
+        **models,
+    )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models: a second torch thread only contends for the CPU (10× slower when busy)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def karlo(tmp_path_factory):
+    """(diffusers pipeline, its save_pretrained directory, our converted checkpoint)."""
+    tmp = tmp_path_factory.mktemp("karlo")
+    pipe = _pipeline(tmp)
+    pipe.save_pretrained(tmp / "diffusers")
+    convert(tmp / "diffusers", tmp / "ours")
+    return pipe, tmp / "diffusers", load_karlo(tmp / "ours"), tmp / "ours"
+
+
+def _nchw(x) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(np.moveaxis(np.asarray(x), -1, 1)))
+
+
+def _nhwc(x: torch.Tensor) -> np.ndarray:
+    return np.moveaxis(x.numpy(), 1, -1)
+
+
+def test_text_encoder_and_tokenizer_match(karlo):
+    pipe, _, ours, out = karlo
+    ids, mask = load_tokenizer(out / "tokenizer")(PROMPTS)
+    hf = pipe.tokenizer(PROMPTS, padding="max_length", max_length=LENGTH, return_tensors="pt")
+    np.testing.assert_array_equal(ids, hf.input_ids.numpy())
+    np.testing.assert_array_equal(mask, hf.attention_mask.numpy())
+    embed, aux = ours.text_encoder.apply({"params": ours.params["text_encoder"]}, ids)
+    with torch.no_grad():
+        want = pipe.text_encoder(hf.input_ids)
+    np.testing.assert_allclose(embed, want.text_embeds.numpy(), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(aux["hidden_states"], want.last_hidden_state, atol=1e-4, rtol=0)
+
+
+def test_prior_matches(karlo):
+    pipe, _, ours, _ = karlo
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, EMBED)).astype(np.float32)
+    text = rng.standard_normal((2, EMBED)).astype(np.float32)
+    tokens = rng.standard_normal((2, LENGTH, EMBED)).astype(np.float32)
+    mask = np.arange(LENGTH)[None] < np.array([[LENGTH], [3]])
+    t = np.array([999, 42])
+    got = jax.jit(ours.prior.apply)({"params": ours.params["prior"]}, x, t, text, tokens, mask)
+    with torch.no_grad():
+        want = pipe.prior(
+            torch.from_numpy(x),
+            torch.from_numpy(t),
+            proj_embedding=torch.from_numpy(text),
+            encoder_hidden_states=torch.from_numpy(tokens),
+            attention_mask=torch.from_numpy(mask),
+        ).predicted_image_embedding
+        want_z = pipe.prior.post_process_latents(want)
+    assert np.abs(want.numpy()).max() > 0.1
+    np.testing.assert_allclose(got, want.numpy(), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(ours.normalizer.denormalize(got), want_z.numpy(), atol=1e-4, rtol=0)
+
+
+def test_decoder_and_super_res_match(karlo):
+    pipe, _, ours, _ = karlo
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, SIZE, SIZE, 3)).astype(np.float32)
+    image = rng.standard_normal((2, EMBED)).astype(np.float32)
+    caption = rng.standard_normal((2, EMBED)).astype(np.float32)
+    states = rng.standard_normal((2, LENGTH, EMBED)).astype(np.float32)
+    mask = np.arange(LENGTH)[None] < np.array([[LENGTH], [3]])
+    t = np.array([999, 42])
+    got = jax.jit(ours.decoder.apply)(
+        {"params": ours.params["decoder"]},
+        x,
+        t,
+        image,
+        caption_states=states,
+        caption_embed=caption,
+        caption_mask=mask,
+    )
+    with torch.no_grad():
+        context, added = pipe.text_proj(
+            image_embeddings=torch.from_numpy(image),
+            prompt_embeds=torch.from_numpy(caption),
+            text_encoder_hidden_states=torch.from_numpy(states),
+            do_classifier_free_guidance=False,
+        )
+        attention = torch.nn.functional.pad(torch.from_numpy(mask), (4, 0), value=True)
+        want = pipe.decoder(
+            _nchw(x), torch.from_numpy(t), context, class_labels=added, attention_mask=attention
+        ).sample
+    assert np.abs(want.numpy()).max() > 0.1
+    np.testing.assert_allclose(got, _nhwc(want), atol=1e-4, rtol=0)
+    high = rng.standard_normal((2, SR_SIZE, SR_SIZE, 3)).astype(np.float32)
+    low = rng.uniform(-1, 1, (2, SIZE, SIZE, 3)).astype(np.float32)
+    upscaled = torch.nn.functional.interpolate(
+        _nchw(low), size=[SR_SIZE, SR_SIZE], mode="bicubic", align_corners=False, antialias=True
+    )
+    super_res = jax.jit(ours.super_res.apply)
+    for name in ("super_res_first", "super_res_last"):
+        got = super_res({"params": ours.params[name]}, high, low, t)
+        with torch.no_grad():
+            want = getattr(pipe, name)(torch.cat([_nchw(high), upscaled], 1), torch.from_numpy(t))
+        np.testing.assert_allclose(got, _nhwc(want.sample), atol=1e-4, rtol=0)
+
+
+def _float64_tables(scheduler: UnCLIPScheduler) -> None:
+    """The scheduler's ᾱ tables in float64 from the exact cosine (the samples stay float32).
+
+    With its float32 tables, α = 1 − (1 − ᾱ_t/ᾱ_prev) cancels at t = 999 (ᾱ ratio ≈ 2e-6, √α off
+    by ~3%), and this random tiny pipeline, guided at 8, carries that to 0.07 in the images; with
+    exact tables the two chains agree to ~2e-6. Karlo's own code keeps its tables in float64, as
+    we do.
+    """
+    scheduler.betas = torch.from_numpy(cosine_betas(scheduler.config.num_train_timesteps))
+    scheduler.alphas = 1.0 - scheduler.betas
+    scheduler.alphas_cumprod = torch.cumprod(scheduler.alphas, dim=0)
+    scheduler.one = scheduler.one.double()
+
+
+def _diffusers_images(pipe, latents):
+    """diffusers' pipeline with Karlo's settings; returns (images [B, H, W, 3], noise per step)."""
+    for scheduler in (pipe.prior_scheduler, pipe.decoder_scheduler, pipe.super_res_scheduler):
+        _float64_tables(scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    generator = torch.Generator().manual_seed(0)
+    drawn = []
+
+    def record(shape, generator=None, **kwargs):
+        drawn.append(torch.randn(shape, generator=generator))
+        return drawn[-1]
+
+    with mock.patch(NOISE, record), torch.no_grad():
+        images = pipe(
+            PROMPTS,
+            prior_num_inference_steps=25,
+            decoder_num_inference_steps=25,
+            super_res_num_inference_steps=7,
+            prior_guidance_scale=4.0,
+            decoder_guidance_scale=8.0,
+            prior_latents=torch.from_numpy(latents["prior"]),
+            decoder_latents=_nchw(latents["decoder"]),
+            super_res_latents=_nchw(latents["super_res"]),
+            generator=generator,
+            output_type="np",
+        ).images
+    return images, [x.numpy() if x.ndim == 2 else _nhwc(x) for x in drawn]
+
+
+def _chain_noise(drawn):
+    """diffusers draws at t > 0 in chain order; our samplers index noise by schedule index."""
+    return jnp.asarray(np.stack([np.zeros_like(drawn[0]), *drawn[::-1]]))
+
+
+def _our_images(checkpoint, out, latents, noise):
+    """Karlo's text -> image chain with our modules and samplers."""
+    params, steps = checkpoint.params, {"prior": 25, "decoder": 25, "super_res": 7}
+    tokenizer = load_tokenizer(out / "tokenizer")
+    ids, mask = tokenizer(PROMPTS + [""] * len(PROMPTS))
+    embed, aux = checkpoint.text_encoder.apply({"params": params["text_encoder"]}, ids)
+    states, mask = aux["hidden_states"], jnp.asarray(mask, bool)  # [cond; empty caption]
+    batch = len(PROMPTS)
+
+    prior = checkpoint.schedulers["prior"]
+
+    def prior_denoise(x, t):
+        output = checkpoint.prior.apply(
+            {"params": params["prior"]},
+            jnp.concatenate([x, x]),
+            jnp.concatenate([t, t]),
+            embed,
+            states,
+            mask,
+        )
+        return guidance.guide(output[:batch], output[batch:], 4.0, output.shape[-1])
+
+    x0 = prior.sample(prior_denoise, steps["prior"], latents["prior"], noise=noise["prior"])
+    image_embed = checkpoint.normalizer.denormalize(x0)
+
+    decoder = checkpoint.schedulers["decoder"]
+    drop = jnp.arange(2 * batch) >= batch
+
+    def decoder_denoise(x, t):
+        output = checkpoint.decoder.apply(
+            {"params": params["decoder"]},
+            jnp.concatenate([x, x]),
+            jnp.concatenate([t, t]),
+            jnp.concatenate([image_embed, image_embed]),
+            caption_states=states,
+            caption_embed=embed,
+            caption_mask=mask,
+            drop_image=drop,
+        )
+        return guidance.guide(output[:batch], output[batch:], 8.0, x.shape[-1])
+
+    small = decoder.sample(
+        decoder_denoise, steps["decoder"], latents["decoder"], noise=noise["decoder"]
+    )
+    small = jnp.clip(small, -1.0, 1.0)
+
+    super_res = checkpoint.schedulers["super_res"]
+
+    def super_res_denoise(x, t):  # super_res_last at the last step (t = 0) only
+        def run(name):
+            return lambda: checkpoint.super_res.apply({"params": params[name]}, x, small, t)
+
+        return jax.lax.cond(t[0] == 0, run("super_res_last"), run("super_res_first"))
+
+    image = super_res.sample(
+        super_res_denoise, steps["super_res"], latents["super_res"], noise=noise["super_res"]
+    )
+    return jnp.clip(image * 0.5 + 0.5, 0.0, 1.0)
+
+
+def test_karlo_sampling_matches_diffusers_pipeline(karlo):
+    """Prior 25 steps (guidance 4), decoder 25 (guidance 8), super-res 7 (first/last U-Nets)."""
+    pipe, _, ours, out = karlo
+    rng = np.random.default_rng(2)
+    batch = len(PROMPTS)
+    latents = {
+        "prior": rng.standard_normal((batch, EMBED)).astype(np.float32),
+        "decoder": rng.standard_normal((batch, SIZE, SIZE, 3)).astype(np.float32),
+        "super_res": rng.standard_normal((batch, SR_SIZE, SR_SIZE, 3)).astype(np.float32),
+    }
+    want, drawn = _diffusers_images(pipe, latents)
+    assert len(drawn) == 24 + 24 + 6
+    noise = {
+        "prior": _chain_noise(drawn[:24]),
+        "decoder": _chain_noise(drawn[24:48]),
+        "super_res": _chain_noise(drawn[48:]),
+    }
+    got = np.asarray(jax.jit(lambda lat, n: _our_images(ours, out, lat, n))(latents, noise))
+    assert want.std() > 0.05  # not a flat image
+    np.testing.assert_allclose(got, want, atol=1e-3, rtol=0)
+
+
+@pytest.fixture
+def diffusers_copy(karlo, tmp_path):
+    _, diffusers_dir, _, _ = karlo
+    return shutil.copytree(diffusers_dir, tmp_path / "diffusers")
+
+
+def _edit_weights(path, edit):
+    state = safetensors.torch.load_file(path)
+    edit(state)
+    safetensors.torch.save_file(state, path)
+
+
+def test_missing_component_and_weights_are_named(diffusers_copy):
+    shutil.rmtree(diffusers_copy / "super_res_last")
+    with pytest.raises(FileNotFoundError, match="super_res_last: component missing"):
+        convert_karlo(diffusers_copy)
+    shutil.copytree(diffusers_copy / "super_res_first", diffusers_copy / "super_res_last")
+    (diffusers_copy / "text_encoder" / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="text_encoder: no weights in"):
+        convert_karlo(diffusers_copy)
+
+
+def test_missing_tensor_and_mismatched_shape_are_named(diffusers_copy):
+    prior = diffusers_copy / "prior" / "diffusion_pytorch_model.safetensors"
+    saved = safetensors.torch.load_file(prior)
+    _edit_weights(prior, lambda state: state.pop("prd_embedding"))
+    with pytest.raises(ValueError, match="prior: PriorTransformer tensor prd_embedding is missing"):
+        convert_karlo(diffusers_copy)
+    safetensors.torch.save_file(saved, prior)
+    key = "down_blocks.1.attentions.0.add_k_proj.weight"
+    _edit_weights(
+        diffusers_copy / "decoder" / "diffusion_pytorch_model.safetensors",
+        lambda state: state.__setitem__(key, torch.zeros(7, 3)),
+    )
+    with pytest.raises(ValueError, match=rf"decoder: tensor '{key}' of shape \(7, 3\)"):
+        convert_karlo(diffusers_copy)
+
+
+def test_checkpoint_that_does_not_fit_its_config_is_named(karlo, tmp_path):
+    _, _, _, out = karlo
+    copy = shutil.copytree(out, tmp_path / "ours")
+    config = json.loads((copy / "unclip_karlo.json").read_text())
+    config["prior"]["depth"] = 1
+    (copy / "unclip_karlo.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"prior: parameter block_1/\S+ should have shape None"):
+        load_karlo(copy)
+
+
+def test_pytorch_bin_weights_read_like_safetensors(karlo, tmp_path):
+    pipe, diffusers_dir, _, _ = karlo
+    torch.save(pipe.prior.state_dict(), tmp_path / "diffusion_pytorch_model.bin")
+    from_bin = read_weights(tmp_path, "prior")
+    from_safetensors = read_weights(diffusers_dir / "prior", "prior")
+    assert sorted(from_bin) == sorted(from_safetensors)
+    for name, value in from_safetensors.items():
+        np.testing.assert_array_equal(from_bin[name], value)
+
+
+def test_karlo_full_size_configs_translate():
+    """Karlo v1-alpha's decoder and super-res configs (models built on torch's meta device)
+    give the U-Nets whose weights map one to one (`test_diffusers_unet`)."""
+    with torch.device("meta"):
+        decoder = UNet2DConditionModel(
+            sample_size=64,
+            layers_per_block=3,
+            down_block_types=("ResnetDownsampleBlock2D",) + ("SimpleCrossAttnDownBlock2D",) * 3,
+            up_block_types=("SimpleCrossAttnUpBlock2D",) * 3 + ("ResnetUpsampleBlock2D",),
+            mid_block_type="UNetMidBlock2DSimpleCrossAttn",
+            block_out_channels=(320, 640, 960, 1280),
+            in_channels=3,
+            out_channels=6,
+            cross_attention_dim=1536,
+            class_embed_type="identity",
+            attention_head_dim=64,
+            resnet_time_scale_shift="scale_shift",
+        )
+        super_res = UNet2DModel(
+            sample_size=256,
+            layers_per_block=3,
+            down_block_types=("ResnetDownsampleBlock2D",) * 4,
+            up_block_types=("ResnetUpsampleBlock2D",) * 4,
+            block_out_channels=(320, 640, 960, 1280),
+            in_channels=6,
+            out_channels=3,
+            add_attention=False,
+        )
+    widths = dict(base_channels=320, channel_mults=(1, 2, 3, 4), num_res_blocks=3)
+    assert unet_config_from_diffusers(decoder.config, "decoder", True) == UNetConfig(
+        out_channels=6, attention_levels=(1, 2, 3), head_dim=64, **widths
+    )
+    assert unet_config_from_diffusers(super_res.config, "super_res_first", False) == UNetConfig(
+        out_channels=3,
+        attention_levels=(),
+        mid_attention=False,
+        scale_shift=False,
+        head_dim=8,
+        **widths,
+    )
+    with pytest.raises(ValueError, match="decoder: config flip_sin_to_cos must be True"):
+        unet_config_from_diffusers({**decoder.config, "flip_sin_to_cos": False}, "decoder", True)
+    bad = {**super_res.config, "down_block_types": ["AttnDownBlock2D"] * 4}
+    with pytest.raises(ValueError, match="super_res_first: down block 0 type 'AttnDownBlock2D'"):
+        unet_config_from_diffusers(bad, "super_res_first", False)
+
+
+def test_save_refuses_to_replace_other_directories(karlo, tmp_path):
+    _, _, ours, _ = karlo
+    (tmp_path / "notes.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="exists and is not a Karlo checkpoint"):
+        save_karlo(ours, tmp_path)
+    assert (tmp_path / "notes.txt").read_text() == "keep me"

@@ -1,0 +1,1 @@
+"""Weight import from Hugging Face CLIP and diffusers unCLIP."""

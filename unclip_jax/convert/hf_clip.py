@@ -1,0 +1,367 @@
+"""Import Hugging Face CLIP checkpoints (a local `save_pretrained` directory) into `models.clip`,
+and save/load our own CLIP checkpoints (orbax parameters + config JSON).
+
+Weights are read from `model.safetensors` (sharded or not; no torch needed) or, failing that,
+`pytorch_model.bin` (needs torch). Every tensor is checked against the shape our model expects;
+mismatched, missing or unexpected tensors raise a ValueError naming the parameter path and both
+shapes.
+"""
+
+import json
+import math
+import pathlib
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from unclip_jax.models.clip import CLIP, CLIPConfig, TextConfig, VisionConfig
+
+Params = dict
+
+# Hugging Face's defaults: `save_pretrained` writes only the fields that differ from them.
+_HF_TEXT_DEFAULTS = dict(
+    vocab_size=49408,
+    hidden_size=512,
+    intermediate_size=2048,
+    num_hidden_layers=12,
+    num_attention_heads=8,
+    max_position_embeddings=77,
+    hidden_act="quick_gelu",
+    layer_norm_eps=1e-5,
+    eos_token_id=49407,
+)
+_HF_VISION_DEFAULTS = dict(
+    hidden_size=768,
+    intermediate_size=3072,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    num_channels=3,
+    image_size=224,
+    patch_size=32,
+    hidden_act="quick_gelu",
+    layer_norm_eps=1e-5,
+)
+_IGNORED_SUFFIXES = ("position_ids",)  # buffers some older checkpoints carry
+CONFIG_FILE = "clip_config.json"
+PARAMS_DIR = "params"
+TOKENIZER_DIR = "tokenizer"
+
+
+def _single_int(value, name: str) -> int:
+    if isinstance(value, list | tuple):
+        if len(set(value)) != 1:
+            raise ValueError(f"{name} must be square, got {value}")
+        value = value[0]
+    return int(value)
+
+
+def config_from_hf(hf_config: dict) -> CLIPConfig:
+    """Our CLIPConfig from the dict of a Hugging Face CLIP `config.json`.
+
+    Pooling follows Hugging Face exactly: eos_token_id == 2 marks configs written before the end
+    token's id was stored correctly, and those pool at the largest token id (OpenAI's rule);
+    otherwise at the first eos_token_id.
+    """
+    if hf_config.get("model_type", "clip") != "clip":
+        raise ValueError(
+            f"expected a CLIP config (model_type 'clip'), got {hf_config['model_type']!r}"
+        )
+    text = {**_HF_TEXT_DEFAULTS, **(hf_config.get("text_config") or {})}
+    vision = {**_HF_VISION_DEFAULTS, **(hf_config.get("vision_config") or {})}
+    eos = text["eos_token_id"]
+    eos = eos[0] if isinstance(eos, list) else eos
+    return CLIPConfig(
+        text=TextConfig(
+            vocab_size=text["vocab_size"],
+            context_length=text["max_position_embeddings"],
+            width=text["hidden_size"],
+            layers=text["num_hidden_layers"],
+            heads=text["num_attention_heads"],
+            mlp_dim=text["intermediate_size"],
+            act=text["hidden_act"],
+            eos_token_id=int(eos),
+            pooling="argmax" if eos == 2 else "eos",
+            layer_norm_eps=text["layer_norm_eps"],
+        ),
+        vision=VisionConfig(
+            image_size=_single_int(vision["image_size"], "vision image_size"),
+            patch_size=_single_int(vision["patch_size"], "vision patch_size"),
+            width=vision["hidden_size"],
+            layers=vision["num_hidden_layers"],
+            heads=vision["num_attention_heads"],
+            mlp_dim=vision["intermediate_size"],
+            act=vision["hidden_act"],
+            channels=vision["num_channels"],
+            layer_norm_eps=vision["layer_norm_eps"],
+        ),
+        projection_dim=hf_config.get("projection_dim", 512),
+        logit_scale_init=hf_config.get("logit_scale_init_value", 2.6592),
+    )
+
+
+# Tensor transforms: Hugging Face layout -> ours.
+def _linear(w, _):  # [out, in] -> [in, out]
+    return w.T
+
+
+def _qkv_kernel(w, heads):  # [H*Dh, D] -> [D, H, Dh]
+    return w.T.reshape(w.shape[1], heads, -1)
+
+
+def _qkv_bias(b, heads):  # [H*Dh] -> [H, Dh]
+    return b.reshape(heads, -1)
+
+
+def _out_kernel(w, heads):  # [D, H*Dh] -> [H, Dh, D]
+    return w.T.reshape(heads, -1, w.shape[0])
+
+
+def _patch_kernel(w, _):  # conv [D, C, p, p] -> [p*p*C, D] (patches flattened as (row, col, C))
+    return w.transpose(2, 3, 1, 0).reshape(-1, w.shape[0])
+
+
+def _same(x, _):
+    return x
+
+
+Transform = Callable[[np.ndarray, int], np.ndarray]
+
+
+def _layer_norm(ours: str, theirs: str) -> list[tuple[str, str, Transform]]:
+    return [(f"{ours}/scale", f"{theirs}.weight", _same), (f"{ours}/bias", f"{theirs}.bias", _same)]
+
+
+def _encoder_layer(ours: str, theirs: str) -> list[tuple[str, str, Transform]]:
+    rows = _layer_norm(f"{ours}/ln_1", f"{theirs}.layer_norm1")
+    rows += _layer_norm(f"{ours}/ln_2", f"{theirs}.layer_norm2")
+    for mine, hf in (("query", "q_proj"), ("key", "k_proj"), ("value", "v_proj")):
+        rows.append((f"{ours}/attn/{mine}/kernel", f"{theirs}.self_attn.{hf}.weight", _qkv_kernel))
+        rows.append((f"{ours}/attn/{mine}/bias", f"{theirs}.self_attn.{hf}.bias", _qkv_bias))
+    rows.append((f"{ours}/attn/out/kernel", f"{theirs}.self_attn.out_proj.weight", _out_kernel))
+    rows.append((f"{ours}/attn/out/bias", f"{theirs}.self_attn.out_proj.bias", _same))
+    for fc in ("fc1", "fc2"):
+        rows.append((f"{ours}/{fc}/kernel", f"{theirs}.mlp.{fc}.weight", _linear))
+        rows.append((f"{ours}/{fc}/bias", f"{theirs}.mlp.{fc}.bias", _same))
+    return rows
+
+
+def parameter_map(config: CLIPConfig) -> list[tuple[str, str, Transform, int]]:
+    """(our path, Hugging Face key, transform, heads) for every parameter of CLIP(config)."""
+    text = [
+        ("text/token_embedding/embedding", "text_model.embeddings.token_embedding.weight", _same),
+        ("text/position_embedding", "text_model.embeddings.position_embedding.weight", _same),
+        *_layer_norm("text/ln_final", "text_model.final_layer_norm"),
+        ("text/projection/kernel", "text_projection.weight", _linear),
+    ]
+    for i in range(config.text.layers):
+        text += _encoder_layer(f"text/block_{i}", f"text_model.encoder.layers.{i}")
+    vision = [
+        (
+            "vision/patch_embedding/kernel",
+            "vision_model.embeddings.patch_embedding.weight",
+            _patch_kernel,
+        ),
+        ("vision/class_embedding", "vision_model.embeddings.class_embedding", _same),
+        ("vision/position_embedding", "vision_model.embeddings.position_embedding.weight", _same),
+        *_layer_norm("vision/ln_pre", "vision_model.pre_layrnorm"),
+        *_layer_norm("vision/ln_post", "vision_model.post_layernorm"),
+        ("vision/projection/kernel", "visual_projection.weight", _linear),
+    ]
+    for i in range(config.vision.layers):
+        vision += _encoder_layer(f"vision/block_{i}", f"vision_model.encoder.layers.{i}")
+    return (
+        [(*row, config.text.heads) for row in text]
+        + [(*row, config.vision.heads) for row in vision]
+        + [("logit_scale", "logit_scale", _same, 1)]
+    )
+
+
+def param_shapes(config: CLIPConfig) -> dict[str, tuple[int, ...]]:
+    """{"text/block_0/fc1/kernel": shape, ...} of CLIP(config), from eval_shape."""
+    text, vision = config.text, config.vision
+    tree = jax.eval_shape(
+        CLIP(config).init,
+        jax.random.key(0),
+        jnp.zeros((1, text.context_length), jnp.int32),
+        jnp.zeros((1, vision.image_size, vision.image_size, vision.channels), jnp.float32),
+    )
+    flat = jax.tree_util.tree_flatten_with_path(nn.unbox(tree)["params"])[0]
+    return {"/".join(k.key for k in path): tuple(leaf.shape) for path, leaf in flat}
+
+
+def _nest(flat: dict[str, np.ndarray]) -> Params:
+    tree: dict = {}
+    for path, value in flat.items():
+        *parents, leaf = path.split("/")
+        node = tree
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return tree
+
+
+def params_from_state_dict(config: CLIPConfig, state: dict[str, np.ndarray]) -> Params:
+    """Our parameter tree `{"params": ...}` (float32 numpy) from a Hugging Face state dict."""
+    expected = param_shapes(config)
+    rows = parameter_map(config)
+    mapped = {ours for ours, *_ in rows}
+    if mapped != set(expected):
+        raise AssertionError(f"parameter map out of date: {sorted(mapped ^ set(expected))}")
+    used = {hf for _, hf, _, _ in rows}
+    unexpected = sorted(k for k in state if k not in used and not k.endswith(_IGNORED_SUFFIXES))
+    if unexpected:
+        raise ValueError(f"checkpoint has tensors CLIP does not use: {unexpected[:10]}")
+    flat = {}
+    for ours, hf, transform, heads in rows:
+        if hf not in state:
+            raise ValueError(
+                f"parameter {ours}: tensor {hf!r} is missing from the checkpoint "
+                f"(model expects shape {expected[ours]})"
+            )
+        tensor = np.asarray(state[hf], np.float32)
+        try:
+            value = transform(tensor, heads)
+        except ValueError:
+            value = None
+        if value is None or tuple(value.shape) != expected[ours]:
+            raise ValueError(
+                f"parameter {ours}: tensor {hf!r} has shape {tuple(tensor.shape)}, which does not "
+                f"fit the model's shape {expected[ours]}"
+            )
+        flat[ours] = value
+    return {"params": _nest(flat)}
+
+
+def _read_safetensors(path: pathlib.Path) -> dict[str, np.ndarray]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="flax") as f:
+            return {key: np.asarray(f.get_tensor(key), np.float32) for key in f.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError) as error:
+        raise ValueError(f"{path} is not a readable safetensors file: {error}") from None
+
+
+def _read_torch_bin(path: pathlib.Path) -> dict[str, np.ndarray]:
+    try:
+        import torch
+    except ImportError:
+        raise ValueError(
+            f"{path} is a PyTorch checkpoint and torch is not installed; install torch or "
+            "provide model.safetensors"
+        ) from None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for unreadable pickles
+        raise ValueError(f"{path} is not a readable PyTorch state dict: {error}") from None
+    return {key: value.float().numpy() for key, value in state.items()}
+
+
+def read_state_dict(hf_dir: pathlib.Path) -> dict[str, np.ndarray]:
+    """All tensors of a Hugging Face model directory as float32 numpy arrays."""
+    index = hf_dir / "model.safetensors.index.json"
+    if (hf_dir / "model.safetensors").is_file():
+        return _read_safetensors(hf_dir / "model.safetensors")
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        state = {}
+        for shard in shards:
+            state.update(_read_safetensors(hf_dir / shard))
+        return state
+    if (hf_dir / "pytorch_model.bin").is_file():
+        return _read_torch_bin(hf_dir / "pytorch_model.bin")
+    raise FileNotFoundError(
+        f"no weights in {hf_dir}: expected model.safetensors, model.safetensors.index.json or "
+        "pytorch_model.bin"
+    )
+
+
+def _existing_dir(directory: str | pathlib.Path, what: str) -> pathlib.Path:
+    path = pathlib.Path(directory)
+    if not path.exists():
+        raise FileNotFoundError(f"{what} {str(path)!r} does not exist")
+    if not path.is_dir():
+        raise NotADirectoryError(f"{what} {str(path)!r} is not a directory")
+    if not any(path.iterdir()):
+        raise FileNotFoundError(f"{what} {str(path)!r} is empty")
+    return path
+
+
+def load_hf_clip(hf_dir: str | pathlib.Path) -> tuple[CLIPConfig, Params]:
+    """(config, {"params": ...}) from a local Hugging Face CLIPModel directory."""
+    path = _existing_dir(hf_dir, "Hugging Face CLIP directory")
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"no config.json in Hugging Face CLIP directory {str(path)!r}")
+    try:
+        hf_config = json.loads(config_file.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{config_file} is not valid JSON: {error}") from None
+    config = config_from_hf(hf_config)
+    return config, params_from_state_dict(config, read_state_dict(path))
+
+
+def save_clip(directory: str | pathlib.Path, config: CLIPConfig, params: Params) -> None:
+    """Write `clip_config.json` and the orbax parameter checkpoint `params/` under directory."""
+    import orbax.checkpoint as ocp
+
+    path = pathlib.Path(directory).absolute()
+    path.mkdir(parents=True, exist_ok=True)
+    (path / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2))
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(path / PARAMS_DIR, jax.tree.map(jnp.asarray, params), force=True)
+
+
+def load_clip(directory: str | pathlib.Path) -> tuple[CLIPConfig, Params]:
+    """(config, {"params": ...}) saved by `save_clip`; shapes are checked against the config."""
+    import orbax.checkpoint as ocp
+
+    path = _existing_dir(directory, "CLIP checkpoint directory").absolute()
+    if not (path / CONFIG_FILE).is_file() or not (path / PARAMS_DIR).is_dir():
+        raise FileNotFoundError(
+            f"{str(path)!r} is not a CLIP checkpoint: expected {CONFIG_FILE} and {PARAMS_DIR}/"
+        )
+    config = CLIPConfig.from_dict(json.loads((path / CONFIG_FILE).read_text()))
+    expected = param_shapes(config)
+    with ocp.StandardCheckpointer() as checkpointer:
+        stored_tree = checkpointer.metadata(path / PARAMS_DIR).item_metadata
+        stored = {
+            "/".join(str(k.key) for k in key_path[1:]): tuple(leaf.shape)
+            for key_path, leaf in jax.tree_util.tree_flatten_with_path(dict(stored_tree))[0]
+        }
+        for name in sorted(set(expected) | set(stored)):
+            if expected.get(name) != stored.get(name):
+                raise ValueError(
+                    f"parameter {name}: {CONFIG_FILE} expects shape {expected.get(name)}, "
+                    f"{path / PARAMS_DIR} holds {stored.get(name)} (None = absent)"
+                )
+        target = {
+            "params": _nest(
+                {k: jax.ShapeDtypeStruct(shape, jnp.float32) for k, shape in expected.items()}
+            )
+        }
+        params = checkpointer.restore(path / PARAMS_DIR, target)
+    return config, params
+
+
+def convert_directory(hf_dir: str | pathlib.Path, out: str | pathlib.Path) -> int:
+    """`hf_dir` (Hugging Face CLIP) -> our checkpoint at `out`, its tokenizer (when `hf_dir`
+    has one) in `out/tokenizer`; returns the number of parameters."""
+    from unclip_jax.text.tokenizer import CLIPTokenizer
+
+    config, params = load_hf_clip(hf_dir)
+    save_clip(out, config, params)
+    hf_path = pathlib.Path(hf_dir)
+    if (hf_path / "vocab.json").is_file() or (hf_path / "tokenizer.json").is_file():
+        tokenizer = CLIPTokenizer.from_pretrained(hf_path, config.text.context_length)
+        tokenizer.save(pathlib.Path(out) / TOKENIZER_DIR)
+    count = num_params(params)
+    print(f"converted {hf_dir} -> {out}: {count:,} parameters")
+    return count
+
+
+def num_params(params: Params) -> int:
+    return sum(math.prod(np.shape(leaf)) for leaf in jax.tree.leaves(params))
