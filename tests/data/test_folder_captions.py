@@ -1,0 +1,84 @@
+"""The folder builder skips and counts what it cannot use, and never crashes on it."""
+
+import json
+import logging
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from unclip_jax.data import folder_captions
+
+
+def _image(path, seed, size=(40, 30)):
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+
+
+@pytest.fixture
+def folder(tmp_path):
+    root = tmp_path / "images"
+    (root / "sub").mkdir(parents=True)
+    for i in range(3):
+        _image(root / f"ok{i}.png", i)
+        (root / f"ok{i}.txt").write_text(f"caption number {i}\nanother caption {i}\n")
+    _image(root / "sub" / "nested.jpg", 7, size=(30, 50))
+    (root / "sub" / "nested.txt").write_text("a nested image")
+    (root / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
+    (root / "corrupt.txt").write_text("a caption for a broken file")
+    _image(root / "empty.png", 9)
+    (root / "empty.txt").write_text("  \n\n")
+    _image(root / "uncaptioned.png", 10)
+    (root / "notes.md").write_text("not an image")
+    return root
+
+
+def test_folder_builds_skipping_and_counting(folder, tmp_path, caplog):
+    with caplog.at_level(logging.INFO):
+        builder = folder_captions.build(folder, image_size=16, data_dir=str(tmp_path / "tfds"))
+    assert builder.info.splits["train"].num_examples == 4
+    skipped = builder.info.metadata["skipped"]
+    assert skipped == {
+        "empty_caption": 1,
+        "missing_caption": 1,
+        "not_an_image": 1,
+        "unreadable_image": 1,
+    }
+    assert "skipped 4" in caplog.text
+    source = builder.as_data_source("train")
+    examples = {source[i]["file"].decode(): source[i] for i in range(len(source))}
+    assert set(examples) == {"ok0.png", "ok1.png", "ok2.png", "sub/nested.jpg"}
+    assert [c.decode() for c in examples["ok1.png"]["captions"]] == [
+        "caption number 1",
+        "another caption 1",
+    ]
+    assert examples["sub/nested.jpg"]["image"].shape == (16, 16, 3)
+    # Centre crop of the shorter-side resize.
+    want = folder_captions.load_square(folder / "ok2.png", 16)
+    np.testing.assert_array_equal(examples["ok2.png"]["image"], want)
+
+
+def test_jsonl_layout(tmp_path):
+    root = tmp_path / "jsonl"
+    root.mkdir()
+    _image(root / "a.png", 1)
+    _image(root / "b.png", 2)
+    lines = [
+        json.dumps({"file": "a.png", "caption": "first"}),
+        json.dumps({"file": "b.png", "captions": ["second", "other"]}),
+        "{not json",
+        json.dumps({"file": "gone.png", "caption": "missing"}),
+        json.dumps({"file": "a.png", "caption": ""}),
+    ]
+    (root / "captions.jsonl").write_text("\n".join(lines))
+    scan = folder_captions.scan_folder(root)
+    assert [(p.name, c) for p, c in scan.records] == [
+        ("a.png", ("first",)),
+        ("b.png", ("second", "other")),
+    ]
+    assert scan.skipped == {"bad_jsonl_line": 1, "missing_image": 1, "empty_caption": 1}
+
+
+def test_not_a_directory(tmp_path):
+    with pytest.raises(ValueError, match="source_dir"):
+        folder_captions.scan_folder(tmp_path / "absent")

@@ -1,0 +1,27 @@
+"""Sources opened by name."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from unclip_jax.data import embedding_shards, sources
+
+
+def test_open_sources_by_name(tmp_path):
+    with embedding_shards.EmbeddingShardWriter(tmp_path / "emb", shard_size=4) as writer:
+        writer.add({"image_embedding": np.ones((6, 3)), "text_embedding": np.zeros((6, 3))})
+    assert len(sources.open_source(f"embeddings:{tmp_path / 'emb'}")) == 6
+
+    (tmp_path / "images").mkdir()
+    Image.fromarray(np.zeros((9, 12, 3), np.uint8)).save(tmp_path / "images" / "a.png")
+    (tmp_path / "images" / "a.txt").write_text("a black picture")
+    source = sources.open_source(
+        f"folder_captions:{tmp_path / 'images'}", data_dir=str(tmp_path / "tfds"), image_size=8
+    )
+    assert len(source) == 1 and source[0]["image"].shape == (8, 8, 3)
+
+
+@pytest.mark.parametrize("name", ["imagenet", "embeddings", "folder_captions:"])
+def test_bad_names_are_refused(name):
+    with pytest.raises(ValueError, match="source"):
+        sources.open_source(name)

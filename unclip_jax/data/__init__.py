@@ -1,0 +1,1 @@
+"""Input data: TFDS builders, the input pipeline, degradations, embedding shards."""

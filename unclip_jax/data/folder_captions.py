@@ -1,0 +1,227 @@
+"""`folder_captions`: a TFDS builder over a user's directory of captioned images.
+
+Two layouts are read:
+
+- images with same-name `.txt` captions beside them (`cat.jpg` + `cat.txt`; one caption per
+  non-empty line), searched recursively;
+- a `captions.jsonl` at the root, one `{"file": "sub/cat.jpg", "caption": "..."}` per line
+  (`"captions": [...]` for several), paths relative to the root.
+
+Images are resized (shorter side to `image_size`, bicubic) and centre-cropped to a square, stored
+as PNG in ArrayRecord. What cannot be used is skipped, never a crash: unreadable or corrupt
+images, files that are not images, images without a caption or with an empty one, bad jsonl
+lines. The skips are counted by reason, logged, and kept in `builder.info.metadata["skipped"]`.
+
+    builder = build("/data/my_images", image_size=256, data_dir="/tmp/tfds")
+    source = builder.as_data_source("train")
+"""
+
+import collections
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import pathlib
+from collections.abc import Iterator
+from typing import ClassVar
+
+import numpy as np
+import tensorflow_datasets as tfds
+from absl import logging
+from PIL import Image, UnidentifiedImageError
+
+from unclip_jax.data.tf_setup import SourceFileBuilderMixin, hide_accelerators_from_tf
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+CAPTIONS_FILE = "captions.jsonl"
+
+
+@dataclasses.dataclass(frozen=True)
+class FolderScan:
+    records: tuple[tuple[pathlib.Path, tuple[str, ...]], ...]  # (image path, captions)
+    skipped: dict[str, int]  # reason -> count
+
+
+def _caption_lines(text: str) -> tuple[str, ...]:
+    return tuple(line.strip() for line in text.splitlines() if line.strip())
+
+
+def _scan_jsonl(root: pathlib.Path, skipped: collections.Counter) -> list:
+    records = []
+    for line in (root / CAPTIONS_FILE).read_text(errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+            name = entry["file"]
+            captions = entry.get("captions", [entry.get("caption", "")])
+            captions = tuple(str(c).strip() for c in captions if str(c).strip())
+        except (ValueError, KeyError, TypeError, AttributeError):
+            skipped["bad_jsonl_line"] += 1
+            continue
+        path = root / name
+        if not path.is_file():
+            skipped["missing_image"] += 1
+        elif path.suffix.lower() not in IMAGE_SUFFIXES:
+            skipped["not_an_image"] += 1
+        elif not captions:
+            skipped["empty_caption"] += 1
+        else:
+            records.append((path, captions))
+    return records
+
+
+def _scan_text_files(root: pathlib.Path, skipped: collections.Counter) -> list:
+    records = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        suffix = path.suffix.lower()
+        if suffix == ".txt":
+            continue
+        if suffix not in IMAGE_SUFFIXES:
+            skipped["not_an_image"] += 1
+            continue
+        caption_path = path.with_suffix(".txt")
+        if not caption_path.is_file():
+            skipped["missing_caption"] += 1
+            continue
+        captions = _caption_lines(caption_path.read_text(errors="replace"))
+        if not captions:
+            skipped["empty_caption"] += 1
+            continue
+        records.append((path, captions))
+    return records
+
+
+def scan_folder(root: str | os.PathLike) -> FolderScan:
+    """Finds the (image, captions) pairs under `root` and counts what it has to skip."""
+    root = pathlib.Path(root)
+    if not root.is_dir():
+        raise ValueError(f"source_dir must be a directory, got {str(root)!r}")
+    skipped: collections.Counter = collections.Counter()
+    if (root / CAPTIONS_FILE).is_file():
+        records = _scan_jsonl(root, skipped)
+    else:
+        records = _scan_text_files(root, skipped)
+    return FolderScan(tuple(records), dict(skipped))
+
+
+def load_square(path: pathlib.Path, size: int) -> np.ndarray:
+    """The image at `path` as uint8 [size, size, 3]: shorter side resized, centre-cropped.
+
+    Raises OSError / UnidentifiedImageError / ValueError for unreadable files.
+    """
+    with Image.open(path) as image:
+        image.load()
+        image = image.convert("RGB")
+    width, height = image.size
+    if min(width, height) == 0:
+        raise ValueError(f"empty image {path}")
+    scale = size / min(width, height)
+    resized = image.resize(
+        (max(size, round(width * scale)), max(size, round(height * scale))), Image.BICUBIC
+    )
+    left, top = (resized.width - size) // 2, (resized.height - size) // 2
+    return np.asarray(resized.crop((left, top, left + size, top + size)))
+
+
+@dataclasses.dataclass(kw_only=True)
+class FolderCaptionsConfig(tfds.core.BuilderConfig):
+    image_size: int = 256
+    validation_fraction: float = 0.0  # of the images, chosen by a hash of their path
+
+
+def _in_validation(path: pathlib.Path, root: pathlib.Path, fraction: float) -> bool:
+    digest = hashlib.sha256(str(path.relative_to(root)).encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
+class FolderCaptions(SourceFileBuilderMixin, tfds.core.GeneratorBasedBuilder):
+    """Image–caption pairs read from a local directory (see the module docstring)."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    BUILDER_CONFIGS: ClassVar[list[FolderCaptionsConfig]] = [
+        FolderCaptionsConfig(name="256px", image_size=256)
+    ]
+
+    def __init__(self, *, source_dir: str | os.PathLike, file_format="array_record", **kwargs):
+        hide_accelerators_from_tf()
+        self._source_dir = pathlib.Path(source_dir).resolve()
+        super().__init__(file_format=file_format, **kwargs)
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        size = self.builder_config.image_size
+        return self.dataset_info_from_configs(
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Image(shape=(size, size, 3), encoding_format="png"),
+                    "captions": tfds.features.Sequence(tfds.features.Text()),
+                    "file": tfds.features.Text(doc="path relative to the source directory"),
+                }
+            ),
+            metadata=tfds.core.MetadataDict(),
+        )
+
+    def _split_generators(self, dl_manager):
+        del dl_manager  # local files
+        scan = scan_folder(self._source_dir)
+        self._skipped = collections.Counter(scan.skipped)
+        fraction = self.builder_config.validation_fraction
+        splits = {"train": [], "validation": []}
+        for path, captions in scan.records:
+            in_validation = _in_validation(path, self._source_dir, fraction)
+            splits["validation" if in_validation else "train"].append((path, captions))
+        names = ("train", "validation") if fraction > 0 else ("train",)
+        return {name: self._generate_examples(splits[name]) for name in names}
+
+    def _generate_examples(self, records) -> Iterator[tuple[str, dict]]:
+        size = self.builder_config.image_size
+        for path, captions in records:
+            try:
+                image = load_square(path, size)
+            except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):
+                self._skipped["unreadable_image"] += 1
+                continue
+            buffer = io.BytesIO()
+            Image.fromarray(image).save(buffer, format="png", compress_level=1)
+            relative = str(path.relative_to(self._source_dir))
+            yield (
+                relative,
+                {"image": buffer.getvalue(), "captions": list(captions), "file": relative},
+            )
+        self.info.metadata["skipped"] = dict(sorted(self._skipped.items()))
+        logging.info(
+            "folder_captions %s: skipped %d (%s)",
+            self._source_dir,
+            sum(self._skipped.values()),
+            ", ".join(f"{k}: {v}" for k, v in sorted(self._skipped.items())) or "none",
+        )
+
+
+def build(
+    source_dir: str | os.PathLike,
+    *,
+    image_size: int = 256,
+    validation_fraction: float = 0.0,
+    data_dir: str | None = None,
+) -> FolderCaptions:
+    """Builds (or reopens) the data set of `source_dir` under `data_dir`; returns its builder.
+
+    The config name carries the image size and a hash of the source path, so several folders
+    can share one `data_dir`.
+    """
+    if image_size <= 0:
+        raise ValueError(f"image_size must be positive, got {image_size}")
+    if not 0 <= validation_fraction < 1:
+        raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
+    resolved = pathlib.Path(source_dir).resolve()
+    tag = hashlib.sha256(str(resolved).encode()).hexdigest()[:10]
+    config = FolderCaptionsConfig(
+        name=f"{image_size}px_{tag}",
+        description=f"images of {resolved}",
+        image_size=image_size,
+        validation_fraction=validation_fraction,
+    )
+    builder = FolderCaptions(source_dir=resolved, config=config, data_dir=data_dir)
+    builder.download_and_prepare()
+    return builder

@@ -1,0 +1,57 @@
+"""Random-access sources by name, for configs: `open_source("shapes_captions/64px", "train")`.
+
+Names: `shapes_captions/<config>` (built on first use), `folder_captions:<directory>` (built
+on first use, images stored at `image_size`), `embeddings:<directory>` (shards as written by
+`unclip embed`; no splits). Builders import TensorFlow only when their source is opened.
+"""
+
+from collections.abc import Callable, Sequence
+
+
+def _shapes(spec: str, split: str, data_dir: str | None, image_size: int) -> Sequence:
+    from unclip_jax.data import shapes_captions
+
+    del image_size  # fixed by the config
+    return shapes_captions.build(spec or "64px", data_dir=data_dir).as_data_source(split)
+
+
+def _require(spec: str, kind: str) -> str:
+    if not spec:
+        raise ValueError(f"source {kind!r} needs a directory: '{kind}:<directory>'")
+    return spec
+
+
+def _folder(spec: str, split: str, data_dir: str | None, image_size: int) -> Sequence:
+    from unclip_jax.data import folder_captions
+
+    spec = _require(spec, "folder_captions")
+    builder = folder_captions.build(spec, image_size=image_size, data_dir=data_dir)
+    return builder.as_data_source(split)
+
+
+def _embeddings(spec: str, split: str, data_dir: str | None, image_size: int) -> Sequence:
+    from unclip_jax.data import embedding_shards
+
+    del split, data_dir, image_size
+    return embedding_shards.EmbeddingShards(_require(spec, "embeddings"))
+
+
+# kind -> (separator, opener(spec, split, data_dir, image_size))
+SOURCES: dict[str, tuple[str, Callable[..., Sequence]]] = {
+    "shapes_captions": ("/", _shapes),
+    "folder_captions": (":", _folder),
+    "embeddings": (":", _embeddings),
+}
+
+
+def open_source(
+    name: str, split: str = "train", data_dir: str | None = None, image_size: int = 256
+) -> Sequence:
+    """The random-access source `name` (see the module docstring) for `split`."""
+    for kind, (separator, opener) in SOURCES.items():
+        if name == kind or name.startswith(kind + separator):
+            return opener(name[len(kind) + 1 :], split, data_dir, image_size)
+    raise ValueError(
+        f"source must start with one of {sorted(SOURCES)} "
+        f"(e.g. 'shapes_captions/64px', 'folder_captions:/data', 'embeddings:/emb'), got {name!r}"
+    )
