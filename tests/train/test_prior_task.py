@@ -1,0 +1,207 @@
+"""Diffusion prior task: one step through the real loop from embedding shards, a loss that falls
+on a fixed batch, caption dropout to the null conditioning, normalisers saved with the run."""
+
+import importlib
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from unclip_jax.data.embedding_shards import EmbeddingShardWriter
+from unclip_jax.diffusion.schedules import make_schedule
+from unclip_jax.models.prior import DiffusionPrior, EmbeddingNormalizer
+from unclip_jax.train import prior_task, trainers
+
+D, L, N = 64, 16, 48
+
+
+def write_shards(directory, count=N, seed=0, token_states=True):
+    """Synthetic embedding shards: image = text + noise, token states, ragged masks."""
+    rng = np.random.default_rng(seed)
+    text = rng.normal(size=(count, D)).astype(np.float32)
+    fields = {
+        "image_embedding": (text + 0.3 * rng.normal(size=(count, D))).astype(np.float16),
+        "text_embedding": text.astype(np.float16),
+        "text_tokens": rng.integers(0, 100, size=(count, L)).astype(np.int32),
+        "text_mask": np.arange(L)[None] < rng.integers(3, L, size=(count, 1)),
+        "caption": np.array([f"caption {i}" for i in range(count)]),
+    }
+    if token_states:
+        fields["token_states"] = rng.normal(size=(count, L, D)).astype(np.float16)
+    with EmbeddingShardWriter(directory, shard_size=20) as writer:
+        writer.add(fields)
+    return fields
+
+
+def smoke_config(train_dir, eval_dir):
+    config = importlib.import_module("configs.prior_demo").get_config("smoke")
+    config.data.train_dir = str(train_dir)
+    config.data.eval_dir = str(eval_dir)
+    return config
+
+
+def test_one_step_through_the_loop(tmp_path):
+    fields = write_shards(tmp_path / "train")
+    write_shards(tmp_path / "eval", count=8, seed=1)
+    config = smoke_config(tmp_path / "train", tmp_path / "eval")
+    workdir = tmp_path / "work"
+    state = trainers.get_trainer(config.trainer)(config, str(workdir))
+    assert int(state.step) == 1
+    leaves = jax.tree.leaves(state.params)
+    assert all(np.isfinite(np.asarray(x)).all() for x in leaves)
+    assert (workdir / "checkpoints" / "1").is_dir()
+    # The demo's per-dimension statistics, fitted on the training image embeddings and saved.
+    saved = prior_task.load_normalizer(workdir / prior_task.NORMALIZER_FILE)
+    assert saved.kind == "mean_std"
+    image = np.asarray(fields["image_embedding"], np.float64)
+    np.testing.assert_allclose(saved.mean, image.mean(0), atol=1e-4)
+    np.testing.assert_allclose(saved.std, image.std(0), rtol=1e-4)
+
+
+def test_batches_read_shards_and_cast(tmp_path):
+    fields = write_shards(tmp_path / "train")
+    it = prior_task.embedding_batches(tmp_path / "train", batch_size=8, seed=0, shuffle=False)
+    batch = next(it)
+    it.close()
+    assert sorted(batch) == sorted(prior_task.BATCH_FIELDS)
+    assert batch["token_states"].shape == (8, L, D) and batch["token_states"].dtype == np.float32
+    assert batch["text_mask"].dtype == bool
+    np.testing.assert_array_equal(batch["text_mask"], fields["text_mask"][:8])
+    # Caption positions past the longest caption are cut; cutting a real token is an error.
+    longest = int(fields["text_mask"][:8].sum(1).max())
+    cut = prior_task.cast_batch(batch, num_tokens=longest)
+    assert cut["token_states"].shape == (8, longest, D)
+    np.testing.assert_array_equal(cut["token_states"], batch["token_states"][:, :longest])
+    with pytest.raises(ValueError, match=f"num_tokens={longest - 1}"):
+        prior_task.cast_batch(batch, num_tokens=longest - 1)
+
+
+def test_mean_std_normalizer_round_trip(tmp_path):
+    embeddings = np.random.default_rng(0).normal(3.0, 2.0, size=(500, D))
+    normalizer = prior_task.fit_normalizer("mean_std", embeddings)
+    normalized = np.asarray(normalizer.normalize(embeddings))
+    np.testing.assert_allclose(normalized.mean(0), 0.0, atol=1e-4)
+    np.testing.assert_allclose(normalized.std(0), 1.0, atol=1e-4)
+    prior_task.save_normalizer(normalizer, tmp_path / "n.json")
+    loaded = prior_task.load_normalizer(tmp_path / "n.json")
+    np.testing.assert_allclose(loaded.denormalize(normalized), embeddings, rtol=1e-5, atol=1e-4)
+
+
+MODEL = DiffusionPrior(embed_dim=8, num_tokens=4, width=32, depth=2, num_heads=2)
+
+
+def tiny_batch(seed=0, size=16):
+    rng = np.random.default_rng(seed)
+    text = rng.normal(size=(size, 8)).astype(np.float32)
+    return {
+        "image_embedding": text + 0.1 * rng.normal(size=(size, 8)).astype(np.float32),
+        "text_embedding": text,
+        "token_states": rng.normal(size=(size, 4, 8)).astype(np.float32),
+        "text_mask": np.ones((size, 4), bool),
+    }
+
+
+@pytest.fixture(scope="module")
+def task_and_params():
+    task = prior_task.DiffusionPriorTask(
+        MODEL, EmbeddingNormalizer.create("unit_norm", 8), make_schedule("cosine", 1000)
+    )
+    spec = {k: jax.ShapeDtypeStruct((1, *v.shape[1:]), v.dtype) for k, v in tiny_batch().items()}
+    params = nn.unbox(jax.jit(lambda key: task.init(key, spec))(jax.random.key(0)))
+    return task, params
+
+
+def test_loss_decreases_on_a_fixed_batch(task_and_params):
+    task, params = task_and_params
+    batch = {k: jnp.asarray(v) for k, v in tiny_batch().items()}
+    tx = optax.adam(3e-3)
+    key = jax.random.key(1)
+
+    @jax.jit
+    def step(params, opt_state):
+        (loss, _), grads = jax.value_and_grad(task.loss, has_aux=True)(params, batch, key, True)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    opt_state = tx.init(params)
+    first = None
+    for _ in range(60):
+        params, opt_state, loss = step(params, opt_state)
+        first = float(loss) if first is None else first
+    final = float(task.loss(params, batch, key, True)[0])
+    print(f"prior loss on a fixed batch and key: {first:.4f} -> {final:.4f}")
+    assert final < 0.5 * first
+
+
+def test_caption_dropout_uses_the_null_conditioning(task_and_params):
+    """With drop probability 1 the loss ignores the caption; with 0 it depends on it."""
+    task, params = task_and_params
+    batch = {k: jnp.asarray(v) for k, v in tiny_batch().items()}
+    other = dict(batch, text_embedding=batch["text_embedding"] + 1.0)
+    key = jax.random.key(2)
+    always = prior_task.DiffusionPriorTask(MODEL, task.normalizer, task.schedule, 1.0)
+    never = prior_task.DiffusionPriorTask(MODEL, task.normalizer, task.schedule, 0.0)
+    a, b = (always.loss(params, x, key, True)[0] for x in (batch, other))
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+    a, b = (never.loss(params, x, key, True)[0] for x in (batch, other))
+    assert abs(float(a) - float(b)) > 1e-4
+
+
+def test_min_snr_weight_is_snr_capped_at_gamma():
+    schedule = make_schedule("cosine", 1000)
+    index = jnp.arange(1000)
+    weight = np.asarray(prior_task.min_snr_weight(5.0)(schedule, index))
+    alpha_bar = np.asarray(schedule.alphas_cumprod, np.float64)
+    np.testing.assert_allclose(weight, np.minimum(alpha_bar / (1 - alpha_bar), 5.0), rtol=1e-4)
+    assert weight[0] == 5.0 and weight[-1] < 1e-3
+
+
+def test_evaluate_samples_and_compares_with_the_text_embedding(task_and_params):
+    task, params = task_and_params
+    sampling = prior_task.DiffusionPriorTask(
+        MODEL, task.normalizer, task.schedule, sample_schedule=make_schedule("cosine", 1000, 2)
+    )
+    batch = {k: jnp.asarray(v) for k, v in tiny_batch(size=4).items()}
+    metrics = jax.jit(sampling.evaluate)(params, batch, jax.random.key(3))
+    text = batch["text_embedding"] / jnp.linalg.norm(batch["text_embedding"], axis=-1)[:, None]
+    image = batch["image_embedding"] / jnp.linalg.norm(batch["image_embedding"], axis=-1)[:, None]
+    np.testing.assert_allclose(metrics["text_cosine"], jnp.mean(jnp.sum(text * image, -1)), 1e-5)
+    assert -1.0 <= float(metrics["sample_cosine"]) <= 1.0
+    assert sorted(metrics) == ["loss", "sample_cosine", "text_cosine", "x0_cosine"]
+
+
+def test_bad_settings_raise():
+    schedule = make_schedule("cosine", 10)
+    normalizer = EmbeddingNormalizer.create("unit_norm", 8)
+    with pytest.raises(ValueError, match="text_drop_prob"):
+        prior_task.DiffusionPriorTask(MODEL, normalizer, schedule, 1.5)
+    with pytest.raises(ValueError, match="null"):
+        prior_task.DiffusionPriorTask(MODEL, normalizer, schedule, null=(1, 2, 3))
+    with pytest.raises(ValueError, match="loss_weight"):
+        prior_task.DiffusionPriorTask(MODEL, normalizer, schedule, loss_weight="snr")
+    config = importlib.import_module("configs.prior_demo").get_config("smoke")
+    config.diffusion.prediction = "eps"
+    with pytest.raises(ValueError, match="x0"):
+        prior_task.build_task(config, normalizer)
+
+
+@pytest.mark.slow
+def test_learning_gate(tmp_path):
+    """The priors' learning gate (experiments/prior_learning.py) on the captioned shapes."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).parents[2]
+    results = tmp_path / "prior_learning.json"
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device
+    command = [sys.executable, "-m", "experiments.prior_learning", "--workdir", str(tmp_path)]
+    subprocess.run([*command, "--results", str(results)], cwd=root, env=env, check=True)
+    figures = json.loads(results.read_text())
+    failed = [name for name, ok in figures["gate"].items() if not ok]
+    assert not failed, f"learning gate checks failed: {failed}"

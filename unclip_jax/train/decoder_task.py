@@ -1,0 +1,362 @@
+"""Training the decoder (Ramesh et al. 2022, §2.1): p(x | z_i, y), a U-Net inverting CLIP image
+embeddings, with the hybrid loss of a learned variance (Nichol & Dhariwal 2021).
+
+Each step resizes the batch's images to the decoder's size, noises them at a uniform timestep,
+and regresses the configured target (eps, x0 or v) plus λ·T·L_vlb for the variance channels. The
+image embedding is replaced by the learned null embedding 10% of the time and the caption 50%
+of the time (classifier-free guidance, §2.1). The conditioning z_i is the batch's
+`image_embedding` when present, else computed on the fly by a frozen CLIP (`FrozenCLIP`) from
+the batch's images at their source resolution.
+
+Batches (host-local numpy):
+
+    image            float [B, S, S, 3]  in [-1, 1], any S (resized to the decoder's size)
+    image_embedding  float [B, D]        optional: CLIP image embeddings
+    tokens, mask     int [B, L]          the caption (caption_source "transformer" or "clip")
+
+    unclip train --config=configs/decoder_demo.py --workdir=workdirs/decoder_demo \
+        --config.clip_dir=workdirs/clip_demo/clip
+"""
+
+import dataclasses
+import pathlib
+from collections.abc import Callable, Iterable, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from unclip_jax.convert import hf_clip
+from unclip_jax.data import pipeline, preprocess
+from unclip_jax.diffusion import gaussian, losses
+from unclip_jax.diffusion.sampling import SamplerSettings
+from unclip_jax.diffusion.schedules import Schedule, make_schedule
+from unclip_jax.models.clip import CLIP
+from unclip_jax.models.clip_preprocessing import clip_preprocess
+from unclip_jax.models.decoder_sampling import DecoderSampler
+from unclip_jax.models.unet import Decoder, decoder_from_config
+from unclip_jax.nn.resize import bicubic_resize
+from unclip_jax.text import tokenizer as tokenizer_lib
+from unclip_jax.train import loop
+from unclip_jax.train.state import TrainState
+from unclip_jax.train.task import Batch, Metrics, Params, Task
+
+Array = jax.Array
+CLIP_TOKENIZER_DIR = "tokenizer"  # inside a CLIP checkpoint exported by the CLIP task
+
+
+@dataclasses.dataclass(frozen=True)
+class FrozenCLIP:
+    """A trained CLIP used only to compute conditioning; no gradient flows into it."""
+
+    model: CLIP
+    params: Params  # unboxed `params` collection
+
+    @classmethod
+    def load(cls, directory: str | pathlib.Path) -> "FrozenCLIP":
+        config, variables = hf_clip.load_clip(directory)
+        return cls(CLIP(config), jax.device_get(variables["params"]))
+
+    @property
+    def embed_dim(self) -> int:
+        return self.model.config.projection_dim
+
+    def image_embed(self, images: Array) -> Array:
+        """images: [B, S, S, 3] in [-1, 1] → z_i [B, P] float32."""
+        pixels = clip_preprocess(images, self.model.config.vision.image_size)
+        z, _ = self.model.apply({"params": self.params}, pixels, method=CLIP.encode_image)
+        return jax.lax.stop_gradient(z.astype(jnp.float32))
+
+    def caption(self, tokens: Array, mask: Array) -> tuple[Array, Array]:
+        """tokens, mask: [B, L] → (token states [B, L, Dt], text embedding [B, P])."""
+        z, aux = self.model.apply({"params": self.params}, tokens, mask, method=CLIP.encode_text)
+        states = jax.lax.stop_gradient(aux["hidden_states"].astype(jnp.float32))
+        return states, jax.lax.stop_gradient(z.astype(jnp.float32))
+
+
+def resize_images(images: Array, size: int) -> Array:
+    """[B, S, S, C] → [B, size, size, C]: antialiased bicubic (torch-compatible), clipped."""
+    if images.shape[1:3] == (size, size):
+        return images.astype(jnp.float32)
+    resized = bicubic_resize(images.astype(jnp.float32), (size, size), antialias=True)
+    return jnp.clip(resized, -1.0, 1.0)
+
+
+class DecoderTask(Task):
+    """Hybrid (or plain) diffusion loss of a `Decoder` with condition dropout; sample grids from
+    fixed held-out image embeddings (`sample_embeddings` [N, D]) through the guided sampler."""
+
+    def __init__(
+        self,
+        model: Decoder,
+        schedule: Schedule,
+        image_size: int,
+        *,
+        mean_type: str = "eps",  # or "x0", "v"
+        var_type: str = "learned_range",  # or "fixed_small", "fixed_large"
+        image_drop_prob: float = 0.1,
+        caption_drop_prob: float = 0.5,
+        clip: FrozenCLIP | None = None,
+        sampler: DecoderSampler | None = None,
+        sample_embeddings: np.ndarray | None = None,
+        sample_steps: int | str = 250,
+        guidance_scale: float = 1.0,
+    ):
+        gaussian.check_prediction(mean_type)
+        gaussian.check_variance(var_type)
+        for name, p in (
+            ("image_drop_prob", image_drop_prob),
+            ("caption_drop_prob", caption_drop_prob),
+        ):
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {p}")
+        expected = gaussian.output_channels(3, var_type)
+        if model.unet.out_channels != expected:
+            raise ValueError(
+                f"var_type {var_type!r} needs {expected} output channels, the decoder has "
+                f"{model.unet.out_channels}"
+            )
+        if model.caption_source == "clip" and clip is None:
+            raise ValueError('caption_source "clip" needs a FrozenCLIP to encode the captions')
+        self.model = model
+        self.schedule = schedule
+        self.image_size = image_size
+        self.mean_type = mean_type
+        self.var_type = var_type
+        self.image_drop_prob = image_drop_prob
+        self.caption_drop_prob = caption_drop_prob
+        self.clip = clip
+        self.sampler = sampler
+        self.sample_embeddings = sample_embeddings
+        self.sample_steps = sample_steps
+        self.guidance_scale = guidance_scale
+
+    def image_embedding(self, batch: Batch) -> Array:
+        """z_i [B, D]: the batch's `image_embedding`, else the frozen CLIP's of `image`."""
+        if "image_embedding" in batch:
+            return jnp.asarray(batch["image_embedding"], jnp.float32)
+        if self.clip is None:
+            raise ValueError("batches without image_embedding need a FrozenCLIP in the task")
+        return self.clip.image_embed(batch["image"])
+
+    def caption_inputs(self, batch: Batch) -> dict[str, Array]:
+        """The decoder's caption keyword arguments for its `caption_source`."""
+        source = self.model.caption_source
+        if source == "none":
+            return {}
+        mask = jnp.asarray(batch["mask"]).astype(bool)
+        if source == "transformer":
+            return {"caption_ids": batch["tokens"], "caption_mask": mask}
+        states, embed = self.clip.caption(batch["tokens"], mask)
+        return {"caption_states": states, "caption_embed": embed, "caption_mask": mask}
+
+    def init(self, key: Array, batch_spec: dict[str, jax.ShapeDtypeStruct]) -> Params:
+        zeros = {k: jnp.zeros(v.shape, v.dtype) for k, v in batch_spec.items()}
+        x = jnp.zeros((1, self.image_size, self.image_size, 3), jnp.float32)
+        return self.model.init(
+            key,
+            x,
+            jnp.zeros((1,), jnp.int32),
+            self.image_embedding(zeros),
+            **self.caption_inputs(zeros),
+        )["params"]
+
+    def loss(self, params: Params, batch: Batch, key: Array, train: bool) -> tuple[Array, Metrics]:
+        x0 = resize_images(batch["image"], self.image_size)  # [B, s, s, 3]
+        size = x0.shape[0]
+        index_key, noise_key, image_key, caption_key, dropout_key = jax.random.split(key, 5)
+        index = jax.random.randint(index_key, (size,), 0, self.schedule.num_steps)
+        noise = jax.random.normal(noise_key, x0.shape, jnp.float32)
+        x_t = gaussian.q_sample(self.schedule, x0, index, noise)
+        caption = self.caption_inputs(batch)
+        drop_image = drop_caption = None
+        if train:
+            drop_image = jax.random.bernoulli(image_key, self.image_drop_prob, (size,))
+            if caption:
+                drop_caption = jax.random.bernoulli(caption_key, self.caption_drop_prob, (size,))
+        output = self.model.apply(
+            {"params": params},
+            x_t,
+            self.schedule.timesteps[index],
+            self.image_embedding(batch),
+            drop_image=drop_image,
+            drop_caption=drop_caption,
+            deterministic=not train,
+            rngs={"dropout": dropout_key} if train else None,
+            **caption,
+        )
+        terms = losses.diffusion_loss(
+            self.schedule,
+            output.astype(jnp.float32),
+            x0,
+            x_t,
+            index,
+            noise,
+            mean_type=self.mean_type,
+            var_type=self.var_type,
+        )
+        metrics = {"mse": jnp.mean(terms["mse"])}
+        if "vlb" in terms:
+            metrics["vlb"] = jnp.mean(terms["vlb"])
+        return jnp.mean(terms["loss"]), metrics
+
+    def sample(self, params: Params, key: Array, num: int) -> Array | None:
+        if self.sampler is None or self.sample_embeddings is None:
+            return None
+        embeds = jnp.asarray(self.sample_embeddings[:num], jnp.float32)
+        if embeds.shape[0] < num:
+            raise ValueError(f"{num} samples asked, {embeds.shape[0]} sample embeddings held")
+        return self.sampler(
+            params,
+            embeds,
+            key,
+            image_size=self.image_size,
+            steps=self.sample_steps,
+            guidance_scale=self.guidance_scale,
+        )
+
+    @property
+    def generates_images(self) -> bool:
+        return self.sampler is not None and self.sample_embeddings is not None
+
+
+def sampler_settings(diffusion: ml_collections.ConfigDict) -> SamplerSettings:
+    """The decoder's sampler settings from a config's `diffusion` section."""
+    return SamplerSettings(
+        schedule=diffusion.schedule,
+        num_train_steps=diffusion.train_steps,
+        sampler=diffusion.sampler,
+        mean_type=diffusion.prediction,
+        var_type="learned_range" if diffusion.learned_variance else "fixed_small",
+        clip="static",
+    )
+
+
+def build_task(
+    config: ml_collections.ConfigDict,
+    clip: FrozenCLIP | None,
+    sample_embeddings: np.ndarray | None = None,
+) -> DecoderTask:
+    """The task of a decoder config (`model`, `image_size`, `diffusion`, `guidance`)."""
+    diffusion = config.diffusion
+    model = decoder_from_config(config.model)
+    settings = sampler_settings(diffusion)
+    return DecoderTask(
+        model,
+        make_schedule(diffusion.schedule, diffusion.train_steps),
+        config.image_size,
+        mean_type=diffusion.prediction,
+        var_type=settings.var_type,
+        image_drop_prob=config.guidance.image_drop_prob,
+        caption_drop_prob=config.guidance.caption_drop_prob,
+        clip=clip,
+        sampler=DecoderSampler(model, settings),
+        sample_embeddings=sample_embeddings,
+        sample_steps=diffusion.sample_steps,
+        guidance_scale=config.guidance.scale,
+    )
+
+
+def image_batches(
+    source: Sequence,
+    *,
+    batch_size: int,
+    image_size: int,
+    seed: int,
+    tokenize: Callable | None = None,
+    **kwargs,
+) -> pipeline.DataIterator:
+    """Checkpointable host-local batches of `image` [B, S, S, 3] (S = `image_size`, the
+    resolution the conditioning is computed at) and, with `tokenize`, `tokens` and `mask`."""
+
+    def batch_fn(batch: dict) -> dict:
+        out = {"image": np.asarray(batch["image"], np.float32)}
+        if tokenize is not None:
+            out["tokens"], out["mask"] = tokenize([str(c) for c in batch["caption"]])
+        return out
+
+    return pipeline.DataIterator(
+        source,
+        batch_size=batch_size,
+        seed=seed,
+        example_fn=preprocess.ImageTextExample(
+            image_size=image_size, resize_size=image_size, random_crop=False
+        ),
+        batch_fn=batch_fn,
+        **kwargs,
+    )
+
+
+def fixed_batches(iterator: pipeline.DataIterator, count: int) -> list[dict]:
+    """The first `count` batches of a finite iterator, held in memory."""
+    batches = []
+    for batch in iterator:
+        batches.append(batch)
+        if len(batches) == count:
+            break
+    iterator.close()
+    return batches
+
+
+def load_conditioning(config: ml_collections.ConfigDict):
+    """(FrozenCLIP or None, tokenizer or None) named by `config.clip_dir`."""
+    if not config.clip_dir:
+        return None, None
+    clip = FrozenCLIP.load(config.clip_dir)
+    tokenizer = None
+    if config.model.caption_source != "none":
+        tokenizer = tokenizer_lib.load_tokenizer(pathlib.Path(config.clip_dir) / CLIP_TOKENIZER_DIR)
+    return clip, tokenizer
+
+
+def run(
+    config: ml_collections.ConfigDict,
+    workdir: str | pathlib.Path,
+    train_source: Sequence,
+    eval_source: Sequence,
+    clip: FrozenCLIP,
+    tokenizer: Callable | None = None,
+    hooks: Sequence[loop.Hook] = (),
+) -> TrainState:
+    """Trains the decoder on `train_source`; evaluates the loss on, and draws sample grids from,
+    the first `config.eval.num_batches` batches of `eval_source`. Returns the final state."""
+    common = dict(image_size=config.data.image_size, tokenize=tokenizer)
+    held_out = fixed_batches(
+        image_batches(
+            eval_source,
+            batch_size=config.eval.batch_size,
+            seed=config.seed,
+            shuffle=False,
+            num_epochs=1,
+            **common,
+        ),
+        config.eval.num_batches,
+    )
+    sample_images = np.concatenate([b["image"] for b in held_out])[: config.train.num_samples]
+    sample_embeddings = np.asarray(jax.jit(clip.image_embed)(sample_images))
+    task = build_task(config, clip, sample_embeddings)
+    train_data = image_batches(
+        train_source,
+        batch_size=config.train.batch_size // jax.process_count(),
+        seed=config.seed,
+        **common,
+    )
+    eval_data: Callable[[], Iterable[Batch]] = lambda: iter(held_out)
+    return loop.train_and_evaluate(
+        config, pathlib.Path(workdir), task, train_data, eval_data, hooks
+    )
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+    """`unclip train` entry point (trainer "decoder"): the decoder of `config` on
+    `config.data.source`, conditioned through the CLIP of `config.clip_dir`."""
+    from unclip_jax.data.sources import open_source
+
+    if not config.clip_dir:
+        raise ValueError("config.clip_dir must name a CLIP checkpoint (the conditioning encoder)")
+    clip, tokenizer = load_conditioning(config)
+    data = config.data
+    train_source = open_source(data.source, "train", data.data_dir, data.image_size)
+    eval_source = open_source(data.source, data.eval_split, data.data_dir, data.image_size)
+    return run(config, workdir, train_source, eval_source, clip, tokenizer)

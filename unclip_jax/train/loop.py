@@ -1,0 +1,284 @@
+"""`train_and_evaluate(config, workdir, task, train_data, ...)`: the loop every stage trains with.
+
+It builds the mesh, the sharded state (or resumes it, data iterator included, from the latest
+complete checkpoint in `<workdir>/checkpoints`), then runs the jitted train step; it logs loss,
+gradient norm, learning rate, samples/s and step time to TensorBoard (`<workdir>/tensorboard`)
+and the console, evaluates and draws sample grids (`<workdir>/samples/step_<N>.png`)
+periodically, saves checkpoints, and on SIGTERM saves at the next step boundary and returns.
+`max_nonfinite_steps` skipped steps in a row raise `NonFiniteError`; periodic checkpoints are not
+written while steps are being skipped, so the last good one stays the latest.
+"""
+
+import dataclasses
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from tensorboardX import SummaryWriter
+from tqdm import tqdm
+
+from unclip_jax import sharding
+from unclip_jax.train import checkpoints as checkpoints_lib
+from unclip_jax.train import images as images_lib
+from unclip_jax.train import optimizer as optimizer_lib
+from unclip_jax.train import state as state_lib
+from unclip_jax.train import step as step_lib
+from unclip_jax.train.task import Batch, DataIterator, Task
+
+Hook = Callable[[int, state_lib.TrainState], None]
+
+
+class NonFiniteError(FloatingPointError):
+    """Too many consecutive train steps had a non-finite loss or gradients."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopConfig:
+    total_steps: int
+    batch_size: int  # global
+    max_nonfinite_steps: int
+    log_every: int
+    eval_every: int
+    eval_with_ema: bool
+    sample_every: int
+    num_samples: int
+    checkpoint_every: int
+    max_to_keep: int
+    async_save: bool
+
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict) -> "LoopConfig":
+        t, c = config.train, config.checkpoint
+        return cls(
+            total_steps=t.total_steps,
+            batch_size=t.batch_size,
+            max_nonfinite_steps=t.max_nonfinite_steps,
+            log_every=t.log_every,
+            eval_every=t.eval_every,
+            eval_with_ema=t.eval_with_ema,
+            sample_every=t.sample_every,
+            num_samples=t.num_samples,
+            checkpoint_every=c.every_steps,
+            max_to_keep=c.max_to_keep,
+            async_save=c.async_save,
+        )
+
+
+def _every(step: int, period: int) -> bool:
+    return period > 0 and step % period == 0
+
+
+def _example_spec(batch: dict) -> dict[str, jax.ShapeDtypeStruct]:
+    """Shapes of a batch of one example (`[1, ...]`), from a host-local batch."""
+    return {
+        k: jax.ShapeDtypeStruct((1, *v.shape[1:]), v.dtype)
+        for k, v in step_lib.numeric(batch).items()
+    }
+
+
+class _Logger:
+    """Scalars to TensorBoard and the console (process 0 only)."""
+
+    def __init__(self, workdir: Path, enabled: bool):
+        self.enabled = enabled
+        self.writer = SummaryWriter(str(workdir / "tensorboard")) if enabled else None
+
+    def scalars(self, step: int, prefix: str, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        for name, value in values.items():
+            self.writer.add_scalar(f"{prefix}/{name}", value, step)
+        text = ", ".join(f"{k}={v:.4g}" for k, v in sorted(values.items()))
+        logging.info("step %d %s: %s", step, prefix, text)
+
+    def image(self, step: int, name: str, grid: np.ndarray) -> None:
+        if self.enabled:
+            self.writer.add_image(name, grid, step, dataformats="HWC")
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _evaluate(
+    eval_fn: Callable, params: object, batches: Iterable[Batch], mesh: jax.sharding.Mesh
+) -> dict[str, float]:
+    """Mean of each metric over the eval batches."""
+    totals: dict[str, float] = {}
+    count = 0
+    for index, batch in enumerate(batches):
+        metrics = jax.device_get(eval_fn(params, step_lib.to_global(batch, mesh), index))
+        for name, value in metrics.items():
+            totals[name] = totals.get(name, 0.0) + float(value)
+        count += 1
+    if count == 0:
+        raise ValueError("eval_data() yielded no batches")
+    return {name: total / count for name, total in totals.items()}
+
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str | Path,
+    task: Task,
+    train_data: DataIterator,
+    eval_data: Callable[[], Iterable[Batch]] | None = None,
+    hooks: Sequence[Hook] = (),
+) -> state_lib.TrainState:
+    """Trains `task` to `config.train.total_steps`, resuming from `workdir` when it holds a
+    checkpoint; returns the final state.
+
+    train_data: host-local batches (the protocol in `task.py`); eval_data: makes a fresh iterable
+    of host-local eval batches per evaluation; hooks: called as `hook(step, state)` after each
+    step (and its checkpoint save), e.g. for custom logging.
+    """
+    workdir = Path(workdir).absolute()
+    loop = LoopConfig.from_config(config)
+    mesh = sharding.make_mesh(dict(config.mesh))
+    rules = sharding.normalize_rules(config.sharding.rules)
+    step_config = step_lib.StepConfig(
+        grad_accum_steps=config.train.grad_accum_steps,
+        compute_dtype=config.train.compute_dtype,
+        ema_decay=config.ema.decay,
+        ema_warmup=config.ema.warmup,
+    )
+    opt_config = optimizer_lib.OptimizerConfig.from_config(config)
+    step_lib.check_batch_size(loop.batch_size, mesh, step_config.grad_accum_steps)
+    schedule = optimizer_lib.learning_rate_schedule(opt_config)
+
+    first_batch = next(train_data)
+    local = next(iter(first_batch.values())).shape[0]
+    if local * jax.process_count() != loop.batch_size:
+        raise ValueError(
+            f"train_data yields {local} examples per process × {jax.process_count()} processes, "
+            f"but config.train.batch_size is {loop.batch_size}"
+        )
+    spec = _example_spec(first_batch)
+    init_key, train_key, eval_key = jax.random.split(jax.random.key(config.seed), 3)
+    init_fn = lambda key: task.init(key, spec)
+    tx = optimizer_lib.make_optimizer(
+        opt_config, optimizer_lib.decay_mask(jax.eval_shape(init_fn, init_key))
+    )
+
+    checkpoints = checkpoints_lib.Checkpoints(
+        workdir / "checkpoints", max_to_keep=loop.max_to_keep, async_save=loop.async_save
+    )
+    shardings = state_lib.train_state_shardings(init_fn, tx, init_key, mesh, rules)
+    latest = checkpoints.latest_step()
+    pending: dict | None = first_batch
+    if latest is None:
+        state, _ = state_lib.create_train_state(init_fn, tx, init_key, mesh, rules)
+    else:
+        target = state_lib.abstract_train_state(init_fn, tx, init_key, shardings)
+        state, data_state = checkpoints.restore(latest, target)
+        train_data.set_state(data_state)
+        pending = None
+        logging.info("resumed from step %d in %s", latest, checkpoints.directory)
+
+    global_spec = {k: v.update(shape=(loop.batch_size, *v.shape[1:])) for k, v in spec.items()}
+    train_fn = step_lib.jit_train_step(
+        task, tx, schedule, step_config, shardings, global_spec, mesh, rules
+    )
+    eval_fn = _make_eval_fn(task, shardings.params, mesh, rules, eval_key)
+    sample_jit = jax.jit(task.sample, static_argnums=2, out_shardings=sharding.replicated(mesh))
+
+    def sample_fn(params: object, key: jax.Array, num: int) -> jax.Array:
+        with sharding.activation_rules(mesh, rules):
+            return sample_jit(params, key, num)
+
+    primary = jax.process_index() == 0
+    logger = _Logger(workdir, primary)
+    watcher = checkpoints_lib.PreemptionWatcher()
+    step = int(jax.device_get(state.step))
+    progress = tqdm(total=loop.total_steps, initial=step, disable=not primary, desc="train")
+    last_time, last_step = time.perf_counter(), step
+    previous: dict | None = None  # metrics of the step before, read one step late
+    try:
+        while step < loop.total_steps:
+            batch = pending if pending is not None else next(train_data)
+            pending = None
+            state, metrics = train_fn(state, step_lib.to_global(batch, mesh), train_key)
+            step += 1
+            progress.update(1)
+            if previous is not None:  # waits for the step before only: dispatch stays ahead
+                _check_streak(previous, step - 1, loop, checkpoints)
+            previous = metrics
+            if _every(step, loop.log_every) or step == loop.total_steps:
+                now = time.perf_counter()
+                values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                elapsed = max(now - last_time, 1e-9)
+                values["samples_per_second"] = (step - last_step) * loop.batch_size / elapsed
+                values["step_time"] = elapsed / max(step - last_step, 1)
+                logger.scalars(step, "train", values)
+                progress.set_postfix(loss=f"{values['loss']:.4g}")
+                last_time, last_step = now, step
+            eval_params = state.ema_params if loop.eval_with_ema else state.params
+            if eval_data is not None and _every(step, loop.eval_every):
+                logger.scalars(step, "eval", _evaluate(eval_fn, eval_params, eval_data(), mesh))
+            if task.generates_images and _every(step, loop.sample_every):
+                key = jax.random.fold_in(eval_key, step)
+                samples = np.asarray(jax.device_get(sample_fn(eval_params, key, loop.num_samples)))
+                grid = images_lib.image_grid(samples)
+                if primary:
+                    images_lib.save_png(grid, workdir / "samples" / f"step_{step}.png")
+                logger.image(step, "samples", grid)
+            preempted = watcher.should_stop(step)
+            periodic = _every(step, loop.checkpoint_every) or step == loop.total_steps
+            if preempted or periodic:
+                streak = _check_streak(metrics, step, loop, checkpoints)
+                if preempted or streak == 0:  # no periodic save while steps are being skipped
+                    checkpoints.save(state, train_data.get_state(), force=True)
+            for hook in hooks:
+                hook(step, state)
+            if preempted:
+                logging.info("preemption notice: saved step %d, stopping", step)
+                break
+        if previous is not None:
+            _check_streak(previous, step, loop, checkpoints)
+        checkpoints.wait()
+    finally:
+        progress.close()
+        watcher.close()
+        logger.close()
+        checkpoints.close()
+    return state
+
+
+def _check_streak(
+    metrics: dict, step: int, loop: LoopConfig, checkpoints: checkpoints_lib.Checkpoints
+) -> int:
+    """The count of consecutive skipped steps after `step`; NonFiniteError once it reaches
+    `max_nonfinite_steps`."""
+    streak = int(jax.device_get(metrics["nonfinite_streak"]))
+    if streak >= loop.max_nonfinite_steps:
+        checkpoints.wait()
+        raise NonFiniteError(
+            f"{streak} consecutive train steps (up to step {step}) had a non-finite loss "
+            f"or gradients (train.max_nonfinite_steps={loop.max_nonfinite_steps}); "
+            f"last complete checkpoint: step {checkpoints.latest_step()} in "
+            f"{checkpoints.directory}"
+        )
+    return streak
+
+
+def _make_eval_fn(
+    task: Task,
+    param_shardings: object,
+    mesh: jax.sharding.Mesh,
+    rules: sharding.Rules,
+    key: jax.Array,
+) -> Callable[[object, Batch, int], dict]:
+    """eval_fn(params, global batch, index): the jitted eval step (compiled once per batch shape)
+    with key fold_in(key, index), so every evaluation sees the same randomness."""
+    compiled: dict = {}
+
+    def eval_fn(params: object, batch: Batch, index: int) -> dict:
+        shapes = tuple((k, v.shape) for k, v in sorted(batch.items()))
+        if shapes not in compiled:
+            compiled[shapes] = step_lib.jit_eval_step(task, param_shardings, batch, mesh, rules)
+        return compiled[shapes](params, batch, jax.random.fold_in(key, index))
+
+    return eval_fn

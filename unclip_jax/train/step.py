@@ -1,0 +1,218 @@
+"""The pure train and eval steps, and their jitted forms with in/out shardings and donated state.
+
+One train step: per-step key = fold_in(key, step); gradients accumulated over micro-batches
+(`lax.scan`); optional bfloat16 compute with float32 master weights (parameters cast inside the
+differentiated function, so gradients and updates stay float32); a step whose loss or gradients
+are not finite leaves params, EMA and optimiser state untouched and counts itself instead.
+"""
+
+import dataclasses
+import functools
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from unclip_jax import sharding
+from unclip_jax.train import optimizer as optimizer_lib
+from unclip_jax.train.state import TrainState, ema_decay, update_ema
+from unclip_jax.train.task import Batch, Metrics, Task
+
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+    grad_accum_steps: int = 1  # micro-batches per step; the global batch must split evenly
+    compute_dtype: str = "float32"  # or "bfloat16": parameters cast for the forward/backward pass
+    ema_decay: float = 0.9999
+    ema_warmup: float = 10.0  # see state.ema_decay
+
+    def __post_init__(self) -> None:
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            raise ValueError(
+                f"compute_dtype must be one of {sorted(COMPUTE_DTYPES)}, got {self.compute_dtype!r}"
+            )
+        if self.grad_accum_steps < 1:
+            raise ValueError(f"grad_accum_steps must be >= 1, got {self.grad_accum_steps}")
+        if not 0.0 <= self.ema_decay < 1.0 or self.ema_warmup < 1.0:
+            raise ValueError(
+                f"need 0 <= ema_decay < 1 and ema_warmup >= 1, got {self.ema_decay}, "
+                f"{self.ema_warmup}"
+            )
+
+
+def _cast_floats(tree: object, dtype: jnp.dtype) -> object:
+    return jax.tree.map(
+        lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree
+    )
+
+
+def _micro_batches(batch: Batch, n: int) -> Batch:
+    """[B, ...] → [n, B / n, ...]; micro-batch i holds rows i, i + n, i + 2n, ... so that each
+    device keeps its own rows (no data movement under batch sharding)."""
+
+    def split(x: jax.Array) -> jax.Array:
+        x = x.reshape(x.shape[0] // n, n, *x.shape[1:])
+        return jnp.swapaxes(x, 0, 1)
+
+    return jax.tree.map(split, batch)
+
+
+def _all_finite(*trees: object) -> jax.Array:
+    leaves = [x for t in trees for x in jax.tree.leaves(t)]
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def train_step(
+    state: TrainState,
+    batch: Batch,
+    key: jax.Array,
+    *,
+    task: Task,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    config: StepConfig,
+) -> tuple[TrainState, Metrics]:
+    """One optimiser step on the global `batch`. Pure; returns (new state, scalar metrics)."""
+    step_key = jax.random.fold_in(key, state.step)
+    dtype = COMPUTE_DTYPES[config.compute_dtype]
+
+    def loss_fn(params: object, micro: Batch, micro_key: jax.Array) -> tuple[jax.Array, Metrics]:
+        loss, metrics = task.loss(_cast_floats(params, dtype), micro, micro_key, True)
+        return loss.astype(jnp.float32), metrics
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    n = config.grad_accum_steps
+    if n == 1:
+        (loss, metrics), grads = grad_fn(state.params, batch, step_key)
+    else:
+
+        def accumulate(carry: tuple, xs: tuple) -> tuple:
+            index, micro = xs
+            (loss, metrics), grads = grad_fn(
+                state.params, micro, jax.random.fold_in(step_key, index)
+            )
+            total = jax.tree.map(jnp.add, carry, (loss, metrics, grads))
+            return total, None
+
+        micro = _micro_batches(batch, n)
+        _, first_metrics = jax.eval_shape(
+            loss_fn, state.params, jax.tree.map(lambda x: x[0], micro), step_key
+        )
+        zeros = jax.tree.map(
+            jnp.zeros_like, (jnp.zeros((), jnp.float32), first_metrics, state.params)
+        )
+        (loss, metrics, grads), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(n), micro))
+        loss, metrics, grads = jax.tree.map(lambda x: x / n, (loss, metrics, grads))
+
+    grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
+    finite = _all_finite(loss, grads)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    applied = state.step - state.nonfinite_total  # updates applied so far
+    ema = update_ema(
+        state.ema_params, params, ema_decay(applied, config.ema_decay, config.ema_warmup)
+    )
+
+    def keep_if_finite(new: object, old: object) -> object:
+        return jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+
+    skipped = 1 - finite.astype(jnp.int32)
+    new_state = TrainState(
+        step=state.step + 1,
+        params=keep_if_finite(params, state.params),
+        ema_params=keep_if_finite(ema, state.ema_params),
+        opt_state=keep_if_finite(opt_state, state.opt_state),
+        nonfinite_streak=(state.nonfinite_streak + 1) * skipped,
+        nonfinite_total=state.nonfinite_total + skipped,
+    )
+    metrics = {
+        **metrics,
+        "loss": loss,
+        "grad_norm": optimizer_lib.global_norm(grads),
+        "learning_rate": schedule(applied),
+        "skipped": skipped,
+        "nonfinite_streak": new_state.nonfinite_streak,
+        "nonfinite_total": new_state.nonfinite_total,
+    }
+    return new_state, metrics
+
+
+def eval_step(params: object, batch: Batch, key: jax.Array, *, task: Task) -> Metrics:
+    return task.evaluate(params, batch, key)
+
+
+def batch_shardings(mesh: Mesh, batch: Batch) -> dict[str, NamedSharding]:
+    """Leading dimension over `data` × `fsdp`, the rest replicated, for every leaf of `batch`."""
+    return jax.tree.map(lambda _: sharding.batch_sharding(mesh), batch)
+
+
+def jit_train_step(
+    task: Task,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    config: StepConfig,
+    state_shardings: TrainState,
+    batch_spec: Batch,
+    mesh: Mesh,
+    rules: sharding.Rules,
+) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, Metrics]]:
+    """`train_step` jitted with in/out shardings, the state donated; traced under the mesh and the
+    activation rules so that models' `sharding.constrain` calls take effect."""
+    repl = sharding.replicated(mesh)
+    fn = jax.jit(
+        functools.partial(train_step, task=task, tx=tx, schedule=schedule, config=config),
+        in_shardings=(state_shardings, batch_shardings(mesh, batch_spec), repl),
+        out_shardings=(state_shardings, repl),
+        donate_argnums=0,
+    )
+
+    def run(state: TrainState, batch: Batch, key: jax.Array) -> tuple[TrainState, Metrics]:
+        with sharding.activation_rules(mesh, rules):
+            return fn(state, batch, key)
+
+    return run
+
+
+def jit_eval_step(
+    task: Task, param_shardings: object, batch_spec: Batch, mesh: Mesh, rules: sharding.Rules
+) -> Callable[[object, Batch, jax.Array], Metrics]:
+    repl = sharding.replicated(mesh)
+    fn = jax.jit(
+        functools.partial(eval_step, task=task),
+        in_shardings=(param_shardings, batch_shardings(mesh, batch_spec), repl),
+        out_shardings=repl,
+    )
+
+    def run(params: object, batch: Batch, key: jax.Array) -> Metrics:
+        with sharding.activation_rules(mesh, rules):
+            return fn(params, batch, key)
+
+    return run
+
+
+def check_batch_size(global_batch: int, mesh: Mesh, grad_accum_steps: int) -> None:
+    """Raise before compiling if the global batch does not split over devices and micro-batches."""
+    shards = mesh.shape[sharding.DATA] * mesh.shape[sharding.FSDP]
+    if global_batch % (shards * grad_accum_steps):
+        raise ValueError(
+            f"global batch size {global_batch} must be a multiple of data×fsdp ({shards}) × "
+            f"grad_accum_steps ({grad_accum_steps})"
+        )
+
+
+def numeric(batch: dict) -> dict:
+    """The leaves a compiled step can take: string arrays (e.g. raw captions) are left out."""
+    return {k: v for k, v in batch.items() if np.asarray(v).dtype.kind not in "OUS"}
+
+
+def to_global(batch: dict, mesh: Mesh) -> Batch:
+    """Host-local numpy batch (`[B / process_count, ...]` per leaf) → global jax arrays sharded
+    over `data` × `fsdp`; string leaves are left out (see `numeric`)."""
+    spec = NamedSharding(mesh, P(sharding.BATCH_MESH_AXES))
+    return {k: jax.make_array_from_process_local_data(spec, v) for k, v in numeric(batch).items()}
