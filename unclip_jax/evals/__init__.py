@@ -1,0 +1,1 @@
+"""Evaluation: the shapes oracle, CLIP score."""
