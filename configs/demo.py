@@ -1,0 +1,106 @@
+"""The main job (`make demo`): the synthetic shapes set, then CLIP → prior → decoder → upsampler
+trained through their registered trainers with the demo configs, then samples and figures.
+
+    python -m unclip_jax.demo --config configs/demo.py --workdir workdirs/demo --demo_out demo
+    python -m unclip_jax.demo --config configs/demo.py:smoke ...   # every stage for a few steps
+
+Each stage section is that stage's own config (`configs/<stage>_demo.py`, `clip_shapes.py`), so
+anything in it can be overridden: `--config.decoder.train.total_steps=3000`. `score_clip` is a
+second CLIP trained from another seed, used only for the CLIP score.
+"""
+
+import ml_collections
+
+from configs import clip_shapes, decoder_demo, prior_demo, upsampler_demo
+
+SOURCE = "shapes_captions/large_64px"
+SHAPES = ("circle", "square", "triangle", "star")
+COLOURS = ("red", "orange", "yellow", "green", "blue", "purple")
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    if arg not in (None, "", "smoke"):
+        raise ValueError(f"demo config arg must be '' or 'smoke', got {arg!r}")
+    stage_arg = "smoke" if arg == "smoke" else None
+    config = ml_collections.ConfigDict()
+    config.data_source = SOURCE
+    config.data_dir = ""  # TFDS data directory ("" = TFDS's default)
+
+    config.clip = clip_shapes.get_config(stage_arg)
+    config.clip.data.source = SOURCE
+    config.score_clip = clip_shapes.get_config(stage_arg)
+    config.score_clip.data.source = SOURCE
+    config.score_clip.seed = 1
+    if not stage_arg:
+        # The demo's budget: at 500 steps the demo CLIP retrieved held-out captions at top-1 1.0.
+        config.clip.train.total_steps = config.score_clip.train.total_steps = 500
+        config.clip.checkpoint.every_steps = config.score_clip.checkpoint.every_steps = 250
+    config.prior = prior_demo.get_config(stage_arg)
+    # The prior reads the CLIP tokenizer's full context of token states.
+    config.prior.model.num_tokens = config.clip.tokenizer.context_length
+    config.decoder = decoder_demo.get_config(stage_arg)
+    config.upsampler = upsampler_demo.get_config(stage_arg)
+
+    # Not one stage: `unclip_jax.demo` runs the trainers of the sections above. `train` sums
+    # their budgets for a reader (steps over all stages, the largest batch); nothing reads it.
+    config.trainer = ""
+    stages = [config[name] for name in ("clip", "score_clip", "prior", "decoder", "upsampler")]
+    config.train = ml_collections.ConfigDict(
+        dict(
+            total_steps=sum(stage.train.total_steps for stage in stages),
+            batch_size=max(stage.train.batch_size for stage in stages),
+        )
+    )
+
+    config.sampling = ml_collections.ConfigDict(
+        dict(
+            seed=20_221,  # fresh seeds, apart from every training seed
+            prior_steps=64,
+            decoder_steps=50,
+            upsampler_steps=15,
+            prior_guidance=2.0,
+            decoder_guidance=3.0,
+            prior_candidates=2,
+            rerank_candidates=1,
+        )
+    )
+    config.eval = ml_collections.ConfigDict(
+        dict(
+            num_single=256,  # single-object samples for the oracle gates
+            num_binding=64,  # two-object samples (reported, not gated)
+            num_variation_sources=64,
+            variations_per_source=4,
+            num_interpolations=32,
+            interpolation_frames=5,
+            num_text_diffs=32,
+            text_diff_thetas=(0.3, 0.5, 0.7),
+            num_data_reference=2000,  # test images whose layouts set the diversity reference
+        )
+    )
+    # The grid of demo/samples.png: one row per prompt.
+    config.grid_prompts = [
+        "a red circle",
+        "a blue square",
+        "a yellow triangle",
+        "a green star",
+        "a purple circle",
+        "an orange square",
+        "a large blue star",
+        "a small red triangle",
+    ]
+    config.grid_images_per_prompt = 6
+    if arg == "smoke":
+        config.eval.update(
+            num_single=8,
+            num_binding=4,
+            num_variation_sources=2,
+            variations_per_source=2,
+            num_interpolations=2,
+            interpolation_frames=2,
+            num_text_diffs=2,
+            num_data_reference=32,
+        )
+        config.sampling.update(prior_steps=2, decoder_steps=2, upsampler_steps=2)
+        config.grid_prompts = config.grid_prompts[:2]
+        config.grid_images_per_prompt = 2
+    return config
