@@ -1,0 +1,449 @@
+"""The priors' learning gate (Ramesh et al. 2022, §2.1; issue 6): on the captioned shapes, with a
+small CLIP, do the diffusion and AR priors turn held-out captions into image embeddings of the
+right object, as diverse as the real ones?
+
+    .venv/bin/python -m experiments.prior_learning [--workdir /tmp/prior_learning]
+        [--clip_dir DIR] [--prior_steps N] [--ar_steps N]
+
+(from the repository root, so that `configs` imports).
+
+1. CLIP: `--clip_dir` (a `load_clip` directory with `tokenizer/`), else one trained by the CLIP
+   stage (`configs/clip_shapes.py`) on the 32 px set.
+2. Embedding shards of every (image, caption) pair of `train`, `test` and `test_unseen` (the
+   core of `unclip embed`, with token states); the priors keep the caption positions up to the
+   longest caption (the text tower is causal, so those states do not depend on the padding).
+3. Both priors trained by their stages (`configs/prior_demo.py`, `configs/ar_prior_demo.py`).
+4. On the single-object images of each held-out split, one caption per image: the sampled
+   embedding's nearest real image embedding (cosine) has the caption's colour and shape, against
+   the same for the true embeddings (leave-one-out); cosine to the true embedding against the
+   text embedding's; per-caption spread (trace of covariance) against the true spread, for the
+   "a {colour} {shape}" captions; energy distance of samples to a disjoint half of the true set
+   against that of the two true halves; training and sampling FLOPs (XLA cost analysis, per step
+   times the number of steps, since a loop body is counted once).
+
+Prints every figure and writes `experiments/results/prior_learning.json`.
+"""
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from configs import ar_prior_demo, clip_shapes, prior_demo
+from unclip_jax.commands.embedding import embed_source
+from unclip_jax.data import shapes_render
+from unclip_jax.data.embedding_shards import EmbeddingShards
+from unclip_jax.data.sources import open_source
+from unclip_jax.diffusion.schedules import make_schedule
+from unclip_jax.models.ar_prior import make_ar_prior_sampler
+from unclip_jax.models.prior_sampling import make_prior_sampler, rerank_by_dot_product
+from unclip_jax.train import ar_prior_task, prior_task, trainers
+
+RESULTS = Path(__file__).parent / "results" / "prior_learning.json"
+SPLITS = ("train", "test", "test_unseen")
+
+
+def parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workdir", default="/tmp/prior_learning")
+    parser.add_argument("--data_dir", default=None, help="TFDS data directory")
+    parser.add_argument("--clip_dir", default="", help="a trained CLIP (load_clip directory)")
+    parser.add_argument("--clip_steps", type=int, default=0, help="0: the config's")
+    parser.add_argument("--prior_steps", type=int, default=0, help="0: the config's")
+    parser.add_argument("--ar_steps", type=int, default=0, help="0: the config's")
+    parser.add_argument("--spread_samples", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--results", default=str(RESULTS))
+    return parser.parse_args()
+
+
+def train_clip(args, workdir: Path) -> Path:
+    """A small CLIP trained by the CLIP stage; returns its exported directory."""
+    config = clip_shapes.get_config()
+    config.data.data_dir = args.data_dir
+    if args.clip_steps:
+        config.train.total_steps = args.clip_steps
+    trainers.get_trainer(config.trainer)(config, str(workdir / "clip_train"))
+    return workdir / "clip_train" / "clip"
+
+
+def embed(clip_dir: Path, args, workdir: Path) -> dict[str, dict[str, np.ndarray]]:
+    """Embedding shards of every split (`unclip embed`'s core, with token states), read back
+    with the ground truth of each row's image."""
+    splits = {}
+    for split in SPLITS:
+        source = open_source("shapes_captions/32px", split, args.data_dir, 32)
+        out = workdir / "embeddings" / split
+        embed_source(clip_dir, source, out, batch_size=256, token_states=True)
+        if split == "train":
+            shards = EmbeddingShards(out, fields=("image_embedding", "text_mask"))
+        else:
+            shards = EmbeddingShards(out, fields=(*prior_task.BATCH_FIELDS, "caption"))
+        rows = [shards[i] for i in range(len(shards))]
+        data = {f: np.stack([r[f] for r in rows]) for f in shards.fields}
+        per = len(rows) // len(source)
+        if per * len(source) != len(rows):
+            raise ValueError(f"{split}: {len(rows)} rows for {len(source)} images")
+        truth = [source[i] for i in range(len(source))]
+        data["image_index"] = np.repeat(np.arange(len(source)), per)
+        for name, field in (
+            ("num_objects", "num_objects"),
+            ("colour", "object_colour"),
+            ("shape", "object_shape"),
+        ):
+            data[name] = np.repeat([int(np.ravel(e[field])[0]) for e in truth], per)
+        splits[split] = data
+        print(f"embedded {split}: {len(source)} images, {len(rows)} (image, caption) pairs")
+    return splits
+
+
+def train_priors(args, workdir: Path, dim: int, width: int, length: int):
+    """Both priors trained by their stages; returns (config, params, side data) of each."""
+    out = {}
+    for name, module, steps in (
+        ("diffusion", prior_demo, args.prior_steps),
+        ("ar", ar_prior_demo, args.ar_steps),
+    ):
+        config = module.get_config()
+        config.model.update(text_embed_dim=dim, token_dim=width, num_tokens=length)
+        if name == "diffusion":
+            config.model.embed_dim = dim
+            config.eval.sample_steps = 0
+        config.data.train_dir = str(workdir / "embeddings" / "train")
+        config.data.eval_dir = str(workdir / "embeddings" / "test")
+        steps = steps or config.train.total_steps
+        config.train.total_steps = steps
+        config.train.eval_every = steps
+        config.checkpoint.every_steps = steps
+        config.seed = args.seed
+        run_dir = workdir / f"{name}_prior"
+        start = time.perf_counter()
+        state = trainers.get_trainer(config.trainer)(config, str(run_dir))
+        seconds = time.perf_counter() - start
+        print(f"{name} prior: trained {steps} steps in {seconds:.0f} s")
+        out[name] = (config, jax.device_get(nn.unbox(state.ema_params)), run_dir, seconds)
+    return out
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float64)
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def nearest_label(queries: np.ndarray, pool: np.ndarray, labels: np.ndarray, exclude_self=False):
+    """Label of each query's nearest pool embedding by cosine."""
+    sims = unit(queries) @ unit(pool).T
+    if exclude_self:
+        np.fill_diagonal(sims, -np.inf)
+    return labels[np.argmax(sims, axis=1)]
+
+
+def energy_distance(x: np.ndarray, y: np.ndarray) -> float:
+    """The empirical energy distance 2 E|X−Y| − E|X−X'| − E|Y−Y'| (V-statistic: means over all
+    pairs, self-pairs included, as Székely & Rizzo's E-statistic), so that two finite samples of
+    one distribution sit at a positive floor, the reference the gate compares with."""
+
+    def mean_dist(a, b):
+        return np.linalg.norm(a[:, None] - b[None], axis=-1).mean()
+
+    return float(2 * mean_dist(x, y) - mean_dist(x, x) - mean_dist(y, y))
+
+
+def spread(x: np.ndarray) -> float:
+    return float(np.trace(np.cov(unit(x), rowvar=False)))
+
+
+class Samplers:
+    """Both priors' samplers over batches of (text embedding, token states, mask)."""
+
+    def __init__(self, trained, workdir: Path, seed: int):
+        self.key = jax.random.key(seed + 1)
+        config, self.d_params, run_dir, _ = trained["diffusion"]
+        self.d_model = prior_task.build_model(config.model)
+        self.normalizer = prior_task.load_normalizer(run_dir / prior_task.NORMALIZER_FILE)
+        d = config.diffusion
+        self.schedule = make_schedule(d.schedule, d.train_steps, d.sample_steps)
+        self.d_guidance = config.guidance.scale
+        self.candidates = config.guidance.candidates
+        self.d_sampler = make_prior_sampler(self.d_model, num_candidates=self.candidates)
+        config, self.a_params, run_dir, _ = trained["ar"]
+        self.quantizers = ar_prior_task.load_quantizers(run_dir / ar_prior_task.QUANTIZERS_FILE)
+        self.a_model = ar_prior_task.build_model(config, self.quantizers)
+        self.a_guidance = config.guidance.scale
+        self.a_settings = (config.sampling.temperature, config.sampling.top_p)
+        self.a_sampler = make_ar_prior_sampler(self.a_model)
+
+    def diffusion(self, z_t, states, mask, batch=256):
+        rows = []
+        for i in range(0, len(z_t), batch):
+            part = [
+                jnp.asarray(a[i : i + batch], t)
+                for a, t in ((z_t, jnp.float32), (states, jnp.float32), (mask, bool))
+            ]
+            part = _pad(part, batch)
+            self.key, key = jax.random.split(self.key)
+            z, _ = self.d_sampler(
+                self.d_params, key, *part, self.schedule, self.d_guidance, self.normalizer
+            )
+            rows.append(np.asarray(z)[: min(batch, len(z_t) - i)])
+        return np.concatenate(rows)
+
+    def ar(self, z_t, states, mask, batch=256):
+        """Best of `candidates` AR samples by z_i·z_t, as for the diffusion prior."""
+        rows = []
+        n = self.candidates
+        for i in range(0, len(z_t), batch):
+            part = [
+                jnp.asarray(a[i : i + batch], t)
+                for a, t in ((z_t, jnp.float32), (states, jnp.float32), (mask, bool))
+            ]
+            part = [jnp.repeat(a, n, axis=0) for a in _pad(part, batch)]
+            self.key, key = jax.random.split(self.key)
+            dots = jnp.full((batch * n,), self.quantizers.sample_dot_bucket, jnp.int32)
+            z, _ = self.a_sampler(
+                self.a_params,
+                key,
+                *part,
+                dots,
+                self.quantizers.pca,
+                self.a_guidance,
+                *self.a_settings,
+            )
+            best, _ = rerank_by_dot_product(z.reshape(batch, n, -1), part[0][::n])
+            rows.append(np.asarray(best)[: min(batch, len(z_t) - i)])
+        return np.concatenate(rows)
+
+
+def _pad(arrays, batch):
+    """Pads the leading axis to `batch` by repeating the last row (one compiled shape)."""
+    short = batch - arrays[0].shape[0]
+    if short == 0:
+        return arrays
+    return [jnp.concatenate([a, jnp.repeat(a[-1:], short, axis=0)]) for a in arrays]
+
+
+def evaluate_split(data: dict, samplers: Samplers, spread_samples: int, seed: int) -> dict:
+    """The gate's figures on the single-object images of one held-out split."""
+    single = data["num_objects"] == 1
+    label = data["colour"] * len(shapes_render.SHAPES) + data["shape"]
+    # One caption per image (the (index mod 4)-th) for the per-pair figures.
+    per_image = single & (np.arange(len(single)) % 4 == data["image_index"] % 4)
+    pool_rows = single & (np.arange(len(single)) % 4 == 0)
+    pool, pool_labels = data["image_embedding"][pool_rows], label[pool_rows]
+    rows = np.flatnonzero(per_image)
+    z_t, states, mask = (data[k][rows] for k in ("text_embedding", "token_states", "text_mask"))
+    true, want = data["image_embedding"][rows], label[rows]
+    loo = float(np.mean(nearest_label(pool, pool, pool_labels, exclude_self=True) == pool_labels))
+    result = {
+        "images": int(pool_rows.sum()),
+        "captions": len(rows),
+        "true_nn_accuracy_loo": loo,
+        "text_cosine": float(np.mean(np.sum(unit(z_t) * unit(true), -1))),
+    }
+    rng = np.random.default_rng(seed)
+    half = rng.permutation(len(rows))
+    a, b = half[: len(rows) // 2], half[len(rows) // 2 :]
+    true_halves = energy_distance(unit(true[a]), unit(true[b]))
+    result["energy_true_halves"] = true_halves
+    # "a {colour} {shape}" captions with enough images for a spread.
+    generic: dict[str, dict[int, int]] = {}  # caption -> {image index: row}
+    for i in np.flatnonzero(single):
+        caption = str(data["caption"][i])
+        if caption.count(" ") == 2:
+            generic.setdefault(caption, {})[int(data["image_index"][i])] = i
+    generic = {c: list(r.values()) for c, r in generic.items() if len(r) >= 10}
+    for name in ("diffusion", "ar"):
+        sample = getattr(samplers, name)
+        start = time.perf_counter()
+        z = sample(z_t, states, mask)
+        seconds = time.perf_counter() - start
+        accuracy = float(np.mean(nearest_label(z, pool, pool_labels) == want))
+        first_rows = np.repeat([r[0] for r in generic.values()], spread_samples)
+        conditioning = (
+            data[k][first_rows] for k in ("text_embedding", "token_states", "text_mask")
+        )
+        samples = sample(*conditioning).reshape(len(generic), spread_samples, -1)
+        ratios = {
+            caption: spread(samples[j]) / spread(data["image_embedding"][caption_rows])
+            for j, (caption, caption_rows) in enumerate(generic.items())
+        }
+        within = [0.5 <= r <= 2.0 for r in ratios.values()]
+        energy = energy_distance(unit(z[a]), unit(true[b]))
+        result[name] = {
+            "nn_accuracy": accuracy,
+            "nn_accuracy_over_true": accuracy / max(loo, 1e-9),
+            "cosine_to_true": float(np.mean(np.sum(unit(z) * unit(true), -1))),
+            "spread_ratio_min": float(min(ratios.values())) if ratios else None,
+            "spread_ratio_median": float(np.median(list(ratios.values()))) if ratios else None,
+            "spread_ratio_max": float(max(ratios.values())) if ratios else None,
+            "spread_within_fraction": float(np.mean(within)) if within else None,
+            "spread_ratios": ratios,
+            "energy_distance": energy,
+            "energy_over_true_halves": energy / true_halves,
+            "sampling_seconds": seconds,
+        }
+    return result
+
+
+def gate(test: dict) -> dict[str, bool]:
+    checks = {}
+    for name in ("diffusion", "ar"):
+        r = test[name]
+        checks[f"{name}: nn accuracy >= 0.9"] = r["nn_accuracy"] >= 0.9
+        checks[f"{name}: nn accuracy >= 0.9 x true (leave-one-out)"] = (
+            r["nn_accuracy_over_true"] >= 0.9
+        )
+        checks[f"{name}: cosine to true > text embedding's"] = (
+            r["cosine_to_true"] > test["text_cosine"]
+        )
+        checks[f"{name}: every caption's spread within 0.5-2x"] = r["spread_within_fraction"] == 1.0
+        checks[f"{name}: energy distance <= 2x true halves'"] = r["energy_over_true_halves"] <= 2.0
+    return checks
+
+
+def flops(fn, *args) -> float:
+    return float(jax.jit(fn).lower(*args).compile().cost_analysis()["flops"])
+
+
+def count_flops(trained, samplers: Samplers, data: dict, batch: int = 64) -> dict:
+    """Training FLOPs per step and in all; sampling FLOPs per caption (guided, best of N)."""
+    out = {}
+    train_batch = {
+        k: jnp.asarray(data[k][:128], jnp.float32 if k != "text_mask" else bool)
+        for k in prior_task.BATCH_FIELDS
+    }
+    key = jax.random.key(0)
+    for name, task, params in (
+        (
+            "diffusion",
+            prior_task.build_task(trained["diffusion"][0], samplers.normalizer),
+            samplers.d_params,
+        ),
+        ("ar", ar_prior_task.build_task(trained["ar"][0], samplers.quantizers), samplers.a_params),
+    ):
+        grad = jax.grad(lambda p, b, k, task=task: task.loss(p, b, k, True)[0])
+        per_step = flops(grad, params, train_batch, key)
+        steps = trained[name][0].train.total_steps
+        out[name] = {
+            "train_flops_per_step": per_step,
+            "train_flops_total": per_step * steps,
+            "train_batch": 128,
+            "train_seconds": trained[name][3],
+        }
+    rows = 2 * samplers.candidates * batch  # captioned and null halves, N candidates each
+    z_t = jnp.asarray(data["text_embedding"][:rows], jnp.float32)
+    states = jnp.asarray(data["token_states"][:rows], jnp.float32)
+    mask = jnp.asarray(data["text_mask"][:rows], bool)
+    m, p = samplers.d_model, {"params": samplers.d_params}
+    prefix = flops(lambda: m.apply(p, z_t, states, mask, method=m.encode_prefix))
+    cache = m.apply(p, z_t, states, mask, method=m.encode_prefix)
+    x = jnp.zeros((rows, m.embed_dim))
+    t = jnp.zeros((rows,), jnp.int32)
+    step = flops(lambda: m.apply(p, cache, x, t, method=m.step))
+    steps = int(samplers.schedule.num_steps)
+    out["diffusion"]["sample_flops_per_caption"] = (prefix + steps * step) / batch
+    out["diffusion"]["sample_steps"] = steps
+    m, p = samplers.a_model, {"params": samplers.a_params}
+    dots = jnp.zeros((rows,), jnp.int32)
+    prefix = flops(lambda: m.apply(p, dots, z_t, states, mask, method=m.encode_prefix))
+    _, cache = m.apply(p, dots, z_t, states, mask, method=m.encode_prefix)
+    code = jnp.zeros((rows,), jnp.int32)
+    step = flops(lambda: m.apply(p, cache, code, jnp.int32(0), method=m.decode_step))
+    out["ar"]["sample_flops_per_caption"] = (prefix + (m.num_codes - 1) * step) / batch
+    out["ar"]["sample_steps"] = m.num_codes
+    return out
+
+
+def main() -> None:
+    args = parse()
+    logging.set_verbosity(logging.WARNING)
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    clip_dir = Path(args.clip_dir) if args.clip_dir else train_clip(args, workdir)
+    print(f"CLIP: {clip_dir} ({time.perf_counter() - start:.0f} s)")
+    data = embed(clip_dir, args, workdir)
+    dim = data["train"]["image_embedding"].shape[1]
+    width = data["test"]["token_states"].shape[2]
+    # Caption positions after the longest caption are padding: the priors drop them.
+    length = max(int(d["text_mask"].sum(1).max()) for d in data.values())
+    for split in ("test", "test_unseen"):
+        data[split]["token_states"] = data[split]["token_states"][:, :length]
+        data[split]["text_mask"] = data[split]["text_mask"][:, :length]
+    print(f"caption positions kept: {length}")
+    trained = train_priors(args, workdir, dim, width, length)
+    samplers = Samplers(trained, workdir, args.seed)
+    results = {
+        split: evaluate_split(data[split], samplers, args.spread_samples, args.seed)
+        for split in ("test", "test_unseen")
+    }
+    results["flops"] = count_flops(trained, samplers, data["test"])
+    results["quantizer"] = {
+        "pca_components": samplers.quantizers.pca.num_components,
+        "buckets": samplers.quantizers.pca.num_buckets,
+        "variance_kept": float(
+            np.sum(samplers.quantizers.pca.explained_variance)
+            / np.sum(np.var(unit(data["train"]["image_embedding"]), axis=0, ddof=1))
+        ),
+    }
+    results["gate"] = gate(results["test"])
+    results["passed"] = all(results["gate"].values())
+    results["seconds"] = time.perf_counter() - start
+    report(results)
+    Path(args.results).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.results).write_text(json.dumps(results, indent=2))
+    print(f"wrote {args.results}")
+
+
+def report(results: dict) -> None:
+    for split in ("test", "test_unseen"):
+        r = results[split]
+        print(f"\n== {split}: {r['images']} single-object images, {r['captions']} captions")
+        print(f"true embeddings, leave-one-out NN accuracy: {r['true_nn_accuracy_loo']:.3f}")
+        print(f"text embedding cosine to the true image embedding: {r['text_cosine']:.3f}")
+        print(f"energy distance between two true halves: {r['energy_true_halves']:.4f}")
+        print(f"{'':28s}{'diffusion':>12s}{'AR':>12s}")
+        for key in (
+            "nn_accuracy",
+            "nn_accuracy_over_true",
+            "cosine_to_true",
+            "spread_ratio_min",
+            "spread_ratio_median",
+            "spread_ratio_max",
+            "spread_within_fraction",
+            "energy_distance",
+            "energy_over_true_halves",
+            "sampling_seconds",
+        ):
+            values = [r[name][key] for name in ("diffusion", "ar")]
+            cells = "".join(f"{v:12.3f}" if v is not None else f"{'-':>12s}" for v in values)
+            print(f"{key:28s}{cells}")
+    f = results["flops"]
+    print(f"\n{'FLOPs':28s}{'diffusion':>12s}{'AR':>12s}")
+    for key in (
+        "train_flops_per_step",
+        "train_flops_total",
+        "sample_flops_per_caption",
+        "sample_steps",
+        "train_seconds",
+    ):
+        print(f"{key:28s}" + "".join(f"{f[n][key]:12.3g}" for n in ("diffusion", "ar")))
+    q = results["quantizer"]
+    print(
+        f"\nAR quantizer: {q['pca_components']} PCA components ({q['variance_kept']:.4f} of "
+        f"the variance), {q['buckets']} buckets each"
+    )
+    print("\ngate (test split):")
+    for name, ok in results["gate"].items():
+        print(f"  {'PASS' if ok else 'FAIL'}  {name}")
+    print(f"all passed: {results['passed']} ({results['seconds']:.0f} s in all)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,381 @@
+"""Ahead-of-time compilation of the paper-size stages for TPU pod slices, without a TPU.
+
+libtpu compiles for a described topology (`jax.experimental.topologies`): the train step of each
+paper-size stage (prior, decoder, 64→256 and 256→1024 upsamplers) at its paper batch on v5p-128
+and v5e-256, with the config's mesh and sharding rules, and one guided decoder sampling step on
+v5e-8. Per compiled program: per-chip memory from XLA's memory analysis (arguments + outputs −
+donated aliases + temporaries) against the chip's HBM, the FLOPs per chip and XLA's estimated
+step time (`optimal_seconds` of the cost analysis) → estimated utilisation = FLOPs / time / peak.
+
+    JAX_PLATFORMS=cpu .venv/bin/python -m experiments.tpu_aot --stages decoder --targets v5p-128
+    JAX_PLATFORMS=cpu .venv/bin/python -m experiments.tpu_aot --stages decoder --remat full \
+        --mesh data=-1,fsdp=8
+
+Needs the `tpu` extra (libtpu); nothing in the test suite does. Results go to
+`experiments/results/tpu_aot_<stage>_<target>.json`.
+"""
+
+import argparse
+import dataclasses
+import functools
+import importlib
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from experiments import bench_common as common
+from unclip_jax import sharding
+from unclip_jax.diffusion import guidance
+from unclip_jax.diffusion.schedules import make_schedule
+from unclip_jax.models.prior import EmbeddingNormalizer
+from unclip_jax.models.unet import decoder_from_config, upsampler_from_config
+from unclip_jax.train import optimizer as optimizer_lib
+from unclip_jax.train import state as state_lib
+from unclip_jax.train import step as step_lib
+from unclip_jax.train.decoder_task import DecoderTask
+from unclip_jax.train.prior_task import DiffusionPriorTask, build_model
+from unclip_jax.train.upsampler_task import UpsamplerTask
+
+# Deviceless compilation only: other processes on the machine may hold libtpu too.
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    topology: str  # jax.experimental.topologies name
+    hbm_bytes: float  # per chip
+    peak_flops: float  # per chip, bfloat16 dense
+
+
+TARGETS: dict[str, Target] = {
+    "v5p-128": Target("v5p:4x4x4", 95e9, 459e12),  # 64 chips
+    "v5e-256": Target("v5e:16x16", 16e9, 197e12),  # 256 chips
+    "v5e-8": Target("v5e:2x4", 16e9, 197e12),  # 8 chips
+}
+
+
+def _spec(shape: tuple[int, ...], dtype=jnp.float32) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(shape, dtype)
+
+
+def prior_stage(config: ml_collections.ConfigDict) -> tuple[Any, dict]:
+    m = config.model
+    task = DiffusionPriorTask(
+        build_model(m),
+        EmbeddingNormalizer.create(config.embedding_norm, m.embed_dim),
+        make_schedule(config.diffusion.schedule, config.diffusion.train_steps),
+        text_drop_prob=config.guidance.text_drop_prob,
+    )
+    example = dict(
+        image_embedding=_spec((1, m.embed_dim)),
+        text_embedding=_spec((1, m.text_embed_dim)),
+        token_states=_spec((1, m.num_tokens, m.token_dim)),
+        text_mask=_spec((1, m.num_tokens), jnp.bool_),
+    )
+    return task, example
+
+
+def decoder_stage(config: ml_collections.ConfigDict) -> tuple[Any, dict]:
+    model = decoder_from_config(config.model)
+    length = config.model.caption_transformer.max_length
+    task = DecoderTask(
+        model,
+        make_schedule(config.diffusion.schedule, config.diffusion.train_steps),
+        config.image_size,
+        mean_type=config.diffusion.prediction,
+        var_type="learned_range" if config.diffusion.learned_variance else "fixed_small",
+        image_drop_prob=config.guidance.image_drop_prob,
+        caption_drop_prob=config.guidance.caption_drop_prob,
+    )
+    size = config.image_size
+    example = dict(
+        image=_spec((1, size, size, 3)),
+        image_embedding=_spec((1, config.image_embed_dim)),
+        tokens=_spec((1, length), jnp.int32),
+        mask=_spec((1, length), jnp.int32),
+    )
+    return task, example
+
+
+def upsampler_stage(config: ml_collections.ConfigDict) -> tuple[Any, dict]:
+    task = UpsamplerTask(
+        upsampler_from_config(config.model),
+        make_schedule(config.diffusion.schedule, config.diffusion.train_steps),
+        high_res=config.high_res,
+        low_res=config.low_res,
+        crop_size=round(config.crop_fraction * config.high_res),
+        corruption=config.corruption,
+        mean_type=config.diffusion.prediction,
+        noise_aug_max_level=config.get("noise_aug_max_level", 0),
+    )
+    return task, dict(image=_spec((1, config.high_res, config.high_res, 3)))
+
+
+STAGES: dict[str, tuple[str, Callable[[ml_collections.ConfigDict], tuple[Any, dict]]]] = {
+    "prior": ("configs.prior_paper", prior_stage),
+    "decoder": ("configs.decoder_paper", decoder_stage),
+    "upsampler256": ("configs.upsampler256_paper", upsampler_stage),
+    "upsampler1024": ("configs.upsampler1024_paper", upsampler_stage),
+}
+
+
+def paper_config(stage: str, remat: str | None) -> ml_collections.ConfigDict:
+    config = importlib.import_module(STAGES[stage][0]).get_config()
+    if remat is not None:
+        if "unet" not in config.model:
+            raise ValueError(f"stage {stage!r} has no per-block remat setting")
+        config.model.unet.remat = remat
+    return config
+
+
+def parse_mesh(text: str | None) -> dict[str, int] | None:
+    """'data=-1,fsdp=8' -> {'data': -1, 'fsdp': 8}."""
+    if not text:
+        return None
+    pairs = [item.split("=") for item in text.split(",")]
+    bad = [p for p in pairs if len(p) != 2 or p[0] not in sharding.MESH_AXES]
+    if bad:
+        raise ValueError(f"mesh must be axis=size pairs over {sharding.MESH_AXES}, got {text!r}")
+    return {axis: int(size) for axis, size in pairs}
+
+
+def _with_sharding(tree: Any, shardings: Any) -> Any:
+    return jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
+    )
+
+
+def _analyse(compiled, target: Target) -> dict[str, Any]:
+    memory = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list | tuple) else cost
+    per_chip = (
+        memory.argument_size_in_bytes
+        + memory.output_size_in_bytes
+        - memory.alias_size_in_bytes
+        + memory.temp_size_in_bytes
+    )
+    seconds = float(cost.get("optimal_seconds", float("nan")))
+    flops = float(cost.get("flops", 0.0))
+    return dict(
+        bytes_per_chip=per_chip,
+        argument_bytes=memory.argument_size_in_bytes,
+        temp_bytes=memory.temp_size_in_bytes,
+        hbm_bytes=target.hbm_bytes,
+        headroom=1.0 - per_chip / target.hbm_bytes,
+        fits_with_10pct_headroom=per_chip <= 0.9 * target.hbm_bytes,
+        flops_per_chip=flops,
+        estimated_step_s=seconds,
+        estimated_utilisation=flops / seconds / target.peak_flops if seconds > 0 else None,
+    )
+
+
+def compile_train_step(
+    stage: str, target_name: str, mesh_shape: dict | None, remat: str | None, accum: int
+) -> dict[str, Any]:
+    """Compiles the stage's train step for the target; returns the analysis."""
+    from jax.experimental import topologies
+
+    target = TARGETS[target_name]
+    config = paper_config(stage, remat)
+    devices = topologies.get_topology_desc(target.topology, "tpu").devices
+    mesh_shape = mesh_shape or dict(config.mesh)
+    mesh = sharding.make_mesh(mesh_shape, devices)
+    rules = sharding.normalize_rules(config.sharding.rules)
+    batch = config.optim.batch_size
+    step_lib.check_batch_size(batch, mesh, accum)
+    task, example = STAGES[stage][1](config)
+    step_config = step_lib.StepConfig(
+        grad_accum_steps=accum,
+        compute_dtype=config.train.compute_dtype,
+        ema_decay=config.ema.decay,
+        ema_warmup=config.ema.warmup,
+    )
+    opt_config = optimizer_lib.OptimizerConfig.from_config(config)
+    schedule = optimizer_lib.learning_rate_schedule(opt_config)
+    key = jax.random.key(0)
+    init_fn = lambda k: task.init(k, example)
+    tx = optimizer_lib.make_optimizer(
+        opt_config, optimizer_lib.decay_mask(jax.eval_shape(init_fn, key))
+    )
+    shardings = state_lib.train_state_shardings(init_fn, tx, key, mesh, rules)
+    state = state_lib.abstract_train_state(init_fn, tx, key, shardings)
+    global_batch = {k: v.update(shape=(batch, *v.shape[1:])) for k, v in example.items()}
+    batch_shardings = step_lib.batch_shardings(mesh, global_batch)
+    repl = sharding.replicated(mesh)
+    fn = jax.jit(
+        functools.partial(
+            step_lib.train_step, task=task, tx=tx, schedule=schedule, config=step_config
+        ),
+        in_shardings=(shardings, batch_shardings, repl),
+        out_shardings=(shardings, repl),
+        donate_argnums=0,
+    )
+    key_spec = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=repl)
+    start = time.perf_counter()
+    with sharding.activation_rules(mesh, rules):
+        lowered = fn.lower(state, _with_sharding(global_batch, batch_shardings), key_spec)
+    compiled = lowered.compile()
+    params = common.num_params(state.params)
+    return dict(
+        stage=stage,
+        target=target_name,
+        program="train_step",
+        mesh={k: int(v) for k, v in mesh.shape.items()},
+        remat=remat or config.model.get("unet", {}).get("remat", "none"),
+        grad_accum_steps=accum,
+        global_batch=batch,
+        params=params,
+        compile_s=time.perf_counter() - start,
+        **_analyse(compiled, target),
+    )
+
+
+def compile_decoder_sampling_step(target_name: str, batch: int) -> dict[str, Any]:
+    """One guided decoder step (2 × batch rows through the U-Net, guidance on the mean) with
+    bfloat16 weights replicated over a data-parallel mesh."""
+    from jax.experimental import topologies
+
+    target = TARGETS[target_name]
+    config = paper_config("decoder", None)
+    model = decoder_from_config({**config.model.to_dict(), "param_dtype": "bfloat16"})
+    devices = topologies.get_topology_desc(target.topology, "tpu").devices
+    mesh = sharding.make_mesh({"data": -1}, devices)
+    rules = sharding.normalize_rules(config.sharding.rules)
+    size, length = config.image_size, config.model.caption_transformer.max_length
+    rows = dict(
+        x=_spec((batch, size, size, 3)),
+        t=_spec((batch,), jnp.int32),
+        image_embed=_spec((batch, config.image_embed_dim)),
+        caption_ids=_spec((batch, length), jnp.int32),
+        caption_mask=_spec((batch, length), jnp.bool_),
+    )
+    one = {k: jnp.zeros((1, *v.shape[1:]), v.dtype) for k, v in rows.items()}
+    boxed = jax.eval_shape(
+        lambda: model.init(
+            jax.random.key(0),
+            one["x"],
+            one["t"],
+            one["image_embed"],
+            caption_ids=one["caption_ids"],
+            caption_mask=one["caption_mask"],
+        )
+    )["params"]
+    repl = sharding.replicated(mesh)
+    params = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), nn.unbox(boxed)
+    )
+
+    def guided_step(params, x, t, image_embed, caption_ids, caption_mask, scale):
+        drop = jnp.arange(2 * batch) >= batch
+        doubled = lambda a: jnp.concatenate([a, a])
+        output = model.apply(
+            {"params": params},
+            doubled(x),
+            doubled(t),
+            doubled(image_embed),
+            caption_ids=doubled(caption_ids),
+            caption_mask=doubled(caption_mask),
+            drop_image=drop,
+            drop_caption=drop,
+        )
+        return guidance.guide(output[:batch], output[batch:], scale, 3)
+
+    data = sharding.batch_sharding(mesh)
+    inputs = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=data) for k, v in rows.items()}
+    scale = jax.ShapeDtypeStruct((), jnp.float32, sharding=repl)
+    start = time.perf_counter()
+    with sharding.activation_rules(mesh, rules):
+        compiled = jax.jit(guided_step).lower(params, **inputs, scale=scale).compile()
+    analysis = _analyse(compiled, target)
+    return dict(
+        stage="decoder",
+        target=target_name,
+        program="guided_sampling_step",
+        mesh={k: int(v) for k, v in mesh.shape.items()},
+        batch_images=batch,
+        params=common.num_params(params),
+        compile_s=time.perf_counter() - start,
+        estimated_images_per_s_250_steps=batch / (250 * analysis["estimated_step_s"]),
+        **analysis,
+    )
+
+
+def _report(row: dict[str, Any]) -> None:
+    gib = 2**30
+    print(
+        f"{row['stage']:13s} {row['target']:8s} {row['program']:20s} mesh {row['mesh']} "
+        f"{row['bytes_per_chip'] / gib:6.2f} GiB/chip of {row['hbm_bytes'] / gib:5.1f} "
+        f"(headroom {100 * row['headroom']:5.1f}%)  est. step {row['estimated_step_s']:.4f} s  "
+        f"util {row['estimated_utilisation'] or float('nan'):.2f}  compile {row['compile_s']:.0f}s",
+        flush=True,
+    )
+
+
+# (stage, target, mesh or None for the config's, remat or None for the config's): the config's
+# data-parallel mesh where the state fits a chip; FSDP over 8 or 16 chips (and per-block remat of
+# the U-Nets) where it does not.
+PLANS: tuple[tuple[str, str, dict[str, int] | None, str | None], ...] = (
+    ("prior", "v5p-128", None, None),
+    ("upsampler256", "v5p-128", None, None),
+    ("upsampler1024", "v5p-128", None, None),
+    ("decoder", "v5p-128", {"data": 8, "fsdp": 8}, "full"),
+    ("prior", "v5e-256", {"data": 16, "fsdp": 16}, None),
+    ("upsampler256", "v5e-256", {"data": 16, "fsdp": 16}, None),
+    ("upsampler1024", "v5e-256", {"data": 16, "fsdp": 16}, "full"),
+    ("decoder", "v5e-256", {"data": 16, "fsdp": 16}, "full"),
+)
+
+
+def _run_plan(stage: str, target: str, mesh: dict | None, remat: str | None, args) -> None:
+    try:
+        row = compile_train_step(stage, target, mesh, remat, args.grad_accum)
+    except Exception as error:  # a program that does not fit fails to compile: record why
+        row = dict(stage=stage, target=target, mesh=mesh, remat=remat, error=str(error)[:2000])
+        print(f"{stage} {target} mesh {mesh} remat {remat}: {row['error'][:300]}", flush=True)
+    else:
+        _report(row)
+    suffix = f"_{remat}" if remat else ""
+    common.write_results(f"tpu_aot_{stage}_{target}{suffix}{args.tag}", row)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--stages", default=None, help="default: every stage")
+    parser.add_argument("--targets", default="v5p-128,v5e-256")
+    parser.add_argument(
+        "--mesh",
+        default=None,
+        help="e.g. data=-1,fsdp=8; without --mesh and --remat, PLANS' settings",
+    )
+    parser.add_argument("--remat", default=None, choices=sorted(sharding.REMAT_POLICIES))
+    parser.add_argument("--grad-accum", type=int, default=1)
+    parser.add_argument("--sampling", action="store_true", help="the v5e-8 decoder sampling step")
+    parser.add_argument("--sampling-batch", type=int, default=64)
+    parser.add_argument("--tag", default="")
+    args = parser.parse_args()
+    if args.sampling:
+        row = compile_decoder_sampling_step("v5e-8", args.sampling_batch)
+        _report(row)
+        common.write_results(f"tpu_aot_decoder_sampling_v5e-8{args.tag}", row)
+        return
+    targets = args.targets.split(",")
+    stages = args.stages.split(",") if args.stages else list(STAGES)
+    if args.mesh is None and args.remat is None:
+        for stage, target, mesh, remat in PLANS:
+            if target in targets and stage in stages:
+                _run_plan(stage, target, mesh, remat, args)
+        return
+    for stage in stages:
+        for target in targets:
+            _run_plan(stage, target, parse_mesh(args.mesh), args.remat, args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""`unclip variations / interpolate / textdiff`: outputs written, bad images refused."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+STEPS = ("--decoder_steps=2", "--upsampler_steps=2")
+
+
+@pytest.fixture
+def images(tmp_path):
+    rng = np.random.default_rng(0)
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    Image.fromarray(rng.integers(0, 255, (24, 20, 3), dtype=np.uint8)).save(a)
+    Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(b)
+    return a, b
+
+
+def test_variations_interpolate_textdiff(unclip, pipeline_dir, images, tmp_path):
+    a, b = images
+    ckpt = f"--checkpoint={pipeline_dir}"
+    code, _, err = unclip(
+        "variations", str(a), "--num_variations=4", ckpt, *STEPS, f"--out={tmp_path / 'v'}"
+    )
+    assert code == 0, err[-2000:]
+    assert len(list((tmp_path / "v").glob("variation_*.png"))) == 4
+    code, _, err = unclip(
+        "interpolate", str(a), str(b), "--frames=4", ckpt, *STEPS, f"--out={tmp_path / 'i'}"
+    )
+    assert code == 0, err[-2000:]
+    assert len(list((tmp_path / "i").glob("frame_*.png"))) == 4
+    code, _, err = unclip(
+        "textdiff",
+        str(a),
+        "--from=a red circle",
+        "--to=a blue circle",
+        "--thetas=0,0.5,1",
+        ckpt,
+        *STEPS,
+        f"--out={tmp_path / 't'}",
+    )
+    assert code == 0, err[-2000:]
+    assert sorted(p.name for p in (tmp_path / "t").iterdir()) == [
+        "grid.png",
+        "theta_0.00.png",
+        "theta_0.50.png",
+        "theta_1.00.png",
+    ]
+
+
+@pytest.mark.parametrize("kind", ["text", "truncated", "missing"])
+def test_bad_image_files(unclip, images, tmp_path, kind):
+    bad = tmp_path / f"{kind}.png"
+    if kind == "text":
+        bad.write_text("hello")
+    elif kind == "truncated":
+        bad.write_bytes(images[0].read_bytes()[:80])
+    out = tmp_path / "never"
+    for args in (("variations", str(bad)), ("textdiff", str(bad), "--from=a", "--to=b")):
+        code, _, err = unclip(*args, f"--checkpoint={tmp_path}", f"--out={out}")
+        assert code != 0
+        expected = "no image file" if kind == "missing" else "is not a readable image"
+        assert expected in err and str(bad) in err, err[-2000:]
+        assert not out.exists()
+
+
+def test_textdiff_needs_both_captions_and_valid_thetas(unclip, images, tmp_path):
+    a, _ = images
+    code, _, err = unclip("textdiff", str(a), "--from=a red circle", f"--out={tmp_path / 'o'}")
+    assert code != 0 and "--from and --to must both be given" in err
+    code, _, err = unclip(
+        "textdiff", str(a), "--from=x", "--to=y", "--thetas=0,2", f"--out={tmp_path / 'o'}"
+    )
+    assert code != 0 and "--thetas must be numbers in [0, 1]" in err

@@ -1,0 +1,141 @@
+"""A pipeline directory of tiny random stages: CLIP (32 px, 16-d), prior, 8 px decoder with a
+CLIP-token caption, 8→16 upsampler. Used by the pipeline and command tests."""
+
+import dataclasses
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from unclip_jax import pipeline_store as store
+from unclip_jax.convert import hf_clip
+from unclip_jax.models.clip import CLIP, clip_config
+from unclip_jax.models.prior import DiffusionPrior
+from unclip_jax.models.unet import decoder_from_config, upsampler_from_config
+from unclip_jax.text import bpe
+
+CONTEXT = 8
+CAPTIONS = [
+    f"a {size} {colour} {shape}"
+    for size in ("small", "large")
+    for colour in ("red", "green", "blue")
+    for shape in ("circle", "square", "triangle")
+]
+PRIOR_MODEL = dict(
+    embed_dim=16,
+    text_embed_dim=16,
+    token_dim=32,
+    num_tokens=CONTEXT,
+    width=16,
+    depth=1,
+    num_heads=2,
+)
+DECODER_MODEL = dict(
+    unet=dict(
+        out_channels=6,
+        base_channels=8,
+        channel_mults=(1, 2),
+        num_res_blocks=1,
+        attention_levels=(1,),
+        mid_attention=False,
+        head_dim=8,
+        groups=4,
+    ),
+    context_dim=8,
+    num_image_tokens=2,
+    caption_source="clip",
+)
+UPSAMPLER_MODEL = dict(
+    unet=dict(
+        out_channels=3,
+        base_channels=8,
+        channel_mults=(1, 2),
+        num_res_blocks=1,
+        attention_levels=(),
+        mid_attention=False,
+        groups=4,
+    ),
+)
+
+
+def _params(module: nn.Module, *args, **kwargs):
+    """Random parameters of the module's shapes (from eval_shape: nothing is compiled)."""
+    shapes = jax.eval_shape(lambda: nn.unbox(module.init(jax.random.key(0), *args, **kwargs)))
+    leaves, tree = jax.tree.flatten(shapes["params"])
+    rng = np.random.default_rng(len(leaves))
+    values = [rng.normal(0.0, 0.2, leaf.shape).astype(np.float32) for leaf in leaves]
+    return jax.tree.unflatten(tree, values)
+
+
+def build(directory: Path) -> Path:
+    """Writes the tiny pipeline into `directory` and returns it."""
+    tokenizer = bpe.train_bpe(CAPTIONS, vocab_size=64, context_length=CONTEXT)
+    base = clip_config("tiny")
+    config = dataclasses.replace(
+        base,
+        text=dataclasses.replace(
+            base.text,
+            vocab_size=tokenizer.vocab_size,
+            context_length=CONTEXT,
+            eos_token_id=tokenizer.eot_id,
+        ),
+    )
+    ids = jnp.zeros((1, CONTEXT), jnp.int32)
+    clip_params = _params(CLIP(config), ids, jnp.zeros((1, 32, 32, 3)))
+    clip_dir = directory / "stages" / "clip"
+    hf_clip.save_clip(clip_dir, config, {"params": clip_params})
+    tokenizer.save(clip_dir / store.TOKENIZER_DIR)
+
+    prior = DiffusionPrior(**PRIOR_MODEL)
+    z = jnp.zeros((1, 16))
+    prior_params = _params(
+        prior,
+        z,
+        jnp.zeros((1,), jnp.int32),
+        z,
+        jnp.zeros((1, CONTEXT, 32)),
+        jnp.ones((1, CONTEXT), bool),
+    )
+    decoder = decoder_from_config(DECODER_MODEL)
+    decoder_params = _params(
+        decoder,
+        jnp.zeros((1, 8, 8, 3)),
+        jnp.zeros((1,), jnp.int32),
+        z,
+        caption_states=jnp.zeros((1, CONTEXT, 32)),
+        caption_embed=z,
+        caption_mask=jnp.ones((1, CONTEXT), bool),
+    )
+    upsampler = upsampler_from_config(UPSAMPLER_MODEL)
+    up_params = _params(
+        upsampler, jnp.zeros((1, 16, 16, 3)), jnp.zeros((1, 8, 8, 3)), jnp.zeros((1,), jnp.int32)
+    )
+    diffusion = dict(schedule="cosine", train_steps=100, sample_steps=4)
+    return store.write_pipeline(
+        directory / "pipeline",
+        clip_dir=clip_dir,
+        prior=(
+            {
+                "model": PRIOR_MODEL,
+                "diffusion": {**diffusion, "prediction": "x0"},
+                "normalizer": {"kind": "unit_norm", "mean": None, "std": None},
+            },
+            prior_params,
+        ),
+        decoder=(
+            {
+                "image_size": 8,
+                "model": DECODER_MODEL,
+                "diffusion": {**diffusion, "learned_variance": True},
+            },
+            decoder_params,
+        ),
+        upsamplers=[
+            (
+                {"low_res": 8, "high_res": 16, "model": UPSAMPLER_MODEL, "diffusion": diffusion},
+                up_params,
+            )
+        ],
+    )

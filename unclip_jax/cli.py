@@ -1,0 +1,121 @@
+"""The `unclip` console script: `unclip SUBCOMMAND [flags]`.
+
+Each subcommand is a module with absl flags and a `main(argv)`; only the chosen module is imported.
+"""
+
+import importlib
+import os
+import sys
+
+from absl import app, flags
+
+# name -> (module, one-line help)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("unclip_jax.main", "train one stage: --config configs/X.py --workdir DIR"),
+    "convert-clip": (
+        "unclip_jax.commands.convert_clip",
+        "Hugging Face CLIP directory -> CLIP checkpoint: --hf-dir DIR --out DIR",
+    ),
+    "convert-karlo": (
+        "unclip_jax.commands.convert_karlo",
+        "diffusers UnCLIP (Karlo) directory -> checkpoint: --diffusers-dir DIR --out DIR",
+    ),
+    "embed": (
+        "unclip_jax.commands.embed",
+        "CLIP embeddings of a data set as shards: --config X.py --checkpoint DIR --out DIR",
+    ),
+    "generate": (
+        "unclip_jax.commands.generate",
+        'images for prompts: "PROMPT" [...] --checkpoint DIR --out DIR',
+    ),
+    "variations": (
+        "unclip_jax.commands.variations",
+        "variations of an image: IMAGE --checkpoint DIR --out DIR",
+    ),
+    "interpolate": (
+        "unclip_jax.commands.interpolate",
+        "frames between two images: A B --checkpoint DIR --out DIR",
+    ),
+    "textdiff": (
+        "unclip_jax.commands.textdiff",
+        "edit an image by a caption change: IMAGE --from CAPTION --to CAPTION --checkpoint DIR",
+    ),
+    "eval": (
+        "unclip_jax.commands.evaluate",
+        "oracle accuracy and CLIP score of generated images: --images DIR [--score_clip DIR]",
+    ),
+}
+
+
+def usage() -> str:
+    lines = ["usage: unclip SUBCOMMAND [flags]   (unclip SUBCOMMAND --help for its flags)", ""]
+    width = max(len(name) for name in SUBCOMMANDS)
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in sorted(SUBCOMMANDS.items())]
+    return "\n".join(lines)
+
+
+def _plain(error: BaseException) -> str:
+    """The innermost message of an error (ml_collections wraps a KeyError in an AttributeError)."""
+    message = error
+    while isinstance(message, BaseException) and message.args:
+        message = message.args[0]
+    return str(message).replace("\n", " ")
+
+
+def _config_import_roots(argv: list[str]) -> list[str]:
+    """Folders from which `configs.*` imports resolve: the working directory and, for each
+    `--config PATH[:ARG]`, the folder holding PATH's folder (configs import `configs.base`)."""
+    roots = [os.getcwd()]
+    for k, arg in enumerate(argv):
+        path = None
+        if arg.startswith("--config="):
+            path = arg.split("=", 1)[1]
+        elif arg == "--config" and k + 1 < len(argv):
+            path = argv[k + 1]
+        if path:
+            roots.append(os.path.dirname(os.path.dirname(os.path.abspath(path.split(":")[0]))))
+    return roots
+
+
+def run(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv if argv is None else argv)
+    if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
+        print(usage())
+        sys.exit(0 if len(argv) >= 2 else 2)
+    name = argv[1]
+    if name not in SUBCOMMANDS:
+        print(f"unclip: unknown subcommand {name!r}\n\n{usage()}", file=sys.stderr)
+        sys.exit(2)
+    for root in _config_import_roots(argv[2:]):
+        if root not in sys.path:
+            sys.path.append(root)
+    module = importlib.import_module(SUBCOMMANDS[name][0])
+    if any(arg in ("-h", "--help", "--helpshort") for arg in argv[2:]):
+        print(f"unclip {name}: {module.__doc__.strip()}\n")
+        print(flags.FLAGS.module_help(module.__name__))
+        sys.exit(0)
+
+    def main(sub_argv: list[str]) -> None:
+        try:
+            module.main(sub_argv)
+        except (ValueError, FileNotFoundError, NotADirectoryError) as error:
+            # Bad input: one clear line, no traceback from deep inside a library.
+            print(f"unclip {name}: error: {error}", file=sys.stderr)
+            sys.exit(1)
+        except app.UsageError as error:
+            print(f"unclip {name}: error: {error}", file=sys.stderr)
+            sys.exit(2)
+
+    def parse_flags(sub_argv: list[str]) -> list[str]:
+        try:
+            return flags.FLAGS(sub_argv)
+        except (flags.Error, AttributeError, KeyError, ValueError) as error:
+            # A missing flag or a `--config.` override naming no field: say which, no traceback.
+            print(f"unclip {name}: error in flags: {_plain(error)}", file=sys.stderr)
+            sys.exit(2)
+
+    app.run(main, argv=[f"unclip {name}", *argv[2:]], flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+    run()

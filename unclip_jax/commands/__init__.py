@@ -1,0 +1,1 @@
+"""Subcommands of the `unclip` console script (see `unclip_jax.cli.SUBCOMMANDS`)."""

@@ -1,0 +1,41 @@
+"""`unclip convert-karlo --diffusers-dir DIR --out DIR`: a local diffusers UnCLIPPipeline
+directory (Karlo: prior, text_proj, decoder, super_res_first, super_res_last, text_encoder,
+tokenizer, schedulers) -> our checkpoint directory (`unclip_jax.convert.diffusers_unclip`).
+"""
+
+import pathlib
+
+from absl import app, flags
+
+from unclip_jax.commands.required import check_required
+
+FLAGS = flags.FLAGS
+
+flags.DEFINE_string("diffusers-dir", None, "diffusers UnCLIPPipeline directory (Karlo).")
+flags.DEFINE_string(
+    "out", None, "Output directory for the converted checkpoint.", allow_override=True
+)
+
+
+def convert(diffusers_dir: str | pathlib.Path, out: str | pathlib.Path) -> None:
+    """Convert every component of `diffusers_dir` and save the checkpoint at `out`."""
+    from unclip_jax.convert import diffusers_unclip
+
+    checkpoint = diffusers_unclip.convert_karlo(diffusers_dir)
+    diffusers_unclip.save_karlo(checkpoint, out)
+    counts = {
+        name: diffusers_unclip.num_params(params) for name, params in checkpoint.params.items()
+    }
+    summary = ", ".join(f"{name} {count:,}" for name, count in counts.items())
+    print(f"converted {diffusers_dir} -> {out}: {summary} parameters")
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    check_required("diffusers-dir", "out")
+    convert(FLAGS["diffusers-dir"].value, FLAGS.out)
+
+
+if __name__ == "__main__":
+    app.run(main)

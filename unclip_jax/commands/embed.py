@@ -1,0 +1,60 @@
+"""`unclip embed --config configs/X.py --checkpoint DIR --out DIR [--split train]`: CLIP text and
+image embeddings of a data set, written as embedding shards (`data/embedding_shards.py`) for
+prior training.
+
+The data set is `config.data.source` (with `config.data.data_dir`); the CLIP checkpoint is a
+directory from `unclip convert-clip` or a CLIP training run's `<workdir>/clip`, with its
+tokenizer in `tokenizer/`. Every caption of an image gives one row (the image embedding is
+computed once). Examples are cut into fixed shards of `--shard_size` images; a re-run skips the
+shards already complete, so an interrupted run resumes.
+"""
+
+import pathlib
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from unclip_jax.commands.required import check_required
+
+FLAGS = flags.FLAGS
+
+config_flags.DEFINE_config_file(
+    "config", None, "Config file naming the data (config.data).", allow_override=True
+)
+flags.DEFINE_string("checkpoint", None, "CLIP checkpoint directory (clip_config.json, params/).")
+flags.DEFINE_string("out", None, "Directory for the embedding shards.", allow_override=True)
+flags.DEFINE_string("split", "train", "Split of the data source.")
+flags.DEFINE_integer("batch_size", 64, "Images per encoder call.")
+flags.DEFINE_integer("shard_size", 4096, "Images per shard.")
+flags.DEFINE_bool("token_states", False, "Also store the text encoder's last hidden states.")
+flags.DEFINE_enum("dtype", "float16", ["float16", "float32"], "Storage dtype of the embeddings.")
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    check_required("config", "checkpoint", "out")
+    from unclip_jax.commands.embedding import embed_source
+    from unclip_jax.convert.hf_clip import CONFIG_FILE
+    from unclip_jax.data.sources import open_source
+
+    if not (pathlib.Path(FLAGS.checkpoint) / CONFIG_FILE).is_file():
+        raise FileNotFoundError(
+            f"--checkpoint {FLAGS.checkpoint!r} is not a CLIP checkpoint: no {CONFIG_FILE}"
+        )
+    data = FLAGS.config.data
+    source = open_source(data.source, FLAGS.split, data.get("data_dir"), data.image_size)
+    written = embed_source(
+        FLAGS.checkpoint,
+        source,
+        FLAGS.out,
+        batch_size=FLAGS.batch_size,
+        shard_size=FLAGS.shard_size,
+        token_states=FLAGS.token_states,
+        dtype=FLAGS.dtype,
+    )
+    print(f"wrote {written} shards to {FLAGS.out}")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,69 @@
+"""`unclip eval --images DIR [--score_clip DIR] [--metrics FILE]`: scores the images written by
+`unclip generate` (DIR/captions.json names each file's prompt) with the shapes oracle (colour and
+colour+shape accuracy of single-object prompts, binding accuracy of two-object prompts) and, with
+`--score_clip`, the CLIP score under that independently trained CLIP. Prints the figures as JSON.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+from absl import app, flags
+
+from unclip_jax.commands import common
+
+FLAGS = flags.FLAGS
+flags.adopt_module_key_flags(common)
+flags.DEFINE_string("images", None, "Directory written by `unclip generate`.")
+flags.DEFINE_string("score_clip", None, "CLIP checkpoint directory for the CLIP score.")
+flags.DEFINE_string("metrics", None, "Also write the figures to this JSON file.")
+
+
+def evaluate(images: np.ndarray, captions: list[str], score_clip: str | None) -> dict:
+    """Oracle (and CLIP score) figures of images [N, H, W, 3] for their captions."""
+    from unclip_jax.evals import demo_metrics, shapes_oracle
+
+    counts = [len(shapes_oracle.parse_caption(c)[0]) for c in captions]
+    figures: dict = {"num_images": len(captions)}
+    single = [i for i, n in enumerate(counts) if n == 1]
+    pair = [i for i, n in enumerate(counts) if n == 2]
+    if single:
+        accuracy = demo_metrics.single_object_accuracy(
+            images[single], [captions[i] for i in single]
+        )
+        figures.update({f"single_{k}": v for k, v in accuracy.items()})
+    if pair:
+        figures["binding"] = demo_metrics.binding_accuracy(
+            images[pair], [captions[i] for i in pair]
+        )
+    if score_clip:
+        from unclip_jax.evals.clip_score import CLIPScorer
+
+        figures["clip_score"] = float(np.mean(CLIPScorer(score_clip)(images, captions)))
+    return figures
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    from unclip_jax.pipeline_images import load_image
+
+    if not FLAGS.images:
+        raise ValueError("--images must name a directory written by `unclip generate`")
+    directory = Path(FLAGS.images)
+    index = directory / "captions.json"
+    if not index.is_file():
+        raise FileNotFoundError(f"{str(index)!r} is missing: --images must come from generate")
+    captions = json.loads(index.read_text())
+    images = np.stack([load_image(directory / name) for name in captions])
+    if FLAGS.score_clip:
+        common.enable_compilation_cache(FLAGS.compilation_cache)
+    figures = evaluate(images, list(captions.values()), FLAGS.score_clip)
+    text = json.dumps(figures, indent=2)
+    if FLAGS.metrics:
+        Path(FLAGS.metrics).write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    app.run(main)

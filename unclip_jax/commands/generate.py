@@ -1,0 +1,73 @@
+"""`unclip generate "prompt" [...] --checkpoint DIR --out DIR`: images for each prompt, written as
+PNGs (`<prompt index>_<image index>.png`), a captioned grid (`grid.png`, one row per prompt) and
+`captions.json` (file → prompt, read by `unclip eval`).
+
+An empty prompt ("") is unconditional; a prompt longer than the tokenizer's context is truncated
+with a warning. Arguments are checked, and the output directory tested for writing, before
+anything is loaded or compiled.
+"""
+
+import json
+import sys
+import warnings
+
+from absl import app, flags
+
+from unclip_jax.commands import common
+
+FLAGS = flags.FLAGS
+flags.adopt_module_key_flags(common)
+flags.DEFINE_integer("num_images", 4, "Images per prompt.")
+flags.DEFINE_integer("prior_steps", None, "Prior sampling steps (default: the stage's).")
+flags.DEFINE_float("prior_guidance", 4.0, "Prior classifier-free guidance scale (>= 0).")
+flags.DEFINE_integer("prior_candidates", 2, "z_i samples per image; the largest z_i·z_t is kept.")
+flags.DEFINE_integer("rerank", 1, "Final images per image; the largest CLIP score is kept.")
+
+
+def main(argv: list[str]) -> None:
+    prompts = list(argv[1:])
+    if not prompts:
+        raise app.UsageError('give at least one prompt: unclip generate "a red circle" ...')
+    from unclip_jax import pipeline
+
+    pipeline.check_prompts(prompts)
+    common.check_sampling_flags()
+    pipeline.check_guidance("--prior_guidance", FLAGS.prior_guidance)
+    if FLAGS.prior_steps is not None and FLAGS.prior_steps < 1:
+        raise ValueError(f"--prior_steps must be >= 1, got {FLAGS.prior_steps}")
+    for name in ("num_images", "prior_candidates", "rerank"):
+        pipeline.check_count(f"--{name}", FLAGS[name].value)
+    out = common.check_output_dir(FLAGS.out)
+    common.enable_compilation_cache(FLAGS.compilation_cache)
+    pipe = common.load_pipeline(FLAGS.checkpoint)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        images = pipe.generate(
+            prompts,
+            FLAGS.num_images,
+            seed=FLAGS.seed,
+            prior_steps=FLAGS.prior_steps,
+            decoder_steps=FLAGS.decoder_steps,
+            upsampler_steps=FLAGS.upsampler_steps,
+            prior_guidance=FLAGS.prior_guidance,
+            decoder_guidance=FLAGS.decoder_guidance,
+            prior_candidates=FLAGS.prior_candidates,
+            rerank_candidates=FLAGS.rerank,
+        )
+    for warning in {str(w.message) for w in caught}:
+        print(f"unclip generate: warning: {warning}", file=sys.stderr)
+    n = FLAGS.num_images
+    files, captions = {}, {}
+    for i, image in enumerate(images):
+        name = f"{i // n:03d}_{i % n:02d}.png"
+        files[name] = image
+        captions[name] = prompts[i // n]
+    grid = images.reshape(len(prompts), n, *images.shape[1:])
+    files["grid.png"] = common.captioned_grid(grid, prompts)
+    files["captions.json"] = json.dumps(captions, indent=1)
+    common.write_outputs(out, files)
+    print(f"wrote {len(images)} images and grid.png to {out}")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,44 @@
+"""`unclip interpolate A B --checkpoint DIR --out DIR [--frames N]`: frames from image A to image
+B, slerping their CLIP image embeddings with the decoder noise fixed (unCLIP §3.2). Writes
+`frame_*.png` and `grid.png` (A, the frames, B)."""
+
+import numpy as np
+from absl import app, flags
+
+from unclip_jax.commands import common
+
+FLAGS = flags.FLAGS
+flags.adopt_module_key_flags(common)
+flags.DEFINE_integer("frames", 5, "Frames, A's embedding first and B's last (>= 2).")
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) != 3:
+        raise app.UsageError("give two images: unclip interpolate A B --checkpoint DIR --out DIR")
+    from unclip_jax import pipeline
+    from unclip_jax.pipeline_images import load_image
+
+    image_a, image_b = load_image(argv[1]), load_image(argv[2])
+    common.check_sampling_flags()
+    frames = pipeline.check_count("--frames", FLAGS.frames, least=2)
+    out = common.check_output_dir(FLAGS.out)
+    common.enable_compilation_cache(FLAGS.compilation_cache)
+    pipe = common.load_pipeline(FLAGS.checkpoint)
+    images = pipe.interpolate(
+        image_a,
+        image_b,
+        frames,
+        seed=FLAGS.seed,
+        decoder_steps=FLAGS.decoder_steps,
+        upsampler_steps=FLAGS.upsampler_steps,
+        decoder_guidance=FLAGS.decoder_guidance,
+    )
+    files = common.image_files("frame", images)
+    row = np.concatenate([images, common.fit(image_b, images.shape[1])[None]])
+    files["grid.png"] = common.source_and_row(image_a, row, "A, frames A → B, B")
+    common.write_outputs(out, files)
+    print(f"wrote {frames} frames and grid.png to {out}")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,52 @@
+"""`unclip textdiff IMAGE --from "a red circle" --to "a blue circle" --checkpoint DIR --out DIR`:
+edits IMAGE toward the caption change, z_θ = slerp(z_i, normalize(z_t' − z_t), θ), decoded from
+the DDIM inversion of IMAGE (unCLIP §3.3). Writes `theta_*.png` and `grid.png`."""
+
+from absl import app, flags
+
+from unclip_jax.commands import common
+
+FLAGS = flags.FLAGS
+flags.adopt_module_key_flags(common)
+flags.DEFINE_string("from", None, "Caption describing the image as it is.")
+flags.DEFINE_string("to", None, "Caption describing the wanted image.")
+flags.DEFINE_list("thetas", ["0", "0.25", "0.5", "0.75"], "Interpolation amounts in [0, 1].")
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) != 2:
+        raise app.UsageError("give one image: unclip textdiff IMAGE --from ... --to ...")
+    from unclip_jax.pipeline_images import load_image
+
+    source = load_image(argv[1])
+    if FLAGS["from"].value is None or FLAGS.to is None:
+        raise ValueError("--from and --to must both be given")
+    try:
+        thetas = [float(t) for t in FLAGS.thetas]
+    except ValueError:
+        raise ValueError(f"--thetas must be numbers in [0, 1], got {FLAGS.thetas}") from None
+    if not thetas or any(not 0 <= t <= 1 for t in thetas):
+        raise ValueError(f"--thetas must be numbers in [0, 1], got {FLAGS.thetas}")
+    common.check_sampling_flags()
+    out = common.check_output_dir(FLAGS.out)
+    common.enable_compilation_cache(FLAGS.compilation_cache)
+    pipe = common.load_pipeline(FLAGS.checkpoint)
+    images = pipe.text_diff(
+        source,
+        FLAGS["from"].value,
+        FLAGS.to,
+        thetas,
+        seed=FLAGS.seed,
+        decoder_steps=FLAGS.decoder_steps,
+        upsampler_steps=FLAGS.upsampler_steps,
+        decoder_guidance=FLAGS.decoder_guidance,
+    )
+    files = {f"theta_{t:.2f}.png": image for t, image in zip(thetas, images, strict=True)}
+    caption = f"{FLAGS['from'].value} → {FLAGS.to}, θ = {', '.join(FLAGS.thetas)}"
+    files["grid.png"] = common.source_and_row(source, images, caption)
+    common.write_outputs(out, files)
+    print(f"wrote {len(images)} edits and grid.png to {out}")
+
+
+if __name__ == "__main__":
+    app.run(main)

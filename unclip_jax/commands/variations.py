@@ -1,0 +1,41 @@
+"""`unclip variations IMAGE --checkpoint DIR --out DIR [--num_images N]`: images that keep the
+CLIP image embedding of IMAGE, decoded from new noise (unCLIP §3.1). Writes `variation_*.png`
+and `grid.png` (the source first)."""
+
+from absl import app, flags
+
+from unclip_jax.commands import common
+
+FLAGS = flags.FLAGS
+flags.adopt_module_key_flags(common)
+flags.DEFINE_integer("num_variations", 4, "How many variations.")
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) != 2:
+        raise app.UsageError("give one image: unclip variations IMAGE --checkpoint DIR --out DIR")
+    from unclip_jax import pipeline
+    from unclip_jax.pipeline_images import load_image
+
+    source = load_image(argv[1])
+    common.check_sampling_flags()
+    n = pipeline.check_count("--num_variations", FLAGS.num_variations)
+    out = common.check_output_dir(FLAGS.out)
+    common.enable_compilation_cache(FLAGS.compilation_cache)
+    pipe = common.load_pipeline(FLAGS.checkpoint)
+    images = pipe.variations(
+        source,
+        n,
+        seed=FLAGS.seed,
+        decoder_steps=FLAGS.decoder_steps,
+        upsampler_steps=FLAGS.upsampler_steps,
+        decoder_guidance=FLAGS.decoder_guidance,
+    )
+    files = common.image_files("variation", images)
+    files["grid.png"] = common.source_and_row(source, images, "variations of the source (left)")
+    common.write_outputs(out, files)
+    print(f"wrote {n} variations and grid.png to {out}")
+
+
+if __name__ == "__main__":
+    app.run(main)

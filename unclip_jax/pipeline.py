@@ -1,0 +1,579 @@
+"""unCLIP end to end (Ramesh et al. 2022): text → image, variations, interpolations, text diffs.
+
+    from unclip_jax.pipeline import UnCLIP
+    images = UnCLIP.load("demo/pipeline").generate(["a red circle"], num_images_per_prompt=4)
+
+`UnCLIP.load(dir)` reads the directory of `pipeline_store` (CLIP + tokenizer, prior, decoder,
+upsamplers). Work is cut into chunks of at most `max_batch` rows, each padded to a bucketed size
+(a power of two, a multiple of the device count) and sharded over the local devices, so every
+stage runs one compiled program per bucket: new prompts, seeds, guidance scales and step counts
+do not recompile (`compiled_programs()` counts them). Noise is drawn per row from the seed and
+the row's index, so results do not depend on chunking, padding or the number of devices.
+
+An empty prompt is unconditional: the prior samples with guidance scale 0 for it (its null
+conditioning alone) and the decoder sees the null caption. Prompts longer than the tokenizer's
+context are truncated with a `CaptionTruncatedWarning`.
+"""
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from tqdm import tqdm
+
+from unclip_jax import pipeline_store as store
+from unclip_jax.pipeline_images import (
+    ImageLike,
+    as_image,
+    center_square,
+    resize,
+    to_uint8,
+    to_unit,
+)
+from unclip_jax.pipeline_stages import (
+    DecoderStage,
+    PriorStage,
+    TextImageEncoder,
+    UpsamplerStage,
+    clip_scores,
+)
+
+Array = jax.Array
+# Keys of the per-row noise streams (decoder, then upsamplers), apart from the chunk keys.
+NOISE_STREAM = 1 << 20
+
+
+def check_steps(name: str, steps: int, maximum: int) -> int:
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)):
+        raise ValueError(f"{name} must be an integer number of steps, got {steps!r}")
+    if not 1 <= steps <= maximum:
+        raise ValueError(f"{name} must be in [1, {maximum}], got {steps}")
+    return int(steps)
+
+
+def check_guidance(name: str, scale: float) -> float:
+    if not isinstance(scale, (int, float, np.number)) or not scale >= 0:
+        raise ValueError(f"{name} must be a number >= 0, got {scale!r}")
+    return float(scale)
+
+
+def check_count(name: str, value: int, least: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+        raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+    return int(value)
+
+
+def check_prompts(prompts: Sequence[str]) -> list[str]:
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    prompts = list(prompts)
+    if not prompts:
+        raise ValueError("prompts must hold at least one prompt (use '' for unconditional)")
+    bad = [p for p in prompts if not isinstance(p, str)]
+    if bad:
+        raise ValueError(f"prompts must be strings, got {type(bad[0]).__name__}: {bad[0]!r}")
+    return prompts
+
+
+def slerp(a: np.ndarray, b: np.ndarray, theta: np.ndarray) -> np.ndarray:
+    """Spherical interpolation of unit vectors a, b [D] at θ [N] → [N, D]."""
+    theta = np.asarray(theta, np.float64)[:, None]
+    omega = np.arccos(np.clip(np.dot(a, b), -1.0, 1.0))
+    if omega < 1e-6:
+        return (1 - theta) * a + theta * b
+    return (np.sin((1 - theta) * omega) * a + np.sin(theta * omega) * b) / np.sin(omega)
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float64)
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def bucket_size(rows: int, multiple: int) -> int:
+    """The padded batch for `rows`: a power of two, rounded up to a multiple of `multiple`."""
+    size = 1 << max(0, math.ceil(math.log2(max(rows, 1))))
+    return -(-size // multiple) * multiple
+
+
+@dataclasses.dataclass(frozen=True)
+class _Chain:
+    """Settings of one run of the stages over a set of rows."""
+
+    key: Array  # base key of the call
+    prior_steps: int
+    prior_candidates: int
+    decoder_steps: int
+    decoder_guidance: float
+    eta: float
+    upsampler_steps: tuple[int, ...]
+    score: bool
+
+
+def _noise_rows(key: Array, ids: Array, shape: tuple[int, ...]) -> Array:
+    """Per-row standard normal noise from (key, row id): ids [B] → [B, *shape]."""
+    return jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), shape))(ids)
+
+
+class UnCLIP:
+    """The text-conditional image generator of unCLIP and its image manipulations."""
+
+    def __init__(
+        self,
+        clip: TextImageEncoder,
+        prior: PriorStage,
+        decoder: DecoderStage,
+        upsamplers: Sequence[UpsamplerStage] = (),
+        *,
+        num_devices: int | None = None,  # local devices to shard over (default: all)
+        max_batch: int = 64,  # rows per compiled batch
+        progress: bool = False,  # a progress bar over chunks
+    ):
+        if prior.model.num_tokens != clip.context_length:
+            raise ValueError(
+                f"the prior reads {prior.model.num_tokens} caption tokens; the tokenizer gives "
+                f"{clip.context_length}"
+            )
+        size = decoder.image_size
+        for index, upsampler in enumerate(upsamplers):
+            if upsampler.low_res != size:
+                raise ValueError(
+                    f"upsampler {index} takes {upsampler.low_res} px images; the stage before "
+                    f"it gives {size} px"
+                )
+            size = upsampler.high_res
+        devices = jax.local_devices()
+        count = len(devices) if num_devices is None else num_devices
+        if not 1 <= count <= len(devices):
+            raise ValueError(f"num_devices must be in [1, {len(devices)}], got {num_devices}")
+        self.clip, self.prior, self.decoder = clip, prior, decoder
+        self.upsamplers = list(upsamplers)
+        self.num_devices = count
+        self.max_batch = bucket_size(check_count("max_batch", max_batch), count)
+        self.progress = progress
+        mesh = Mesh(np.asarray(devices[:count]), ("data",))
+        self._rows = NamedSharding(mesh, PartitionSpec("data"))
+        replicated = NamedSharding(mesh, PartitionSpec())
+        for stage in (clip, prior, decoder, *self.upsamplers):
+            stage.params = jax.device_put(stage.params, replicated)
+        self._noise = jax.jit(_noise_rows, static_argnums=2)
+
+    @classmethod
+    def load(cls, directory: str | Path, **options: Any) -> "UnCLIP":
+        """The pipeline saved in `directory` (see `pipeline_store`); options go to __init__."""
+        path, manifest = store.check_pipeline_dir(directory)
+        upsamplers = [
+            UpsamplerStage(path / store.upsampler_name(k)) for k in range(manifest["upsamplers"])
+        ]
+        return cls(
+            TextImageEncoder(path / store.CLIP_DIR),
+            PriorStage(path / store.PRIOR),
+            DecoderStage(path / store.DECODER),
+            upsamplers,
+            **options,
+        )
+
+    @property
+    def image_size(self) -> int:
+        return self.upsamplers[-1].high_res if self.upsamplers else self.decoder.image_size
+
+    def compiled_programs(self) -> dict[str, int]:
+        """Programs compiled so far, per stage."""
+        counts = {
+            "clip": self.clip.compiled_programs(),
+            "prior": self.prior.compiled_programs(),
+            "decoder": self.decoder.compiled_programs(),
+            "noise": self._noise._cache_size(),
+        }
+        for index, upsampler in enumerate(self.upsamplers):
+            counts[store.upsampler_name(index)] = upsampler.compiled_programs()
+        return counts
+
+    def _shard(self, tree: Any) -> Any:
+        """Arrays laid out over the devices along their leading (row) axis."""
+        return jax.device_put(tree, self._rows)
+
+    def _map_rows(
+        self, fn: Callable[[dict, int], dict], rows: dict[str, np.ndarray], desc: str
+    ) -> dict[str, np.ndarray]:
+        """fn over chunks of `rows` (padded to a bucket, sharded), results unpadded on the host."""
+        total = len(next(iter(rows.values())))
+        outputs: list[dict] = []
+        starts = range(0, total, self.max_batch)
+        for index, start in enumerate(tqdm(starts, desc=desc, disable=not self.progress)):
+            chunk = {k: v[start : start + self.max_batch] for k, v in rows.items()}
+            count = len(next(iter(chunk.values())))
+            pad = bucket_size(count, self.num_devices) - count
+            padded = {
+                k: np.concatenate([v, np.repeat(v[-1:], pad, axis=0)]) if pad else v
+                for k, v in chunk.items()
+            }
+            result = fn(jax.device_put(padded, self._rows), index)
+            outputs.append({k: np.asarray(jax.device_get(v))[:count] for k, v in result.items()})
+        return {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]}
+
+    def _chain(self, rows: dict, index: int, chain: _Chain) -> dict[str, Array]:
+        """Rows (ids, mask, drop_caption, noise_id; image_embed and/or x_T when given) →
+        final images; the prior runs where no image_embed is given."""
+        key = jax.random.fold_in(chain.key, index)
+        text_embed, states = self.clip.encode_text(rows["ids"], rows["mask"])
+        if "image_embed" in rows:
+            image_embed = rows["image_embed"]
+        else:
+            image_embed = self.prior.sample(
+                jax.random.fold_in(key, 0),
+                text_embed,
+                states,
+                rows["mask"],
+                chain.prior_steps,
+                rows["prior_scale"],
+                chain.prior_candidates,
+            )
+        caption = {"ids": rows["ids"], "mask": rows["mask"], "states": states}
+        caption["text_embed"] = text_embed
+        cond = self._shard(self.decoder.conditioning(image_embed, caption, rows["drop_caption"]))
+        x_T = rows.get("x_T")
+        if x_T is None:
+            x_T = self._noise(
+                jax.random.fold_in(chain.key, NOISE_STREAM), rows["noise_id"], self.decoder.shape
+            )
+        images = self.decoder.sample(
+            self._shard(x_T),
+            cond,
+            chain.decoder_steps,
+            chain.decoder_guidance,
+            chain.eta,
+            jax.random.fold_in(key, 1),
+        )
+        for k, (upsampler, steps) in enumerate(
+            zip(self.upsamplers, chain.upsampler_steps, strict=True)
+        ):
+            noise_key = jax.random.fold_in(chain.key, NOISE_STREAM + 1 + k)
+            up_T = self._noise(noise_key, rows["noise_id"], upsampler.shape)
+            images = upsampler.sample(
+                self._shard(up_T), self._shard(images), steps, 0.0, jax.random.fold_in(key, 2 + k)
+            )
+        out = {"images": images, "image_embed": image_embed}
+        if chain.score:
+            out["scores"] = clip_scores(self.clip.encode_image(images), text_embed)
+        return out
+
+    def _settings(
+        self,
+        seed: int,
+        decoder_steps: int | None,
+        upsampler_steps: int | Sequence[int] | None,
+        decoder_guidance: float,
+        *,
+        prior_steps: int | None = None,
+        prior_candidates: int = 1,
+        eta: float = 0.0,
+        score: bool = False,
+    ) -> _Chain:
+        """Checked settings (before anything is computed), defaults from the stages."""
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+            raise ValueError(f"seed must be an integer, got {seed!r}")
+        prior = self.prior.diffusion
+        decoder = self.decoder.diffusion
+        if upsampler_steps is None or isinstance(upsampler_steps, (int, np.integer)):
+            upsampler_steps = [upsampler_steps] * len(self.upsamplers)
+        if len(upsampler_steps) != len(self.upsamplers):
+            raise ValueError(
+                f"upsampler_steps needs {len(self.upsamplers)} values, got {upsampler_steps}"
+            )
+        up_steps = tuple(
+            check_steps(
+                "upsampler_steps",
+                u.diffusion.sample_steps if s is None else s,
+                u.diffusion.train_steps,
+            )
+            for u, s in zip(self.upsamplers, upsampler_steps, strict=True)
+        )
+        return _Chain(
+            key=jax.random.key(int(seed)),
+            prior_steps=check_steps(
+                "prior_steps",
+                prior.sample_steps if prior_steps is None else prior_steps,
+                prior.train_steps,
+            ),
+            prior_candidates=check_count("prior_candidates", prior_candidates),
+            decoder_steps=check_steps(
+                "decoder_steps",
+                decoder.sample_steps if decoder_steps is None else decoder_steps,
+                decoder.train_steps,
+            ),
+            decoder_guidance=check_guidance("decoder_guidance", decoder_guidance),
+            eta=eta,
+            upsampler_steps=up_steps,
+            score=score,
+        )
+
+    def _caption_rows(self, captions: list[str]) -> dict[str, np.ndarray]:
+        ids, mask = self.clip.tokenize(captions)
+        return {"ids": ids, "mask": mask}
+
+    def generate_float(
+        self,
+        prompts: Sequence[str],
+        num_images_per_prompt: int = 1,
+        seed: int = 0,
+        prior_steps: int | None = None,
+        decoder_steps: int | None = None,
+        upsampler_steps: int | Sequence[int] | None = None,
+        prior_guidance: float = 4.0,
+        decoder_guidance: float = 4.0,
+        prior_candidates: int = 2,
+        rerank_candidates: int = 1,
+    ) -> dict[str, np.ndarray]:
+        """`generate` before conversion: {"images": [P·n, S, S, 3] float in [-1, 1],
+        "image_embed": [P·n, D], "scores": [P·n] CLIP cosine of the kept images}."""
+        prompts = check_prompts(prompts)
+        n = check_count("num_images_per_prompt", num_images_per_prompt)
+        rerank = check_count("rerank_candidates", rerank_candidates)
+        prior_guidance = check_guidance("prior_guidance", prior_guidance)
+        chain = self._settings(
+            seed,
+            decoder_steps,
+            upsampler_steps,
+            decoder_guidance,
+            prior_steps=prior_steps,
+            prior_candidates=prior_candidates,
+            eta=self.decoder.diffusion.eta,
+            score=True,
+        )
+        per_prompt = n * rerank
+        unconditional = np.repeat([not p.strip() for p in prompts], per_prompt)
+        rows = self._caption_rows([p.strip() for p in prompts])
+        rows = {k: np.repeat(v, per_prompt, axis=0) for k, v in rows.items()}
+        rows["drop_caption"] = unconditional
+        rows["prior_scale"] = np.where(unconditional, 0.0, prior_guidance).astype(np.float32)
+        rows["noise_id"] = np.arange(len(unconditional), dtype=np.int32)
+        out = self._map_rows(lambda r, i: self._chain(r, i, chain), rows, "generate")
+        scores = out["scores"].reshape(-1, rerank)
+        best = np.arange(scores.shape[0]) * rerank + np.argmax(scores, axis=1)
+        return {k: v[best] for k, v in out.items()}
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        num_images_per_prompt: int = 1,
+        seed: int = 0,
+        prior_steps: int | None = None,
+        decoder_steps: int | None = None,
+        upsampler_steps: int | Sequence[int] | None = None,
+        prior_guidance: float = 4.0,
+        decoder_guidance: float = 4.0,
+        prior_candidates: int = 2,
+        rerank_candidates: int = 1,
+    ) -> np.ndarray:
+        """Images for each prompt: uint8 [P·n, S, S, 3], prompt-major.
+
+        Steps default to each stage's `sample_steps`. Guidance scales are ≥ 0 (1 = the
+        conditional model). prior_candidates: z_i samples per image, the largest z_i·z_t kept
+        (§2.1); rerank_candidates: final images per image, the largest CLIP score kept.
+        """
+        return to_uint8(
+            self.generate_float(
+                prompts,
+                num_images_per_prompt,
+                seed,
+                prior_steps,
+                decoder_steps,
+                upsampler_steps,
+                prior_guidance,
+                decoder_guidance,
+                prior_candidates,
+                rerank_candidates,
+            )["images"]
+        )
+
+    def encode_images(self, images: Sequence[ImageLike]) -> np.ndarray:
+        """CLIP image embeddings z_i [N, D] of images."""
+        size = self.clip.config.vision.image_size
+        pixels = np.stack([to_unit(resize(center_square(as_image(i)), size)) for i in images])
+        out = self._map_rows(
+            lambda r, _: {"z": self.clip.encode_image(r["x"])}, {"x": pixels}, "encode"
+        )
+        return out["z"]
+
+    def _decode_embeddings(
+        self, image_embed: np.ndarray, noise_id: np.ndarray, chain: _Chain, desc: str, **extra
+    ) -> np.ndarray:
+        """Images [N, S, S, 3] uint8 of image embeddings [N, D] with the null caption."""
+        rows = self._caption_rows([""] * len(image_embed))
+        rows.update(
+            image_embed=np.asarray(image_embed, np.float32),
+            drop_caption=np.ones(len(image_embed), bool),
+            noise_id=np.asarray(noise_id, np.int32),
+            **extra,
+        )
+        return to_uint8(self._map_rows(lambda r, i: self._chain(r, i, chain), rows, desc)["images"])
+
+    def variations(
+        self,
+        image: ImageLike,
+        n: int = 4,
+        seed: int = 0,
+        decoder_steps: int | None = None,
+        upsampler_steps: int | Sequence[int] | None = None,
+        decoder_guidance: float = 4.0,
+    ) -> np.ndarray:
+        """n images that keep the image's CLIP embedding, with new decoder noise (§3.1):
+        uint8 [n, S, S, 3]."""
+        return self.variations_batch(
+            [image], n, seed, decoder_steps, upsampler_steps, decoder_guidance
+        )[0]
+
+    def variations_batch(
+        self,
+        images: Sequence[ImageLike],
+        n: int = 4,
+        seed: int = 0,
+        decoder_steps: int | None = None,
+        upsampler_steps: int | Sequence[int] | None = None,
+        decoder_guidance: float = 4.0,
+    ) -> np.ndarray:
+        """`variations` of several images in one batch: uint8 [N, n, S, S, 3]; variation k of
+        every image uses noise row k."""
+        n = check_count("n", n)
+        chain = self._settings(seed, decoder_steps, upsampler_steps, decoder_guidance)
+        z = self.encode_images(images)
+        ids = np.tile(np.arange(n), len(z))
+        out = self._decode_embeddings(np.repeat(z, n, axis=0), ids, chain, "variations")
+        return out.reshape(len(z), n, *out.shape[1:])
+
+    def interpolate(
+        self,
+        image_a: ImageLike,
+        image_b: ImageLike,
+        n: int = 5,
+        seed: int = 0,
+        decoder_steps: int | None = None,
+        upsampler_steps: int | Sequence[int] | None = None,
+        decoder_guidance: float = 4.0,
+    ) -> np.ndarray:
+        """n frames from image A to image B (§3.2): slerp of the CLIP image embeddings (norm
+        interpolated linearly), the same decoder noise in every frame. uint8 [n, S, S, 3]."""
+        return self.interpolate_batch(
+            [image_a], [image_b], n, seed, decoder_steps, upsampler_steps, decoder_guidance
+        )[0]
+
+    def interpolate_batch(
+        self,
+        images_a: Sequence[ImageLike],
+        images_b: Sequence[ImageLike],
+        n: int = 5,
+        seed: int = 0,
+        decoder_steps: int | None = None,
+        upsampler_steps: int | Sequence[int] | None = None,
+        decoder_guidance: float = 4.0,
+    ) -> np.ndarray:
+        """`interpolate` for pairs (A_j, B_j) in one batch: uint8 [N, n, S, S, 3]."""
+        n = check_count("n", n, least=2)
+        if len(images_a) != len(images_b) or not len(images_a):
+            raise ValueError(f"need as many A as B images, got {len(images_a)}, {len(images_b)}")
+        chain = self._settings(seed, decoder_steps, upsampler_steps, decoder_guidance)
+        z = self.encode_images([*images_a, *images_b])
+        z_a, z_b = z[: len(images_a)], z[len(images_a) :]
+        theta = np.linspace(0.0, 1.0, n)
+        frames = []
+        for a, b in zip(z_a, z_b, strict=True):
+            norms = (1 - theta) * np.linalg.norm(a) + theta * np.linalg.norm(b)
+            frames.append(slerp(unit(a), unit(b), theta) * norms[:, None])
+        embed = np.concatenate(frames)
+        out = self._decode_embeddings(embed, np.zeros(len(embed)), chain, "interpolate")
+        return out.reshape(len(z_a), n, *out.shape[1:])
+
+    def text_diff(
+        self,
+        image: ImageLike,
+        from_caption: str,
+        to_caption: str,
+        thetas: Sequence[float] = (0.0, 0.25, 0.5, 0.75),
+        seed: int = 0,
+        decoder_steps: int | None = None,
+        upsampler_steps: int | Sequence[int] | None = None,
+        decoder_guidance: float = 4.0,
+    ) -> np.ndarray:
+        """Edits the image toward a caption change (§3.3): z_θ = slerp(z_i, z_d, θ) with
+        z_d = normalize(z_t' − z_t), decoded from the DDIM inversion of the image.
+        uint8 [len(thetas), S, S, 3]."""
+        return self.text_diff_batch(
+            [image],
+            [from_caption],
+            [to_caption],
+            thetas,
+            seed,
+            decoder_steps,
+            upsampler_steps,
+            decoder_guidance,
+        )[0]
+
+    def text_diff_batch(
+        self,
+        images: Sequence[ImageLike],
+        from_captions: Sequence[str],
+        to_captions: Sequence[str],
+        thetas: Sequence[float] = (0.0, 0.25, 0.5, 0.75),
+        seed: int = 0,
+        decoder_steps: int | None = None,
+        upsampler_steps: int | Sequence[int] | None = None,
+        decoder_guidance: float = 4.0,
+    ) -> np.ndarray:
+        """`text_diff` of several images in one batch: uint8 [N, len(thetas), S, S, 3]."""
+        captions = check_prompts([*from_captions, *to_captions])
+        count = len(images)
+        if not count or len(from_captions) != count or len(to_captions) != count:
+            raise ValueError(
+                f"need one from and one to caption per image, got {count} images, "
+                f"{len(from_captions)} and {len(to_captions)} captions"
+            )
+        thetas = np.asarray(list(thetas), np.float64)
+        if thetas.ndim != 1 or not len(thetas) or np.any((thetas < 0) | (thetas > 1)):
+            raise ValueError(f"thetas must be a non-empty list of values in [0, 1], got {thetas}")
+        chain = self._settings(seed, decoder_steps, upsampler_steps, decoder_guidance)
+        text = self._map_rows(
+            lambda r, _: {"z": self.clip.encode_text(r["ids"], r["mask"])[0]},
+            self._caption_rows(captions),
+            "encode",
+        )["z"]
+        for j in range(count):
+            if np.allclose(text[j], text[count + j]):
+                raise ValueError(
+                    f"from_caption {from_captions[j]!r} and to_caption {to_captions[j]!r} have "
+                    "the same text embedding: there is no direction to move in"
+                )
+        pixels = [as_image(image) for image in images]
+        z_i = self.encode_images(pixels)
+        z_d = unit(text[count:] - text[:count])
+        embed = np.concatenate(
+            [slerp(unit(z), d, thetas) * np.linalg.norm(z) for z, d in zip(z_i, z_d, strict=True)]
+        )
+        size = self.decoder.image_size
+        invert_rows = self._caption_rows([""] * count)
+        invert_rows.update(
+            image_embed=z_i.astype(np.float32),
+            drop_caption=np.ones(count, bool),
+            x0=np.stack([to_unit(resize(center_square(p), size)) for p in pixels]),
+        )
+
+        def invert(rows: dict, _: int) -> dict:
+            text_embed, states = self.clip.encode_text(rows["ids"], rows["mask"])
+            caption = {"ids": rows["ids"], "mask": rows["mask"], "states": states}
+            caption["text_embed"] = text_embed
+            cond = self.decoder.conditioning(rows["image_embed"], caption, rows["drop_caption"])
+            return {"x_T": self.decoder.invert(rows["x0"], self._shard(cond), chain.decoder_steps)}
+
+        x_T = self._map_rows(invert, invert_rows, "invert")["x_T"]
+        out = self._decode_embeddings(
+            embed,
+            np.zeros(len(embed)),
+            chain,
+            "text diff",
+            x_T=np.repeat(x_T, len(thetas), axis=0),
+        )
+        return out.reshape(count, len(thetas), *out.shape[1:])
