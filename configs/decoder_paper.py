@@ -1,24 +1,40 @@
-"""The paper-size decoder (Ramesh et al. 2022, §2.1 and Table 3): 3.5B parameters at 64×64.
+"""The paper-size decoder (Ramesh et al. 2022, §2.1 and Table 3): 3.5B parameters at 64×64,
+trained with the "decoder" trainer.
 
 GLIDE's 64×64 U-Net (512 channels, 3 blocks per level, multipliers 1,2,3,4, attention at 32, 16
 and 8 px with 64-channel heads) conditioned on a ViT-H/16 CLIP image embedding, with a GLIDE-style
-caption transformer (width 2048, 24 layers, 32 heads, 256 tokens) trained with it. Model section
-for `unclip_jax.models.unet.decoder_from_config`; the decoder training task reads `diffusion`,
-`guidance` and `optim`. `arg="runlocal"` shrinks the model for a quick local run.
+caption transformer (width 2048, 24 layers, 32 heads, 256 tokens) trained with it. Cosine
+schedule, eps prediction with a learned variance (hybrid loss), 250 DDPM sampling steps; the
+image embedding is dropped 10% and the caption 50% of the time. Table 3: AdamW lr 1.2e-4, no
+weight decay, batch 2048, 800K steps, dropout 0.1, EMA 0.9999; the warm-up and the cosine decay
+of the learning rate are this code's defaults.
 
-    unclip train --config=configs/decoder_paper.py --workdir=workdirs/decoder_paper
+Data: an image-caption folder (`folder_captions:<directory>`, built into a TFDS data set on
+first use) and the frozen ViT-H/16 CLIP checkpoint (with its tokenizer) that computes z_i; the
+trainer stops at start with a named error while `clip_dir` or the folder is unset.
+
+    unclip train --config=configs/decoder_paper.py --workdir=workdirs/decoder_paper \
+        --config.clip_dir=checkpoints/clip_vit_h16 --config.data.source=folder_captions:/data/pairs
+
+`arg="runlocal"`: a 16 px U-Net with a 2-layer caption transformer on the `large_64px` shapes,
+batch 8, 10 steps, for a CPU; `clip_dir` names a small CLIP (the CLIP task's `<workdir>/clip`,
+e.g. from `configs/clip_shapes.py`):
+
+    unclip train --config=configs/decoder_paper.py:runlocal --workdir=/tmp/decoder_paper \
+        --config.clip_dir=workdirs/clip_shapes/clip
 """
 
 import ml_collections
 
-from configs import base
+from configs import decoder_demo
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    config = base.get_config()
-    config.trainer = ""  # the decoder training task registers itself here
+    config = decoder_demo.get_config()
     config.image_size = 64
     config.image_embed_dim = 1024  # ViT-H/16
+    # A folder source holds one split ("train"), so evaluation reads training images.
+    config.data.update(source="folder_captions:", image_size=256, eval_split="train")
     config.model = ml_collections.ConfigDict(
         dict(
             # Fields of unclip_jax.models.unet.UNetConfig.
@@ -33,6 +49,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                 dropout=0.1,
                 groups=32,
                 scale_shift=True,
+                remat="none",  # or "full", "dots", "dots_no_batch"
             ),
             context_dim=2048,  # width of the attention tokens (4 image tokens + caption)
             num_image_tokens=4,
@@ -49,29 +66,30 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         dict(
             schedule="cosine",
             train_steps=1000,
+            sampler="ddpm",
             sample_steps=250,
             prediction="eps",
             learned_variance=True,  # hybrid loss
         )
     )
     # Classifier-free guidance: the training task drops each condition with these probabilities.
-    config.guidance = ml_collections.ConfigDict(dict(image_drop_prob=0.1, caption_drop_prob=0.5))
-    # Table 3, decoder column.
-    config.optim = ml_collections.ConfigDict(
-        dict(
-            learning_rate=1.2e-4,
-            weight_decay=0.0,
-            b1=0.9,
-            b2=0.999,
-            eps=1.0e-8,
-            batch_size=2048,
-            train_steps=800_000,
-            ema_decay=0.9999,
-        )
+    config.guidance = ml_collections.ConfigDict(
+        dict(image_drop_prob=0.1, caption_drop_prob=0.5, scale=3.0)
     )
+    config.eval = ml_collections.ConfigDict(dict(batch_size=256, num_batches=4))
+
+    # Table 3, decoder column.
+    config.train.update(total_steps=800_000, batch_size=2048, log_every=100)
+    config.train.update(eval_every=5000, sample_every=20_000, num_samples=16)
+    config.optimizer.update(peak_lr=1.2e-4, warmup_steps=1000, schedule="cosine")
+    config.optimizer.update(end_lr_factor=0.0, weight_decay=0.0, b1=0.9, b2=0.999, eps=1.0e-8)
+    config.ema.decay = 0.9999
+    config.checkpoint.update(every_steps=5000, max_to_keep=3)
+
     if arg == "runlocal":
         config.image_size = 16
         config.image_embed_dim = 32
+        config.data.update(source="shapes_captions/large_64px", image_size=64, eval_split="test")
         config.model.unet.update(
             base_channels=32,
             channel_mults=(1, 2),
@@ -84,7 +102,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.model.caption_transformer.update(
             vocab_size=256, max_length=16, width=32, layers=2, heads=2
         )
-        config.optim.update(batch_size=8, train_steps=10)
+        config.diffusion.sample_steps = 4
+        config.eval.update(batch_size=8, num_batches=1)
+        config.train.update(total_steps=10, batch_size=8, log_every=1, eval_every=5)
+        config.train.update(sample_every=10, num_samples=4)
+        config.optimizer.warmup_steps = 2
+        config.ema.decay = 0.99
+        config.checkpoint.update(every_steps=10, max_to_keep=1, async_save=False)
     elif arg:
         raise ValueError(f"decoder_paper config arg must be '' or 'runlocal', got {arg!r}")
     return config

@@ -1,67 +1,43 @@
-"""The paper-size 256→1024 upsampler (Ramesh et al. 2022, §2.1 and Table 3): 300M parameters.
+"""The paper-size 256→1024 upsampler (Ramesh et al. 2022, §2.1 and Table 3): 300M parameters,
+trained with the "upsampler" trainer.
 
-ADM U-Net without attention (192 channels, 2 blocks per level, multipliers 1,1,2,2,4,4) on the
-noisy 1024 px image concatenated with the bicubic-upsampled 256 px image; trained on crops of ¼ the
-side with BSR degradation of the conditioning image, run fully convolutionally at 1024 px.
-Model section for `unclip_jax.models.unet.upsampler_from_config`; the upsampler training task
-reads `diffusion`, `corruption` and `optim`. `arg="runlocal"` shrinks the model.
+The 64→256 stage (`configs/upsampler256_paper.py`) with: a U-Net of 192 channels, 2 blocks per
+level, multipliers 1,1,2,2,4,4, no attention, on the noisy 1024 px image concatenated with the
+bicubic-upsampled 256 px image; trained on crops of ¼ the side with BSR degradation of the
+conditioning image, run fully convolutionally at 1024 px (linear schedule, 15 DDIM steps).
+Table 3: AdamW lr 1.0e-4, no weight decay, batch 512, 1M steps, EMA 0.9999.
 
-    unclip train --config=configs/upsampler1024_paper.py --workdir=workdirs/upsampler1024_paper
+Data: an image folder (`folder_captions:<directory>`, stored at 1024 px on first use); the
+source opener stops at start with a named error while the folder is unset.
+
+    unclip train --config=configs/upsampler1024_paper.py --workdir=workdirs/upsampler1024_paper \
+        --config.data.source=folder_captions:/data/pairs
+
+`arg="runlocal"`: the 64→256 stage's CPU shrink (8→32 px on the shapes, 10 steps of 8) with this
+stage's BSR corruption and linear schedule:
+
+    unclip train --config=configs/upsampler1024_paper.py:runlocal --workdir=/tmp/upsampler1024
 """
 
 import ml_collections
 
-from configs import base
+from configs import upsampler256_paper
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    config = base.get_config()
-    config.trainer = ""  # the upsampler training task registers itself here
+    config = upsampler256_paper.stage_config()
     config.low_res = 256
     config.high_res = 1024
-    config.crop_fraction = 0.25  # training crops: ¼ of the high-res side
-    config.model = ml_collections.ConfigDict(
-        dict(
-            # Fields of unclip_jax.models.unet.UNetConfig.
-            unet=dict(
-                out_channels=3,  # eps
-                base_channels=192,
-                channel_mults=(1, 1, 2, 2, 4, 4),
-                num_res_blocks=2,
-                attention_levels=(),
-                mid_attention=False,
-                dropout=0.0,
-                groups=32,
-                scale_shift=True,
-            ),
-            noise_level_conditioning=False,
-            antialias=True,
-            dtype="bfloat16",
-            param_dtype="float32",
-        )
-    )
     config.corruption = "bsr"  # of the conditioning image, in training only
-    config.diffusion = ml_collections.ConfigDict(
-        dict(schedule="linear", train_steps=1000, sample_steps=15, sampler="ddim", prediction="eps")
-    )
-    # Table 3, 256→1024 column.
-    config.optim = ml_collections.ConfigDict(
-        dict(
-            learning_rate=1.0e-4,
-            weight_decay=0.0,
-            b1=0.9,
-            b2=0.999,
-            eps=1.0e-8,
-            batch_size=512,
-            train_steps=1_000_000,
-            ema_decay=0.9999,
-        )
-    )
+    config.data.image_size = 1024
+    config.model.unet.update(base_channels=192, channel_mults=(1, 1, 2, 2, 4, 4), num_res_blocks=2)
+    config.diffusion.update(schedule="linear", sample_steps=15)
+    config.eval.batch_size = 128
+    # Table 3, 256→1024 column (the rest as the 64→256 stage).
+    config.train.batch_size = 512
+    config.optimizer.peak_lr = 1.0e-4
     if arg == "runlocal":
-        config.low_res, config.high_res = 8, 32
-        config.model.unet.update(base_channels=32, channel_mults=(1, 2), num_res_blocks=1, groups=8)
-        config.model.dtype = "float32"
-        config.optim.update(batch_size=8, train_steps=10)
+        upsampler256_paper.shrink_for_cpu(config)
     elif arg:
         raise ValueError(f"upsampler1024_paper config arg must be '' or 'runlocal', got {arg!r}")
     return config

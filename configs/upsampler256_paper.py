@@ -1,25 +1,40 @@
-"""The paper-size 64→256 upsampler (Ramesh et al. 2022, §2.1 and Table 3): 700M parameters.
+"""The paper-size 64→256 upsampler (Ramesh et al. 2022, §2.1 and Table 3): 700M parameters,
+trained with the "upsampler" trainer.
 
 ADM U-Net without attention (320 channels, 3 blocks per level, multipliers 1,2,3,4) on the noisy
 256 px image concatenated with the bicubic-upsampled 64 px image; trained on crops of ¼ the side
-with Gaussian-blur corruption of the conditioning image, run fully convolutionally at 256 px.
-Model section for `unclip_jax.models.unet.upsampler_from_config`; the upsampler training task
-reads `diffusion`, `corruption` and `optim`. `arg="runlocal"` shrinks the model.
+with Gaussian-blur corruption of the conditioning image, run fully convolutionally at 256 px
+(cosine schedule, 27 DDIM steps). Table 3: AdamW lr 1.2e-4, no weight decay, batch 1024, 1M
+steps, EMA 0.9999; the warm-up and the cosine decay of the learning rate are this code's
+defaults. `configs/upsampler1024_paper.py` builds on `stage_config` and `shrink_for_cpu` here.
 
-    unclip train --config=configs/upsampler256_paper.py --workdir=workdirs/upsampler256_paper
+Data: an image folder (`folder_captions:<directory>`, stored at 256 px on first use; captions
+are not read); the source opener stops at start with a named error while the folder is unset.
+
+    unclip train --config=configs/upsampler256_paper.py --workdir=workdirs/upsampler256_paper \
+        --config.data.source=folder_captions:/data/pairs
+
+`arg="runlocal"`: 8→32 px with a 2-level U-Net on the `large_64px` shapes, batch 8, 10 steps,
+for a CPU:
+
+    unclip train --config=configs/upsampler256_paper.py:runlocal --workdir=/tmp/upsampler256
 """
 
 import ml_collections
 
-from configs import base
+from configs import upsampler_demo
 
 
-def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    config = base.get_config()
-    config.trainer = ""  # the upsampler training task registers itself here
+def stage_config() -> ml_collections.ConfigDict:
+    """The full-size 64→256 stage: the demo upsampler's sections with the paper's values."""
+    config = upsampler_demo.get_config()
     config.low_res = 64
     config.high_res = 256
     config.crop_fraction = 0.25  # training crops: ¼ of the high-res side
+    config.corruption = "gaussian_blur"  # of the conditioning image, in training only
+    config.noise_aug_max_level = 0
+    # A folder source holds one split ("train"), so evaluation reads training images.
+    config.data.update(source="folder_captions:", image_size=256, eval_split="train")
     config.model = ml_collections.ConfigDict(
         dict(
             # Fields of unclip_jax.models.unet.UNetConfig.
@@ -33,6 +48,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                 dropout=0.0,
                 groups=32,
                 scale_shift=True,
+                remat="none",  # or "full", "dots", "dots_no_batch"
             ),
             noise_level_conditioning=False,
             antialias=True,
@@ -40,28 +56,40 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             param_dtype="float32",
         )
     )
-    config.corruption = "gaussian_blur"  # of the conditioning image, in training only
     config.diffusion = ml_collections.ConfigDict(
         dict(schedule="cosine", train_steps=1000, sample_steps=27, sampler="ddim", prediction="eps")
     )
+    config.eval = ml_collections.ConfigDict(dict(batch_size=256, num_batches=4))
+
     # Table 3, 64→256 column.
-    config.optim = ml_collections.ConfigDict(
-        dict(
-            learning_rate=1.2e-4,
-            weight_decay=0.0,
-            b1=0.9,
-            b2=0.999,
-            eps=1.0e-8,
-            batch_size=1024,
-            train_steps=1_000_000,
-            ema_decay=0.9999,
-        )
-    )
+    config.train.update(total_steps=1_000_000, batch_size=1024, log_every=100)
+    config.train.update(eval_every=5000, sample_every=20_000, num_samples=16)
+    config.optimizer.update(peak_lr=1.2e-4, warmup_steps=1000, schedule="cosine")
+    config.optimizer.update(end_lr_factor=0.0, weight_decay=0.0, b1=0.9, b2=0.999, eps=1.0e-8)
+    config.ema.decay = 0.9999
+    config.checkpoint.update(every_steps=5000, max_to_keep=3)
+    return config
+
+
+def shrink_for_cpu(config: ml_collections.ConfigDict) -> None:
+    """In place: 8→32 px, a 2-level 32-channel U-Net on the built-in shapes, 10 steps of 8."""
+    config.low_res, config.high_res = 8, 32
+    config.data.update(source="shapes_captions/large_64px", image_size=64, eval_split="test")
+    config.model.unet.update(base_channels=32, channel_mults=(1, 2), num_res_blocks=1, groups=8)
+    config.model.dtype = "float32"
+    config.diffusion.sample_steps = 4
+    config.eval.update(batch_size=8, num_batches=1)
+    config.train.update(total_steps=10, batch_size=8, log_every=1, eval_every=5)
+    config.train.update(sample_every=10, num_samples=4)
+    config.optimizer.warmup_steps = 2
+    config.ema.decay = 0.99
+    config.checkpoint.update(every_steps=10, max_to_keep=1, async_save=False)
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    config = stage_config()
     if arg == "runlocal":
-        config.low_res, config.high_res = 8, 32
-        config.model.unet.update(base_channels=32, channel_mults=(1, 2), num_res_blocks=1, groups=8)
-        config.model.dtype = "float32"
-        config.optim.update(batch_size=8, train_steps=10)
+        shrink_for_cpu(config)
     elif arg:
         raise ValueError(f"upsampler256_paper config arg must be '' or 'runlocal', got {arg!r}")
     return config

@@ -12,7 +12,11 @@ step time (`optimal_seconds` of the cost analysis) → estimated utilisation = F
         --mesh data=-1,fsdp=8
 
 Needs the `tpu` extra (libtpu); nothing in the test suite does. Results go to
-`experiments/results/tpu_aot_<stage>_<target>.json`.
+`experiments/results/tpu_aot_<stage>_<target>.json`. Batch sizes are the configs'
+`train.batch_size`. Without libtpu, the same programs at the configs' CPU size compile for the
+local devices (a check of the code paths, seconds per stage):
+
+    JAX_PLATFORMS=cpu .venv/bin/python -m experiments.tpu_aot --runlocal --targets local
 """
 
 import argparse
@@ -20,6 +24,8 @@ import dataclasses
 import functools
 import importlib
 import os
+import pathlib
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -29,18 +35,19 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+# Run as a file (`python experiments/tpu_aot.py`), `experiments` and `configs` import from the
+# repository root.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
 from experiments import bench_common as common
 from unclip_jax import sharding
 from unclip_jax.diffusion import guidance
-from unclip_jax.diffusion.schedules import make_schedule
 from unclip_jax.models.prior import EmbeddingNormalizer
-from unclip_jax.models.unet import decoder_from_config, upsampler_from_config
+from unclip_jax.models.unet import decoder_from_config
+from unclip_jax.train import decoder_task, prior_task, upsampler_task
 from unclip_jax.train import optimizer as optimizer_lib
 from unclip_jax.train import state as state_lib
 from unclip_jax.train import step as step_lib
-from unclip_jax.train.decoder_task import DecoderTask
-from unclip_jax.train.prior_task import DiffusionPriorTask, build_model
-from unclip_jax.train.upsampler_task import UpsamplerTask
 
 # Deviceless compilation only: other processes on the machine may hold libtpu too.
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
@@ -48,7 +55,7 @@ os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 @dataclasses.dataclass(frozen=True)
 class Target:
-    topology: str  # jax.experimental.topologies name
+    topology: str  # jax.experimental.topologies name; "" for this process's own devices
     hbm_bytes: float  # per chip
     peak_flops: float  # per chip, bfloat16 dense
 
@@ -57,7 +64,18 @@ TARGETS: dict[str, Target] = {
     "v5p-128": Target("v5p:4x4x4", 95e9, 459e12),  # 64 chips
     "v5e-256": Target("v5e:16x16", 16e9, 197e12),  # 256 chips
     "v5e-8": Target("v5e:2x4", 16e9, 197e12),  # 8 chips
+    # The local devices (e.g. CPU, no libtpu): a quick check of the code paths with --runlocal.
+    "local": Target("", float("inf"), float("nan")),
 }
+
+
+def target_devices(target: Target) -> list:
+    """The target's devices: described TPU chips (deviceless), or this process's own."""
+    if not target.topology:
+        return jax.devices()
+    from jax.experimental import topologies
+
+    return topologies.get_topology_desc(target.topology, "tpu").devices
 
 
 def _spec(shape: tuple[int, ...], dtype=jnp.float32) -> jax.ShapeDtypeStruct:
@@ -66,33 +84,18 @@ def _spec(shape: tuple[int, ...], dtype=jnp.float32) -> jax.ShapeDtypeStruct:
 
 def prior_stage(config: ml_collections.ConfigDict) -> tuple[Any, dict]:
     m = config.model
-    task = DiffusionPriorTask(
-        build_model(m),
-        EmbeddingNormalizer.create(config.embedding_norm, m.embed_dim),
-        make_schedule(config.diffusion.schedule, config.diffusion.train_steps),
-        text_drop_prob=config.guidance.text_drop_prob,
-    )
+    normalizer = EmbeddingNormalizer.create(config.embedding_norm, m.embed_dim)
     example = dict(
         image_embedding=_spec((1, m.embed_dim)),
         text_embedding=_spec((1, m.text_embed_dim)),
         token_states=_spec((1, m.num_tokens, m.token_dim)),
         text_mask=_spec((1, m.num_tokens), jnp.bool_),
     )
-    return task, example
+    return prior_task.build_task(config, normalizer), example
 
 
 def decoder_stage(config: ml_collections.ConfigDict) -> tuple[Any, dict]:
-    model = decoder_from_config(config.model)
     length = config.model.caption_transformer.max_length
-    task = DecoderTask(
-        model,
-        make_schedule(config.diffusion.schedule, config.diffusion.train_steps),
-        config.image_size,
-        mean_type=config.diffusion.prediction,
-        var_type="learned_range" if config.diffusion.learned_variance else "fixed_small",
-        image_drop_prob=config.guidance.image_drop_prob,
-        caption_drop_prob=config.guidance.caption_drop_prob,
-    )
     size = config.image_size
     example = dict(
         image=_spec((1, size, size, 3)),
@@ -100,21 +103,12 @@ def decoder_stage(config: ml_collections.ConfigDict) -> tuple[Any, dict]:
         tokens=_spec((1, length), jnp.int32),
         mask=_spec((1, length), jnp.int32),
     )
-    return task, example
+    return decoder_task.build_task(config, clip=None), example
 
 
 def upsampler_stage(config: ml_collections.ConfigDict) -> tuple[Any, dict]:
-    task = UpsamplerTask(
-        upsampler_from_config(config.model),
-        make_schedule(config.diffusion.schedule, config.diffusion.train_steps),
-        high_res=config.high_res,
-        low_res=config.low_res,
-        crop_size=round(config.crop_fraction * config.high_res),
-        corruption=config.corruption,
-        mean_type=config.diffusion.prediction,
-        noise_aug_max_level=config.get("noise_aug_max_level", 0),
-    )
-    return task, dict(image=_spec((1, config.high_res, config.high_res, 3)))
+    example = dict(image=_spec((1, config.high_res, config.high_res, 3)))
+    return upsampler_task.build_task(config), example
 
 
 STAGES: dict[str, tuple[str, Callable[[ml_collections.ConfigDict], tuple[Any, dict]]]] = {
@@ -125,8 +119,11 @@ STAGES: dict[str, tuple[str, Callable[[ml_collections.ConfigDict], tuple[Any, di
 }
 
 
-def paper_config(stage: str, remat: str | None) -> ml_collections.ConfigDict:
-    config = importlib.import_module(STAGES[stage][0]).get_config()
+def paper_config(
+    stage: str, remat: str | None, arg: str | None = None
+) -> ml_collections.ConfigDict:
+    """The stage's paper config (`arg="runlocal"`: its CPU-size variant), with `remat` per block."""
+    config = importlib.import_module(STAGES[stage][0]).get_config(arg)
     if remat is not None:
         if "unet" not in config.model:
             raise ValueError(f"stage {stage!r} has no per-block remat setting")
@@ -177,18 +174,22 @@ def _analyse(compiled, target: Target) -> dict[str, Any]:
 
 
 def compile_train_step(
-    stage: str, target_name: str, mesh_shape: dict | None, remat: str | None, accum: int
+    stage: str,
+    target_name: str,
+    mesh_shape: dict | None,
+    remat: str | None,
+    accum: int,
+    config_arg: str | None = None,
 ) -> dict[str, Any]:
-    """Compiles the stage's train step for the target; returns the analysis."""
-    from jax.experimental import topologies
-
+    """Compiles the stage's train step for the target at the config's global batch
+    (`config.train.batch_size`); returns the analysis."""
     target = TARGETS[target_name]
-    config = paper_config(stage, remat)
-    devices = topologies.get_topology_desc(target.topology, "tpu").devices
+    config = paper_config(stage, remat, config_arg)
+    devices = target_devices(target)
     mesh_shape = mesh_shape or dict(config.mesh)
     mesh = sharding.make_mesh(mesh_shape, devices)
     rules = sharding.normalize_rules(config.sharding.rules)
-    batch = config.optim.batch_size
+    batch = config.train.batch_size
     step_lib.check_batch_size(batch, mesh, accum)
     task, example = STAGES[stage][1](config)
     step_config = step_lib.StepConfig(
@@ -237,15 +238,15 @@ def compile_train_step(
     )
 
 
-def compile_decoder_sampling_step(target_name: str, batch: int) -> dict[str, Any]:
+def compile_decoder_sampling_step(
+    target_name: str, batch: int, config_arg: str | None = None
+) -> dict[str, Any]:
     """One guided decoder step (2 × batch rows through the U-Net, guidance on the mean) with
     bfloat16 weights replicated over a data-parallel mesh."""
-    from jax.experimental import topologies
-
     target = TARGETS[target_name]
-    config = paper_config("decoder", None)
+    config = paper_config("decoder", None, config_arg)
     model = decoder_from_config({**config.model.to_dict(), "param_dtype": "bfloat16"})
-    devices = topologies.get_topology_desc(target.topology, "tpu").devices
+    devices = target_devices(target)
     mesh = sharding.make_mesh({"data": -1}, devices)
     rules = sharding.normalize_rules(config.sharding.rules)
     size, length = config.image_size, config.model.caption_transformer.max_length
@@ -334,14 +335,15 @@ PLANS: tuple[tuple[str, str, dict[str, int] | None, str | None], ...] = (
 
 
 def _run_plan(stage: str, target: str, mesh: dict | None, remat: str | None, args) -> None:
+    config_arg = "runlocal" if args.runlocal else None
     try:
-        row = compile_train_step(stage, target, mesh, remat, args.grad_accum)
+        row = compile_train_step(stage, target, mesh, remat, args.grad_accum, config_arg)
     except Exception as error:  # a program that does not fit fails to compile: record why
         row = dict(stage=stage, target=target, mesh=mesh, remat=remat, error=str(error)[:2000])
         print(f"{stage} {target} mesh {mesh} remat {remat}: {row['error'][:300]}", flush=True)
     else:
         _report(row)
-    suffix = f"_{remat}" if remat else ""
+    suffix = (f"_{remat}" if remat else "") + ("_runlocal" if args.runlocal else "")
     common.write_results(f"tpu_aot_{stage}_{target}{suffix}{args.tag}", row)
 
 
@@ -359,15 +361,25 @@ def main() -> None:
     parser.add_argument("--sampling", action="store_true", help="the v5e-8 decoder sampling step")
     parser.add_argument("--sampling-batch", type=int, default=64)
     parser.add_argument("--tag", default="")
+    parser.add_argument(
+        "--runlocal",
+        action="store_true",
+        help="the configs' CPU-size variants, e.g. with --targets local (no libtpu needed)",
+    )
     args = parser.parse_args()
+    unknown = sorted(set(args.targets.split(",")) - set(TARGETS))
+    if unknown:
+        raise ValueError(f"--targets must name entries of {sorted(TARGETS)}, got {unknown}")
+    config_arg = "runlocal" if args.runlocal else None
     if args.sampling:
-        row = compile_decoder_sampling_step("v5e-8", args.sampling_batch)
+        target = "local" if args.targets == "local" else "v5e-8"
+        row = compile_decoder_sampling_step(target, args.sampling_batch, config_arg)
         _report(row)
-        common.write_results(f"tpu_aot_decoder_sampling_v5e-8{args.tag}", row)
+        common.write_results(f"tpu_aot_decoder_sampling_{target}{args.tag}", row)
         return
     targets = args.targets.split(",")
     stages = args.stages.split(",") if args.stages else list(STAGES)
-    if args.mesh is None and args.remat is None:
+    if args.mesh is None and args.remat is None and "local" not in targets:
         for stage, target, mesh, remat in PLANS:
             if target in targets and stage in stages:
                 _run_plan(stage, target, mesh, remat, args)
