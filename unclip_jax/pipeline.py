@@ -4,11 +4,14 @@
     images = UnCLIP.load("demo/pipeline").generate(["a red circle"], num_images_per_prompt=4)
 
 `UnCLIP.load(dir)` reads the directory of `pipeline_store` (CLIP + tokenizer, prior, decoder,
-upsamplers). Work is cut into chunks of at most `max_batch` rows, each padded to a bucketed size
-(a power of two, a multiple of the device count) and sharded over the local devices, so every
-stage runs one compiled program per bucket: new prompts, seeds, guidance scales and step counts
-do not recompile (`compiled_programs()` counts them). Noise is drawn per row from the seed and
-the row's index, so results do not depend on chunking, padding or the number of devices.
+upsamplers), or a converted Karlo checkpoint (`pipeline_karlo`: Karlo's samplers and defaults;
+no CLIP image encoder, so no variations, interpolations, text diffs or CLIP reranking). Work is
+cut into chunks of at most `max_batch` rows, each padded to a bucketed size (a power of two, a
+multiple of the device count) and sharded over the local devices, so every stage runs one
+compiled program per bucket: new prompts, seeds, guidance scales and step counts do not
+recompile (`compiled_programs()` counts them). Initial latents are drawn per row from the seed
+and the row's index, so deterministic (DDIM η = 0) chains do not depend on chunking, padding or
+the number of devices; per-step noise (the prior's, ancestral chains') comes from the chunk's key.
 
 An empty prompt is unconditional: the prior samples with guidance scale 0 for it (its null
 conditioning alone) and the decoder sees the null caption. Prompts longer than the tokenizer's
@@ -26,6 +29,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm import tqdm
 
+from unclip_jax import pipeline_karlo
 from unclip_jax import pipeline_store as store
 from unclip_jax.pipeline_images import (
     ImageLike,
@@ -48,12 +52,22 @@ Array = jax.Array
 NOISE_STREAM = 1 << 20
 
 
-def check_steps(name: str, steps: int, maximum: int) -> int:
+def check_steps(name: str, steps: int, maximum: int, minimum: int = 1) -> int:
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)):
         raise ValueError(f"{name} must be an integer number of steps, got {steps!r}")
-    if not 1 <= steps <= maximum:
-        raise ValueError(f"{name} must be in [1, {maximum}], got {steps}")
+    if not minimum <= steps <= maximum:
+        raise ValueError(f"{name} must be in [{minimum}, {maximum}], got {steps}")
     return int(steps)
+
+
+def stage_steps(name: str, settings: Any, steps: int | None) -> int:
+    """Checked steps of a stage (its `sample_steps` when None) within its schedule's range."""
+    return check_steps(
+        name,
+        settings.sample_steps if steps is None else steps,
+        settings.train_steps,
+        getattr(settings, "min_steps", 1),
+    )
 
 
 def check_guidance(name: str, scale: float) -> float:
@@ -164,7 +178,11 @@ class UnCLIP:
 
     @classmethod
     def load(cls, directory: str | Path, **options: Any) -> "UnCLIP":
-        """The pipeline saved in `directory` (see `pipeline_store`); options go to __init__."""
+        """The pipeline saved in `directory` (see `pipeline_store`), or a converted Karlo
+        checkpoint (`unclip convert-karlo`, see `pipeline_karlo`); options go to __init__."""
+        if pipeline_karlo.is_karlo_checkpoint(directory):
+            clip, prior, decoder, upsamplers = pipeline_karlo.load_karlo_stages(directory)
+            return cls(clip, prior, decoder, upsamplers, **options)
         path, manifest = store.check_pipeline_dir(directory)
         upsamplers = [
             UpsamplerStage(path / store.upsampler_name(k)) for k in range(manifest["upsamplers"])
@@ -220,6 +238,10 @@ class UnCLIP:
         """Rows (ids, mask, drop_caption, noise_id; image_embed and/or x_T when given) →
         final images; the prior runs where no image_embed is given."""
         key = jax.random.fold_in(chain.key, index)
+
+        def fed(stage: str) -> dict[str, Array]:  # fed latents / noise rows of a stage
+            return {k: rows[f"{k}/{stage}"] for k in ("latents", "noise") if f"{k}/{stage}" in rows}
+
         text_embed, states = self.clip.encode_text(rows["ids"], rows["mask"])
         if "image_embed" in rows:
             image_embed = rows["image_embed"]
@@ -232,11 +254,13 @@ class UnCLIP:
                 chain.prior_steps,
                 rows["prior_scale"],
                 chain.prior_candidates,
+                **fed(store.PRIOR),
             )
         caption = {"ids": rows["ids"], "mask": rows["mask"], "states": states}
         caption["text_embed"] = text_embed
         cond = self._shard(self.decoder.conditioning(image_embed, caption, rows["drop_caption"]))
-        x_T = rows.get("x_T")
+        decoder_fed = fed(store.DECODER)
+        x_T = decoder_fed.pop("latents", rows.get("x_T"))
         if x_T is None:
             x_T = self._noise(
                 jax.random.fold_in(chain.key, NOISE_STREAM), rows["noise_id"], self.decoder.shape
@@ -248,14 +272,23 @@ class UnCLIP:
             chain.decoder_guidance,
             chain.eta,
             jax.random.fold_in(key, 1),
+            **decoder_fed,
         )
         for k, (upsampler, steps) in enumerate(
             zip(self.upsamplers, chain.upsampler_steps, strict=True)
         ):
-            noise_key = jax.random.fold_in(chain.key, NOISE_STREAM + 1 + k)
-            up_T = self._noise(noise_key, rows["noise_id"], upsampler.shape)
+            up_fed = fed(store.upsampler_name(k))
+            up_T = up_fed.pop("latents", None)
+            if up_T is None:
+                noise_key = jax.random.fold_in(chain.key, NOISE_STREAM + 1 + k)
+                up_T = self._noise(noise_key, rows["noise_id"], upsampler.shape)
             images = upsampler.sample(
-                self._shard(up_T), self._shard(images), steps, 0.0, jax.random.fold_in(key, 2 + k)
+                self._shard(up_T),
+                self._shard(images),
+                steps,
+                0.0,
+                jax.random.fold_in(key, 2 + k),
+                **up_fed,
             )
         out = {"images": images, "image_embed": image_embed}
         if chain.score:
@@ -267,7 +300,7 @@ class UnCLIP:
         seed: int,
         decoder_steps: int | None,
         upsampler_steps: int | Sequence[int] | None,
-        decoder_guidance: float,
+        decoder_guidance: float | None,
         *,
         prior_steps: int | None = None,
         prior_candidates: int = 1,
@@ -277,8 +310,6 @@ class UnCLIP:
         """Checked settings (before anything is computed), defaults from the stages."""
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
             raise ValueError(f"seed must be an integer, got {seed!r}")
-        prior = self.prior.diffusion
-        decoder = self.decoder.diffusion
         if upsampler_steps is None or isinstance(upsampler_steps, (int, np.integer)):
             upsampler_steps = [upsampler_steps] * len(self.upsamplers)
         if len(upsampler_steps) != len(self.upsamplers):
@@ -286,26 +317,16 @@ class UnCLIP:
                 f"upsampler_steps needs {len(self.upsamplers)} values, got {upsampler_steps}"
             )
         up_steps = tuple(
-            check_steps(
-                "upsampler_steps",
-                u.diffusion.sample_steps if s is None else s,
-                u.diffusion.train_steps,
-            )
+            stage_steps("upsampler_steps", u.diffusion, s)
             for u, s in zip(self.upsamplers, upsampler_steps, strict=True)
         )
+        if decoder_guidance is None:
+            decoder_guidance = self.decoder.default_guidance
         return _Chain(
             key=jax.random.key(int(seed)),
-            prior_steps=check_steps(
-                "prior_steps",
-                prior.sample_steps if prior_steps is None else prior_steps,
-                prior.train_steps,
-            ),
+            prior_steps=stage_steps("prior_steps", self.prior.diffusion, prior_steps),
             prior_candidates=check_count("prior_candidates", prior_candidates),
-            decoder_steps=check_steps(
-                "decoder_steps",
-                decoder.sample_steps if decoder_steps is None else decoder_steps,
-                decoder.train_steps,
-            ),
+            decoder_steps=stage_steps("decoder_steps", self.decoder.diffusion, decoder_steps),
             decoder_guidance=check_guidance("decoder_guidance", decoder_guidance),
             eta=eta,
             upsampler_steps=up_steps,
@@ -316,6 +337,59 @@ class UnCLIP:
         ids, mask = self.clip.tokenize(captions)
         return {"ids": ids, "mask": mask}
 
+    def _require_image_encoder(self, what: str) -> None:
+        """ValueError before any compute when the checkpoint cannot embed images (Karlo)."""
+        if not self.clip.has_image_encoder:
+            raise ValueError(
+                f"{what} needs CLIP image embeddings of images, and this checkpoint has no image "
+                "encoder (a converted Karlo checkpoint has a CLIP text encoder only)"
+            )
+
+    def _fed_rows(
+        self,
+        latents: dict[str, np.ndarray] | None,
+        noise: dict[str, np.ndarray] | None,
+        count: int,
+        chain: _Chain,
+    ) -> dict[str, np.ndarray]:
+        """Fed initial latents and per-step noise as rows ("latents/<stage>", "noise/<stage>"),
+        their stages and shapes checked before any compute."""
+        stages: dict[str, Any] = {store.PRIOR: self.prior, store.DECODER: self.decoder}
+        shapes = {store.PRIOR: (self.prior.model.embed_dim,), store.DECODER: self.decoder.shape}
+        steps = {store.PRIOR: chain.prior_steps, store.DECODER: chain.decoder_steps}
+        for k, (upsampler, up_steps) in enumerate(
+            zip(self.upsamplers, chain.upsampler_steps, strict=True)
+        ):
+            name = store.upsampler_name(k)
+            stages[name], shapes[name], steps[name] = upsampler, upsampler.shape, up_steps
+        rows = {}
+        for kind, given in (("latents", latents or {}), ("noise", noise or {})):
+            unknown = sorted(set(given) - set(stages))
+            if unknown:
+                raise ValueError(f"{kind} keys must be stages {sorted(stages)}, got {unknown}")
+            for name, value in given.items():
+                if (kind == "noise" or name == store.PRIOR) and not stages[name].accepts_fed_noise:
+                    raise ValueError(
+                        f"the {name} stage of this checkpoint takes no fed {kind} "
+                        "(the stages of a Karlo checkpoint do)"
+                    )
+                want = (count, *shapes[name])
+                if kind == "noise":
+                    want = (count, steps[name] - 1, *shapes[name])
+                value = np.asarray(value, np.float32)
+                if value.shape != want:
+                    raise ValueError(
+                        f"{kind}[{name!r}] must have shape {want} (rows, "
+                        f"{'steps − 1, ' if kind == 'noise' else ''}…), got {value.shape}"
+                    )
+                rows[f"{kind}/{name}"] = value
+        prior_fed = {"latents/prior", "noise/prior"} & set(rows)
+        if prior_fed and chain.prior_candidates != 1:
+            raise ValueError(
+                f"fed prior latents or noise need prior_candidates=1, got {chain.prior_candidates}"
+            )
+        return rows
+
     def generate_float(
         self,
         prompts: Sequence[str],
@@ -324,17 +398,34 @@ class UnCLIP:
         prior_steps: int | None = None,
         decoder_steps: int | None = None,
         upsampler_steps: int | Sequence[int] | None = None,
-        prior_guidance: float = 4.0,
-        decoder_guidance: float = 4.0,
-        prior_candidates: int = 2,
+        prior_guidance: float | None = None,
+        decoder_guidance: float | None = None,
+        prior_candidates: int | None = None,
         rerank_candidates: int = 1,
+        *,
+        latents: dict[str, np.ndarray] | None = None,
+        noise: dict[str, np.ndarray] | None = None,
     ) -> dict[str, np.ndarray]:
         """`generate` before conversion: {"images": [P·n, S, S, 3] float in [-1, 1],
-        "image_embed": [P·n, D], "scores": [P·n] CLIP cosine of the kept images}."""
+        "image_embed": [P·n, D], "scores": [P·n] CLIP cosine of the kept images (absent without
+        an image encoder)}.
+
+        To reproduce another implementation's chain, `latents` gives stages' initial latents
+        ({"prior": [R, D] (normalised space), "decoder": [R, S, S, 3], "upsampler_0": …}) and
+        `noise` their per-step noise ({stage: [R, steps − 1, …]}, the noise added after each
+        step in sampling order; the last step adds none), R = P·n·rerank_candidates rows in
+        output order. Fed prior latents and any fed noise need stages that take them (Karlo's).
+        """
         prompts = check_prompts(prompts)
         n = check_count("num_images_per_prompt", num_images_per_prompt)
         rerank = check_count("rerank_candidates", rerank_candidates)
+        if rerank > 1:
+            self._require_image_encoder(f"rerank_candidates={rerank}")
+        if prior_guidance is None:
+            prior_guidance = self.prior.default_guidance
         prior_guidance = check_guidance("prior_guidance", prior_guidance)
+        if prior_candidates is None:
+            prior_candidates = self.prior.default_candidates
         chain = self._settings(
             seed,
             decoder_steps,
@@ -343,16 +434,20 @@ class UnCLIP:
             prior_steps=prior_steps,
             prior_candidates=prior_candidates,
             eta=self.decoder.diffusion.eta,
-            score=True,
+            score=self.clip.has_image_encoder,
         )
         per_prompt = n * rerank
         unconditional = np.repeat([not p.strip() for p in prompts], per_prompt)
+        fed = self._fed_rows(latents, noise, len(unconditional), chain)
         rows = self._caption_rows([p.strip() for p in prompts])
         rows = {k: np.repeat(v, per_prompt, axis=0) for k, v in rows.items()}
         rows["drop_caption"] = unconditional
         rows["prior_scale"] = np.where(unconditional, 0.0, prior_guidance).astype(np.float32)
         rows["noise_id"] = np.arange(len(unconditional), dtype=np.int32)
+        rows.update(fed)
         out = self._map_rows(lambda r, i: self._chain(r, i, chain), rows, "generate")
+        if "scores" not in out:
+            return out
         scores = out["scores"].reshape(-1, rerank)
         best = np.arange(scores.shape[0]) * rerank + np.argmax(scores, axis=1)
         return {k: v[best] for k, v in out.items()}
@@ -365,16 +460,18 @@ class UnCLIP:
         prior_steps: int | None = None,
         decoder_steps: int | None = None,
         upsampler_steps: int | Sequence[int] | None = None,
-        prior_guidance: float = 4.0,
-        decoder_guidance: float = 4.0,
-        prior_candidates: int = 2,
+        prior_guidance: float | None = None,
+        decoder_guidance: float | None = None,
+        prior_candidates: int | None = None,
         rerank_candidates: int = 1,
     ) -> np.ndarray:
         """Images for each prompt: uint8 [P·n, S, S, 3], prompt-major.
 
-        Steps default to each stage's `sample_steps`. Guidance scales are ≥ 0 (1 = the
-        conditional model). prior_candidates: z_i samples per image, the largest z_i·z_t kept
-        (§2.1); rerank_candidates: final images per image, the largest CLIP score kept.
+        Steps, guidance scales and prior_candidates default to the stages' (our stages: guidance
+        4, 2 candidates; Karlo's: prior 25 steps at guidance 4, decoder 25 at 8, super-res 7,
+        1 candidate). Guidance scales are ≥ 0 (1 = the conditional model). prior_candidates:
+        z_i samples per image, the largest z_i·z_t kept (§2.1); rerank_candidates: final images
+        per image, the largest CLIP score kept (needs an image encoder).
         """
         return to_uint8(
             self.generate_float(
@@ -393,6 +490,7 @@ class UnCLIP:
 
     def encode_images(self, images: Sequence[ImageLike]) -> np.ndarray:
         """CLIP image embeddings z_i [N, D] of images."""
+        self._require_image_encoder("encoding images")
         size = self.clip.config.vision.image_size
         pixels = np.stack([to_unit(resize(center_square(as_image(i)), size)) for i in images])
         out = self._map_rows(
@@ -420,7 +518,7 @@ class UnCLIP:
         seed: int = 0,
         decoder_steps: int | None = None,
         upsampler_steps: int | Sequence[int] | None = None,
-        decoder_guidance: float = 4.0,
+        decoder_guidance: float | None = None,
     ) -> np.ndarray:
         """n images that keep the image's CLIP embedding, with new decoder noise (§3.1):
         uint8 [n, S, S, 3]."""
@@ -435,10 +533,11 @@ class UnCLIP:
         seed: int = 0,
         decoder_steps: int | None = None,
         upsampler_steps: int | Sequence[int] | None = None,
-        decoder_guidance: float = 4.0,
+        decoder_guidance: float | None = None,
     ) -> np.ndarray:
         """`variations` of several images in one batch: uint8 [N, n, S, S, 3]; variation k of
         every image uses noise row k."""
+        self._require_image_encoder("variations")
         n = check_count("n", n)
         chain = self._settings(seed, decoder_steps, upsampler_steps, decoder_guidance)
         z = self.encode_images(images)
@@ -454,7 +553,7 @@ class UnCLIP:
         seed: int = 0,
         decoder_steps: int | None = None,
         upsampler_steps: int | Sequence[int] | None = None,
-        decoder_guidance: float = 4.0,
+        decoder_guidance: float | None = None,
     ) -> np.ndarray:
         """n frames from image A to image B (§3.2): slerp of the CLIP image embeddings (norm
         interpolated linearly), the same decoder noise in every frame. uint8 [n, S, S, 3]."""
@@ -470,9 +569,10 @@ class UnCLIP:
         seed: int = 0,
         decoder_steps: int | None = None,
         upsampler_steps: int | Sequence[int] | None = None,
-        decoder_guidance: float = 4.0,
+        decoder_guidance: float | None = None,
     ) -> np.ndarray:
         """`interpolate` for pairs (A_j, B_j) in one batch: uint8 [N, n, S, S, 3]."""
+        self._require_image_encoder("interpolate")
         n = check_count("n", n, least=2)
         if len(images_a) != len(images_b) or not len(images_a):
             raise ValueError(f"need as many A as B images, got {len(images_a)}, {len(images_b)}")
@@ -497,7 +597,7 @@ class UnCLIP:
         seed: int = 0,
         decoder_steps: int | None = None,
         upsampler_steps: int | Sequence[int] | None = None,
-        decoder_guidance: float = 4.0,
+        decoder_guidance: float | None = None,
     ) -> np.ndarray:
         """Edits the image toward a caption change (§3.3): z_θ = slerp(z_i, z_d, θ) with
         z_d = normalize(z_t' − z_t), decoded from the DDIM inversion of the image.
@@ -522,9 +622,10 @@ class UnCLIP:
         seed: int = 0,
         decoder_steps: int | None = None,
         upsampler_steps: int | Sequence[int] | None = None,
-        decoder_guidance: float = 4.0,
+        decoder_guidance: float | None = None,
     ) -> np.ndarray:
         """`text_diff` of several images in one batch: uint8 [N, len(thetas), S, S, 3]."""
+        self._require_image_encoder("text_diff")
         captions = check_prompts([*from_captions, *to_captions])
         count = len(images)
         if not count or len(from_captions) != count or len(to_captions) != count:

@@ -51,6 +51,8 @@ def schedule_for(settings: store.DiffusionSettings, steps: int) -> Schedule:
 class TextImageEncoder:
     """The conditioning CLIP and its tokenizer."""
 
+    has_image_encoder = True
+
     def __init__(self, directory: Path):
         config, variables = hf_clip.load_clip(directory)
         self.config = config
@@ -92,6 +94,10 @@ class TextImageEncoder:
 
 class PriorStage:
     """The diffusion prior: `sample(key, z_t, states, mask, steps, scales, candidates)`."""
+
+    accepts_fed_noise = False  # fed x_T and per-step noise: Karlo's stages only
+    default_guidance = 4.0
+    default_candidates = 2
 
     def __init__(self, directory: Path):
         settings, self.params = store.read_stage(directory)
@@ -148,6 +154,9 @@ class PriorStage:
 
 class DecoderStage:
     """The decoder: guided DDIM from a given x_T, and DDIM inversion of images."""
+
+    accepts_fed_noise = False
+    default_guidance = 4.0
 
     def __init__(self, directory: Path):
         settings, self.params = store.read_stage(directory)
@@ -243,6 +252,8 @@ class DecoderStage:
 
 class UpsamplerStage:
     """One super-resolution stage: unguided DDIM conditioned on the low-res image."""
+
+    accepts_fed_noise = False
 
     def __init__(self, directory: Path):
         settings, self.params = store.read_stage(directory)

@@ -1,24 +1,27 @@
 """A tiny random diffusers `UnCLIPPipeline` (Karlo's layout), saved with `save_pretrained`,
-converted by `convert-karlo`: every module matches PyTorch (≤ 1e-4), and our per-stage samplers
-with Karlo's settings, fed the same initial latents and the noise diffusers draws, produce the
-same images (≤ 1e-3). Errors name the component and the tensor."""
+converted by `convert-karlo`: every module matches PyTorch (≤ 1e-4); `UnCLIP.load` runs the
+checkpoint with Karlo's settings and, fed the same initial latents and the noise diffusers draws,
+produces the same images (≤ 1e-3); `unclip generate` writes its images. Errors name the component
+and the tensor."""
 
 import json
 import shutil
 from unittest import mock
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import safetensors.torch
 import torch
+from absl import flags
 from diffusers import PriorTransformer, UnCLIPScheduler, UNet2DConditionModel, UNet2DModel
 from diffusers.pipelines.deprecated.unclip import UnCLIPPipeline
 from diffusers.pipelines.deprecated.unclip.text_proj import UnCLIPTextProjModel
+from PIL import Image
 from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
+from unclip_jax import cli
 from unclip_jax.commands.convert_karlo import convert
 from unclip_jax.convert.diffusers_unclip import (
     convert_karlo,
@@ -27,9 +30,9 @@ from unclip_jax.convert.diffusers_unclip import (
     save_karlo,
     unet_config_from_diffusers,
 )
-from unclip_jax.diffusion import guidance
 from unclip_jax.diffusion.schedules import cosine_betas
 from unclip_jax.models.unet import UNetConfig
+from unclip_jax.pipeline import UnCLIP
 from unclip_jax.text.tokenizer import load_tokenizer
 
 EMBED, CONTEXT, LENGTH, SIZE, SR_SIZE = 16, 24, 8, 16, 32
@@ -285,74 +288,16 @@ def _diffusers_images(pipe, latents):
     return images, [x.numpy() if x.ndim == 2 else _nhwc(x) for x in drawn]
 
 
-def _chain_noise(drawn):
-    """diffusers draws at t > 0 in chain order; our samplers index noise by schedule index."""
-    return jnp.asarray(np.stack([np.zeros_like(drawn[0]), *drawn[::-1]]))
-
-
-def _our_images(checkpoint, out, latents, noise):
-    """Karlo's text -> image chain with our modules and samplers."""
-    params, steps = checkpoint.params, {"prior": 25, "decoder": 25, "super_res": 7}
-    tokenizer = load_tokenizer(out / "tokenizer")
-    ids, mask = tokenizer(PROMPTS + [""] * len(PROMPTS))
-    embed, aux = checkpoint.text_encoder.apply({"params": params["text_encoder"]}, ids)
-    states, mask = aux["hidden_states"], jnp.asarray(mask, bool)  # [cond; empty caption]
-    batch = len(PROMPTS)
-
-    prior = checkpoint.schedulers["prior"]
-
-    def prior_denoise(x, t):
-        output = checkpoint.prior.apply(
-            {"params": params["prior"]},
-            jnp.concatenate([x, x]),
-            jnp.concatenate([t, t]),
-            embed,
-            states,
-            mask,
-        )
-        return guidance.guide(output[:batch], output[batch:], 4.0, output.shape[-1])
-
-    x0 = prior.sample(prior_denoise, steps["prior"], latents["prior"], noise=noise["prior"])
-    image_embed = checkpoint.normalizer.denormalize(x0)
-
-    decoder = checkpoint.schedulers["decoder"]
-    drop = jnp.arange(2 * batch) >= batch
-
-    def decoder_denoise(x, t):
-        output = checkpoint.decoder.apply(
-            {"params": params["decoder"]},
-            jnp.concatenate([x, x]),
-            jnp.concatenate([t, t]),
-            jnp.concatenate([image_embed, image_embed]),
-            caption_states=states,
-            caption_embed=embed,
-            caption_mask=mask,
-            drop_image=drop,
-        )
-        return guidance.guide(output[:batch], output[batch:], 8.0, x.shape[-1])
-
-    small = decoder.sample(
-        decoder_denoise, steps["decoder"], latents["decoder"], noise=noise["decoder"]
-    )
-    small = jnp.clip(small, -1.0, 1.0)
-
-    super_res = checkpoint.schedulers["super_res"]
-
-    def super_res_denoise(x, t):  # super_res_last at the last step (t = 0) only
-        def run(name):
-            return lambda: checkpoint.super_res.apply({"params": params[name]}, x, small, t)
-
-        return jax.lax.cond(t[0] == 0, run("super_res_last"), run("super_res_first"))
-
-    image = super_res.sample(
-        super_res_denoise, steps["super_res"], latents["super_res"], noise=noise["super_res"]
-    )
-    return jnp.clip(image * 0.5 + 0.5, 0.0, 1.0)
+def _rows(drawn) -> np.ndarray:
+    """diffusers' per-step draws (sampling order) as rows: [B, steps − 1, …]."""
+    return np.stack(drawn, axis=1)
 
 
 def test_karlo_sampling_matches_diffusers_pipeline(karlo):
-    """Prior 25 steps (guidance 4), decoder 25 (guidance 8), super-res 7 (first/last U-Nets)."""
-    pipe, _, ours, out = karlo
+    """`UnCLIP.load` on the converted checkpoint, with its defaults (Karlo's: prior 25 steps at
+    guidance 4, decoder 25 at 8, super-res 7 with the first/last U-Nets), fed diffusers' initial
+    latents and per-step noise, gives diffusers' images."""
+    pipe, _, _, out = karlo
     rng = np.random.default_rng(2)
     batch = len(PROMPTS)
     latents = {
@@ -362,14 +307,84 @@ def test_karlo_sampling_matches_diffusers_pipeline(karlo):
     }
     want, drawn = _diffusers_images(pipe, latents)
     assert len(drawn) == 24 + 24 + 6
-    noise = {
-        "prior": _chain_noise(drawn[:24]),
-        "decoder": _chain_noise(drawn[24:48]),
-        "super_res": _chain_noise(drawn[48:]),
-    }
-    got = np.asarray(jax.jit(lambda lat, n: _our_images(ours, out, lat, n))(latents, noise))
+    unclip = UnCLIP.load(out, num_devices=1)
+    got = unclip.generate_float(
+        PROMPTS,
+        latents={
+            "prior": latents["prior"],
+            "decoder": latents["decoder"],
+            "upsampler_0": latents["super_res"],
+        },
+        noise={
+            "prior": _rows(drawn[:24]),
+            "decoder": _rows(drawn[24:48]),
+            "upsampler_0": _rows(drawn[48:]),
+        },
+    )["images"]
+    got = got * 0.5 + 0.5
     assert want.std() > 0.05  # not a flat image
+    print(f"max |ours − diffusers| = {np.abs(got - want).max():.2e}")
     np.testing.assert_allclose(got, want, atol=1e-3, rtol=0)
+
+
+def test_karlo_pipeline_compiles_once_and_refuses_image_inputs(karlo):
+    """New prompts, seeds and scales reuse each stage's program; what needs the CLIP image
+    tower (absent from Karlo) fails before any compute."""
+    _, _, _, out = karlo
+    unclip = UnCLIP.load(out, num_devices=1)
+    first = unclip.generate(PROMPTS, seed=0)
+    assert first.shape == (2, SR_SIZE, SR_SIZE, 3) and first.dtype == np.uint8
+    counts = unclip.compiled_programs()
+    assert counts["prior"] == counts["decoder"] == counts["upsampler_0"] == 1
+    again = unclip.generate(
+        ["a red cir", ""], seed=3, prior_guidance=2.0, decoder_guidance=3.0, decoder_steps=5
+    )
+    assert unclip.compiled_programs() == counts
+    assert not np.array_equal(again, first)
+    image = np.zeros((SR_SIZE, SR_SIZE, 3), np.uint8)
+    for call in (
+        lambda: unclip.variations(image),
+        lambda: unclip.interpolate(image, image),
+        lambda: unclip.text_diff(image, "red circle", "a red cir"),
+        lambda: unclip.generate(PROMPTS, rerank_candidates=2),
+    ):
+        with pytest.raises(ValueError, match="this checkpoint has no image encoder"):
+            call()
+    with pytest.raises(ValueError, match=r"prior_steps must be in \[2, 1000\], got 1"):
+        unclip.generate(PROMPTS, prior_steps=1)
+    with pytest.raises(
+        ValueError, match=r"noise\['decoder'\] must have shape \(2, 24, 16, 16, 3\)"
+    ):
+        unclip.generate_float(PROMPTS, noise={"decoder": np.zeros((2, 25, SIZE, SIZE, 3))})
+    assert unclip.compiled_programs() == counts
+
+
+def test_unclip_generate_runs_a_karlo_checkpoint(karlo, tmp_path):
+    _, _, _, out = karlo
+    images = tmp_path / "images"
+    flags.FLAGS.unparse_flags()
+    try:
+        cli.run(
+            [
+                "unclip",
+                "generate",
+                "red circle",
+                "",
+                "--num_images=2",
+                f"--checkpoint={out}",
+                f"--out={images}",
+                "--compilation_cache=",
+                "--num_devices=1",
+            ]
+        )
+    except SystemExit as exit_:
+        assert not exit_.code
+    finally:
+        flags.FLAGS.unparse_flags()
+    written = sorted(p.name for p in images.glob("0*.png"))
+    assert written == ["000_00.png", "000_01.png", "001_00.png", "001_01.png"]
+    for name in written:
+        assert np.asarray(Image.open(images / name)).shape == (SR_SIZE, SR_SIZE, 3)
 
 
 @pytest.fixture

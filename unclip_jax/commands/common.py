@@ -18,13 +18,18 @@ from PIL import Image, ImageDraw, ImageFont
 FLAGS = flags.FLAGS
 
 flags.DEFINE_string(
-    "checkpoint", None, "Pipeline directory (unclip.json and every stage).", allow_override=True
+    "checkpoint",
+    None,
+    "Pipeline directory (unclip.json and every stage) or converted Karlo checkpoint.",
+    allow_override=True,
 )
 flags.DEFINE_string("out", None, "Output directory for the images.", allow_override=True)
 flags.DEFINE_integer("seed", 0, "Random seed.")
 flags.DEFINE_integer("decoder_steps", None, "Decoder sampling steps (default: the stage's).")
 flags.DEFINE_integer("upsampler_steps", None, "Upsampler sampling steps (default: the stage's).")
-flags.DEFINE_float("decoder_guidance", 4.0, "Decoder classifier-free guidance scale (>= 0).")
+flags.DEFINE_float(
+    "decoder_guidance", None, "Decoder classifier-free guidance scale (>= 0; default: the stage's)."
+)
 flags.DEFINE_integer("num_devices", None, "Local devices to shard the batch over (default: all).")
 flags.DEFINE_string(
     "compilation_cache",
@@ -128,7 +133,7 @@ def image_files(prefix: str, images: np.ndarray) -> dict[str, np.ndarray]:
 
 def check_sampling_flags() -> None:
     """The shared sampling flags, checked before anything is loaded."""
-    if not FLAGS.decoder_guidance >= 0:
+    if FLAGS.decoder_guidance is not None and not FLAGS.decoder_guidance >= 0:
         raise ValueError(f"--decoder_guidance must be >= 0, got {FLAGS.decoder_guidance}")
     for name in ("decoder_steps", "upsampler_steps"):
         if FLAGS[name].value is not None and FLAGS[name].value < 1:

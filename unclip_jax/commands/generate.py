@@ -2,6 +2,10 @@
 PNGs (`<prompt index>_<image index>.png`), a captioned grid (`grid.png`, one row per prompt) and
 `captions.json` (file → prompt, read by `unclip eval`).
 
+`--checkpoint` is a pipeline directory or a converted Karlo checkpoint (`unclip convert-karlo`);
+steps, guidance scales and prior candidates not given are the checkpoint's (Karlo's: prior 25
+steps at guidance 4, decoder 25 at 8, super-res 7).
+
 An empty prompt ("") is unconditional; a prompt longer than the tokenizer's context is truncated
 with a warning. Arguments are checked, and the output directory tested for writing, before
 anything is loaded or compiled.
@@ -19,8 +23,14 @@ FLAGS = flags.FLAGS
 flags.adopt_module_key_flags(common)
 flags.DEFINE_integer("num_images", 4, "Images per prompt.")
 flags.DEFINE_integer("prior_steps", None, "Prior sampling steps (default: the stage's).")
-flags.DEFINE_float("prior_guidance", 4.0, "Prior classifier-free guidance scale (>= 0).")
-flags.DEFINE_integer("prior_candidates", 2, "z_i samples per image; the largest z_i·z_t is kept.")
+flags.DEFINE_float(
+    "prior_guidance", None, "Prior classifier-free guidance scale (>= 0; default: the stage's)."
+)
+flags.DEFINE_integer(
+    "prior_candidates",
+    None,
+    "z_i samples per image; the largest z_i·z_t is kept (default: the stage's).",
+)
 flags.DEFINE_integer("rerank", 1, "Final images per image; the largest CLIP score is kept.")
 
 
@@ -32,11 +42,13 @@ def main(argv: list[str]) -> None:
 
     pipeline.check_prompts(prompts)
     common.check_sampling_flags()
-    pipeline.check_guidance("--prior_guidance", FLAGS.prior_guidance)
+    if FLAGS.prior_guidance is not None:
+        pipeline.check_guidance("--prior_guidance", FLAGS.prior_guidance)
     if FLAGS.prior_steps is not None and FLAGS.prior_steps < 1:
         raise ValueError(f"--prior_steps must be >= 1, got {FLAGS.prior_steps}")
     for name in ("num_images", "prior_candidates", "rerank"):
-        pipeline.check_count(f"--{name}", FLAGS[name].value)
+        if FLAGS[name].value is not None:
+            pipeline.check_count(f"--{name}", FLAGS[name].value)
     out = common.check_output_dir(FLAGS.out)
     common.enable_compilation_cache(FLAGS.compilation_cache)
     pipe = common.load_pipeline(FLAGS.checkpoint)
