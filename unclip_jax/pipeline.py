@@ -9,9 +9,10 @@ no CLIP image encoder, so no variations, interpolations, text diffs or CLIP rera
 cut into chunks of at most `max_batch` rows, each padded to a bucketed size (a power of two, a
 multiple of the device count) and sharded over the local devices, so every stage runs one
 compiled program per bucket: new prompts, seeds, guidance scales and step counts do not
-recompile (`compiled_programs()` counts them). Initial latents are drawn per row from the seed
-and the row's index, so deterministic (DDIM η = 0) chains do not depend on chunking, padding or
-the number of devices; per-step noise (the prior's, ancestral chains') comes from the chunk's key.
+recompile (`compiled_programs()` counts them). The decoder's and upsamplers' initial latents
+are drawn per row from the seed and the row's index, so their deterministic (DDIM η = 0) chains
+do not depend on chunking, padding or the number of devices; the prior's samples and the noise
+of ancestral steps come from the chunk's key.
 
 An empty prompt is unconditional: the prior samples with guidance scale 0 for it (its null
 conditioning alone) and the decoder sees the null caption. Prompts longer than the tokenizer's
