@@ -10,9 +10,9 @@ runs. Each stage is one compiled program per batch shape; step counts, scales an
 Karlo has a CLIP text encoder only: `KarloTextEncoder.has_image_encoder` is False, and `UnCLIP`
 refuses the operations that need image embeddings of images.
 
-Every `sample` also takes fed `noise` [B, steps − 1, …] (the noise added after each step, in
-sampling order; the last step adds none), and the prior fed `latents` [B, D] (its x_T), to
-reproduce another implementation's chain.
+Per-step noise is drawn from the key `UnCLIP` passes (its chunk's); every `sample` also takes fed
+`noise` [B, steps − 1, …] (the noise added after each step, in sampling order; the last step adds
+none), and the prior fed `latents` [B, D] (its x_T), to reproduce another implementation's chain.
 """
 
 import dataclasses
@@ -27,14 +27,11 @@ from unclip_jax.diffusion import guidance, samplers
 from unclip_jax.diffusion.karlo import KarloScheduler
 from unclip_jax.diffusion.schedules import Schedule
 from unclip_jax.models.prior_sampling import rerank_by_dot_product
+from unclip_jax.pipeline_stages import cache_size
 from unclip_jax.text import tokenizer as tokenizer_lib
 
 Array = jax.Array
 NO_IMAGE_ENCODER = "a Karlo checkpoint has no CLIP image encoder"
-
-
-def cache_size(fn) -> int:
-    return fn._cache_size()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,7 +130,8 @@ def _with_null(cond: Array, null: Array) -> Array:
 
 
 class KarloPriorStage:
-    """Karlo's prior: x0-predicting, guided against the empty caption, samples de-normalised."""
+    """Karlo's prior: guided against the empty caption, samples de-normalised (clip_mean/std);
+    with several candidates the largest z_i·z_t is kept."""
 
     accepts_fed_noise = True
     default_candidates = 1  # Karlo keeps its one sample
