@@ -11,7 +11,9 @@ of the learning rate are this code's defaults.
 
 Data: an image-caption folder (`folder_captions:<directory>`, built into a TFDS data set on
 first use) and the frozen ViT-H/16 CLIP checkpoint (with its tokenizer) that computes z_i; the
-trainer stops at start with a named error while `clip_dir` or the folder is unset.
+trainer stops at start with a named error while `clip_dir` or the folder is unset. A folder
+source holds one split, so evaluation reads training images. No sample grids during training
+(they carry no captions).
 
     unclip train --config=configs/decoder_paper.py --workdir=workdirs/decoder_paper \
         --config.clip_dir=checkpoints/clip_vit_h16 --config.data.source=folder_captions:/data/pairs
@@ -80,7 +82,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     # Table 3, decoder column.
     config.train.update(total_steps=800_000, batch_size=2048, log_every=100)
-    config.train.update(eval_every=5000, sample_every=20_000, num_samples=16)
+    # No sample grids: the trainer's grids pass no captions, which a caption-conditioned
+    # decoder (caption_source "transformer") needs.
+    config.train.update(eval_every=5000, sample_every=0)
     config.optimizer.update(peak_lr=1.2e-4, warmup_steps=1000, schedule="cosine")
     config.optimizer.update(end_lr_factor=0.0, weight_decay=0.0, b1=0.9, b2=0.999, eps=1.0e-8)
     config.ema.decay = 0.9999
@@ -105,7 +109,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.diffusion.sample_steps = 4
         config.eval.update(batch_size=8, num_batches=1)
         config.train.update(total_steps=10, batch_size=8, log_every=1, eval_every=5)
-        config.train.update(sample_every=10, num_samples=4)
         config.optimizer.warmup_steps = 2
         config.ema.decay = 0.99
         config.checkpoint.update(every_steps=10, max_to_keep=1, async_save=False)

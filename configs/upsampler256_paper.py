@@ -10,6 +10,7 @@ defaults. `configs/upsampler1024_paper.py` builds on `stage_config` and `shrink_
 
 Data: an image folder (`folder_captions:<directory>`, stored at 256 px on first use; captions
 are not read); the source opener stops at start with a named error while the folder is unset.
+A folder source holds one split, so evaluation reads training images.
 
     unclip train --config=configs/upsampler256_paper.py --workdir=workdirs/upsampler256_paper \
         --config.data.source=folder_captions:/data/pairs

@@ -85,8 +85,12 @@ def _runlocal(name: str):
     return parse(["unclip train", f"--config={CONFIG_DIR / name}.py:runlocal"])
 
 
-def _train_two_steps(config, workdir: Path):
-    config.train.update(total_steps=2, eval_every=2, sample_every=2)
+def _train_two_steps(config, workdir: Path, evaluate: bool = True):
+    """Two steps through the config's registered trainer; with `evaluate`, an evaluation and
+    (where the config draws them) a sample grid at step 2: more compiled programs."""
+    every = 2 if evaluate else 0
+    config.train.update(eval_every=every, sample_every=every if config.train.sample_every else 0)
+    config.train.total_steps = 2
     config.checkpoint.every_steps = 2
     state = trainers.get_trainer(config.trainer)(config, str(workdir))
     assert int(state.step) == 2 and int(state.nonfinite_total) == 0
@@ -103,6 +107,7 @@ def _use_image_folder(config, tmp_path: Path, size: int = 32) -> None:
     config.data.update(data_dir=str(tmp_path / "tfds"), eval_split="train")
 
 
+@pytest.mark.slow
 def test_upsampler256_paper_runlocal_trains_two_steps_from_an_image_folder(tmp_path):
     """The paper's data path (an image folder) through the registered trainer, at CPU size."""
     config = _runlocal("upsampler256_paper")
@@ -117,10 +122,11 @@ def test_upsampler1024_paper_runlocal_trains_two_steps(tmp_path):
     assert config.corruption == "bsr"
     _use_image_folder(config, tmp_path)
     _train_two_steps(config, tmp_path / "work")
+    assert (tmp_path / "work" / "samples" / "step_2.png").is_file()
 
 
-@pytest.mark.slow
 def test_prior_paper_runlocal_trains_two_steps_from_embedding_shards(tmp_path):
+    """The cheapest stage through its registered trainer: shards as `unclip embed` writes them."""
     from unclip_jax.data.embedding_shards import EmbeddingShardWriter
 
     config = _runlocal("prior_paper")
@@ -171,4 +177,3 @@ def test_decoder_paper_runlocal_trains_two_steps_with_its_caption_transformer(tm
     config.clip_dir = str(clip_dir)
     _use_image_folder(config, tmp_path)
     _train_two_steps(config, tmp_path / "work")
-    assert (tmp_path / "work" / "samples" / "step_2.png").is_file()
