@@ -35,8 +35,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = decoder_demo.get_config()
     config.image_size = 64
     config.image_embed_dim = 1024  # ViT-H/16
-    # A folder source holds one split ("train"), so evaluation reads training images.
-    config.data.update(source="folder_captions:", image_size=256, eval_split="train")
+    # Evaluation reads 0.1% of the folder's images, held out by a hash of their path.
+    config.data.update(source="folder_captions:", image_size=256, validation_fraction=0.001)
+    config.data.eval_split = "validation"
     config.model = ml_collections.ConfigDict(
         dict(
             # Fields of unclip_jax.models.unet.UNetConfig.
@@ -82,9 +83,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     # Table 3, decoder column.
     config.train.update(total_steps=800_000, batch_size=2048, log_every=100)
-    # No sample grids: the trainer's grids pass no captions, which a caption-conditioned
-    # decoder (caption_source "transformer") needs.
-    config.train.update(eval_every=5000, sample_every=0)
+    # Sample grids from held-out image embeddings and their captions.
+    config.train.update(eval_every=5000, sample_every=20_000, num_samples=16)
     config.optimizer.update(peak_lr=1.2e-4, warmup_steps=1000, schedule="cosine")
     config.optimizer.update(end_lr_factor=0.0, weight_decay=0.0, b1=0.9, b2=0.999, eps=1.0e-8)
     config.ema.decay = 0.9999
@@ -109,6 +109,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.diffusion.sample_steps = 4
         config.eval.update(batch_size=8, num_batches=1)
         config.train.update(total_steps=10, batch_size=8, log_every=1, eval_every=5)
+        config.train.update(sample_every=10, num_samples=4)
         config.optimizer.warmup_steps = 2
         config.ema.decay = 0.99
         config.checkpoint.update(every_steps=10, max_to_keep=1, async_save=False)

@@ -34,8 +34,9 @@ def stage_config() -> ml_collections.ConfigDict:
     config.crop_fraction = 0.25  # training crops: ¼ of the high-res side
     config.corruption = "gaussian_blur"  # of the conditioning image, in training only
     config.noise_aug_max_level = 0
-    # A folder source holds one split ("train"), so evaluation reads training images.
-    config.data.update(source="folder_captions:", image_size=256, eval_split="train")
+    # Evaluation reads 0.1% of the folder's images, held out by a hash of their path.
+    config.data.update(source="folder_captions:", image_size=256, validation_fraction=0.001)
+    config.data.eval_split = "validation"
     config.model = ml_collections.ConfigDict(
         dict(
             # Fields of unclip_jax.models.unet.UNetConfig.

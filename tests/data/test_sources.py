@@ -25,3 +25,24 @@ def test_open_sources_by_name(tmp_path):
 def test_bad_names_are_refused(name):
     with pytest.raises(ValueError, match="source"):
         sources.open_source(name)
+
+
+def test_folder_source_holds_out_a_validation_split_by_path_hash(tmp_path):
+    root = tmp_path / "images"
+    root.mkdir()
+    for i in range(40):
+        Image.fromarray(np.full((8, 8, 3), i, np.uint8)).save(root / f"{i:02d}.png")
+        (root / f"{i:02d}.txt").write_text(f"picture {i}")
+    name, data_dir = f"folder_captions:{root}", str(tmp_path / "tfds")
+    whole = sources.open_source(name, "train", data_dir, 8)
+    train = sources.open_source(name, "train", data_dir, 8, validation_fraction=0.25)
+    held_out = sources.open_source(name, "validation", data_dir, 8, validation_fraction=0.25)
+
+    def files(source) -> set[str]:
+        return {source[i]["file"].decode() for i in range(len(source))}
+
+    assert len(whole) == 40 and 0 < len(held_out) < 40
+    assert files(train) | files(held_out) == files(whole)
+    assert not files(train) & files(held_out)
+    with pytest.raises(ValueError, match=r"split 'validation'.*validation_fraction > 0"):
+        sources.open_source(name, "validation", data_dir, 8)

@@ -94,6 +94,40 @@ def test_bf16_smoke_run_through_the_loop(tmp_path, clip_dir):
     assert (tmp_path / "checkpoints" / "2").is_dir()
 
 
+def test_caption_conditioned_decoder_draws_sample_grids_with_held_out_captions(tmp_path, clip_dir):
+    config = demo_config("smoke")
+    config.model.caption_source = "transformer"
+    config.model.caption_transformer = dict(
+        vocab_size=64, max_length=8, width=16, layers=1, heads=2
+    )
+    config.train.total_steps = 1
+    clip = decoder_task.FrozenCLIP.load(clip_dir)
+    seen = []
+
+    def tokenize(captions: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        seen.extend(captions)
+        ids = np.array([[1 + len(c) % 60] * 8 for c in captions], np.int32)
+        return ids, np.ones_like(ids)
+
+    state = decoder_task.run(
+        config, tmp_path, rendered("train", 16), rendered("test", 8), clip, tokenize
+    )
+    assert int(state.step) == 1
+    assert (tmp_path / "samples" / "step_1.png").is_file()
+    assert seen  # the grid's captions came through the tokenizer
+
+
+def test_caption_conditioned_samples_need_captions(clip_dir):
+    config = demo_config("smoke")
+    config.model.caption_source = "transformer"
+    config.model.caption_transformer = dict(
+        vocab_size=64, max_length=8, width=16, layers=1, heads=2
+    )
+    clip = decoder_task.FrozenCLIP.load(clip_dir)
+    with pytest.raises(ValueError, match="sample_captions with 'tokens' and 'mask'"):
+        decoder_task.build_task(config, clip, np.zeros((4, 32), np.float32))
+
+
 def test_embedding_from_batch_equals_frozen_clip(smoke_task):
     task, params, batch = smoke_task
     key = jax.random.key(2)

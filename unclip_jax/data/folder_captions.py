@@ -207,8 +207,8 @@ def build(
 ) -> FolderCaptions:
     """Builds (or reopens) the data set of `source_dir` under `data_dir`; returns its builder.
 
-    The config name carries the image size and a hash of the source path, so several folders
-    can share one `data_dir`.
+    The config name carries the image size, the validation fraction and a hash of the source
+    path, so several folders (and splittings of one) can share one `data_dir`.
     """
     if image_size <= 0:
         raise ValueError(f"image_size must be positive, got {image_size}")
@@ -216,8 +216,9 @@ def build(
         raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
     resolved = pathlib.Path(source_dir).resolve()
     tag = hashlib.sha256(str(resolved).encode()).hexdigest()[:10]
+    held_out = f"_val{validation_fraction:g}" if validation_fraction > 0 else ""
     config = FolderCaptionsConfig(
-        name=f"{image_size}px_{tag}",
+        name=f"{image_size}px{held_out}_{tag}",
         description=f"images of {resolved}",
         image_size=image_size,
         validation_fraction=validation_fraction,

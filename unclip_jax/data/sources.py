@@ -1,17 +1,20 @@
 """Random-access sources by name, for configs: `open_source("shapes_captions/64px", "train")`.
 
 Names: `shapes_captions/<config>` (built on first use), `folder_captions:<directory>` (built
-on first use, images stored at `image_size`), `embeddings:<directory>` (shards as written by
+on first use, images stored at `image_size`; a `validation` split holds `validation_fraction`
+of the images, chosen by a hash of their path), `embeddings:<directory>` (shards as written by
 `unclip embed`; no splits). Builders import TensorFlow only when their source is opened.
 """
 
 from collections.abc import Callable, Sequence
 
 
-def _shapes(spec: str, split: str, data_dir: str | None, image_size: int) -> Sequence:
+def _shapes(
+    spec: str, split: str, data_dir: str | None, image_size: int, validation_fraction: float
+) -> Sequence:
     from unclip_jax.data import shapes_captions
 
-    del image_size  # fixed by the config
+    del image_size, validation_fraction  # fixed by the config
     return shapes_captions.build(spec or "64px", data_dir=data_dir).as_data_source(split)
 
 
@@ -21,22 +24,35 @@ def _require(spec: str, kind: str) -> str:
     return spec
 
 
-def _folder(spec: str, split: str, data_dir: str | None, image_size: int) -> Sequence:
+def _folder(
+    spec: str, split: str, data_dir: str | None, image_size: int, validation_fraction: float
+) -> Sequence:
     from unclip_jax.data import folder_captions
 
     spec = _require(spec, "folder_captions")
-    builder = folder_captions.build(spec, image_size=image_size, data_dir=data_dir)
+    splits = ("train", "validation") if validation_fraction > 0 else ("train",)
+    if split not in splits:
+        raise ValueError(
+            f"folder_captions has splits {splits} with validation_fraction "
+            f"{validation_fraction}, got split {split!r} (a held-out split needs "
+            "validation_fraction > 0, e.g. --config.data.validation_fraction=0.001)"
+        )
+    builder = folder_captions.build(
+        spec, image_size=image_size, validation_fraction=validation_fraction, data_dir=data_dir
+    )
     return builder.as_data_source(split)
 
 
-def _embeddings(spec: str, split: str, data_dir: str | None, image_size: int) -> Sequence:
+def _embeddings(
+    spec: str, split: str, data_dir: str | None, image_size: int, validation_fraction: float
+) -> Sequence:
     from unclip_jax.data import embedding_shards
 
-    del split, data_dir, image_size
+    del split, data_dir, image_size, validation_fraction
     return embedding_shards.EmbeddingShards(_require(spec, "embeddings"))
 
 
-# kind -> (separator, opener(spec, split, data_dir, image_size))
+# kind -> (separator, opener(spec, split, data_dir, image_size, validation_fraction))
 SOURCES: dict[str, tuple[str, Callable[..., Sequence]]] = {
     "shapes_captions": ("/", _shapes),
     "folder_captions": (":", _folder),
@@ -45,12 +61,17 @@ SOURCES: dict[str, tuple[str, Callable[..., Sequence]]] = {
 
 
 def open_source(
-    name: str, split: str = "train", data_dir: str | None = None, image_size: int = 256
+    name: str,
+    split: str = "train",
+    data_dir: str | None = None,
+    image_size: int = 256,
+    validation_fraction: float = 0.0,
 ) -> Sequence:
     """The random-access source `name` (see the module docstring) for `split`."""
     for kind, (separator, opener) in SOURCES.items():
         if name == kind or name.startswith(kind + separator):
-            return opener(name[len(kind) + 1 :], split, data_dir, image_size)
+            spec = name[len(kind) + 1 :]
+            return opener(spec, split, data_dir, image_size, validation_fraction)
     raise ValueError(
         f"source must start with one of {sorted(SOURCES)} "
         f"(e.g. 'shapes_captions/64px', 'folder_captions:/data', 'embeddings:/emb'), got {name!r}"

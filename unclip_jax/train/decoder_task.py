@@ -85,7 +85,9 @@ def resize_images(images: Array, size: int) -> Array:
 
 class DecoderTask(Task):
     """Hybrid (or plain) diffusion loss of a `Decoder` with condition dropout; sample grids from
-    fixed held-out image embeddings (`sample_embeddings` [N, D]) through the guided sampler."""
+    fixed held-out image embeddings (`sample_embeddings` [N, D]) and, for a decoder that reads
+    captions, their captions (`sample_captions`: `tokens`, `mask` [N, L]) through the guided
+    sampler."""
 
     def __init__(
         self,
@@ -100,6 +102,7 @@ class DecoderTask(Task):
         clip: FrozenCLIP | None = None,
         sampler: DecoderSampler | None = None,
         sample_embeddings: np.ndarray | None = None,
+        sample_captions: dict[str, np.ndarray] | None = None,
         sample_steps: int | str = 250,
         guidance_scale: float = 1.0,
     ):
@@ -119,6 +122,13 @@ class DecoderTask(Task):
             )
         if model.caption_source == "clip" and clip is None:
             raise ValueError('caption_source "clip" needs a FrozenCLIP to encode the captions')
+        if sample_embeddings is not None and model.caption_source != "none":
+            held = sorted(sample_captions or {})
+            if held != ["mask", "tokens"]:
+                raise ValueError(
+                    f"caption_source {model.caption_source!r} samples need sample_captions "
+                    f"with 'tokens' and 'mask', got {held or 'none'}"
+                )
         self.model = model
         self.schedule = schedule
         self.image_size = image_size
@@ -129,6 +139,7 @@ class DecoderTask(Task):
         self.clip = clip
         self.sampler = sampler
         self.sample_embeddings = sample_embeddings
+        self.sample_captions = sample_captions
         self.sample_steps = sample_steps
         self.guidance_scale = guidance_scale
 
@@ -207,11 +218,15 @@ class DecoderTask(Task):
         embeds = jnp.asarray(self.sample_embeddings[:num], jnp.float32)
         if embeds.shape[0] < num:
             raise ValueError(f"{num} samples asked, {embeds.shape[0]} sample embeddings held")
+        caption = None
+        if self.model.caption_source != "none":
+            caption = self.caption_inputs({k: v[:num] for k, v in self.sample_captions.items()})
         return self.sampler(
             params,
             embeds,
             key,
             image_size=self.image_size,
+            caption=caption,
             steps=self.sample_steps,
             guidance_scale=self.guidance_scale,
         )
@@ -237,8 +252,11 @@ def build_task(
     config: ml_collections.ConfigDict,
     clip: FrozenCLIP | None,
     sample_embeddings: np.ndarray | None = None,
+    sample_captions: dict[str, np.ndarray] | None = None,
 ) -> DecoderTask:
-    """The task of a decoder config (`model`, `image_size`, `diffusion`, `guidance`)."""
+    """The task of a decoder config (`model`, `image_size`, `diffusion`, `guidance`); samples
+    are drawn from `sample_embeddings` [N, D] (and `sample_captions` [N, L] when the decoder
+    reads captions)."""
     diffusion = config.diffusion
     model = decoder_from_config(config.model)
     settings = sampler_settings(diffusion)
@@ -253,6 +271,7 @@ def build_task(
         clip=clip,
         sampler=DecoderSampler(model, settings),
         sample_embeddings=sample_embeddings,
+        sample_captions=sample_captions,
         sample_steps=diffusion.sample_steps,
         guidance_scale=config.guidance.scale,
     )
@@ -333,9 +352,15 @@ def run(
         ),
         config.eval.num_batches,
     )
-    sample_images = np.concatenate([b["image"] for b in held_out])[: config.train.num_samples]
+    num_samples = config.train.num_samples
+    sample_images = np.concatenate([b["image"] for b in held_out])[:num_samples]
     sample_embeddings = np.asarray(jax.jit(clip.image_embed)(sample_images))
-    task = build_task(config, clip, sample_embeddings)
+    sample_captions = None
+    if tokenizer is not None:
+        sample_captions = {
+            k: np.concatenate([b[k] for b in held_out])[:num_samples] for k in ("tokens", "mask")
+        }
+    task = build_task(config, clip, sample_embeddings, sample_captions)
     train_data = image_batches(
         train_source,
         batch_size=config.train.batch_size // jax.process_count(),
@@ -357,6 +382,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         raise ValueError("config.clip_dir must name a CLIP checkpoint (the conditioning encoder)")
     clip, tokenizer = load_conditioning(config)
     data = config.data
-    train_source = open_source(data.source, "train", data.data_dir, data.image_size)
-    eval_source = open_source(data.source, data.eval_split, data.data_dir, data.image_size)
+    held_out = data.get("validation_fraction", 0.0)
+    train_source = open_source(data.source, "train", data.data_dir, data.image_size, held_out)
+    eval_source = open_source(
+        data.source, data.eval_split, data.data_dir, data.image_size, held_out
+    )
     return run(config, workdir, train_source, eval_source, clip, tokenizer)

@@ -245,6 +245,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     from unclip_jax.data.sources import open_source
 
     data = config.data
-    train_source = open_source(data.source, "train", data.data_dir, data.image_size)
-    eval_source = open_source(data.source, data.eval_split, data.data_dir, data.image_size)
+    held_out = data.get("validation_fraction", 0.0)
+    train_source = open_source(data.source, "train", data.data_dir, data.image_size, held_out)
+    eval_source = open_source(
+        data.source, data.eval_split, data.data_dir, data.image_size, held_out
+    )
     return run(config, workdir, train_source, eval_source)
