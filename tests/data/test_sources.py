@@ -1,5 +1,6 @@
 """Sources opened by name."""
 
+import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
@@ -46,3 +47,11 @@ def test_folder_source_holds_out_a_validation_split_by_path_hash(tmp_path):
     assert not files(train) & files(held_out)
     with pytest.raises(ValueError, match=r"split 'validation'.*validation_fraction > 0"):
         sources.open_source(name, "validation", data_dir, 8)
+    data = ml_collections.ConfigDict(
+        dict(source=name, data_dir=data_dir, image_size=8, eval_split="validation")
+    )
+    with pytest.raises(ValueError, match="validation_fraction > 0"):
+        sources.open_train_and_eval(data)
+    data.validation_fraction = 0.25
+    train_pair, eval_pair = sources.open_train_and_eval(data)
+    assert files(train_pair) == files(train) and files(eval_pair) == files(held_out)

@@ -14,7 +14,7 @@ def _shapes(
 ) -> Sequence:
     from unclip_jax.data import shapes_captions
 
-    del image_size, validation_fraction  # fixed by the config
+    del image_size, validation_fraction  # the config fixes the size and the splits
     return shapes_captions.build(spec or "64px", data_dir=data_dir).as_data_source(split)
 
 
@@ -75,4 +75,14 @@ def open_source(
     raise ValueError(
         f"source must start with one of {sorted(SOURCES)} "
         f"(e.g. 'shapes_captions/64px', 'folder_captions:/data', 'embeddings:/emb'), got {name!r}"
+    )
+
+
+def open_train_and_eval(data) -> tuple[Sequence, Sequence]:
+    """The `train` and `eval_split` sources of a config's `data` section (`source`, `data_dir`,
+    `image_size`, `eval_split`, optional `validation_fraction`)."""
+    held_out = data.get("validation_fraction", 0.0)
+    return tuple(
+        open_source(data.source, split, data.data_dir, data.image_size, held_out)
+        for split in ("train", data.eval_split)
     )

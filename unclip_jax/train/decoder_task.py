@@ -376,15 +376,10 @@ def run(
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     """`unclip train` entry point (trainer "decoder"): the decoder of `config` on
     `config.data.source`, conditioned through the CLIP of `config.clip_dir`."""
-    from unclip_jax.data.sources import open_source
+    from unclip_jax.data.sources import open_train_and_eval
 
     if not config.clip_dir:
         raise ValueError("config.clip_dir must name a CLIP checkpoint (the conditioning encoder)")
     clip, tokenizer = load_conditioning(config)
-    data = config.data
-    held_out = data.get("validation_fraction", 0.0)
-    train_source = open_source(data.source, "train", data.data_dir, data.image_size, held_out)
-    eval_source = open_source(
-        data.source, data.eval_split, data.data_dir, data.image_size, held_out
-    )
+    train_source, eval_source = open_train_and_eval(config.data)
     return run(config, workdir, train_source, eval_source, clip, tokenizer)

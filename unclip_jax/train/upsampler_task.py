@@ -242,12 +242,7 @@ def run(
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     """`unclip train` entry point (trainer "upsampler")."""
-    from unclip_jax.data.sources import open_source
+    from unclip_jax.data.sources import open_train_and_eval
 
-    data = config.data
-    held_out = data.get("validation_fraction", 0.0)
-    train_source = open_source(data.source, "train", data.data_dir, data.image_size, held_out)
-    eval_source = open_source(
-        data.source, data.eval_split, data.data_dir, data.image_size, held_out
-    )
+    train_source, eval_source = open_train_and_eval(config.data)
     return run(config, workdir, train_source, eval_source)
