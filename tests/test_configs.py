@@ -100,11 +100,12 @@ def _train_two_steps(config, workdir: Path, evaluate: bool = True):
 
 
 def _use_image_folder(config, tmp_path: Path, size: int = 32) -> None:
-    """Points `config.data` at a fresh folder of 16 captioned random images (the paper configs'
-    folder_captions source), built under tmp_path."""
-    _write_image_folder(tmp_path / "images", count=16, size=size)
+    """Points `config.data` at a fresh folder of 32 captioned random images (the paper configs'
+    folder_captions source, half of them held out for evaluation), built under tmp_path."""
+    _write_image_folder(tmp_path / "images", count=32, size=size)
     config.data.update(source=f"folder_captions:{tmp_path / 'images'}", image_size=size)
-    config.data.update(data_dir=str(tmp_path / "tfds"), eval_split="train")
+    config.data.update(data_dir=str(tmp_path / "tfds"), validation_fraction=0.5)
+    config.data.eval_split = "validation"
 
 
 @pytest.mark.slow

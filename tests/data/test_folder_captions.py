@@ -82,3 +82,10 @@ def test_jsonl_layout(tmp_path):
 def test_not_a_directory(tmp_path):
     with pytest.raises(ValueError, match="source_dir"):
         folder_captions.scan_folder(tmp_path / "absent")
+
+
+def test_a_fraction_that_empties_a_split_is_named(folder, tmp_path):
+    with pytest.raises(ValueError, match="validation_fraction 1e-09 leaves split 'validation'"):
+        folder_captions.build(
+            folder, image_size=16, validation_fraction=1e-9, data_dir=str(tmp_path / "tfds")
+        )

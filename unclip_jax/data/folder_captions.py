@@ -172,6 +172,13 @@ class FolderCaptions(SourceFileBuilderMixin, tfds.core.GeneratorBasedBuilder):
             in_validation = _in_validation(path, self._source_dir, fraction)
             splits["validation" if in_validation else "train"].append((path, captions))
         names = ("train", "validation") if fraction > 0 else ("train",)
+        for name in names:
+            if not splits[name]:
+                raise ValueError(
+                    f"validation_fraction {fraction} leaves split {name!r} of {self._source_dir} "
+                    f"empty ({len(scan.records)} captioned images); choose a fraction that "
+                    "gives both splits images"
+                )
         return {name: self._generate_examples(splits[name]) for name in names}
 
     def _generate_examples(self, records) -> Iterator[tuple[str, dict]]:
