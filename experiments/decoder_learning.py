@@ -57,6 +57,8 @@ flags.DEFINE_float("guidance_scale", 0.0, "Decoder guidance scale (0: the config
 flags.DEFINE_integer("decoder_steps", 0, "Decoder sampling steps (0: the config's).")
 flags.DEFINE_integer("upsampler_steps", 0, "Upsampler sampling steps (0: the config's).")
 flags.DEFINE_string("prediction", "", "Override the decoder's parameterisation (eps, x0, v).")
+flags.DEFINE_string("upsampler_prediction", "", "Override the upsampler's (eps, x0, v).")
+flags.DEFINE_string("tag", "", "Suffix of the results' file names.")
 FLAGS = flags.FLAGS
 
 
@@ -113,7 +115,7 @@ def batched(fn, inputs: np.ndarray, size: int) -> np.ndarray:
 def write(stage: str, result: dict) -> None:
     results = pathlib.Path(FLAGS.results_dir)
     results.mkdir(parents=True, exist_ok=True)
-    path = results / f"decoder_learning_{stage}.json"
+    path = results / f"decoder_learning_{stage}{FLAGS.tag}.json"
     path.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
     print(f"wrote {path}")
@@ -159,6 +161,8 @@ def upsampler_stage() -> None:
     config.data.data_dir = FLAGS.data_dir
     if FLAGS.steps:
         config.train.total_steps = FLAGS.steps
+    if FLAGS.upsampler_prediction:
+        config.diffusion.prediction = FLAGS.upsampler_prediction
     builder = shapes_captions.build("large_64px", data_dir=FLAGS.data_dir)
     train_source, test_source = builder.as_data_source("train"), builder.as_data_source("test")
     runner = lambda c, w, hooks: upsampler_task.run(c, w, train_source, test_source, hooks)
@@ -167,30 +171,48 @@ def upsampler_stage() -> None:
     save_params(params, pathlib.Path(FLAGS.workdir) / "upsampler_params.msgpack")
 
     task = upsampler_task.build_task(config)
-    sampler = task.sampler
     steps = FLAGS.upsampler_steps or config.diffusion.sample_steps
     images, scenes = held_out(FLAGS.gate_cases)
-    low = np.asarray(decoder_task.resize_images(jnp.asarray(images), config.low_res))
+    # The clean antialiased downsample, and the training corruption (blur for this stage) that
+    # the upsampler learned to invert.
+    corrupt = upsampler_task.CORRUPTIONS[config.corruption]
+    inputs = {
+        "clean": decoder_task.resize_images(jnp.asarray(images), config.low_res),
+        "training_corruption": corrupt(jax.random.key(2), jnp.asarray(images), config.low_res),
+    }
+    result = {
+        "cases": len(images),
+        "train_steps": trained,
+        "train_minutes": round(minutes, 2),
+        "prediction": config.diffusion.prediction,
+        "corruption": config.corruption,
+        "sample_steps": steps,
+    }
+    for name, low in inputs.items():
+        result[name] = upsampler_figures(task, params, np.asarray(low), images, scenes, steps)
+    result["load_at_end"] = load()
+    write("upsampler", result)
+
+
+def upsampler_figures(task, params, low, images, scenes, steps: int) -> dict:
+    """Oracle agreement with the low-res input, edge energy and MSE against the ground truth, of
+    the upsampler and of bicubic upsampling, from low-res inputs [N, h, h, 3]."""
+    size = images.shape[1]
     key = jax.random.key(1)
     start = time.perf_counter()
     upsampled = batched(
-        lambda x: sampler(params, jnp.asarray(x), key, size=config.high_res, steps=steps), low, 64
+        lambda x: task.sampler(params, jnp.asarray(x), key, size=size, steps=steps), low, 64
     )
     sample_seconds = time.perf_counter() - start
-    bicubic = np.clip(np.asarray(bicubic_resize(jnp.asarray(low), (64, 64), True)), -1, 1)
+    bicubic = np.clip(np.asarray(bicubic_resize(jnp.asarray(low), (size, size), True)), -1, 1)
     same = 0
     for image, small in zip(upsampled, low, strict=True):
         read_up = sorted((o.colour, o.shape) for o in shapes_oracle.read_objects(image))
         read_low = sorted((o.colour, o.shape) for o in shapes_oracle.read_objects(small))
         same += read_up == read_low
     truth = edge_energy(images)
-    result = {
-        "cases": len(images),
-        "train_steps": trained,
-        "train_minutes": round(minutes, 2),
-        "sample_steps": steps,
+    return {
         "sample_seconds": round(sample_seconds, 1),
-        "load_at_end": load(),
         "oracle_same_as_low_res": same / len(images),
         "oracle_truth_vs_source_scene_upsampled": oracle_scores(upsampled, scenes),
         "oracle_truth_vs_source_scene_low_res": oracle_scores(low, scenes),
@@ -206,7 +228,6 @@ def upsampler_stage() -> None:
             "bicubic": float(np.mean((bicubic - images) ** 2)),
         },
     }
-    write("upsampler", result)
 
 
 def decoder_config():

@@ -109,7 +109,7 @@ def test_upsampler_learning_gate(tmp_path):
         cwd=root,
         check=True,
     )
-    result = json.loads((tmp_path / "decoder_learning_upsampler.json").read_text())
+    result = json.loads((tmp_path / "decoder_learning_upsampler.json").read_text())["clean"]
     assert result["oracle_same_as_low_res"] >= 0.98
     edges = result["edge_energy"]
     assert abs(edges["upsampler_relative"]) <= 0.2 and edges["bicubic_relative"] <= -0.3
