@@ -18,6 +18,13 @@ source holds one split, so evaluation reads training images. No sample grids dur
     unclip train --config=configs/decoder_paper.py --workdir=workdirs/decoder_paper \
         --config.clip_dir=checkpoints/clip_vit_h16 --config.data.source=folder_captions:/data/pairs
 
+On a v5p-128 slice (64 chips) the state needs FSDP and the activations of 32 images per chip
+need per-block remat and two micro-batches; this compiles to 52 of 88.5 GiB per chip
+(`experiments/tpu_aot.py`; BENCHMARKS.md):
+
+    --config.mesh.data=8 --config.mesh.fsdp=8 --config.model.unet.remat=full \
+        --config.train.grad_accum_steps=2
+
 `arg="runlocal"`: a 16 px U-Net with a 2-layer caption transformer on the `large_64px` shapes,
 batch 8, 10 steps, for a CPU; `clip_dir` names a small CLIP (the CLIP task's `<workdir>/clip`,
 e.g. from `configs/clip_shapes.py`):
