@@ -35,7 +35,8 @@ test-slow: venv
 
 # The main job: builds the shapes set, trains CLIP -> prior -> decoder -> upsampler, writes
 # demo/samples.png and demo/metrics.json. Finished stages are skipped on a re-run;
-# DEMO_FLAGS="--force=all" (or --force=decoder,...) retrains them.
+# DEMO_FLAGS="--force=all" (or --force=decoder,...) retrains them from scratch (the finished
+# runs are kept as workdirs/demo/<stage>.before-<time>).
 DEMO_FLAGS ?=
 demo: venv
 	$(BIN)/python -m unclip_jax.demo --config configs/demo.py --workdir workdirs/demo \

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -19,16 +20,23 @@ def test_finished_stages_are_skipped_unless_forced(tmp_path):
 
     def stage(stage_dir: Path) -> None:
         calls.append(stage_dir.name)
-        (stage_dir / "output").write_text("x")
+        # A forced stage starts in an empty directory (a finished checkpoint would be resumed).
+        assert not (stage_dir / "output").exists()
+        (stage_dir / "output").write_text(str(len(calls)))
 
     first = demo.run_stage("prior", tmp_path, set(), stage)
     again = demo.run_stage("prior", tmp_path, set(), stage)
     forced = demo.run_stage("prior", tmp_path, {"prior"}, stage)
+    time.sleep(1.1)  # the kept directories are named by the second
     every = demo.run_stage("prior", tmp_path, {"all"}, stage)
     assert calls == ["prior", "prior", "prior"]
     assert not first["skipped"] and again["skipped"] and not forced["skipped"]
     assert not every["skipped"]
     assert again["seconds"] == first["seconds"]
+    # Nothing already saved is lost: each forced run kept the finished one beside it.
+    kept = sorted(p for p in tmp_path.iterdir() if p.name.startswith("prior.before-"))
+    assert [(p / "output").read_text() for p in kept] == ["1", "2"]
+    assert (tmp_path / "prior" / "output").read_text() == "3"
 
 
 def test_failed_stage_leaves_no_marker(tmp_path):

@@ -4,9 +4,10 @@
 
 Stages run in order through the registered trainers (`train/trainers.py`); each one that
 finishes leaves `<workdir>/<stage>/DONE` (its wall-clock seconds), and a re-run skips it unless
-named in `--force` (or `--force=all`). A stage interrupted mid-training resumes from its last
-checkpoint. Then the stages are assembled into `<workdir>/pipeline` (`UnCLIP.load`-able) and
-the figures are written: `<out>/samples.png` (one row per prompt of `config.grid_prompts`) and
+named in `--force` (or `--force=all`): a forced stage that finished starts afresh, its previous
+directory kept beside it as `<stage>.before-<time>`. A stage interrupted mid-training resumes from
+its last checkpoint. Then the stages are assembled into `<workdir>/pipeline` (`UnCLIP.load`-able)
+and the figures are written: `<out>/samples.png` (one row per prompt of `config.grid_prompts`) and
 `<out>/metrics.json` (oracle accuracy, binding, CLIP score, diversity, variations,
 interpolations, text diffs, stage times and the machine's load).
 """
@@ -50,8 +51,11 @@ def run_stage(name: str, workdir: Path, force: set[str], fn: Callable[[Path], No
         record = json.loads(marker.read_text())
         logging.info("stage %s: finished before (%.0f s), skipped", name, record["seconds"])
         return {**record, "skipped": True}
+    if marker.is_file():  # forced: a fresh run, the finished one kept
+        kept = stage_dir.with_name(f"{name}.before-{time.strftime('%Y%m%d-%H%M%S')}")
+        stage_dir.rename(kept)
+        logging.info("stage %s: forced; the finished run is kept in %s", name, kept)
     stage_dir.mkdir(parents=True, exist_ok=True)
-    marker.unlink(missing_ok=True)
     logging.info("stage %s: running", name)
     start = time.time()
     fn(stage_dir)
