@@ -3,7 +3,8 @@ small CLIP, do the diffusion and AR priors turn held-out captions into image emb
 right object, as diverse as the real ones?
 
     .venv/bin/python -m experiments.prior_learning [--workdir /tmp/prior_learning]
-        [--clip_dir DIR] [--prior_steps N] [--ar_steps N]
+        [--clip_dir DIR] [--prior_steps N] [--ar_steps N] [--candidates N]
+        [--variance fixed_small|fixed_large]
 
 (from the repository root, so that `configs` imports).
 
@@ -57,6 +58,13 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--clip_steps", type=int, default=0, help="0: the config's")
     parser.add_argument("--prior_steps", type=int, default=0, help="0: the config's")
     parser.add_argument("--ar_steps", type=int, default=0, help="0: the config's")
+    parser.add_argument("--candidates", type=int, default=0, help="0: the config's best of N")
+    parser.add_argument(
+        "--variance",
+        default="fixed_small",
+        choices=("fixed_small", "fixed_large"),
+        help="the diffusion prior's DDPM step variance",
+    )
     parser.add_argument("--spread_samples", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--results", default=str(RESULTS))
@@ -162,7 +170,7 @@ def spread(x: np.ndarray) -> float:
 class Samplers:
     """Both priors' samplers over batches of (text embedding, token states, mask)."""
 
-    def __init__(self, trained, workdir: Path, seed: int):
+    def __init__(self, trained, workdir: Path, seed: int, candidates: int, variance: str):
         self.key = jax.random.key(seed + 1)
         config, self.d_params, run_dir, _ = trained["diffusion"]
         self.d_model = prior_task.build_model(config.model)
@@ -170,8 +178,10 @@ class Samplers:
         d = config.diffusion
         self.schedule = make_schedule(d.schedule, d.train_steps, d.sample_steps)
         self.d_guidance = config.guidance.scale
-        self.candidates = config.guidance.candidates
-        self.d_sampler = make_prior_sampler(self.d_model, num_candidates=self.candidates)
+        self.candidates = candidates or config.guidance.candidates
+        self.d_sampler = make_prior_sampler(
+            self.d_model, num_candidates=self.candidates, var_type=variance
+        )
         config, self.a_params, run_dir, _ = trained["ar"]
         self.quantizers = ar_prior_task.load_quantizers(run_dir / ar_prior_task.QUANTIZERS_FILE)
         self.a_model = ar_prior_task.build_model(config, self.quantizers)
@@ -378,7 +388,7 @@ def main() -> None:
         data[split]["text_mask"] = data[split]["text_mask"][:, :length]
     print(f"caption positions kept: {length}")
     trained = train_priors(args, workdir, dim, width, length)
-    samplers = Samplers(trained, workdir, args.seed)
+    samplers = Samplers(trained, workdir, args.seed, args.candidates, args.variance)
     results = {
         split: evaluate_split(data[split], samplers, args.spread_samples, args.seed)
         for split in ("test", "test_unseen")
@@ -392,6 +402,7 @@ def main() -> None:
             / np.sum(np.var(unit(data["train"]["image_embedding"]), axis=0, ddof=1))
         ),
     }
+    results["sampling"] = {"candidates": samplers.candidates, "variance": args.variance}
     results["gate"] = gate(results["test"])
     results["passed"] = all(results["gate"].values())
     results["seconds"] = time.perf_counter() - start

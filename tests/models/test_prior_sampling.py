@@ -80,3 +80,5 @@ def test_sampler_rejects_bad_arguments(params):
         sampler(params, jax.random.PRNGKey(0), *_caption(0), schedule, 1.0, normalizer, null)
     with pytest.raises(ValueError, match="num_candidates must be >= 1"):
         make_prior_sampler(MODEL, num_candidates=0)
+    with pytest.raises(ValueError, match=r"var_type must be .* got 'learned_range'"):
+        make_prior_sampler(MODEL, var_type="learned_range")

@@ -45,6 +45,7 @@ def make_prior_sampler(
     *,
     num_candidates: int = 2,
     sampler: str = "ddpm",  # or "ddim"
+    var_type: str = "fixed_small",  # or "fixed_large" (DDPM's step variance)
     clip: str = "none",  # or "static", "dynamic" (on the normalised x0)
     use_cache: bool = True,  # False: recompute the caption prefix every step
 ) -> "PriorSampler":
@@ -58,6 +59,8 @@ def make_prior_sampler(
         raise ValueError(f"num_candidates must be >= 1, got {num_candidates}")
     if sampler not in samplers.SAMPLERS:
         raise ValueError(f"sampler must be one of {sorted(samplers.SAMPLERS)}, got {sampler!r}")
+    if var_type not in ("fixed_small", "fixed_large"):
+        raise ValueError(f"var_type must be 'fixed_small' or 'fixed_large', got {var_type!r}")
 
     def sample(
         params,
@@ -97,7 +100,7 @@ def make_prior_sampler(
         noise_key, chain_key = jax.random.split(key)
         x_T = jax.random.normal(noise_key, (rows, model.embed_dim), jnp.float32)
         x0 = samplers.SAMPLERS[sampler](
-            denoise, schedule, x_T, chain_key, mean_type="x0", var_type="fixed_small", clip=clip
+            denoise, schedule, x_T, chain_key, mean_type="x0", var_type=var_type, clip=clip
         )
         candidates = normalizer.denormalize(x0).reshape(batch, num_candidates, -1)
         best, scores = rerank_by_dot_product(candidates, text_embed)
