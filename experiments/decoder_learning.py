@@ -331,6 +331,7 @@ def gate_stage() -> None:
         "decoder_sampler": config.diffusion.sampler,
         "decoder_steps": config.diffusion.sample_steps,
         "guidance_scale": config.guidance.scale,
+        "upsampler_prediction": up_config.diffusion.prediction,
         "upsampler_steps": up_steps,
         "decoder_sample_seconds": round(decoder_seconds, 1),
         "upsampler_sample_seconds": round(upsampler_seconds, 1),
