@@ -25,6 +25,7 @@ from unclip_jax.models.pca_quantizer import PCAQuantizer
 from unclip_jax.models.prior import (
     NULL_CONDITIONINGS,
     PriorBlock,
+    caption_conditioning,
     dense,
     layer_norm,
     sequence_mask,
@@ -118,35 +119,16 @@ class ARPrior(nn.Module):
         return self.prefix_length + self.num_codes - 1
 
     def _condition(self, text_embed, text_tokens, text_mask, drop):
-        batch = text_embed.shape[0]
-        want = {
-            "text_embed": ((batch, self.text_embed_dim), text_embed.shape),
-            "text_tokens": ((batch, self.num_tokens, self.token_dim), text_tokens.shape),
-        }
-        if text_mask is not None:
-            want["text_mask"] = ((batch, self.num_tokens), text_mask.shape)
-        for name, (expected, got) in want.items():
-            if tuple(got) != expected:
-                raise ValueError(f"{name} must have shape {expected}, got {tuple(got)}")
-        if text_mask is None:
-            text_mask = jnp.ones((batch, self.num_tokens), bool)
-        text_mask = jnp.asarray(text_mask, bool)
-        if drop is None:
-            return text_embed, text_tokens, text_mask
-        if self.null_conditioning != "learned":
-            raise ValueError(
-                "drop needs null_conditioning='learned'; with 'empty_caption' pass the empty "
-                "caption's encoding in place of dropped captions (see substitute_null)"
-            )
-        null_mask = jnp.ones((self.num_tokens,), bool)
-        return substitute_null(
-            drop,
+        learned = self.null_conditioning == "learned"
+        return caption_conditioning(
             text_embed,
             text_tokens,
             text_mask,
-            self.null_text_embed,
-            self.null_tokens,
-            null_mask,
+            drop,
+            text_dim=self.text_embed_dim,
+            token_dim=self.token_dim,
+            num_tokens=self.num_tokens,
+            null=(self.null_text_embed, self.null_tokens) if learned else None,
         )
 
     def _prefix(self, dot_bucket, text_embed, text_tokens) -> Array:  # [B, P, W]

@@ -65,6 +65,46 @@ def substitute_null(
     return text_embed, text_tokens, text_mask
 
 
+def caption_conditioning(
+    text_embed: Array,  # [B, Dz]
+    text_tokens: Array,  # [B, L, Dt]
+    text_mask: Array | None,  # [B, L] bool, None: no padding
+    drop: Array | None,  # [B] bool, True where the caption is replaced by the null caption
+    *,
+    text_dim: int,
+    token_dim: int,
+    num_tokens: int,
+    null: tuple[Array, Array] | None,  # the learned null (text embedding [Dz], tokens [L, Dt])
+) -> tuple[Array, Array, Array]:
+    """A prior's caption conditioning, shapes checked, the mask filled in and, where `drop` is
+    given, the learned null caption substituted (classifier-free guidance training)."""
+    batch = text_embed.shape[0]
+    want = {
+        "text_embed": ((batch, text_dim), text_embed.shape),
+        "text_tokens": ((batch, num_tokens, token_dim), text_tokens.shape),
+    }
+    if text_mask is not None:
+        want["text_mask"] = ((batch, num_tokens), text_mask.shape)
+    for name, (expected, got) in want.items():
+        if tuple(got) != expected:
+            raise ValueError(f"{name} must have shape {expected}, got {tuple(got)}")
+    if text_mask is None:
+        text_mask = jnp.ones((batch, num_tokens), bool)
+    text_mask = jnp.asarray(text_mask, bool)
+    if drop is None:
+        return text_embed, text_tokens, text_mask
+    if null is None:
+        raise ValueError(
+            "drop needs null_conditioning='learned'; with 'empty_caption' pass the empty "
+            "caption's encoding in place of dropped captions (see substitute_null)"
+        )
+    null_embed, null_tokens = null
+    null_mask = jnp.ones((num_tokens,), bool)
+    return substitute_null(
+        drop, text_embed, text_tokens, text_mask, null_embed, null_tokens, null_mask
+    )
+
+
 class EmbeddingNormalizer(struct.PyTreeNode):
     """Maps CLIP image embeddings to the space the prior diffuses in, and back.
 
@@ -291,40 +331,17 @@ class DiffusionPrior(nn.Module):
     def _token_dim(self) -> int:
         return self.token_dim or self.embed_dim
 
-    def _check(self, text_embed: Array, text_tokens: Array, text_mask: Array | None) -> None:
-        batch = text_embed.shape[0]
-        want = {
-            "text_embed": ((batch, self._text_dim), text_embed.shape),
-            "text_tokens": ((batch, self.num_tokens, self._token_dim), text_tokens.shape),
-        }
-        if text_mask is not None:
-            want["text_mask"] = ((batch, self.num_tokens), text_mask.shape)
-        for name, (expected, got) in want.items():
-            if tuple(got) != expected:
-                raise ValueError(f"{name} must have shape {expected}, got {tuple(got)}")
-
     def _condition(self, text_embed, text_tokens, text_mask, drop):
-        self._check(text_embed, text_tokens, text_mask)
-        batch = text_embed.shape[0]
-        if text_mask is None:
-            text_mask = jnp.ones((batch, self.num_tokens), bool)
-        text_mask = jnp.asarray(text_mask, bool)
-        if drop is None:
-            return text_embed, text_tokens, text_mask
-        if self.null_conditioning != "learned":
-            raise ValueError(
-                "drop needs null_conditioning='learned'; with 'empty_caption' pass the empty "
-                "caption's encoding in place of dropped captions (see substitute_null)"
-            )
-        null_mask = jnp.ones((self.num_tokens,), bool)
-        return substitute_null(
-            drop,
+        learned = self.null_conditioning == "learned"
+        return caption_conditioning(
             text_embed,
             text_tokens,
             text_mask,
-            self.null_text_embed,
-            self.null_tokens,
-            null_mask,
+            drop,
+            text_dim=self._text_dim,
+            token_dim=self._token_dim,
+            num_tokens=self.num_tokens,
+            null=(self.null_text_embed, self.null_tokens) if learned else None,
         )
 
     def _check_causal(self) -> None:
