@@ -188,6 +188,25 @@ def test_bad_settings_raise():
         prior_task.build_task(config, normalizer)
 
 
+def test_empty_caption_null_needs_its_encoding(tmp_path):
+    config = importlib.import_module("configs.prior_demo").get_config("smoke")
+    config.model.null_conditioning = "empty_caption"
+    with pytest.raises(ValueError, match=r"needs config\.data\.null_caption"):
+        prior_task.config_null_caption(config, "empty_caption")
+    assert prior_task.config_null_caption(config, "learned") is None
+    path = tmp_path / "null.npz"
+    np.savez(
+        path,
+        text_embedding=np.ones(4),
+        token_states=np.zeros((3, 2)),
+        text_mask=np.array([True, False, False]),
+    )
+    config.data.null_caption = str(path)
+    embed, states, mask = prior_task.config_null_caption(config, "empty_caption")
+    assert embed.shape == (4,) and states.shape == (3, 2) and mask.dtype == bool
+    assert mask.tolist() == [True, False, False]
+
+
 @pytest.mark.slow
 def test_learning_gate(tmp_path):
     """The priors' learning gate (experiments/prior_learning.py) on the captioned shapes."""

@@ -34,7 +34,7 @@ from unclip_jax.models.pca_quantizer import (
 from unclip_jax.models.prior import substitute_null
 from unclip_jax.models.prior_sampling import NullCaption
 from unclip_jax.train import loop
-from unclip_jax.train.prior_task import embedding_batches, eval_batches, load_null_caption
+from unclip_jax.train.prior_task import config_null_caption, embedding_batches, eval_batches
 from unclip_jax.train.state import TrainState
 from unclip_jax.train.task import Batch, Metrics, Params, Task
 
@@ -233,14 +233,7 @@ def workdir_quantizers(
 
 def build_task(config: ml_collections.ConfigDict, quantizers: ARQuantizers) -> ARPriorTask:
     model = build_model(config, quantizers)
-    null = None
-    if model.null_conditioning == "empty_caption":
-        if not config.data.get("null_caption"):
-            raise ValueError(
-                "null_conditioning='empty_caption' needs config.data.null_caption: an .npz of "
-                "the empty caption's text_embedding, token_states and text_mask"
-            )
-        null = load_null_caption(config.data.null_caption)
+    null = config_null_caption(config, model.null_conditioning)
     return ARPriorTask(model, quantizers, config.guidance.text_drop_prob, null)
 
 

@@ -277,6 +277,21 @@ def load_null_caption(path: str | Path) -> NullCaption:
         )
 
 
+def config_null_caption(
+    config: ml_collections.ConfigDict, null_conditioning: str
+) -> NullCaption | None:
+    """The empty caption's encoding a prior with null_conditioning="empty_caption" guides
+    with (`config.data.null_caption`); None for learned null tokens."""
+    if null_conditioning != "empty_caption":
+        return None
+    if not config.data.get("null_caption"):
+        raise ValueError(
+            "null_conditioning='empty_caption' needs config.data.null_caption: an .npz of "
+            "the empty caption's text_embedding, token_states and text_mask"
+        )
+    return load_null_caption(config.data.null_caption)
+
+
 def build_task(config: ml_collections.ConfigDict, normalizer: EmbeddingNormalizer):
     """The task of a prior config (`model`, `diffusion`, `guidance` sections; with
     null_conditioning="empty_caption", `data.null_caption` names the empty caption's .npz)."""
@@ -290,14 +305,7 @@ def build_task(config: ml_collections.ConfigDict, normalizer: EmbeddingNormalize
     if sample_steps:
         sample_schedule = make_schedule(diffusion.schedule, diffusion.train_steps, sample_steps)
     model = build_model(config.model)
-    null = None
-    if model.null_conditioning == "empty_caption":
-        if not config.data.get("null_caption"):
-            raise ValueError(
-                "null_conditioning='empty_caption' needs config.data.null_caption: an .npz of "
-                "the empty caption's text_embedding, token_states and text_mask"
-            )
-        null = load_null_caption(config.data.null_caption)
+    null = config_null_caption(config, model.null_conditioning)
     return DiffusionPriorTask(
         model,
         normalizer,
