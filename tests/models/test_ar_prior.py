@@ -161,3 +161,6 @@ def test_sampler_top_p_tiny_is_greedy(params):
     assert sampler.compiled._cache_size() == 1
     with pytest.raises(ValueError, match="top_p must be in"):
         sampler(params, jax.random.PRNGKey(5), *caption, dots, quantizer, 1.0, 1.0, 0.0)
+    null = (caption[0][0], caption[1][0], caption[2][0])
+    with pytest.raises(ValueError, match=r"null .* exactly when .* has 'learned'"):
+        sampler(params, jax.random.PRNGKey(5), *caption, dots, quantizer, null=null)

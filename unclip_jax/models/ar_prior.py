@@ -26,6 +26,7 @@ from unclip_jax.models.prior import (
     NULL_CONDITIONINGS,
     PriorBlock,
     caption_conditioning,
+    check_null_given,
     dense,
     layer_norm,
     sequence_mask,
@@ -326,11 +327,7 @@ class ARPriorSampler:
                 f"the quantizer has {quantizer.num_components} components, the model predicts "
                 f"{self.num_codes} codes"
             )
-        if (null is None) != (self.null_conditioning == "learned"):
-            raise ValueError(
-                "null (the empty caption's encoding) must be given exactly when "
-                f"null_conditioning is 'empty_caption'; the model has {self.null_conditioning!r}"
-            )
+        check_null_given(null, self.null_conditioning)
         settings = (jnp.float32(guidance_scale), jnp.float32(temperature), jnp.float32(top_p))
         return self.compiled(
             params,

@@ -105,6 +105,17 @@ def caption_conditioning(
     )
 
 
+def check_null_given(null, null_conditioning: str) -> None:
+    """A sampler's `null` (the empty caption's encoding) is given exactly when the prior guides
+    with the empty caption rather than learned null tokens."""
+    if (null is None) != (null_conditioning == "learned"):
+        raise ValueError(
+            "null (the empty caption's encoding) must be given exactly when "
+            f"null_conditioning is 'empty_caption'; the model has {null_conditioning!r} "
+            f"and null is {'set' if null is not None else None}"
+        )
+
+
 class EmbeddingNormalizer(struct.PyTreeNode):
     """Maps CLIP image embeddings to the space the prior diffuses in, and back.
 

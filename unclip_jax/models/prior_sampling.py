@@ -22,7 +22,12 @@ import jax.numpy as jnp
 
 from unclip_jax.diffusion import guidance, samplers
 from unclip_jax.diffusion.schedules import Schedule
-from unclip_jax.models.prior import DiffusionPrior, EmbeddingNormalizer, substitute_null
+from unclip_jax.models.prior import (
+    DiffusionPrior,
+    EmbeddingNormalizer,
+    check_null_given,
+    substitute_null,
+)
 
 Array = jax.Array
 # (null text embedding [Dz], null caption tokens [L, Dt], null mask [L]): the empty caption's
@@ -130,12 +135,7 @@ class PriorSampler:
     ):
         if not isinstance(guidance_scale, jax.Array):
             guidance.check_guidance_scale(guidance_scale)
-        if (null is None) != (self.null_conditioning == "learned"):
-            raise ValueError(
-                "null (the empty caption's encoding) must be given exactly when "
-                f"null_conditioning is 'empty_caption'; the model has {self.null_conditioning!r} "
-                f"and null is {'set' if null is not None else None}"
-            )
+        check_null_given(null, self.null_conditioning)
         return self.compiled(
             params,
             key,
