@@ -5,7 +5,7 @@ right object, as diverse as the real ones?
     .venv/bin/python -m experiments.prior_learning [--workdir /tmp/prior_learning]
         [--clip_dir DIR] [--prior_steps N] [--ar_steps N] [--candidates N]
         [--ar_candidates N] [--variance fixed_small|fixed_large] [--sample_steps N]
-        [--guidance SCALE] [--spread_samples N]
+        [--guidance SCALE] [--ar_guidance SCALE] [--ar_top_p P] [--spread_samples N]
 
 (from the repository root, so that `configs` imports).
 
@@ -15,9 +15,12 @@ DDPM β variance (`fixed_large`; the config: best of 2 with β̃). Both config c
 spread of the samples: at 2000 steps, best of 2, β̃ the narrowest caption's spread is 0.23× the
 true one's, and training length is what moves it (experiments/results/prior_sweep.json). The
 margin is thin and depends on the CLIP: with a second CLIP from the same config one sample
-reaches 87% nearest-neighbour accuracy, and best of 2 or guidance buy accuracy with spread.
+reaches 87% nearest-neighbour accuracy, and best of 2 or guidance buy accuracy with spread
+(at 32000 steps, guidance 1.3 meets the second CLIP's gate and misses the first's spread).
 `--prior_steps 0 --candidates 0 --variance fixed_small` runs the config's setting. The AR prior
-keeps the paper's best of 2: with one sample its spread overshoots (up to 2.3× the true one's).
+draws one sample with nucleus 0.99: with the full distribution a caption's spread can overshoot
+(2.3–2.7× the true one's), best of 2 or nucleus 0.95 undershoot (0.49×); nucleus 0.99 met the
+gate with both CLIPs.
 
 1. CLIP: `--clip_dir` (a `load_clip` directory with `tokenizer/`), else one trained by the CLIP
    stage (`configs/clip_shapes.py`) on the 32 px set.
@@ -72,7 +75,7 @@ def parse() -> argparse.Namespace:
     parser.add_argument(
         "--candidates", type=int, default=1, help="diffusion prior's best of N; 0: the config's"
     )
-    parser.add_argument("--ar_candidates", type=int, default=2, help="AR prior's best of N")
+    parser.add_argument("--ar_candidates", type=int, default=1, help="AR prior's best of N")
     parser.add_argument(
         "--variance",
         default="fixed_large",
@@ -85,6 +88,10 @@ def parse() -> argparse.Namespace:
     parser.add_argument(
         "--guidance", type=float, default=0.0, help="the diffusion prior's; 0: the config's"
     )
+    parser.add_argument(
+        "--ar_guidance", type=float, default=0.0, help="the AR prior's; 0: the config's"
+    )
+    parser.add_argument("--ar_top_p", type=float, default=0.99, help="0: the config's")
     parser.add_argument("--spread_samples", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--results", default=str(RESULTS))
@@ -147,6 +154,11 @@ def train_priors(args, workdir: Path, dim: int, width: int, length: int):
                 config.diffusion.sample_steps = args.sample_steps
             if args.guidance:
                 config.guidance.scale = args.guidance
+        else:
+            if args.ar_guidance:
+                config.guidance.scale = args.ar_guidance
+            if args.ar_top_p:
+                config.sampling.top_p = args.ar_top_p
         config.data.train_dir = str(workdir / "embeddings" / "train")
         config.data.eval_dir = str(workdir / "embeddings" / "test")
         steps = steps or config.train.total_steps
@@ -438,6 +450,8 @@ def main() -> None:
         "variance": args.variance,
         "steps": int(samplers.schedule.num_steps),
         "guidance": samplers.d_guidance,
+        "ar_guidance": samplers.a_guidance,
+        "ar_temperature_top_p": samplers.a_settings,
     }
     results["gate"] = gate(results["test"])
     results["passed"] = all(results["gate"].values())
