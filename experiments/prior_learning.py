@@ -95,7 +95,25 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--spread_samples", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--results", default=str(RESULTS))
-    return parser.parse_args()
+    args = parser.parse_args()
+    # Checked before anything trains: a bad sampling setting would otherwise fail after training.
+    bounds = {
+        "clip_steps": (args.clip_steps, 0, None),
+        "prior_steps": (args.prior_steps, 0, None),
+        "ar_steps": (args.ar_steps, 0, None),
+        "candidates": (args.candidates, 0, None),
+        "ar_candidates": (args.ar_candidates, 1, None),
+        "sample_steps": (args.sample_steps, 0, 1000),
+        "guidance": (args.guidance, 0, None),
+        "ar_guidance": (args.ar_guidance, 0, None),
+        "ar_top_p": (args.ar_top_p, 0, 1),
+        "spread_samples": (args.spread_samples, 2, None),
+    }
+    for name, (value, low, high) in bounds.items():
+        if value < low or (high is not None and value > high):
+            want = f"in [{low}, {high}]" if high is not None else f">= {low}"
+            parser.error(f"--{name} must be {want}, got {value}")
+    return args
 
 
 def train_clip(args, workdir: Path) -> Path:

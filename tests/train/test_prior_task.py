@@ -224,3 +224,27 @@ def test_learning_gate(tmp_path):
     figures = json.loads(results.read_text())
     failed = [name for name, ok in figures["gate"].items() if not ok]
     assert not failed, f"learning gate checks failed: {failed}"
+
+
+@pytest.mark.parametrize(
+    "flag, message",
+    [
+        (["--ar_top_p", "1.5"], r"--ar_top_p must be in \[0, 1\], got 1.5"),
+        (["--ar_candidates", "0"], "--ar_candidates must be >= 1, got 0"),
+        (["--sample_steps", "5000"], r"--sample_steps must be in \[0, 1000\], got 5000"),
+    ],
+)
+def test_learning_gate_rejects_bad_settings_before_training(tmp_path, flag, message):
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    workdir = tmp_path / "work"
+    command = [sys.executable, "-m", "experiments.prior_learning", "--workdir", str(workdir)]
+    run = subprocess.run(
+        [*command, *flag], cwd=Path(__file__).parents[2], capture_output=True, text=True
+    )
+    assert run.returncode == 2
+    assert re.search(message, run.stderr), run.stderr
+    assert not workdir.exists()
