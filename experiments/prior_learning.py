@@ -6,6 +6,7 @@ right object, as diverse as the real ones?
         [--clip_dir DIR] [--prior_steps N] [--ar_steps N] [--candidates N]
         [--ar_candidates N] [--variance fixed_small|fixed_large] [--sample_steps N]
         [--guidance SCALE] [--ar_guidance SCALE] [--ar_top_p P] [--spread_samples N]
+        [--prior_set model.width=128 --prior_set diffusion.snr_gamma=5 ...]
 
 (from the repository root, so that `configs` imports).
 
@@ -93,6 +94,13 @@ def parse() -> argparse.Namespace:
     )
     parser.add_argument("--ar_top_p", type=float, default=0.99, help="0: the config's")
     parser.add_argument("--spread_samples", type=int, default=32)
+    parser.add_argument(
+        "--prior_set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="overrides a field of the diffusion prior's config (configs/prior_demo.py)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--results", default=str(RESULTS))
     args = parser.parse_args()
@@ -113,7 +121,39 @@ def parse() -> argparse.Namespace:
         if value < low or (high is not None and value > high):
             want = f"in [{low}, {high}]" if high is not None else f">= {low}"
             parser.error(f"--{name} must be {want}, got {value}")
+    try:
+        args.prior_overrides = config_overrides(prior_demo.get_config(), args.prior_set)
+    except ValueError as error:
+        parser.error(f"--prior_set: {error}")
     return args
+
+
+def config_overrides(config, settings: list[str]) -> dict:
+    """{dotted key: value} from "KEY=VALUE" strings, each value parsed as its field's type."""
+    flat = config.to_dict()
+    out = {}
+    for setting in settings:
+        key, sep, text = setting.partition("=")
+        node = flat
+        for part in key.split("."):
+            if not sep or not isinstance(node, dict) or part not in node:
+                raise ValueError(
+                    f"expected KEY=VALUE with KEY a field of the config, got {setting!r}"
+                )
+            node = node[part]
+        kind = type(node)
+        if isinstance(node, dict):
+            raise ValueError(f"{key} is a group of fields, not a field")
+        if kind is bool:
+            if text not in ("true", "false", "True", "False"):
+                raise ValueError(f"{key} takes true or false, got {text!r}")
+            out[key] = text.lower() == "true"
+            continue
+        try:
+            out[key] = kind(text)
+        except ValueError:
+            raise ValueError(f"{key} takes a value of type {kind.__name__}, got {text!r}") from None
+    return out
 
 
 def train_clip(args, workdir: Path) -> Path:
@@ -166,6 +206,7 @@ def train_priors(args, workdir: Path, dim: int, width: int, length: int):
         config = module.get_config()
         config.model.update(text_embed_dim=dim, token_dim=width, num_tokens=length)
         if name == "diffusion":
+            config.update_from_flattened_dict(args.prior_overrides)
             config.model.embed_dim = dim
             config.eval.sample_steps = 0
             if args.sample_steps:

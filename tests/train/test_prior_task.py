@@ -232,6 +232,9 @@ def test_learning_gate(tmp_path):
         (["--ar_top_p", "1.5"], r"--ar_top_p must be in \[0, 1\], got 1.5"),
         (["--ar_candidates", "0"], "--ar_candidates must be >= 1, got 0"),
         (["--sample_steps", "5000"], r"--sample_steps must be in \[0, 1000\], got 5000"),
+        (["--prior_set", "model.widht=128"], "KEY a field of the config, got 'model.widht=128'"),
+        (["--prior_set", "model.width=wide"], "model.width takes a value of type int, got 'wide'"),
+        (["--prior_set", "model=3"], "model is a group of fields"),
     ],
 )
 def test_learning_gate_rejects_bad_settings_before_training(tmp_path, flag, message):
