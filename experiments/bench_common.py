@@ -317,6 +317,16 @@ def num_params(tree: Any) -> int:
     return int(sum(np.size(x) for x in jax.tree.leaves(tree)))
 
 
+def row_devices(batch: int) -> list[jax.Device]:
+    """The most local devices (up to all) whose count divides `batch`: the rows a benchmark
+    splits over them. On a CPU, `XLA_FLAGS="--xla_force_host_platform_device_count=2
+    --xla_cpu_multi_thread_eigen=false"` makes one single-threaded device per core, so the
+    batch runs data-parallel over the cores (XLA:CPU's own intra-op threads gain little)."""
+    devices = jax.local_devices()
+    count = max(n for n in range(1, len(devices) + 1) if batch % n == 0)
+    return devices[:count]
+
+
 def flops(fn, *args, **kwargs) -> float:
     """XLA's cost-analysis FLOPs of one call of `fn` (a loop body would be counted once), from
     the lowered program: nothing is compiled."""
@@ -345,6 +355,7 @@ def machine() -> dict[str, Any]:
         load_average=list(os.getloadavg()),
         backend=jax.default_backend(),
         devices=[str(d.device_kind) for d in jax.local_devices()[:1]],
+        device_count=jax.local_device_count(),
         jax=jax.__version__,
         jaxlib=jaxlib.__version__,
         flax=flax.__version__,

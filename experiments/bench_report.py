@@ -28,14 +28,16 @@ def sampling_table(runs: list[dict]) -> str:
     lines = [f"Measured {_machine(data['machine'])}." for data in runs]
     lines += [
         "",
-        "| size | batch | ours img/s | diffusers img/s (torch threads) | ratio | GFLOP/img "
-        "(prior/decoder/SR) | ours GFLOP/s | diffusers GFLOP/s | load avg (before/after) |",
+        "| size | batch | ours img/s (devices) | diffusers img/s (torch threads) | ratio | "
+        "GFLOP/img (prior/decoder/SR) | ours GFLOP/s | diffusers GFLOP/s | "
+        "load avg (before/after) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in [row for data in runs for row in data["rows"]]:
         f = r["flops_per_image"]
         lines.append(
-            f"| {r['size']} | {r['batch']} | {r['ours_images_per_s']:.3f} | "
+            f"| {r['size']} | {r['batch']} | "
+            f"{r['ours_images_per_s']:.3f} ({r.get('devices', 1)}) | "
             f"{r['diffusers_images_per_s']:.3f} ({r.get('torch_threads', '?')}) | "
             f"**{r['ratio']:.2f}×** | {f['total'] / 1e9:.2f} ({f['prior'] / 1e9:.2f}/"
             f"{f['decoder'] / 1e9:.2f}/{f['super_res'] / 1e9:.2f}) | "
@@ -49,14 +51,15 @@ def train_table(data: dict) -> str:
     lines = [
         f"Measured {_machine(data['machine'])}.",
         "",
-        "| size | batch | params | ours samples/s | PyTorch samples/s (threads) | ratio | "
-        "GFLOP/step | ours util. | PyTorch util. | load avg |",
+        "| size | batch | params | ours samples/s (devices) | PyTorch samples/s (threads) | "
+        "ratio | GFLOP/step | ours util. | PyTorch util. | load avg |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in data["rows"]:
         lines.append(
             f"| {r['size']} | {r['batch']} | {r['params'] / 1e6:.1f}M | "
-            f"{r['ours_samples_per_s']:.2f} | {r['torch_samples_per_s']:.2f} "
+            f"{r['ours_samples_per_s']:.2f} ({r.get('devices', 1)}) | "
+            f"{r['torch_samples_per_s']:.2f} "
             f"({r['torch_threads']}) | **{r['ratio']:.2f}×** | {r['flops_per_step'] / 1e9:.1f} | "
             f"{100 * r['ours_utilisation']:.1f}% | {100 * r['torch_utilisation']:.1f}% | "
             f"{r['load_average'][0]:.1f} / {r['load_average'][1]:.1f} |"

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from experiments import bench_common as common
 from unclip_jax.convert.diffusers_prior import convert_prior_state_dict, prior_from_diffusers_config
@@ -46,7 +47,8 @@ def text_inputs(size: common.CascadeSize, batch: int, seed: int = 0) -> dict[str
 
 
 class OurCascade:
-    """The three stage samplers of unclip_jax, each one compiled program per batch shape."""
+    """The three stage samplers of unclip_jax, each one compiled program per batch shape; the
+    caption rows are split over `bench_common.row_devices` (parameters replicated)."""
 
     def __init__(self, pipe, size: common.CascadeSize, dtype=jnp.float32):
         self.size = size
@@ -70,13 +72,28 @@ class OurCascade:
         self.super_res = UpsamplerSampler(
             self.super_res_model, UpsamplerSettings(sampler="ddpm", max_steps=MAX_STEPS)
         )
+        self._placement: dict = {}
+
+    def _placed(self, text: dict) -> tuple[dict, tuple]:
+        """(text rows sharded, (prior, decoder, super-res) parameters replicated) over the
+        devices that split this batch."""
+        mesh = Mesh(np.asarray(common.row_devices(text["embed"].shape[0])), ("data",))
+        if self._placement.get("mesh") != mesh:
+            replicated = NamedSharding(mesh, PartitionSpec())
+            params = (self.prior_params, self.decoder_params, self.super_res_params)
+            self._placement = dict(mesh=mesh, params=jax.device_put(params, replicated))
+        rows = NamedSharding(mesh, PartitionSpec("data"))
+        placed = {k: jax.device_put(v, rows) for k, v in text.items() if not k.startswith("null")}
+        placed |= {k: v for k, v in text.items() if k.startswith("null")}
+        return placed, self._placement["params"]
 
     def __call__(self, text: dict, key, steps=common.STEPS, guidance=common.GUIDANCE) -> np.ndarray:
         prior_key, decoder_key, super_res_key = jax.random.split(key, 3)
+        text, (prior_params, decoder_params, super_res_params) = self._placed(text)
         schedule = make_schedule("cosine", 1000, steps["prior"], max_steps=MAX_STEPS)
         null = (text["null_embed"], text["null_states"], text["null_mask"])
         image_embed, _ = self.prior(
-            self.prior_params,
+            prior_params,
             prior_key,
             text["embed"],
             text["states"],
@@ -90,7 +107,7 @@ class OurCascade:
             caption_states=text["states"], caption_embed=text["embed"], caption_mask=text["mask"]
         )
         small = self.decoder(
-            self.decoder_params,
+            decoder_params,
             image_embed,
             decoder_key,
             image_size=self.size.decoder_size,
@@ -99,7 +116,7 @@ class OurCascade:
             guidance_scale=guidance["decoder"],
         )
         images = self.super_res(
-            self.super_res_params,
+            super_res_params,
             jnp.clip(small, -1.0, 1.0),
             super_res_key,
             size=self.size.super_res_size,
@@ -238,12 +255,13 @@ def bench_size(name: str, batches: list[int], reps: int, dtype) -> list[dict]:
             diffusers_flops_per_s=per_image["total"] * theirs_ips,
             params=params,
             torch_threads=threads,
+            devices=len(common.row_devices(batch)),
             load_average=[load_before, common.load_average()],
         )
         rows.append(row)
         print(
             f"{name:6s} batch {batch:3d}  ours {ours_ips:8.3f} img/s  diffusers {theirs_ips:8.3f} "
-            f"img/s ({threads} thr)  ratio {row['ratio']:5.2f}  "
+            f"img/s ({threads} thr)  {row['devices']} dev  ratio {row['ratio']:5.2f}  "
             f"{per_image['total'] / 1e9:8.2f} GFLOP/img  "
             f"ours {row['ours_flops_per_s'] / 1e9:6.1f} GFLOP/s  diffusers "
             f"{row['diffusers_flops_per_s'] / 1e9:6.1f} GFLOP/s  load {row['load_average']}",

@@ -76,7 +76,9 @@ class OurStep:
             size.decoder_size,
             clip=PrecomputedCaptions(),
         )
-        mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
+        devices = common.row_devices(len(batch["image"]))
+        mesh = sharding.make_mesh({"data": len(devices)}, devices)
+        self.devices = len(devices)
         rules = sharding.normalize_rules(sharding.DEFAULT_RULES)
         example = {k: jax.ShapeDtypeStruct((1, *v.shape[1:]), v.dtype) for k, v in batch.items()}
         opt_config = optimizer_lib.OptimizerConfig(
@@ -183,13 +185,15 @@ def bench_size(name: str, batch_size: int, steps: int, dtype: str, peak: float) 
         ours_utilisation=ours.step_flops * ours_sps / batch_size / peak,
         torch_utilisation=ours.step_flops * torch_sps / batch_size / peak,
         torch_threads=threads,
+        devices=ours.devices,
         first_step_s=first_s,
         times_s=times,
         load_average=[load_before, common.load_average()],
     )
     print(
         f"{name:6s} batch {batch_size:3d} {dtype}  ours {ours_sps:7.2f} samples/s  torch "
-        f"{torch_sps:7.2f} samples/s ({threads} thr)  ratio {row['ratio']:4.2f}  "
+        f"{torch_sps:7.2f} samples/s ({threads} thr)  {ours.devices} dev  "
+        f"ratio {row['ratio']:4.2f}  "
         f"{ours.step_flops / 1e9:7.1f} GFLOP/step  util ours {100 * row['ours_utilisation']:4.1f}% "
         f"torch {100 * row['torch_utilisation']:4.1f}%  load {row['load_average']}",
         flush=True,
