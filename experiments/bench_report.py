@@ -20,7 +20,8 @@ def _machine(info: dict) -> str:
     return (
         f"{info['date']}, {info['cpu']} × {info['cores']} cores, backend {info['backend']}, "
         f"jax {info['jax']}, flax {info['flax']}, torch {info['torch']}, diffusers "
-        f"{info['diffusers']}, XLA_FLAGS '{info['xla_flags']}'"
+        f"{info['diffusers']}, XLA_FLAGS '{info['xla_flags']}', "
+        f"{info.get('device_count', 1)} device(s)"
     )
 
 

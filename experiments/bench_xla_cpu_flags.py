@@ -1,10 +1,11 @@
 """XLA:CPU's own levers on the decoder U-Net call that dominates sampling: one guided call
-(2 × batch rows) of the `small` decoder, timed in a fresh process per XLA_FLAGS setting, next to
-diffusers' decoder (PyTorch, oneDNN convolutions) on the same weights in this process.
+(2 × batch rows) of the `small` decoder, timed in a fresh process per XLA_FLAGS setting (and with
+the host split into one device per core, the rows data-parallel over them), next to diffusers'
+decoder (PyTorch, oneDNN convolutions) on the same weights in this process.
 
     .venv/bin/python -m experiments.bench_xla_cpu_flags --size small --batch 4
 
-Writes `experiments/results/xla_cpu_flags_<size>.json`.
+Writes `experiments/results/xla_cpu_flags_<tag or size>.json`.
 """
 
 import argparse
@@ -31,6 +32,12 @@ FLAG_SETS: dict[str, str] = {
     "no_thunk_runtime": "--xla_cpu_use_thunk_runtime=false",
     "single_thread_eigen": "--xla_cpu_multi_thread_eigen=false",
 }
+# Settings that also split the host into one device per core (`JAX_NUM_CPU_DEVICES`): the call's
+# rows run data-parallel over the devices.
+PER_CORE_DEVICES: dict[str, str] = {
+    "per_core_devices": "",
+    "per_core_devices_single_thread_eigen": "--xla_cpu_multi_thread_eigen=false",
+}
 
 
 def _median_call(fn, repeats: int) -> float:
@@ -46,13 +53,16 @@ def _median_call(fn, repeats: int) -> float:
 def child(size_name: str, batch: int, repeats: int) -> None:
     """Prints the JSON {"seconds": ...} of one guided decoder call under this process's flags."""
     import jax
-    import jax.numpy as jnp
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
     size = common.SIZES[size_name]
     unet, text_proj = common.diffusers_decoder(size)
     model = common.our_decoder(size)
     params = common.decoder_params(size, model, unet, text_proj)
-    inputs = {k: jnp.asarray(v) for k, v in common.decoder_inputs(size, 2 * batch).items()}
+    mesh = Mesh(np.asarray(common.row_devices(2 * batch)), ("data",))
+    params = jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
+    rows = NamedSharding(mesh, PartitionSpec("data"))
+    inputs = {k: jax.device_put(v, rows) for k, v in common.decoder_inputs(size, 2 * batch).items()}
 
     @jax.jit
     def call(params, inputs):
@@ -104,7 +114,8 @@ def main() -> None:
     parser.add_argument("--size", default="small")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--sets", default=",".join(FLAG_SETS))
+    parser.add_argument("--sets", default=",".join([*FLAG_SETS, *PER_CORE_DEVICES]))
+    parser.add_argument("--tag", default=None, help="results file suffix (default: the size)")
     parser.add_argument("--child", action="store_true")
     args = parser.parse_args()
     if args.child:
@@ -114,7 +125,10 @@ def main() -> None:
     load_before = common.load_average()
     seconds = {}
     for name in args.sets.split(","):
-        env = {**os.environ, "XLA_FLAGS": FLAG_SETS[name], "JAX_PLATFORMS": "cpu"}
+        env = {**os.environ, "XLA_FLAGS": {**FLAG_SETS, **PER_CORE_DEVICES}[name]}
+        env |= {"JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": "1"}
+        if name in PER_CORE_DEVICES:
+            env["JAX_NUM_CPU_DEVICES"] = str(os.cpu_count() or 1)
         command = [sys.executable, "-m", "experiments.bench_xla_cpu_flags", "--child"]
         command += [f"--size={args.size}", f"--batch={args.batch}", f"--repeats={args.repeats}"]
         run = subprocess.run(command, env=env, capture_output=True, text=True)
@@ -128,12 +142,13 @@ def main() -> None:
     for name, value in theirs.items():
         print(f"{name:20s} {1e3 * value:8.1f} ms per guided call", flush=True)
     path = common.write_results(
-        f"xla_cpu_flags_{args.size}",
+        f"xla_cpu_flags_{args.tag or args.size}",
         dict(
             machine=info,
             size=args.size,
             batch=args.batch,
             flag_sets=FLAG_SETS,
+            per_core_devices=PER_CORE_DEVICES,
             seconds={**seconds, **theirs},
             load_average=[load_before, common.load_average()],
         ),
