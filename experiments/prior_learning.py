@@ -23,7 +23,9 @@ narrows the first's spread to 0.46×). `--prior_steps 0 --candidates 0 --varianc
 --prior_set model.width=64 --prior_set model.depth=2` runs the config's setting. The AR prior
 draws one sample with nucleus 0.99: with the full distribution a caption's spread can overshoot
 (2.3–2.7× the true one's), best of 2 or nucleus 0.95 undershoot (0.49×); nucleus 0.99 met the
-gate with both CLIPs.
+gate with both CLIPs. Each caption's spread is estimated from 128 samples: over 32, one far draw
+of the AR prior moved a caption from 1.18× to 2.4× the true spread (results/prior_sweep.json,
+`spread_estimate`).
 
 1. CLIP: `--clip_dir` (a `load_clip` directory with `tokenizer/`), else one trained by the CLIP
    stage (`configs/clip_shapes.py`) on the 32 px set.
@@ -97,7 +99,9 @@ def parse() -> argparse.Namespace:
         "--ar_guidance", type=float, default=0.0, help="the AR prior's; 0: the config's"
     )
     parser.add_argument("--ar_top_p", type=float, default=0.99, help="0: the config's")
-    parser.add_argument("--spread_samples", type=int, default=32)
+    parser.add_argument(
+        "--spread_samples", type=int, default=128, help="samples per caption for the spread"
+    )
     parser.add_argument(
         "--prior_set",
         action="append",
