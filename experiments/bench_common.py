@@ -319,8 +319,7 @@ def num_params(tree: Any) -> int:
 
 def row_devices(batch: int) -> list[jax.Device]:
     """The most local devices (up to all) whose count divides `batch`: the rows a benchmark
-    splits over them. On a CPU, `XLA_FLAGS="--xla_force_host_platform_device_count=2
-    --xla_cpu_multi_thread_eigen=false"` makes one single-threaded device per core, so the
+    splits over them. On a CPU, `JAX_NUM_CPU_DEVICES=<cores>` makes one device per core, so the
     batch runs data-parallel over the cores (XLA:CPU's own intra-op threads gain little)."""
     devices = jax.local_devices()
     count = max(n for n in range(1, len(devices) + 1) if batch % n == 0)

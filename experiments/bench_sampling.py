@@ -9,6 +9,7 @@ both (no text encoder runs). Prints images/s, the ratio, FLOPs per image from XL
 and writes `experiments/results/sampling_<tag>.json`.
 
     .venv/bin/python -m experiments.bench_sampling --sizes tiny,small --batches 1,4,16 --reps 3
+    JAX_NUM_CPU_DEVICES=2 .venv/bin/python -m experiments.bench_sampling --tag cpu_2dev
     XLA_FLAGS=... .venv/bin/python -m experiments.bench_sampling --tag xla_flags_x
 """
 

@@ -9,6 +9,10 @@ device's peak (`--peak-gflops`; on this CPU the nominal AVX-512 FMA peak of its 
 `experiments/results/train_<tag>.json`.
 
     .venv/bin/python -m experiments.bench_train --sizes tiny,small --batch 8 --steps 5
+    JAX_NUM_CPU_DEVICES=2 .venv/bin/python -m experiments.bench_train --tag cpu_2dev
+
+Our step runs data-parallel over the local devices that divide the batch (one per core with
+`JAX_NUM_CPU_DEVICES`).
 """
 
 import argparse
