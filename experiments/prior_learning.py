@@ -19,8 +19,9 @@ one's); training length widens it but leaves accuracy flat, and capacity is what
 on the CLIP: with the sweep's CLIP and two CLIPs trained on 2026-12-05 these defaults meet the
 whole gate (NN 93%, 92%, 95%); with a second CLIP from the same config they reach 88.7%
 nearest-neighbour accuracy, and guidance buys accuracy with spread (guidance 1.3 meets the
-second CLIP's gate, 90.8% and ≥ 0.51×, and narrows the first's spread to 0.46×). `--prior_steps 0 --candidates 0 --variance fixed_small
---prior_set model.width=64 --prior_set model.depth=2` runs the config's setting. The AR prior
+second CLIP's gate, 90.8% and ≥ 0.51×, and narrows the first's spread to 0.46×).
+`--prior_steps 0 --candidates 0 --variance fixed_small --prior_set model.width=64
+--prior_set model.depth=2` runs the config's setting. The AR prior
 draws one sample with nucleus 0.99: with the full distribution a caption's spread can overshoot
 (2.3–2.7× the true one's), best of 2 or nucleus 0.95 undershoot (0.49×); nucleus 0.99 met the
 gate with all four CLIPs. Each caption's spread is estimated from 128 samples: over 32, one far draw
