@@ -21,11 +21,11 @@ whole gate (NN 93%, 92%, 95%); with a second CLIP from the same config they reac
 nearest-neighbour accuracy, and guidance buys accuracy with spread (guidance 1.3 meets the
 second CLIP's gate, 90.8% and ≥ 0.51×, and narrows the first's spread to 0.46×).
 `--prior_steps 0 --candidates 0 --variance fixed_small --prior_set model.width=64
---prior_set model.depth=2` runs the config's setting. The AR prior
-draws one sample with nucleus 0.99: with the full distribution a caption's spread can overshoot
-(2.3–2.7× the true one's), best of 2 or nucleus 0.95 undershoot (0.49×); nucleus 0.99 met the
-gate with all four CLIPs. Each caption's spread is estimated from 128 samples: over 32, one far draw
-of the AR prior moved a caption from 1.18× to 2.4× the true spread (results/prior_sweep.json,
+--prior_set model.depth=2` runs the config's setting. The AR prior draws one sample with
+nucleus 0.99: with the full distribution a caption's spread can overshoot (2.3–2.7× the true
+one's), best of 2 or nucleus 0.95 undershoot (0.49×); nucleus 0.99 met the gate with all four
+CLIPs. Each caption's spread is estimated from 128 samples: over 32, one far draw of the AR prior
+moved a caption of the third CLIP from 1.18× to 2.4× the true spread (results/prior_sweep.json,
 `spread_estimate`).
 
 1. CLIP: `--clip_dir` (a `load_clip` directory with `tokenizer/`), else one trained by the CLIP
