@@ -219,11 +219,17 @@ def main() -> None:
     )
     parser.add_argument("--tag", default=None)
     args = parser.parse_args()
+    sizes = args.sizes.split(",")
+    unknown = [s for s in sizes if s not in common.SIZES]
+    if unknown:
+        parser.error(f"--sizes: unknown {unknown}; expected some of {sorted(common.SIZES)}")
+    if args.batch < 1 or args.steps < 1:
+        parser.error(f"--batch and --steps must be >= 1, got {args.batch} and {args.steps}")
     info = common.machine()
     print(info, flush=True)
     rows = [
         bench_size(name, args.batch, args.steps, args.dtype, args.peak_gflops * 1e9)
-        for name in args.sizes.split(",")
+        for name in sizes
     ]
     tag = args.tag or jax.default_backend()
     path = common.write_results(f"train_{tag}", dict(machine=info, rows=rows))

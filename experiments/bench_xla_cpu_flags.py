@@ -118,6 +118,10 @@ def main() -> None:
     parser.add_argument("--tag", default=None, help="results file suffix (default: the size)")
     parser.add_argument("--child", action="store_true")
     args = parser.parse_args()
+    settings = {**FLAG_SETS, **PER_CORE_DEVICES}
+    unknown = [name for name in args.sets.split(",") if name not in settings]
+    if unknown:
+        parser.error(f"--sets: unknown {unknown}; expected some of {sorted(settings)}")
     if args.child:
         child(args.size, args.batch, args.repeats)
         return
@@ -125,7 +129,7 @@ def main() -> None:
     load_before = common.load_average()
     seconds = {}
     for name in args.sets.split(","):
-        env = {**os.environ, "XLA_FLAGS": {**FLAG_SETS, **PER_CORE_DEVICES}[name]}
+        env = {**os.environ, "XLA_FLAGS": settings[name]}
         env |= {"JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": "1"}
         if name in PER_CORE_DEVICES:
             env["JAX_NUM_CPU_DEVICES"] = str(os.cpu_count() or 1)
