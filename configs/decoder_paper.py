@@ -25,11 +25,11 @@ need per-block remat and two micro-batches; this compiles to 52 of 88.5 GiB per 
     --config.mesh.data=8 --config.mesh.fsdp=8 --config.model.unet.remat=full \
         --config.train.grad_accum_steps=2
 
-`arg="runlocal"`: a 16 px U-Net with a 2-layer caption transformer on the `large_64px` shapes,
+`arg="smoke"`: a 16 px U-Net with a 2-layer caption transformer on the `large_64px` shapes,
 batch 8, 10 steps, for a CPU; `clip_dir` names a small CLIP (the CLIP task's `<workdir>/clip`,
 e.g. from `configs/clip_shapes.py`):
 
-    unclip train --config=configs/decoder_paper.py:runlocal --workdir=/tmp/decoder_paper \
+    unclip train --config=configs/decoder_paper.py:smoke --workdir=/tmp/decoder_paper \
         --config.clip_dir=workdirs/clip_shapes/clip
 """
 
@@ -38,14 +38,9 @@ import ml_collections
 from configs import decoder_demo
 
 
-def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    config = decoder_demo.get_config()
-    config.image_size = 64
-    config.image_embed_dim = 1024  # ViT-H/16
-    # Evaluation reads 0.1% of the folder's images, held out by a hash of their path.
-    config.data.update(source="folder_captions:", image_size=256, validation_fraction=0.001)
-    config.data.eval_split = "validation"
-    config.model = ml_collections.ConfigDict(
+def _model() -> ml_collections.ConfigDict:
+    """GLIDE's 64×64 U-Net and caption transformer, conditioned on the CLIP image embedding."""
+    return ml_collections.ConfigDict(
         dict(
             # Fields of unclip_jax.models.unet.UNetConfig.
             unet=dict(
@@ -72,6 +67,42 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             param_dtype="float32",
         )
     )
+
+
+def _smoke(config: ml_collections.ConfigDict) -> None:
+    """`smoke`: a 16 px U-Net, a 2-layer caption transformer, 10 steps of batch 8."""
+    config.image_size = 16
+    config.image_embed_dim = 32
+    config.data.update(source="shapes_captions/large_64px", image_size=64, eval_split="test")
+    config.model.unet.update(
+        base_channels=32,
+        channel_mults=(1, 2),
+        num_res_blocks=1,
+        attention_levels=(1,),
+        head_dim=16,
+        groups=8,
+    )
+    config.model.update(context_dim=32, dtype="float32")
+    config.model.caption_transformer.update(
+        vocab_size=256, max_length=16, width=32, layers=2, heads=2
+    )
+    config.diffusion.sample_steps = 4
+    config.eval.update(batch_size=8, num_batches=1)
+    config.train.update(total_steps=10, batch_size=8, log_every=1, eval_every=5)
+    config.train.update(sample_every=10, num_samples=4)
+    config.optimizer.warmup_steps = 2
+    config.ema.decay = 0.99
+    config.checkpoint.update(every_steps=10, max_to_keep=1, async_save=False)
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    config = decoder_demo.get_config()
+    config.image_size = 64
+    config.image_embed_dim = 1024  # ViT-H/16
+    # Evaluation reads 0.1% of the folder's images, held out by a hash of their path.
+    config.data.update(source="folder_captions:", image_size=256, validation_fraction=0.001)
+    config.data.eval_split = "validation"
+    config.model = _model()
     config.diffusion = ml_collections.ConfigDict(
         dict(
             schedule="cosine",
@@ -97,29 +128,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.ema.decay = 0.9999
     config.checkpoint.update(every_steps=5000, max_to_keep=3)
 
-    if arg == "runlocal":
-        config.image_size = 16
-        config.image_embed_dim = 32
-        config.data.update(source="shapes_captions/large_64px", image_size=64, eval_split="test")
-        config.model.unet.update(
-            base_channels=32,
-            channel_mults=(1, 2),
-            num_res_blocks=1,
-            attention_levels=(1,),
-            head_dim=16,
-            groups=8,
-        )
-        config.model.update(context_dim=32, dtype="float32")
-        config.model.caption_transformer.update(
-            vocab_size=256, max_length=16, width=32, layers=2, heads=2
-        )
-        config.diffusion.sample_steps = 4
-        config.eval.update(batch_size=8, num_batches=1)
-        config.train.update(total_steps=10, batch_size=8, log_every=1, eval_every=5)
-        config.train.update(sample_every=10, num_samples=4)
-        config.optimizer.warmup_steps = 2
-        config.ema.decay = 0.99
-        config.checkpoint.update(every_steps=10, max_to_keep=1, async_save=False)
+    if arg == "smoke":
+        _smoke(config)
     elif arg:
-        raise ValueError(f"decoder_paper config arg must be '' or 'runlocal', got {arg!r}")
+        raise ValueError(f"decoder_paper config arg must be '' or 'smoke', got {arg!r}")
     return config

@@ -18,14 +18,8 @@ SHAPES = ("circle", "square", "triangle", "star")
 COLOURS = ("red", "orange", "yellow", "green", "blue", "purple")
 
 
-def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    if arg not in (None, "", "smoke"):
-        raise ValueError(f"demo config arg must be '' or 'smoke', got {arg!r}")
-    stage_arg = "smoke" if arg == "smoke" else None
-    config = ml_collections.ConfigDict()
-    config.data_source = SOURCE
-    config.data_dir = ""  # TFDS data directory ("" = TFDS's default)
-
+def _stage_configs(config: ml_collections.ConfigDict, stage_arg: str | None) -> None:
+    """The five trained stages, each its own stage config, all reading the demo's data."""
     config.clip = clip_shapes.get_config(stage_arg)
     config.clip.data.source = SOURCE
     config.score_clip = clip_shapes.get_config(stage_arg)
@@ -41,18 +35,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.decoder = decoder_demo.get_config(stage_arg)
     config.upsampler = upsampler_demo.get_config(stage_arg)
 
-    # Not one stage: `unclip_jax.demo` runs the trainers of the sections above. `train` sums
-    # their budgets for a reader (steps over all stages, the largest batch); nothing reads it.
-    config.trainer = ""
-    stages = [config[name] for name in ("clip", "score_clip", "prior", "decoder", "upsampler")]
-    config.train = ml_collections.ConfigDict(
-        dict(
-            total_steps=sum(stage.train.total_steps for stage in stages),
-            batch_size=max(stage.train.batch_size for stage in stages),
-        )
-    )
 
-    config.sampling = ml_collections.ConfigDict(
+def _sampling() -> ml_collections.ConfigDict:
+    """Settings of the samples behind every figure."""
+    return ml_collections.ConfigDict(
         dict(
             seed=20_221,  # fresh seeds, apart from every training seed
             prior_steps=64,
@@ -64,7 +50,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             rerank_candidates=1,
         )
     )
-    config.eval = ml_collections.ConfigDict(
+
+
+def _eval() -> ml_collections.ConfigDict:
+    """Sample counts of the figures (`unclip_jax.demo.evaluate`)."""
+    return ml_collections.ConfigDict(
         dict(
             num_single=256,  # single-object samples for the oracle gates
             num_binding=64,  # two-object samples (reported, not gated)
@@ -77,6 +67,47 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             num_data_reference=2000,  # test images whose layouts set the diversity reference
         )
     )
+
+
+def _shrink_figures(config: ml_collections.ConfigDict) -> None:
+    """`smoke`: a few samples of a few steps per figure."""
+    config.eval.update(
+        num_single=8,
+        num_binding=4,
+        num_variation_sources=2,
+        variations_per_source=2,
+        num_interpolations=2,
+        interpolation_frames=2,
+        num_text_diffs=2,
+        num_data_reference=32,
+    )
+    config.sampling.update(prior_steps=2, decoder_steps=2, upsampler_steps=2)
+    config.grid_prompts = config.grid_prompts[:2]
+    config.grid_images_per_prompt = 2
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    if arg not in (None, "", "smoke"):
+        raise ValueError(f"demo config arg must be '' or 'smoke', got {arg!r}")
+    stage_arg = "smoke" if arg == "smoke" else None
+    config = ml_collections.ConfigDict()
+    config.data_source = SOURCE
+    config.data_dir = ""  # TFDS data directory ("" = TFDS's default)
+    _stage_configs(config, stage_arg)
+
+    # Not one stage: `unclip_jax.demo` runs the trainers of the sections above. `train` sums
+    # their budgets for a reader (steps over all stages, the largest batch); nothing reads it.
+    config.trainer = ""
+    stages = [config[name] for name in ("clip", "score_clip", "prior", "decoder", "upsampler")]
+    config.train = ml_collections.ConfigDict(
+        dict(
+            total_steps=sum(stage.train.total_steps for stage in stages),
+            batch_size=max(stage.train.batch_size for stage in stages),
+        )
+    )
+
+    config.sampling = _sampling()
+    config.eval = _eval()
     # The grid of demo/samples.png: one row per prompt.
     config.grid_prompts = [
         "a red circle",
@@ -90,17 +121,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     ]
     config.grid_images_per_prompt = 6
     if arg == "smoke":
-        config.eval.update(
-            num_single=8,
-            num_binding=4,
-            num_variation_sources=2,
-            variations_per_source=2,
-            num_interpolations=2,
-            interpolation_frames=2,
-            num_text_diffs=2,
-            num_data_reference=32,
-        )
-        config.sampling.update(prior_steps=2, decoder_steps=2, upsampler_steps=2)
-        config.grid_prompts = config.grid_prompts[:2]
-        config.grid_images_per_prompt = 2
+        _shrink_figures(config)
     return config

@@ -14,10 +14,10 @@ the training image-caption set; the trainer stops at start with a named error wh
     unclip train --config=configs/prior_paper.py --workdir=workdirs/prior_paper \
         --config.data.train_dir=embeddings/train --config.data.eval_dir=embeddings/eval
 
-`arg="runlocal"`: the demo's shapes (64-d embeddings, 16 caption positions, as `unclip embed`
+`arg="smoke"`: the demo's shapes (64-d embeddings, 16 caption positions, as `unclip embed`
 writes with the demo CLIP), a 2-layer 64-wide prior, batch 8, 10 steps, for a CPU:
 
-    unclip train --config=configs/prior_paper.py:runlocal --workdir=/tmp/prior_paper \
+    unclip train --config=configs/prior_paper.py:smoke --workdir=/tmp/prior_paper \
         --config.data.train_dir=embeddings/train
 """
 
@@ -66,7 +66,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.ema.decay = 0.9999
     config.checkpoint.update(every_steps=5000, max_to_keep=3)
 
-    if arg == "runlocal":
+    if arg == "smoke":
         config.model.update(
             embed_dim=64,
             text_embed_dim=64,
@@ -83,5 +83,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.ema.decay = 0.99
         config.checkpoint.update(every_steps=10, max_to_keep=1, async_save=False)
     elif arg:
-        raise ValueError(f"prior_paper config arg must be '' or 'runlocal', got {arg!r}")
+        raise ValueError(f"prior_paper config arg must be '' or 'smoke', got {arg!r}")
     return config

@@ -13,10 +13,10 @@ source opener stops at start with a named error while the folder is unset.
     unclip train --config=configs/upsampler1024_paper.py --workdir=workdirs/upsampler1024_paper \
         --config.data.source=folder_captions:/data/pairs
 
-`arg="runlocal"`: the 64→256 stage's CPU shrink (8→32 px on the shapes, 10 steps of 8) with this
+`arg="smoke"`: the 64→256 stage's CPU shrink (8→32 px on the shapes, 10 steps of 8) with this
 stage's BSR corruption and linear schedule:
 
-    unclip train --config=configs/upsampler1024_paper.py:runlocal --workdir=/tmp/upsampler1024
+    unclip train --config=configs/upsampler1024_paper.py:smoke --workdir=/tmp/upsampler1024
 """
 
 import ml_collections
@@ -36,8 +36,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Table 3, 256→1024 column (the rest as the 64→256 stage).
     config.train.batch_size = 512
     config.optimizer.peak_lr = 1.0e-4
-    if arg == "runlocal":
+    if arg == "smoke":
         upsampler256_paper.shrink_for_cpu(config)
     elif arg:
-        raise ValueError(f"upsampler1024_paper config arg must be '' or 'runlocal', got {arg!r}")
+        raise ValueError(f"upsampler1024_paper config arg must be '' or 'smoke', got {arg!r}")
     return config

@@ -15,10 +15,10 @@ A folder source holds one split, so evaluation reads training images.
     unclip train --config=configs/upsampler256_paper.py --workdir=workdirs/upsampler256_paper \
         --config.data.source=folder_captions:/data/pairs
 
-`arg="runlocal"`: 8→32 px with a 2-level U-Net on the `large_64px` shapes, batch 8, 10 steps,
+`arg="smoke"`: 8→32 px with a 2-level U-Net on the `large_64px` shapes, batch 8, 10 steps,
 for a CPU:
 
-    unclip train --config=configs/upsampler256_paper.py:runlocal --workdir=/tmp/upsampler256
+    unclip train --config=configs/upsampler256_paper.py:smoke --workdir=/tmp/upsampler256
 """
 
 import ml_collections
@@ -90,8 +90,8 @@ def shrink_for_cpu(config: ml_collections.ConfigDict) -> None:
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = stage_config()
-    if arg == "runlocal":
+    if arg == "smoke":
         shrink_for_cpu(config)
     elif arg:
-        raise ValueError(f"upsampler256_paper config arg must be '' or 'runlocal', got {arg!r}")
+        raise ValueError(f"upsampler256_paper config arg must be '' or 'smoke', got {arg!r}")
     return config

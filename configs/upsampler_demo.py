@@ -59,7 +59,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             sample_steps=15,  # the paper: 27 (64→256) and 15 (256→1024)
             # v rather than eps: an eps upsampler trained this briefly leaves a speckle on flat
             # areas (edge energy +49% over the ground truth, MSE worse than bicubic); v gives
-            # +7% and 0.41x bicubic's MSE (experiments/results/decoder_learning_upsampler.json).
+            # +7% and 0.41x bicubic's MSE
+            # (experiments/results/decoder_learning/decoder_learning_upsampler.json).
             prediction="v",
         )
     )

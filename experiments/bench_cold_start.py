@@ -4,7 +4,7 @@ Each run is a fresh process generating one image on a tiny random pipeline direc
 (`tests/tiny_pipeline.py`). Runs: without the cache (twice), then with an empty cache directory
 (the first cold start fills it) and again with the filled one (the second cold start). Prints the
 wall times and the second cold start's speed-up over a start without the cache, and writes
-`experiments/results/cold_start_<tag>.json`.
+`experiments/results/bench_cold_start/cold_start_<tag>.json`.
 
     .venv/bin/python -m experiments.bench_cold_start
 """
@@ -68,7 +68,9 @@ def main() -> None:
         f"{medians['first_with_cache']:.1f} s, second with cache {medians['second']:.1f} s "
         f"({100 * row['second_over_no_cache']:.0f}% of no cache)  load {row['load_average']}"
     )
-    path = common.write_results(f"cold_start_{args.tag}", dict(machine=info, **row))
+    path = common.write_results(
+        "bench_cold_start", f"cold_start_{args.tag}", dict(machine=info, **row)
+    )
     print(f"wrote {path}")
 
 

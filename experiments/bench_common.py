@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-RESULTS = pathlib.Path(__file__).parent / "results"
+RESULTS = pathlib.Path(__file__).parent / "results"  # one folder per script
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
@@ -390,8 +390,14 @@ def load_average() -> float:
     return round(os.getloadavg()[0], 2)
 
 
-def write_results(name: str, payload: dict[str, Any]) -> pathlib.Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
+def results_dir(script: str) -> pathlib.Path:
+    """The results folder of the script `experiments/<script>.py`."""
+    return RESULTS / script
+
+
+def write_results(script: str, name: str, payload: dict[str, Any]) -> pathlib.Path:
+    """Writes `payload` as `experiments/results/<script>/<name>.json`."""
+    path = results_dir(script) / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=1, default=str) + "\n")
     return path

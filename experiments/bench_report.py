@@ -1,19 +1,32 @@
-"""Markdown tables of the benchmark results in `experiments/results/` (for BENCHMARKS.md).
+"""Markdown tables of the benchmark results in `experiments/results/<script>/` (for
+BENCHMARKS.md); the defaults are the current CPU figures (BENCHMARKS.md, "One device per core").
 
-.venv/bin/python -m experiments.bench_report [--sampling sampling_cpu] [--train train_cpu]
+.venv/bin/python -m experiments.bench_report [--sampling sampling_cpu_2dev,sampling_cpu_2dev_small]
+    [--train train_cpu_2dev]
 """
 
 import argparse
 import json
 
-from experiments.bench_common import RESULTS
+from experiments.bench_common import results_dir
 
 GIB = 2**30
+# Result names (files under `results/<script>/`, without `.json`) the report reads by default.
+SAMPLING = "sampling_cpu_2dev,sampling_cpu_2dev_small"  # bench_sampling
+TRAIN = "train_cpu_2dev"  # bench_train
+NOTES = (  # printed as JSON: (script, name)
+    ("bench_cold_start", "cold_start_cpu_quiet"),
+    ("bench_xla_cpu_flags", "xla_cpu_flags_small"),
+    ("bench_xla_cpu_flags", "xla_cpu_flags_small_per_core"),
+)
 
 
-def _load(name: str) -> dict | None:
-    path = RESULTS / f"{name}.json"
-    return json.loads(path.read_text()) if path.exists() else None
+def _load(script: str, name: str) -> dict:
+    path = results_dir(script) / f"{name}.json"
+    if not path.exists():
+        have = sorted(p.stem for p in results_dir(script).glob("*.json"))
+        raise SystemExit(f"no result {name!r} in {results_dir(script)}; expected one of {have}")
+    return json.loads(path.read_text())
 
 
 def _machine(info: dict) -> str:
@@ -74,7 +87,7 @@ def aot_table() -> str:
         "| fits (≥10%) | est. step | est. utilisation | compile |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for path in sorted(RESULTS.glob("tpu_aot_*.json")):
+    for path in sorted(results_dir("tpu_aot").glob("*.json")):
         r = json.loads(path.read_text())
         mesh = ",".join(f"{k}={v}" for k, v in (r.get("mesh") or {}).items() if v != 1)
         if "error" in r:
@@ -97,21 +110,18 @@ def aot_table() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sampling", default="sampling_cpu", help="comma-separated result names")
-    parser.add_argument("--train", default="train_cpu")
+    parser.add_argument(
+        "--sampling", default=SAMPLING, help="comma-separated result names of bench_sampling"
+    )
+    parser.add_argument("--train", default=TRAIN, help="a result name of bench_train")
     args = parser.parse_args()
-    runs = [data for name in args.sampling.split(",") if (data := _load(name))]
-    if runs:
-        print(f"### Sampling ({args.sampling})\n\n{sampling_table(runs)}\n")
-    data = _load(args.train)
-    if data:
-        print(f"### Training ({args.train})\n\n{train_table(data)}\n")
+    runs = [_load("bench_sampling", name) for name in args.sampling.split(",")]
+    print(f"### Sampling ({args.sampling})\n\n{sampling_table(runs)}\n")
+    print(f"### Training ({args.train})\n\n{train_table(_load('bench_train', args.train))}\n")
     print(f"### TPU ahead-of-time compilation\n\n{aot_table()}\n")
-    for name in ("cold_start_cpu", "xla_cpu_flags_small", "xla_cpu_flags_tiny"):
-        data = _load(name)
-        if data:
-            shown = {k: v for k, v in data.items() if k != "machine"}
-            print(f"### {name}\n\n```\n{json.dumps(shown, indent=1)}\n```\n")
+    for script, name in NOTES:
+        shown = {k: v for k, v in _load(script, name).items() if k != "machine"}
+        print(f"### {name}\n\n```\n{json.dumps(shown, indent=1)}\n```\n")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ Both implementations run in one process, alternately, so that they share the mac
 the first call of each (compilation, allocator warm-up) is excluded. Text encodings are given to
 both (no text encoder runs). Prints images/s, the ratio, FLOPs per image from XLA's cost analysis
 (one denoiser call × steps, × 2 with guidance: a loop body is counted once) and achieved FLOP/s,
-and writes `experiments/results/sampling_<tag>.json`.
+and writes `experiments/results/bench_sampling/sampling_<tag>.json`.
 
     .venv/bin/python -m experiments.bench_sampling --sizes tiny,small --batches 1,4,16 --reps 3
     JAX_NUM_CPU_DEVICES=2 .venv/bin/python -m experiments.bench_sampling --tag cpu_2dev
@@ -25,10 +25,10 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from experiments import bench_common as common
 from unclip_jax.convert.diffusers_prior import convert_prior_state_dict, prior_from_diffusers_config
-from unclip_jax.diffusion.sampling import SamplerSettings
 from unclip_jax.diffusion.schedules import make_schedule
-from unclip_jax.models.decoder_sampling import DecoderSampler, UpsamplerSampler, UpsamplerSettings
-from unclip_jax.models.prior_sampling import make_prior_sampler
+from unclip_jax.sampling.decoder import DecoderChain, UpsamplerChain
+from unclip_jax.sampling.prior import make_prior_sampler
+from unclip_jax.sampling.settings import DiffusionSettings
 
 MAX_STEPS = 64  # step counts up to this share each stage's compiled program
 
@@ -66,12 +66,12 @@ class OurCascade:
             size, self.super_res_model, pipe.super_res_first
         )
         self.prior = make_prior_sampler(self.prior_model, num_candidates=1, sampler="ddpm")
-        self.decoder = DecoderSampler(
+        self.decoder = DecoderChain(
             self.decoder_model,
-            SamplerSettings(sampler="ddpm", var_type="learned_range", max_steps=MAX_STEPS),
+            DiffusionSettings(sampler="ddpm", learned_variance=True, max_steps=MAX_STEPS),
         )
-        self.super_res = UpsamplerSampler(
-            self.super_res_model, UpsamplerSettings(sampler="ddpm", max_steps=MAX_STEPS)
+        self.super_res = UpsamplerChain(
+            self.super_res_model, DiffusionSettings(sampler="ddpm", max_steps=MAX_STEPS)
         )
         self._placement: dict = {}
 
@@ -293,7 +293,7 @@ def main() -> None:
     for name in sizes:
         rows += bench_size(name, batches, args.reps, common.DTYPES[args.dtype])
     tag = args.tag or jax.default_backend()
-    path = common.write_results(f"sampling_{tag}", dict(machine=info, rows=rows))
+    path = common.write_results("bench_sampling", f"sampling_{tag}", dict(machine=info, rows=rows))
     print(f"wrote {path}")
 
 

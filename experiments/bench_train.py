@@ -6,7 +6,7 @@ gradient clipping, AdamW and an EMA update.
 Both run in one process, alternately, after a warm-up step each. Prints samples/s, the ratio,
 XLA's FLOPs per step (cost analysis of our compiled step) and the utilisation against the
 device's peak (`--peak-gflops`; on this CPU the nominal AVX-512 FMA peak of its cores), and writes
-`experiments/results/train_<tag>.json`.
+`experiments/results/bench_train/train_<tag>.json`.
 
     .venv/bin/python -m experiments.bench_train --sizes tiny,small --batch 8 --steps 5
     JAX_NUM_CPU_DEVICES=2 .venv/bin/python -m experiments.bench_train --tag cpu_2dev
@@ -30,7 +30,7 @@ from experiments import bench_common as common
 from unclip_jax import sharding
 from unclip_jax.diffusion.schedules import make_schedule
 from unclip_jax.train import optimizer as optimizer_lib
-from unclip_jax.train import state as state_lib
+from unclip_jax.train import setup as setup_lib
 from unclip_jax.train import step as step_lib
 from unclip_jax.train.decoder_task import DecoderTask
 
@@ -83,33 +83,25 @@ class OurStep:
         devices = common.row_devices(len(batch["image"]))
         mesh = sharding.make_mesh({"data": len(devices)}, devices)
         self.devices = len(devices)
-        rules = sharding.normalize_rules(sharding.DEFAULT_RULES)
         example = {k: jax.ShapeDtypeStruct((1, *v.shape[1:]), v.dtype) for k, v in batch.items()}
         opt_config = optimizer_lib.OptimizerConfig(
             peak_lr=1e-4, warmup_steps=10, schedule="constant", weight_decay=0.0
         )
-        schedule = optimizer_lib.learning_rate_schedule(opt_config)
-        key = jax.random.key(0)
-        init_fn = lambda k: self.task.init(k, example)
-        tx = optimizer_lib.make_optimizer(
-            opt_config, optimizer_lib.decay_mask(jax.eval_shape(init_fn, key))
+        self.key = jax.random.key(0)
+        setup = setup_lib.build(
+            self.task,
+            example,
+            len(batch["image"]),
+            mesh,
+            sharding.normalize_rules(sharding.DEFAULT_RULES),
+            opt_config,
+            step_lib.StepConfig(),
+            self.key,
         )
-        self.state, shardings = state_lib.create_train_state(init_fn, tx, key, mesh, rules)
-        config = step_lib.StepConfig()
-        spec = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()}
-        self.step = step_lib.jit_train_step(
-            self.task, tx, schedule, config, shardings, spec, mesh, rules
-        )
+        self.state = setup.create_state()
+        self.step = setup.step
         self.batch = step_lib.to_global(batch, mesh)
-        self.key = key
-        self.step_flops = common.flops(
-            lambda s, b, k: step_lib.train_step(
-                s, b, k, task=self.task, tx=tx, schedule=schedule, config=config
-            ),
-            self.state,
-            self.batch,
-            key,
-        )
+        self.step_flops = common.flops(setup.pure_step, self.state, self.batch, self.key)
         self.params = common.num_params(self.state.params)
 
     def __call__(self) -> None:
@@ -232,7 +224,7 @@ def main() -> None:
         for name in sizes
     ]
     tag = args.tag or jax.default_backend()
-    path = common.write_results(f"train_{tag}", dict(machine=info, rows=rows))
+    path = common.write_results("bench_train", f"train_{tag}", dict(machine=info, rows=rows))
     print(f"wrote {path}")
 
 

@@ -5,7 +5,7 @@ decoder (PyTorch, oneDNN convolutions) on the same weights in this process.
 
     .venv/bin/python -m experiments.bench_xla_cpu_flags --size small --batch 4
 
-Writes `experiments/results/xla_cpu_flags_<tag or size>.json`.
+Writes `experiments/results/bench_xla_cpu_flags/xla_cpu_flags_<tag or size>.json`.
 """
 
 import argparse
@@ -146,6 +146,7 @@ def main() -> None:
     for name, value in theirs.items():
         print(f"{name:20s} {1e3 * value:8.1f} ms per guided call", flush=True)
     path = common.write_results(
+        "bench_xla_cpu_flags",
         f"xla_cpu_flags_{args.tag or args.size}",
         dict(
             machine=info,

@@ -15,18 +15,20 @@ The defaults are not the demo config's. The diffusion prior is 128 wide and 4 de
 caption with the DDPM β variance (`fixed_large`; the config: best of 2 with β̃). Best of 2 and β̃
 shrink the spread of the samples (at 2000 steps the narrowest caption's spread is 0.23× the true
 one's); training length widens it but leaves accuracy flat, and capacity is what raised accuracy
-(experiments/results/prior_sweep.json, `second_clip_diagnosis`). The margin is thin and depends
-on the CLIP: with the sweep's CLIP and two CLIPs trained on 2026-12-05 these defaults meet the
-whole gate (NN 93%, 92%, 95%); with a second CLIP from the same config they reach 88.7%
-nearest-neighbour accuracy, and guidance buys accuracy with spread (guidance 1.3 meets the
-second CLIP's gate, 90.8% and ≥ 0.51×, and narrows the first's spread to 0.46×).
+(`second_clip_diagnosis` in experiments/results/prior_learning/prior_sweep.json). The margin is
+thin and depends on the CLIP: with the sweep's CLIP and two CLIPs trained on 2026-12-05 these
+defaults meet the whole gate (NN 93%, 92%, 95%: `prior_learning_sweep_clip.json`,
+`prior_learning_third_clip.json`, `prior_learning_fourth_clip.json` in that folder); with a
+second CLIP from the same config they reach 88.7% nearest-neighbour accuracy
+(`prior_learning.json`), and guidance buys accuracy with spread (guidance 1.3 meets the second
+CLIP's gate, 90.8% and ≥ 0.51×, and narrows the first's spread to 0.46×).
 `--prior_steps 0 --candidates 0 --variance fixed_small --prior_set model.width=64
 --prior_set model.depth=2` runs the config's setting. The AR prior draws one sample with
 nucleus 0.99: with the full distribution a caption's spread can overshoot (2.3–2.7× the true
 one's), best of 2 or nucleus 0.95 undershoot (0.49×); nucleus 0.99 met the gate with all four
 CLIPs. Each caption's spread is estimated from 128 samples: over 32, one far draw of the AR prior
-moved a caption of the third CLIP from 1.18× to 2.4× the true spread (results/prior_sweep.json,
-`spread_estimate`).
+moved a caption of the third CLIP from 1.18× to 2.4× the true spread (`spread_estimate` in
+prior_sweep.json).
 
 1. CLIP: `--clip_dir` (a `load_clip` directory with `tokenizer/`), else one trained by the CLIP
    stage (`configs/clip_shapes.py`) on the 32 px set.
@@ -42,7 +44,8 @@ moved a caption of the third CLIP from 1.18× to 2.4× the true spread (results/
    against that of the two true halves; training and sampling FLOPs (XLA cost analysis, per step
    times the number of steps, since a loop body is counted once).
 
-Prints every figure and writes `experiments/results/prior_learning.json`.
+Prints every figure and writes `experiments/results/prior_learning/prior_learning.json`
+(`--results`).
 """
 
 import argparse
@@ -59,14 +62,16 @@ from absl import logging
 from configs import ar_prior_demo, clip_shapes, prior_demo
 from unclip_jax.commands.embedding import embed_source
 from unclip_jax.data import shapes_render
+from unclip_jax.data.batching import map_padded
 from unclip_jax.data.embedding_shards import EmbeddingShards
 from unclip_jax.data.sources import open_source
 from unclip_jax.diffusion.schedules import make_schedule
-from unclip_jax.models.ar_prior import make_ar_prior_sampler
-from unclip_jax.models.prior_sampling import make_prior_sampler, rerank_by_dot_product
+from unclip_jax.sampling.ar_prior import make_ar_prior_sampler
+from unclip_jax.sampling.prior import make_prior_sampler, rerank_by_dot_product
 from unclip_jax.train import ar_prior_task, prior_task, trainers
 
-RESULTS = Path(__file__).parent / "results" / "prior_learning.json"
+RESULTS = Path(__file__).parent / "results" / "prior_learning" / "prior_learning.json"
+BATCH = 256  # caption rows per sampler call
 # The diffusion prior's config fields the gate changes, before those of --prior_set.
 GATE_PRIOR_SETTINGS = ("model.width=128", "model.depth=4")
 SPLITS = ("train", "test", "test_unseen")
@@ -274,7 +279,8 @@ def spread(x: np.ndarray) -> float:
 
 
 class Samplers:
-    """Both priors' samplers over batches of (text embedding, token states, mask)."""
+    """Both priors' library samplers (`make_prior_sampler`, `make_ar_prior_sampler`) over rows
+    of (text embedding [N, Dz], token states [N, L, Dt], mask [N, L]), `BATCH` rows per call."""
 
     def __init__(self, trained, seed: int, candidates: int, ar_candidates: int, variance: str):
         self.key = jax.random.key(seed + 1)
@@ -296,53 +302,51 @@ class Samplers:
         self.a_sampler = make_ar_prior_sampler(self.a_model)
         self.ar_candidates = ar_candidates
 
-    def diffusion(self, z_t, states, mask, batch=256):
-        rows = []
-        for i in range(0, len(z_t), batch):
-            part = [
-                jnp.asarray(a[i : i + batch], t)
-                for a, t in ((z_t, jnp.float32), (states, jnp.float32), (mask, bool))
-            ]
-            part = _pad(part, batch)
-            self.key, key = jax.random.split(self.key)
-            z, _ = self.d_sampler(
-                self.d_params, key, *part, self.schedule, self.d_guidance, self.normalizer
+    def diffusion(self, z_t, states, mask) -> np.ndarray:
+        def sample(key, z_t, states, mask):
+            z_i, _ = self.d_sampler(
+                self.d_params,
+                key,
+                z_t,
+                states,
+                mask,
+                self.schedule,
+                self.d_guidance,
+                self.normalizer,
             )
-            rows.append(np.asarray(z)[: min(batch, len(z_t) - i)])
-        return np.concatenate(rows)
+            return z_i
 
-    def ar(self, z_t, states, mask, batch=256):
-        """Best of `ar_candidates` AR samples by z_i·z_t, as for the diffusion prior."""
-        rows = []
+        return self._in_batches(sample, z_t, states, mask)
+
+    def ar(self, z_t, states, mask) -> np.ndarray:
+        """Best of `ar_candidates` AR samples by z_i·z_t (`rerank_by_dot_product`), as the
+        diffusion prior's sampler reranks its candidates."""
         n = self.ar_candidates
-        for i in range(0, len(z_t), batch):
-            part = [
-                jnp.asarray(a[i : i + batch], t)
-                for a, t in ((z_t, jnp.float32), (states, jnp.float32), (mask, bool))
-            ]
-            part = [jnp.repeat(a, n, axis=0) for a in _pad(part, batch)]
-            self.key, key = jax.random.split(self.key)
-            dots = jnp.full((batch * n,), self.quantizers.sample_dot_bucket, jnp.int32)
-            z, _ = self.a_sampler(
+
+        def sample(key, z_t, states, mask):
+            rows = [jnp.repeat(a, n, axis=0) for a in (z_t, states, mask)]
+            dots = jnp.full((len(rows[0]),), self.quantizers.sample_dot_bucket, jnp.int32)
+            z_i, _ = self.a_sampler(
                 self.a_params,
                 key,
-                *part,
+                *rows,
                 dots,
                 self.quantizers.pca,
                 self.a_guidance,
                 *self.a_settings,
             )
-            best, _ = rerank_by_dot_product(z.reshape(batch, n, -1), part[0][::n])
-            rows.append(np.asarray(best)[: min(batch, len(z_t) - i)])
-        return np.concatenate(rows)
+            return rerank_by_dot_product(z_i.reshape(len(z_t), n, -1), z_t)[0]
 
+        return self._in_batches(sample, z_t, states, mask)
 
-def _pad(arrays, batch):
-    """Pads the leading axis to `batch` by repeating the last row (one compiled shape)."""
-    short = batch - arrays[0].shape[0]
-    if short == 0:
-        return arrays
-    return [jnp.concatenate([a, jnp.repeat(a[-1:], short, axis=0)]) for a in arrays]
+    def _in_batches(self, sample, *rows: np.ndarray) -> np.ndarray:
+        """`sample(key, *chunk)` over padded chunks of `BATCH` rows, a fresh key per chunk."""
+
+        def chunk(*arrays):
+            self.key, key = jax.random.split(self.key)
+            return sample(key, *arrays)
+
+        return map_padded(chunk, *rows, batch_size=BATCH)
 
 
 def evaluate_split(data: dict, samplers: Samplers, spread_samples: int, seed: int) -> dict:
@@ -425,16 +429,15 @@ def gate(test: dict) -> dict[str, bool]:
 
 
 def flops(fn, *args) -> float:
+    """XLA's FLOPs of one call of `fn` after optimisation (the compiled program's cost analysis,
+    as the recorded results were counted; `bench_common.flops` counts the lowered program)."""
     return float(jax.jit(fn).lower(*args).compile().cost_analysis()["flops"])
 
 
 def count_flops(trained, samplers: Samplers, data: dict, batch: int = 64) -> dict:
     """Training FLOPs per step and in all; sampling FLOPs per caption (guided, best of N)."""
     out = {}
-    train_batch = {
-        k: jnp.asarray(data[k][:128], jnp.float32 if k != "text_mask" else bool)
-        for k in prior_task.BATCH_FIELDS
-    }
+    train_batch = {k: jnp.asarray(data[k][:128]) for k in prior_task.BATCH_FIELDS}
     key = jax.random.key(0)
     for name, task, params in (
         (
@@ -456,9 +459,8 @@ def count_flops(trained, samplers: Samplers, data: dict, batch: int = 64) -> dic
 
     def conditioning(candidates: int):  # captioned and null halves, N candidates each
         rows = 2 * candidates * batch
-        z_t = jnp.asarray(data["text_embedding"][:rows], jnp.float32)
-        states = jnp.asarray(data["token_states"][:rows], jnp.float32)
-        return rows, z_t, states, jnp.asarray(data["text_mask"][:rows], bool)
+        fields = ("text_embedding", "token_states", "text_mask")
+        return rows, *(jnp.asarray(data[k][:rows]) for k in fields)
 
     rows, z_t, states, mask = conditioning(samplers.candidates)
     m, p = samplers.d_model, {"params": samplers.d_params}
@@ -496,8 +498,7 @@ def main() -> None:
     # Caption positions after the longest caption are padding: the priors drop them.
     length = max(int(d["text_mask"].sum(1).max()) for d in data.values())
     for split in ("test", "test_unseen"):
-        data[split]["token_states"] = data[split]["token_states"][:, :length]
-        data[split]["text_mask"] = data[split]["text_mask"][:, :length]
+        data[split].update(prior_task.cast_batch(data[split], num_tokens=length))
     print(f"caption positions kept: {length}")
     trained = train_priors(args, workdir, dim, width, length)
     samplers = Samplers(trained, args.seed, args.candidates, args.ar_candidates, args.variance)

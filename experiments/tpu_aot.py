@@ -12,16 +12,15 @@ step time (`optimal_seconds` of the cost analysis) → estimated utilisation = F
         --mesh data=-1,fsdp=8
 
 Needs the `tpu` extra (libtpu); nothing in the test suite does. Results go to
-`experiments/results/tpu_aot_<stage>_<target>.json`. Batch sizes are the configs'
+`experiments/results/tpu_aot/tpu_aot_<stage>_<target>.json`. Batch sizes are the configs'
 `train.batch_size`. Without libtpu, the same programs at the configs' CPU size compile for the
 local devices (a check of the code paths, seconds per stage):
 
-    JAX_PLATFORMS=cpu .venv/bin/python -m experiments.tpu_aot --runlocal --targets local
+    JAX_PLATFORMS=cpu .venv/bin/python -m experiments.tpu_aot --smoke --targets local
 """
 
 import argparse
 import dataclasses
-import functools
 import importlib
 import os
 import pathlib
@@ -43,10 +42,9 @@ from experiments import bench_common as common
 from unclip_jax import sharding
 from unclip_jax.diffusion import guidance
 from unclip_jax.models.prior import EmbeddingNormalizer
-from unclip_jax.models.unet import decoder_from_config
 from unclip_jax.train import decoder_task, prior_task, upsampler_task
 from unclip_jax.train import optimizer as optimizer_lib
-from unclip_jax.train import state as state_lib
+from unclip_jax.train import setup as setup_lib
 from unclip_jax.train import step as step_lib
 
 # Deviceless compilation only: other processes on the machine may hold libtpu too.
@@ -64,7 +62,7 @@ TARGETS: dict[str, Target] = {
     "v5p-128": Target("v5p:4x4x4", 95e9, 459e12),  # 64 chips
     "v5e-256": Target("v5e:16x16", 16e9, 197e12),  # 256 chips
     "v5e-8": Target("v5e:2x4", 16e9, 197e12),  # 8 chips
-    # The local devices (e.g. CPU, no libtpu): a quick check of the code paths with --runlocal.
+    # The local devices (e.g. CPU, no libtpu): a quick check of the code paths with --smoke.
     "local": Target("", float("inf"), float("nan")),
 }
 
@@ -122,7 +120,7 @@ STAGES: dict[str, tuple[str, Callable[[ml_collections.ConfigDict], tuple[Any, di
 def paper_config(
     stage: str, remat: str | None, arg: str | None = None
 ) -> ml_collections.ConfigDict:
-    """The stage's paper config (`arg="runlocal"`: its CPU-size variant), with `remat` per block."""
+    """The stage's paper config (`arg="smoke"`: its CPU-size variant), with `remat` per block."""
     config = importlib.import_module(STAGES[stage][0]).get_config(arg)
     if remat is not None:
         if "unet" not in config.model:
@@ -140,12 +138,6 @@ def parse_mesh(text: str | None) -> dict[str, int] | None:
     if bad:
         raise ValueError(f"mesh must be axis=size pairs over {sharding.MESH_AXES}, got {text!r}")
     return {axis: int(size) for axis, size in pairs}
-
-
-def _with_sharding(tree: Any, shardings: Any) -> Any:
-    return jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
-    )
 
 
 def _analyse(compiled, target: Target) -> dict[str, Any]:
@@ -188,41 +180,21 @@ def compile_train_step(
     devices = target_devices(target)
     mesh_shape = mesh_shape or dict(config.mesh)
     mesh = sharding.make_mesh(mesh_shape, devices)
-    rules = sharding.normalize_rules(config.sharding.rules)
     batch = config.train.batch_size
-    step_lib.check_batch_size(batch, mesh, accum)
     task, example = STAGES[stage][1](config)
-    step_config = step_lib.StepConfig(
-        grad_accum_steps=accum,
-        compute_dtype=config.train.compute_dtype,
-        ema_decay=config.ema.decay,
-        ema_warmup=config.ema.warmup,
+    setup = setup_lib.build(
+        task,
+        example,
+        batch,
+        mesh,
+        sharding.normalize_rules(config.sharding.rules),
+        optimizer_lib.OptimizerConfig.from_config(config),
+        dataclasses.replace(step_lib.StepConfig.from_config(config), grad_accum_steps=accum),
+        jax.random.key(0),
     )
-    opt_config = optimizer_lib.OptimizerConfig.from_config(config)
-    schedule = optimizer_lib.learning_rate_schedule(opt_config)
-    key = jax.random.key(0)
-    init_fn = lambda k: task.init(k, example)
-    tx = optimizer_lib.make_optimizer(
-        opt_config, optimizer_lib.decay_mask(jax.eval_shape(init_fn, key))
-    )
-    shardings = state_lib.train_state_shardings(init_fn, tx, key, mesh, rules)
-    state = state_lib.abstract_train_state(init_fn, tx, key, shardings)
-    global_batch = {k: v.update(shape=(batch, *v.shape[1:])) for k, v in example.items()}
-    batch_shardings = step_lib.batch_shardings(mesh, global_batch)
-    repl = sharding.replicated(mesh)
-    fn = jax.jit(
-        functools.partial(
-            step_lib.train_step, task=task, tx=tx, schedule=schedule, config=step_config
-        ),
-        in_shardings=(shardings, batch_shardings, repl),
-        out_shardings=(shardings, repl),
-        donate_argnums=0,
-    )
-    key_spec = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=repl)
+    state, global_batch, key = setup.abstract_inputs()
     start = time.perf_counter()
-    with sharding.activation_rules(mesh, rules):
-        lowered = fn.lower(state, _with_sharding(global_batch, batch_shardings), key_spec)
-    compiled = lowered.compile()
+    compiled = setup.lower(state, global_batch, key).compile()
     params = common.num_params(state.params)
     return dict(
         stage=stage,
@@ -245,7 +217,9 @@ def compile_decoder_sampling_step(
     bfloat16 weights replicated over a data-parallel mesh."""
     target = TARGETS[target_name]
     config = paper_config("decoder", None, config_arg)
-    model = decoder_from_config({**config.model.to_dict(), "param_dtype": "bfloat16"})
+    config.model.param_dtype = "bfloat16"
+    task, example = decoder_stage(config)
+    model = task.model
     devices = target_devices(target)
     mesh = sharding.make_mesh({"data": -1}, devices)
     rules = sharding.normalize_rules(config.sharding.rules)
@@ -257,36 +231,32 @@ def compile_decoder_sampling_step(
         caption_ids=_spec((batch, length), jnp.int32),
         caption_mask=_spec((batch, length), jnp.bool_),
     )
-    one = {k: jnp.zeros((1, *v.shape[1:]), v.dtype) for k, v in rows.items()}
-    boxed = jax.eval_shape(
-        lambda: model.init(
-            jax.random.key(0),
-            one["x"],
-            one["t"],
-            one["image_embed"],
-            caption_ids=one["caption_ids"],
-            caption_mask=one["caption_mask"],
-        )
-    )["params"]
     repl = sharding.replicated(mesh)
+    boxed = jax.eval_shape(task.init, jax.random.key(0), example)
     params = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), nn.unbox(boxed)
     )
 
     def guided_step(params, x, t, image_embed, caption_ids, caption_mask, scale):
-        drop = jnp.arange(2 * batch) >= batch
-        doubled = lambda a: jnp.concatenate([a, a])
-        output = model.apply(
-            {"params": params},
-            doubled(x),
-            doubled(t),
-            doubled(image_embed),
-            caption_ids=doubled(caption_ids),
-            caption_mask=doubled(caption_mask),
-            drop_image=drop,
-            drop_caption=drop,
+        cond = dict(
+            image_embed=image_embed,
+            caption_ids=caption_ids,
+            caption_mask=caption_mask,
+            drop=jnp.zeros((batch,), bool),
         )
-        return guidance.guide(output[:batch], output[batch:], scale, 3)
+        model_fn = lambda x, t, c: model.apply(
+            {"params": params},
+            x,
+            t,
+            c["image_embed"],
+            caption_ids=c["caption_ids"],
+            caption_mask=c["caption_mask"],
+            drop_image=c["drop"],
+            drop_caption=c["drop"],
+        )
+        null = {**cond, "drop": jnp.ones((batch,), bool)}
+        denoise = guidance.classifier_free_guidance(model_fn, cond, null, scale, mean_channels=3)
+        return denoise(x, t)
 
     data = sharding.batch_sharding(mesh)
     inputs = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=data) for k, v in rows.items()}
@@ -339,7 +309,7 @@ PLANS: tuple[tuple[str, str, dict[str, int] | None, str | None, int], ...] = (
 def _run_plan(
     stage: str, target: str, mesh: dict | None, remat: str | None, accum: int, args
 ) -> None:
-    config_arg = "runlocal" if args.runlocal else None
+    config_arg = "smoke" if args.smoke else None
     try:
         row = compile_train_step(stage, target, mesh, remat, accum, config_arg)
     except Exception as error:  # a program that does not fit fails to compile: record why
@@ -347,8 +317,8 @@ def _run_plan(
         print(f"{stage} {target} mesh {mesh} remat {remat}: {row['error'][:300]}", flush=True)
     else:
         _report(row)
-    suffix = (f"_{remat}" if remat else "") + ("_runlocal" if args.runlocal else "")
-    common.write_results(f"tpu_aot_{stage}_{target}{suffix}{args.tag}", row)
+    suffix = (f"_{remat}" if remat else "") + ("_smoke" if args.smoke else "")
+    common.write_results("tpu_aot", f"tpu_aot_{stage}_{target}{suffix}{args.tag}", row)
 
 
 def main() -> None:
@@ -368,7 +338,7 @@ def main() -> None:
     parser.add_argument("--sampling-batch", type=int, default=64)
     parser.add_argument("--tag", default="")
     parser.add_argument(
-        "--runlocal",
+        "--smoke",
         action="store_true",
         help="the configs' CPU-size variants, e.g. with --targets local (no libtpu needed)",
     )
@@ -376,12 +346,12 @@ def main() -> None:
     unknown = sorted(set(args.targets.split(",")) - set(TARGETS))
     if unknown:
         raise ValueError(f"--targets must name entries of {sorted(TARGETS)}, got {unknown}")
-    config_arg = "runlocal" if args.runlocal else None
+    config_arg = "smoke" if args.smoke else None
     if args.sampling:
         target = "local" if args.targets == "local" else "v5e-8"
         row = compile_decoder_sampling_step(target, args.sampling_batch, config_arg)
         _report(row)
-        common.write_results(f"tpu_aot_decoder_sampling_{target}{args.tag}", row)
+        common.write_results("tpu_aot", f"tpu_aot_decoder_sampling_{target}{args.tag}", row)
         return
     targets = args.targets.split(",")
     stages = args.stages.split(",") if args.stages else list(STAGES)

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from jax._src import dispatch
 
-from unclip_jax.diffusion.sampling import SamplerSettings
 from unclip_jax.diffusion.schedules import make_schedule
-from unclip_jax.models.decoder_sampling import DecoderSampler, UpsamplerSampler, UpsamplerSettings
 from unclip_jax.models.prior import DiffusionPrior, EmbeddingNormalizer
-from unclip_jax.models.prior_sampling import make_prior_sampler
 from unclip_jax.models.unet import Decoder, UNetConfig, Upsampler
+from unclip_jax.sampling.decoder import DecoderChain, UpsamplerChain
+from unclip_jax.sampling.prior import make_prior_sampler
+from unclip_jax.sampling.settings import DiffusionSettings
 
 B, DIM, LENGTH, SIZE, HIGH, MAX_STEPS = 2, 16, 6, 8, 16, 8
 EVENTS = (dispatch.BACKEND_COMPILE_EVENT, dispatch.JAXPR_TRACE_EVENT)
@@ -109,10 +109,10 @@ def cascade():
     )
     samplers = dict(
         prior=make_prior_sampler(prior, num_candidates=2),
-        decoder=DecoderSampler(
-            decoder, SamplerSettings(sampler="ddpm", var_type="learned_range", max_steps=MAX_STEPS)
+        decoder=DecoderChain(
+            decoder, DiffusionSettings(sampler="ddpm", learned_variance=True, max_steps=MAX_STEPS)
         ),
-        upsampler=UpsamplerSampler(upsampler, UpsamplerSettings(max_steps=MAX_STEPS)),
+        upsampler=UpsamplerChain(upsampler, DiffusionSettings(max_steps=MAX_STEPS)),
     )
 
     def generate(caption: dict, seed: int, prior_scale: float, decoder_scale: float, steps: int):

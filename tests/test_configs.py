@@ -1,6 +1,6 @@
 """Every experiment config loads the way `unclip train --config` loads it, and a mistyped
 `--config.` override is rejected with the key named; the paper-size configs name their trainers,
-shrink under `runlocal`, and one of them trains two steps through its trainer."""
+shrink under `smoke`, and one of them trains two steps through its trainer."""
 
 import importlib
 from pathlib import Path
@@ -56,9 +56,9 @@ def test_every_paper_config_is_listed():
 
 
 @pytest.mark.parametrize("path", PAPER, ids=lambda p: p.name)
-def test_paper_config_names_its_trainer_and_runlocal_shrinks_it(path):
+def test_paper_config_names_its_trainer_and_smoke_shrinks_it(path):
     full = parse(["unclip train", f"--config={path}"])
-    small = parse(["unclip train", f"--config={path}:runlocal"])
+    small = parse(["unclip train", f"--config={path}:smoke"])
     assert full.trainer == small.trainer == PAPER_TRAINERS[path.stem]
     trainers.get_trainer(full.trainer)  # importable
     assert full.model.dtype == "bfloat16" and small.model.dtype == "float32"
@@ -67,7 +67,7 @@ def test_paper_config_names_its_trainer_and_runlocal_shrinks_it(path):
     assert small.optimizer.peak_lr == full.optimizer.peak_lr
     width = "width" if "width" in full.model else "unet"
     assert small.model[width] != full.model[width]
-    with pytest.raises(ValueError, match="'' or 'runlocal', got 'tiny'"):
+    with pytest.raises(ValueError, match="'' or 'smoke', got 'tiny'"):
         importlib.import_module(f"configs.{path.stem}").get_config("tiny")
 
 
@@ -81,8 +81,8 @@ def _write_image_folder(directory: Path, count: int, size: int) -> None:
         (directory / f"{index:02d}.txt").write_text(f"picture {index}\n")
 
 
-def _runlocal(name: str):
-    return parse(["unclip train", f"--config={CONFIG_DIR / name}.py:runlocal"])
+def _smoke(name: str):
+    return parse(["unclip train", f"--config={CONFIG_DIR / name}.py:smoke"])
 
 
 def _train_two_steps(config, workdir: Path, evaluate: bool = True):
@@ -109,28 +109,28 @@ def _use_image_folder(config, tmp_path: Path, size: int = 32) -> None:
 
 
 @pytest.mark.slow
-def test_upsampler256_paper_runlocal_trains_two_steps_from_an_image_folder(tmp_path):
+def test_upsampler256_paper_smoke_trains_two_steps_from_an_image_folder(tmp_path):
     """The paper's data path (an image folder) through the registered trainer, at CPU size."""
-    config = _runlocal("upsampler256_paper")
+    config = _smoke("upsampler256_paper")
     _use_image_folder(config, tmp_path)
     _train_two_steps(config, tmp_path / "work")
     assert (tmp_path / "work" / "samples" / "step_2.png").is_file()
 
 
 @pytest.mark.slow
-def test_upsampler1024_paper_runlocal_trains_two_steps(tmp_path):
-    config = _runlocal("upsampler1024_paper")
+def test_upsampler1024_paper_smoke_trains_two_steps(tmp_path):
+    config = _smoke("upsampler1024_paper")
     assert config.corruption == "bsr"
     _use_image_folder(config, tmp_path)
     _train_two_steps(config, tmp_path / "work")
     assert (tmp_path / "work" / "samples" / "step_2.png").is_file()
 
 
-def test_prior_paper_runlocal_trains_two_steps_from_embedding_shards(tmp_path):
+def test_prior_paper_smoke_trains_two_steps_from_embedding_shards(tmp_path):
     """The cheapest stage through its registered trainer: shards as `unclip embed` writes them."""
     from unclip_jax.data.embedding_shards import EmbeddingShardWriter
 
-    config = _runlocal("prior_paper")
+    config = _smoke("prior_paper")
     m = config.model
     rng = np.random.default_rng(0)
     count = 24
@@ -151,16 +151,15 @@ def test_prior_paper_runlocal_trains_two_steps_from_embedding_shards(tmp_path):
 
 
 @pytest.mark.slow
-def test_decoder_paper_runlocal_trains_two_steps_with_its_caption_transformer(tmp_path):
+def test_decoder_paper_smoke_trains_two_steps_with_its_caption_transformer(tmp_path):
     import flax.linen as nn
     import jax.numpy as jnp
 
     from unclip_jax.convert import hf_clip
     from unclip_jax.models.clip import CLIP, clip_config
     from unclip_jax.text import bpe
-    from unclip_jax.train import decoder_task
 
-    config = _runlocal("decoder_paper")
+    config = _smoke("decoder_paper")
     tiny = clip_config("tiny-shapes")
     vision = tiny.vision.__class__(image_size=16, patch_size=8, width=32, layers=1, heads=2)
     clip = tiny.__class__(text=tiny.text, vision=vision, projection_dim=config.image_embed_dim)
@@ -174,7 +173,7 @@ def test_decoder_paper_runlocal_trains_two_steps_with_its_caption_transformer(tm
     length = config.model.caption_transformer.max_length
     vocab = config.model.caption_transformer.vocab_size
     captions = [f"picture {i}" for i in range(16)]
-    bpe.train_bpe(captions, vocab, length).save(clip_dir / decoder_task.CLIP_TOKENIZER_DIR)
+    bpe.train_bpe(captions, vocab, length).save(clip_dir / hf_clip.TOKENIZER_DIR)
     config.clip_dir = str(clip_dir)
     _use_image_folder(config, tmp_path)
     _train_two_steps(config, tmp_path / "work")

@@ -9,11 +9,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from unclip_jax import pipeline_store as store
 from unclip_jax.convert import hf_clip
 from unclip_jax.models.clip import CLIP, clip_config
 from unclip_jax.models.prior import DiffusionPrior
 from unclip_jax.models.unet import decoder_from_config, upsampler_from_config
+from unclip_jax.pipelines import store
 from unclip_jax.text import bpe
 
 CONTEXT = 8

@@ -11,7 +11,7 @@ from absl import app, flags
 
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("unclip_jax.main", "train one stage: --config configs/X.py --workdir DIR"),
+    "train": ("unclip_jax.commands.train", "train one stage: --config configs/X.py --workdir DIR"),
     "convert-clip": (
         "unclip_jax.commands.convert_clip",
         "Hugging Face CLIP directory -> CLIP checkpoint: --hf-dir DIR --out DIR",

@@ -39,10 +39,17 @@ WIDTH = "width"
 CHANNELS = "channels"  # activation channels
 JOINT_EMBED = "joint_embed"  # the shared image-text embedding space (CLIP projections)
 
+# Logical names of the activations that models constrain at block boundaries (`constrain`).
+TOKENS = (BATCH, LENGTH, EMBED)  # transformer states [B, L, D]
+HIDDEN = (BATCH, LENGTH, MLP)  # feed-forward hidden states [B, L, M]
+PER_HEAD = (BATCH, LENGTH, HEADS, HEAD_DIM)  # queries, keys, values [B, L, H, Dh]
+FEATURE_MAP = (BATCH, HEIGHT, WIDTH, CHANNELS)  # U-Net activations [B, H, W, C]
+
 Rules = Sequence[tuple[str, str | tuple[str, ...] | None]]
 
-# Default: batch over data×fsdp, weights' model width over fsdp (ZeRO-3 style), feed-forward and
-# heads over tensor. Configs carry their own copy in `config.sharding.rules`.
+# Default: batch over data×fsdp, weights' model width over fsdp (ZeRO-3 style), feed-forward,
+# heads and feature-map channels over tensor. Configs carry their own copy in
+# `config.sharding.rules`.
 DEFAULT_RULES: Rules = (
     (BATCH, BATCH_MESH_AXES),
     (LENGTH, None),
@@ -57,7 +64,7 @@ DEFAULT_RULES: Rules = (
     (NORM, None),
     (HEIGHT, None),
     (WIDTH, None),
-    (CHANNELS, None),
+    (CHANNELS, TENSOR),
     (JOINT_EMBED, None),
 )
 
@@ -188,8 +195,8 @@ def create_sharded(
 
 
 def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
-    """Sharding constraint on an activation by logical names (`x: [B, L, D]` with
-    `(BATCH, LENGTH, EMBED)`); a no-op outside `activation_rules`."""
+    """Sharding constraint on an activation by logical names (`x: [B, L, D]` with `TOKENS`);
+    a no-op outside `activation_rules` (plain `model.apply`, samplers, pipelines)."""
     mesh = jax.sharding.get_abstract_mesh()
     rules = nn.get_logical_axis_rules()
     if mesh.empty or not rules:

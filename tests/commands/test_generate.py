@@ -62,8 +62,8 @@ def test_missing_stage_is_named(unclip, pipeline_dir, tmp_path):
 def test_bad_numbers_fail_before_loading(unclip, tmp_path):
     missing = str(tmp_path / "no_checkpoint")
     cases = [
-        ("--decoder_guidance=-1", "--decoder_guidance must be >= 0, got -1.0"),
-        ("--prior_guidance=-2", "--prior_guidance must be a number >= 0"),
+        ("--decoder_guidance=-1", "--decoder_guidance must be a finite number >= 0, got -1.0"),
+        ("--prior_guidance=-2", "--prior_guidance must be a finite number >= 0"),
         ("--decoder_steps=0", "--decoder_steps must be >= 1, got 0"),
         ("--prior_steps=-1", "--prior_steps must be >= 1, got -1"),
         ("--num_images=0", "--num_images must be an integer >= 1"),

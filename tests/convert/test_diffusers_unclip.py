@@ -22,18 +22,14 @@ from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokeni
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from unclip_jax import cli
-from unclip_jax.commands.common import enable_compilation_cache
 from unclip_jax.commands.convert_karlo import convert
-from unclip_jax.convert.diffusers_unclip import (
-    convert_karlo,
-    load_karlo,
-    read_weights,
-    save_karlo,
-    unet_config_from_diffusers,
-)
+from unclip_jax.convert.diffusers_files import read_weights
+from unclip_jax.convert.diffusers_unclip import convert_karlo, unet_config_from_diffusers
+from unclip_jax.convert.karlo_checkpoint import load_karlo, save_karlo
 from unclip_jax.diffusion.schedules import cosine_betas
 from unclip_jax.models.unet import UNetConfig
-from unclip_jax.pipeline import UnCLIP
+from unclip_jax.pipelines.outputs import enable_compilation_cache
+from unclip_jax.pipelines.unclip import UnCLIP
 from unclip_jax.text.tokenizer import load_tokenizer
 
 EMBED, CONTEXT, LENGTH, SIZE, SR_SIZE = 16, 24, 8, 16, 32

@@ -6,8 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from unclip_jax.models.ar_prior import ARPrior, ar_prior_loss, make_ar_prior_sampler, sample_token
+from unclip_jax.models.ar_prior import ARPrior, ar_prior_loss
 from unclip_jax.models.pca_quantizer import fit_pca_quantizer
+from unclip_jax.sampling.ar_prior import make_ar_prior_sampler
+from unclip_jax.sampling.autoregressive import sample_token
 
 B, D, L, K, V = 2, 12, 4, 5, 32
 MODEL = ARPrior(

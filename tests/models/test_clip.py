@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from unclip_jax import sharding
 from unclip_jax.models.clip import CLIP, VARIANTS, clip_config, count_params
 
 TINY = clip_config("tiny")
@@ -126,3 +127,23 @@ def test_bad_inputs(tiny):
         model.apply(variables, jnp.zeros((1, 17), jnp.int32), method=CLIP.encode_text)
     with pytest.raises(ValueError, match="act must be one of"):
         dataclasses.replace(TINY, text=dataclasses.replace(TINY.text, act="relu6"))
+
+
+def test_activations_are_constrained_only_under_activation_rules(tiny):
+    model, variables, _ = tiny
+    mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    ids = jnp.asarray(np.random.RandomState(2).randint(1, 100, size=(4, 8)))
+    images = jax.random.normal(jax.random.key(3), (4, 32, 32, 3))
+    apply = jax.jit(lambda v, i, x: model.apply(v, i, x)[0])
+    with sharding.activation_rules(mesh, sharding.DEFAULT_RULES):
+        text = apply.lower(variables, ids, images).as_text()
+        constrained = apply(variables, ids, images)
+    found = [line for line in text.splitlines() if "sdy.sharding_constraint" in line]
+    batch = '[{"data", "fsdp"}, {}'
+    # Per block of the two towers (2 + 2): q, k, v and attended [B, L, H, Dh]; the MLP hidden
+    # layer [B, L, M]; the attention output, the MLP input and the block output [B, L, D].
+    assert sum(f'{batch}, {{"tensor"}}, {{}}]>' in line for line in found) == 4 * 4
+    assert sum(f'{batch}, {{"tensor"}}]>' in line for line in found) == 4
+    assert sum(f"{batch}, {{}}]>" in line for line in found) == 4 * 3
+    assert "sharding_constraint" not in apply.lower(variables, ids, images).as_text()
+    np.testing.assert_allclose(constrained, apply(variables, ids, images), atol=1e-5)

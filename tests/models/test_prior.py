@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from unclip_jax import sharding
 from unclip_jax.models.prior import DiffusionPrior, EmbeddingNormalizer, substitute_null
 
 B, D, L = 3, 16, 6
@@ -177,3 +178,21 @@ def test_paper_config_has_one_billion_parameters():
     count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nn.meta.unbox(shapes)))
     print(f"paper-size diffusion prior: {count / 1e9:.3f}B parameters")
     assert abs(count - 1e9) <= 0.05e9
+
+
+def test_activations_are_constrained_only_under_activation_rules(params):
+    mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    inputs = [jnp.concatenate([a, a[:1]]) for a in _inputs()]  # B = 4 splits over data × fsdp
+    apply = jax.jit(lambda p, *a: MODEL.apply({"params": p}, *a))
+    with sharding.activation_rules(mesh, sharding.DEFAULT_RULES):
+        text = apply.lower(params, *inputs).as_text()
+        constrained = apply(params, *inputs)
+    found = [line for line in text.splitlines() if "sdy.sharding_constraint" in line]
+    batch = '[{"data", "fsdp"}, {}'
+    # Per block: q, k, v and attended [B, S, H, Dh]; the MLP hidden layer [B, S, M]; the
+    # attention output, the MLP input and the block output [B, S, W].
+    assert sum(f'{batch}, {{"tensor"}}, {{}}]>' in line for line in found) == 2 * 4
+    assert sum(f'{batch}, {{"tensor"}}]>' in line for line in found) == 2
+    assert sum(f"{batch}, {{}}]>" in line for line in found) == 2 * 3
+    assert "sharding_constraint" not in apply.lower(params, *inputs).as_text()
+    np.testing.assert_allclose(constrained, apply(params, *inputs), atol=1e-5)

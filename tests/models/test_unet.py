@@ -276,3 +276,22 @@ def test_paper_configs_have_table_3_sizes(name, target):
         )
     count = _count(jax.eval_shape(init))
     assert abs(count - target) / target < 0.1, f"{name}: {count / 1e6:.0f}M vs {target / 1e6:.0f}M"
+
+
+def test_activations_are_constrained_only_under_activation_rules(decoder):
+    params, apply, inputs = decoder
+    mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    inputs = {k: jnp.concatenate([v, v[:1]]) for k, v in inputs.items()}  # B = 4
+    with sharding.activation_rules(mesh, sharding.DEFAULT_RULES):
+        text = apply.lower(params, inputs).as_text()
+        constrained = apply(params, inputs)
+    found = [line for line in text.splitlines() if "sdy.sharding_constraint" in line]
+    batch = '[{"data", "fsdp"}, {}'
+    # The outputs [B, H, W, C] of 10 residual and 4 attention blocks, channels over tensor; the
+    # caption block's MLP hidden layer [B, L, M]; q, k, v (and extra k, v in the U-Net) and
+    # attended values [B, L, H, Dh], heads over tensor.
+    assert sum(f'{batch}, {{}}, {{"tensor"}}]>' in line for line in found) == 14
+    assert sum(f'{batch}, {{"tensor"}}]>' in line for line in found) == 1
+    assert sum(f'{batch}, {{"tensor"}}, {{}}]>' in line for line in found) == 4 * 6 + 4
+    assert "sharding_constraint" not in apply.lower(params, inputs).as_text()
+    np.testing.assert_allclose(constrained, apply(params, inputs), atol=1e-5)

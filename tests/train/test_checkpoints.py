@@ -11,6 +11,7 @@ import tiny_runs
 import tiny_task
 
 from unclip_jax import sharding
+from unclip_jax.storage import checkpoints as storage
 from unclip_jax.train import checkpoints as checkpoints_lib
 from unclip_jax.train import optimizer as optimizer_lib
 from unclip_jax.train import state as state_lib
@@ -61,8 +62,8 @@ def test_save_killed_midway_is_ignored_and_refused(tmp_path, straight_run, compi
     assert tiny_runs.complete_steps(tmp_path) == [2]
     (incomplete,) = [p for p in checkpoints.iterdir() if p.name.startswith("4.")]
     with pytest.raises(ValueError, match=r"is incomplete.*complete steps in .*: \[2\]"):
-        checkpoints_lib.restore_ema_params(incomplete)
-    assert checkpoints_lib.resolve_step_dir(checkpoints).name == "2"
+        storage.restore_ema_params(incomplete)
+    assert storage.resolve_step_dir(checkpoints).name == "2"
     dump = tmp_path / "out.npz"
     tiny_runs.run(tmp_path, *args, "--dump", str(dump), cache_dir=compile_cache)
     resumed = tiny_runs.load(dump)
@@ -73,7 +74,7 @@ def test_save_killed_midway_is_ignored_and_refused(tmp_path, straight_run, compi
 def test_no_complete_checkpoint_is_a_clear_error(tmp_path):
     (tmp_path / "3.orbax-checkpoint-tmp").mkdir()
     with pytest.raises(FileNotFoundError, match=r"no complete checkpoint.*3\.orbax"):
-        checkpoints_lib.restore_ema_params(tmp_path)
+        storage.restore_ema_params(tmp_path)
 
 
 def _state_on(mesh):
@@ -124,6 +125,6 @@ def test_restore_onto_other_meshes(tmp_path):
         for a, b in zip(jax.tree.leaves(saved), jax.tree.leaves(restored), strict=True):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
-    ema = checkpoints_lib.restore_ema_params(tmp_path)
+    ema = storage.restore_ema_params(tmp_path)
     for a, b in zip(jax.tree.leaves(saved.ema_params), jax.tree.leaves(ema), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

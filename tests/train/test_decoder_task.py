@@ -58,7 +58,7 @@ def clip_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def smoke_task(clip_dir):
     config = demo_config("smoke")
-    clip = decoder_task.FrozenCLIP.load(clip_dir)
+    clip = hf_clip.load_frozen_clip(clip_dir)
     task = decoder_task.build_task(config, clip)
     batch = {"image": np.stack([e["image"] for e in rendered("test", 4)]) / 127.5 - 1.0}
     batch["image"] = batch["image"].astype(np.float32)
@@ -78,7 +78,7 @@ def test_bf16_smoke_run_through_the_loop(tmp_path, clip_dir):
     config.clip_dir = str(clip_dir)
     config.train.compute_dtype = "bfloat16"
     config.train.total_steps = 2
-    clip = decoder_task.FrozenCLIP.load(clip_dir)
+    clip = hf_clip.load_frozen_clip(clip_dir)
     state = decoder_task.run(config, tmp_path, rendered("train", 16), rendered("test", 8), clip)
     assert int(state.step) == 2
     assert int(state.nonfinite_total) == 0  # both bfloat16 steps had a finite loss and grads
@@ -101,7 +101,7 @@ def test_caption_conditioned_decoder_draws_sample_grids_with_held_out_captions(t
         vocab_size=64, max_length=8, width=16, layers=1, heads=2
     )
     config.train.total_steps = 1
-    clip = decoder_task.FrozenCLIP.load(clip_dir)
+    clip = hf_clip.load_frozen_clip(clip_dir)
     seen = []
 
     def tokenize(captions: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -123,7 +123,7 @@ def test_caption_conditioned_samples_need_captions(clip_dir):
     config.model.caption_transformer = dict(
         vocab_size=64, max_length=8, width=16, layers=1, heads=2
     )
-    clip = decoder_task.FrozenCLIP.load(clip_dir)
+    clip = hf_clip.load_frozen_clip(clip_dir)
     with pytest.raises(ValueError, match="sample_captions with 'tokens' and 'mask'"):
         decoder_task.build_task(config, clip, np.zeros((4, 32), np.float32))
 

@@ -1,6 +1,7 @@
 """`unclip convert-karlo --diffusers-dir DIR --out DIR`: a local diffusers UnCLIPPipeline
 directory (Karlo: prior, text_proj, decoder, super_res_first, super_res_last, text_encoder,
-tokenizer, schedulers) -> our checkpoint directory (`unclip_jax.convert.diffusers_unclip`).
+tokenizer, schedulers) -> our checkpoint directory (`unclip_jax.convert.diffusers_unclip`,
+`unclip_jax.convert.karlo_checkpoint`).
 """
 
 import pathlib
@@ -19,13 +20,12 @@ flags.DEFINE_string(
 
 def convert(diffusers_dir: str | pathlib.Path, out: str | pathlib.Path) -> None:
     """Convert every component of `diffusers_dir` and save the checkpoint at `out`."""
-    from unclip_jax.convert import diffusers_unclip
+    from unclip_jax.convert.diffusers_unclip import convert_karlo
+    from unclip_jax.convert.karlo_checkpoint import num_params, save_karlo
 
-    checkpoint = diffusers_unclip.convert_karlo(diffusers_dir)
-    diffusers_unclip.save_karlo(checkpoint, out)
-    counts = {
-        name: diffusers_unclip.num_params(params) for name, params in checkpoint.params.items()
-    }
+    checkpoint = convert_karlo(diffusers_dir)
+    save_karlo(checkpoint, out)
+    counts = {name: num_params(params) for name, params in checkpoint.params.items()}
     summary = ", ".join(f"{name} {count:,}" for name, count in counts.items())
     print(f"converted {diffusers_dir} -> {out}: {summary} parameters")
 

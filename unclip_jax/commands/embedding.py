@@ -23,11 +23,6 @@ def _captions(example: dict) -> list[str]:
     return [_text(example.get("caption", ""))]
 
 
-def _pad(x: np.ndarray, rows: int) -> np.ndarray:
-    """x with its last row repeated up to `rows` rows (fixed shapes, so one compilation)."""
-    return np.concatenate([x, np.repeat(x[-1:], rows - len(x), axis=0)])
-
-
 def shard_name(index: int) -> str:
     """Directory name of shard `index` (as `EmbeddingShardWriter` names it with tag index)."""
     return f"shard-{index:05d}-00000"
@@ -47,29 +42,20 @@ def embed_source(
     import jax
     from tqdm import tqdm
 
-    from unclip_jax.convert.hf_clip import TOKENIZER_DIR, load_clip
+    from unclip_jax.convert.hf_clip import TOKENIZER_DIR, load_frozen_clip
+    from unclip_jax.data.batching import pad_rows
     from unclip_jax.data.embedding_shards import EmbeddingShardWriter
-    from unclip_jax.models.clip import CLIP
-    from unclip_jax.models.clip_preprocessing import clip_preprocess
     from unclip_jax.text.tokenizer import load_tokenizer
 
     if batch_size <= 0 or shard_size <= 0:
         raise ValueError(
             f"batch_size and shard_size must be positive, got {batch_size}, {shard_size}"
         )
-    config, params = load_clip(checkpoint)
+    clip = load_frozen_clip(checkpoint)
     tokenizer = load_tokenizer(pathlib.Path(checkpoint) / TOKENIZER_DIR)
-    model = CLIP(config)
-    size = config.vision.image_size
-
-    @jax.jit
-    def encode_images(images):  # uint8 [B, H, W, 3] -> [B, P]
-        return model.apply(params, clip_preprocess(images, size), method=CLIP.encode_image)[0]
-
-    @jax.jit
-    def encode_texts(ids, mask):  # [B, L] -> [B, P], [B, L, W]
-        embedding, aux = model.apply(params, ids, mask, method=CLIP.encode_text)
-        return embedding, aux["hidden_states"]
+    image_fn, text_fn = jax.jit(type(clip).encode_image), jax.jit(type(clip).encode_text)
+    encode_images = lambda images: image_fn(clip, images)  # uint8 [B, H, W, 3] -> [B, P]
+    encode_texts = lambda ids, mask: text_fn(clip, ids, mask)  # [B, L] -> [B, P], [B, L, W]
 
     out = pathlib.Path(out)
     num_shards = -(-len(source) // shard_size)
@@ -83,13 +69,13 @@ def embed_source(
         for start in range(k * shard_size, stop, batch_size):
             examples = [source[i] for i in range(start, min(start + batch_size, stop))]
             images = np.stack([np.asarray(e["image"])[..., :3] for e in examples])
-            image_embeds = np.asarray(encode_images(_pad(images, batch_size)))[: len(examples)]
+            image_embeds = np.asarray(encode_images(pad_rows(images, batch_size)))[: len(examples)]
             captions = [_captions(e) for e in examples]
             rows = np.repeat(np.arange(len(examples)), [len(c) for c in captions])
             texts = [c for group in captions for c in group]
             ids, mask = tokenizer(texts)
             rounded = -(-len(texts) // batch_size) * batch_size  # few distinct shapes to compile
-            text_embeds, states = encode_texts(_pad(ids, rounded), _pad(mask, rounded))
+            text_embeds, states = encode_texts(pad_rows(ids, rounded), pad_rows(mask, rounded))
             text_embeds, states = text_embeds[: len(texts)], states[: len(texts)]
             batch = {
                 "image_embedding": image_embeds[rows].astype(store),

@@ -11,6 +11,7 @@ import numpy as np
 from absl import app, flags
 
 from unclip_jax.commands import common
+from unclip_jax.pipelines import outputs
 
 FLAGS = flags.FLAGS
 flags.adopt_module_key_flags(common)
@@ -46,7 +47,7 @@ def evaluate(images: np.ndarray, captions: list[str], score_clip: str | None) ->
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    from unclip_jax.pipeline_images import load_image
+    from unclip_jax.pipelines.images import load_image
 
     if not FLAGS.images:
         raise ValueError("--images must name a directory written by `unclip generate`")
@@ -57,7 +58,7 @@ def main(argv: list[str]) -> None:
     captions = json.loads(index.read_text())
     images = np.stack([load_image(directory / name) for name in captions])
     if FLAGS.score_clip:
-        common.enable_compilation_cache(FLAGS.compilation_cache)
+        outputs.enable_compilation_cache(FLAGS.compilation_cache)
     figures = evaluate(images, list(captions.values()), FLAGS.score_clip)
     text = json.dumps(figures, indent=2)
     if FLAGS.metrics:

@@ -18,6 +18,8 @@ import warnings
 from absl import app, flags
 
 from unclip_jax.commands import common
+from unclip_jax.pipelines import images as pipeline_images
+from unclip_jax.pipelines import outputs
 
 FLAGS = flags.FLAGS
 flags.adopt_module_key_flags(common)
@@ -38,20 +40,19 @@ def main(argv: list[str]) -> None:
     prompts = list(argv[1:])
     if not prompts:
         raise app.UsageError('give at least one prompt: unclip generate "a red circle" ...')
-    from unclip_jax import pipeline
+    from unclip_jax.pipelines import arguments
+    from unclip_jax.sampling.settings import check_guidance_scale
 
-    pipeline.check_prompts(prompts)
+    arguments.check_prompts(prompts)
     common.check_sampling_flags()
     if FLAGS.prior_guidance is not None:
-        pipeline.check_guidance("--prior_guidance", FLAGS.prior_guidance)
+        check_guidance_scale(FLAGS.prior_guidance, "--prior_guidance")
     if FLAGS.prior_steps is not None and FLAGS.prior_steps < 1:
         raise ValueError(f"--prior_steps must be >= 1, got {FLAGS.prior_steps}")
     for name in ("num_images", "prior_candidates", "rerank"):
         if FLAGS[name].value is not None:
-            pipeline.check_count(f"--{name}", FLAGS[name].value)
-    out = common.check_output_dir(FLAGS.out)
-    common.enable_compilation_cache(FLAGS.compilation_cache)
-    pipe = common.load_pipeline(FLAGS.checkpoint)
+            arguments.check_count(f"--{name}", FLAGS[name].value)
+    out, pipe = common.open_run()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         images = pipe.generate(
@@ -59,10 +60,8 @@ def main(argv: list[str]) -> None:
             FLAGS.num_images,
             seed=FLAGS.seed,
             prior_steps=FLAGS.prior_steps,
-            decoder_steps=FLAGS.decoder_steps,
-            upsampler_steps=FLAGS.upsampler_steps,
             prior_guidance=FLAGS.prior_guidance,
-            decoder_guidance=FLAGS.decoder_guidance,
+            **common.decoder_options(),
             prior_candidates=FLAGS.prior_candidates,
             rerank_candidates=FLAGS.rerank,
         )
@@ -75,9 +74,9 @@ def main(argv: list[str]) -> None:
         files[name] = image
         captions[name] = prompts[i // n]
     grid = images.reshape(len(prompts), n, *images.shape[1:])
-    files["grid.png"] = common.captioned_grid(grid, prompts)
+    files["grid.png"] = pipeline_images.captioned_grid(grid, prompts)
     files["captions.json"] = json.dumps(captions, indent=1)
-    common.write_outputs(out, files)
+    outputs.write_outputs(out, files)
     print(f"wrote {len(images)} images and grid.png to {out}")
 
 

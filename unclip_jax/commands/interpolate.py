@@ -6,6 +6,7 @@ import numpy as np
 from absl import app, flags
 
 from unclip_jax.commands import common
+from unclip_jax.pipelines import outputs
 
 FLAGS = flags.FLAGS
 flags.adopt_module_key_flags(common)
@@ -15,28 +16,24 @@ flags.DEFINE_integer("frames", 5, "Frames, A's embedding first and B's last (>= 
 def main(argv: list[str]) -> None:
     if len(argv) != 3:
         raise app.UsageError("give two images: unclip interpolate A B --checkpoint DIR --out DIR")
-    from unclip_jax import pipeline
-    from unclip_jax.pipeline_images import load_image
+    from unclip_jax.pipelines import arguments
+    from unclip_jax.pipelines.images import load_image
 
     image_a, image_b = load_image(argv[1]), load_image(argv[2])
     common.check_sampling_flags()
-    frames = pipeline.check_count("--frames", FLAGS.frames, least=2)
-    out = common.check_output_dir(FLAGS.out)
-    common.enable_compilation_cache(FLAGS.compilation_cache)
-    pipe = common.load_pipeline(FLAGS.checkpoint)
+    frames = arguments.check_count("--frames", FLAGS.frames, least=2)
+    out, pipe = common.open_run()
     images = pipe.interpolate(
         image_a,
         image_b,
         frames,
         seed=FLAGS.seed,
-        decoder_steps=FLAGS.decoder_steps,
-        upsampler_steps=FLAGS.upsampler_steps,
-        decoder_guidance=FLAGS.decoder_guidance,
+        **common.decoder_options(),
     )
     files = common.image_files("frame", images)
     row = np.concatenate([images, common.fit(image_b, images.shape[1])[None]])
     files["grid.png"] = common.source_and_row(image_a, row, "A, frames A → B, B")
-    common.write_outputs(out, files)
+    outputs.write_outputs(out, files)
     print(f"wrote {frames} frames and grid.png to {out}")
 
 

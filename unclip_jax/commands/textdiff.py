@@ -5,6 +5,7 @@ the DDIM inversion of IMAGE (unCLIP §3.3). Writes `theta_*.png` and `grid.png`.
 from absl import app, flags
 
 from unclip_jax.commands import common
+from unclip_jax.pipelines import outputs
 
 FLAGS = flags.FLAGS
 flags.adopt_module_key_flags(common)
@@ -16,7 +17,7 @@ flags.DEFINE_list("thetas", ["0", "0.25", "0.5", "0.75"], "Interpolation amounts
 def main(argv: list[str]) -> None:
     if len(argv) != 2:
         raise app.UsageError("give one image: unclip textdiff IMAGE --from ... --to ...")
-    from unclip_jax.pipeline_images import load_image
+    from unclip_jax.pipelines.images import load_image
 
     source = load_image(argv[1])
     if FLAGS["from"].value is None or FLAGS.to is None:
@@ -28,23 +29,19 @@ def main(argv: list[str]) -> None:
     if not thetas or any(not 0 <= t <= 1 for t in thetas):
         raise ValueError(f"--thetas must be numbers in [0, 1], got {FLAGS.thetas}")
     common.check_sampling_flags()
-    out = common.check_output_dir(FLAGS.out)
-    common.enable_compilation_cache(FLAGS.compilation_cache)
-    pipe = common.load_pipeline(FLAGS.checkpoint)
+    out, pipe = common.open_run()
     images = pipe.text_diff(
         source,
         FLAGS["from"].value,
         FLAGS.to,
         thetas,
         seed=FLAGS.seed,
-        decoder_steps=FLAGS.decoder_steps,
-        upsampler_steps=FLAGS.upsampler_steps,
-        decoder_guidance=FLAGS.decoder_guidance,
+        **common.decoder_options(),
     )
     files = {f"theta_{t:.2f}.png": image for t, image in zip(thetas, images, strict=True)}
     caption = f"{FLAGS['from'].value} → {FLAGS.to}, θ = {', '.join(FLAGS.thetas)}"
     files["grid.png"] = common.source_and_row(source, images, caption)
-    common.write_outputs(out, files)
+    outputs.write_outputs(out, files)
     print(f"wrote {len(images)} edits and grid.png to {out}")
 
 

@@ -5,6 +5,7 @@ and `grid.png` (the source first)."""
 from absl import app, flags
 
 from unclip_jax.commands import common
+from unclip_jax.pipelines import outputs
 
 FLAGS = flags.FLAGS
 flags.adopt_module_key_flags(common)
@@ -14,26 +15,22 @@ flags.DEFINE_integer("num_variations", 4, "How many variations.")
 def main(argv: list[str]) -> None:
     if len(argv) != 2:
         raise app.UsageError("give one image: unclip variations IMAGE --checkpoint DIR --out DIR")
-    from unclip_jax import pipeline
-    from unclip_jax.pipeline_images import load_image
+    from unclip_jax.pipelines import arguments
+    from unclip_jax.pipelines.images import load_image
 
     source = load_image(argv[1])
     common.check_sampling_flags()
-    n = pipeline.check_count("--num_variations", FLAGS.num_variations)
-    out = common.check_output_dir(FLAGS.out)
-    common.enable_compilation_cache(FLAGS.compilation_cache)
-    pipe = common.load_pipeline(FLAGS.checkpoint)
+    n = arguments.check_count("--num_variations", FLAGS.num_variations)
+    out, pipe = common.open_run()
     images = pipe.variations(
         source,
         n,
         seed=FLAGS.seed,
-        decoder_steps=FLAGS.decoder_steps,
-        upsampler_steps=FLAGS.upsampler_steps,
-        decoder_guidance=FLAGS.decoder_guidance,
+        **common.decoder_options(),
     )
     files = common.image_files("variation", images)
     files["grid.png"] = common.source_and_row(source, images, "variations of the source (left)")
-    common.write_outputs(out, files)
+    outputs.write_outputs(out, files)
     print(f"wrote {n} variations and grid.png to {out}")
 
 

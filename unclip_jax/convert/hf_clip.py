@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from unclip_jax.models.clip import CLIP, CLIPConfig, TextConfig, VisionConfig
+from unclip_jax.models.frozen_clip import FrozenCLIP
 
 Params = dict
 
@@ -345,6 +346,12 @@ def load_clip(directory: str | pathlib.Path) -> tuple[CLIPConfig, Params]:
         }
         params = checkpointer.restore(path / PARAMS_DIR, target)
     return config, params
+
+
+def load_frozen_clip(directory: str | pathlib.Path) -> FrozenCLIP:
+    """The CLIP saved by `save_clip`, for encoding only (parameters on the host)."""
+    config, variables = load_clip(directory)
+    return FrozenCLIP(CLIP(config), jax.device_get(variables["params"]))
 
 
 def convert_directory(hf_dir: str | pathlib.Path, out: str | pathlib.Path) -> int:

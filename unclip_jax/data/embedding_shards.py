@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from unclip_jax.data.pipeline import DataIterator
+from unclip_jax.data.input_pipeline import DataIterator
 
 REQUIRED_FIELDS = ("image_embedding", "text_embedding")
 OPTIONAL_FIELDS = ("text_tokens", "text_mask", "token_states", "caption")
@@ -158,7 +158,7 @@ def embedding_iterator(
     """Checkpointable batches of embeddings: `image_embedding` [B, D], `text_embedding`
     [B, D], and the optional fields present (`caption` as str [B]), this process's slice only.
 
-    `iterator_kwargs` go to `pipeline.DataIterator` (shuffle, num_epochs, process_index, ...).
+    `iterator_kwargs` go to `input_pipeline.DataIterator` (shuffle, num_epochs, process_index, ...).
     """
     source = EmbeddingShards(directory, fields)
     return DataIterator(source, batch_size=batch_size, seed=seed, **iterator_kwargs)

@@ -1,6 +1,6 @@
 """Per-example preprocessing on the host (numpy + PIL): caption choice, resize, crop, flip.
 
-Runs in the input pipeline's worker threads (`pipeline.DataIterator`), before batching.
+Runs in the input pipeline's worker threads (`input_pipeline.DataIterator`), before batching.
 """
 
 import dataclasses

@@ -4,7 +4,7 @@ Built locally with no download: every example is drawn from its own seed
 `(config.seed, split, index)`, so the same config gives the same bytes. Splits: `train`,
 `validation`, `test`, and `test_unseen`, whose images each hold a colour–shape pair of
 `shapes_render.HELD_OUT` that never occurs in the other splits. Stored as ArrayRecord, so that
-`builder.as_data_source(split)` gives random access (see `pipeline.py`).
+`builder.as_data_source(split)` gives random access (see `input_pipeline.py`).
 
     builder = build("64px", data_dir="/tmp/tfds")   # ~26k examples
     source = builder.as_data_source("train")

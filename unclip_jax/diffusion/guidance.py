@@ -18,11 +18,6 @@ Array = jax.Array
 ModelFn = Callable[[Array, Array, Any], Array]
 
 
-def check_guidance_scale(scale: float) -> None:
-    if not scale >= 0:
-        raise ValueError(f"guidance_scale must be >= 0, got {scale}")
-
-
 def guide(conditional: Array, unconditional: Array, scale: Array, mean_channels: int) -> Array:
     """Guided output from the two halves, float32; channels past `mean_channels` conditional."""
     conditional = conditional.astype(jnp.float32)
@@ -33,6 +28,27 @@ def guide(conditional: Array, unconditional: Array, scale: Array, mean_channels:
     return jnp.concatenate([mean, conditional[..., mean_channels:]], axis=-1)
 
 
+def guided_denoiser(
+    model_fn: Callable[[Array, Array], Array],
+    scale: float | Array,
+    mean_channels: int | None = None,
+) -> DenoiseFn:
+    """A denoiser running the conditional and unconditional halves as ONE batch of 2B.
+
+    model_fn(x: [2B, …], t: [2B]) -> output [2B, …, C']: its first B rows conditional, the last
+    B unconditional (the caller bakes both halves' conditioning into it). mean_channels: how
+    many output channels to guide (default: all).
+    """
+
+    def denoise(x: Array, t: Array) -> Array:
+        output = model_fn(jnp.concatenate([x, x], axis=0), jnp.concatenate([t, t], axis=0))
+        conditional, unconditional = jnp.split(output, 2, axis=0)
+        channels = output.shape[-1] if mean_channels is None else mean_channels
+        return guide(conditional, unconditional, scale, channels)
+
+    return denoise
+
+
 def classifier_free_guidance(
     model_fn: ModelFn,
     conditioning: Any,
@@ -40,19 +56,12 @@ def classifier_free_guidance(
     scale: float | Array,
     mean_channels: int | None = None,
 ) -> DenoiseFn:
-    """A denoiser that runs the conditional and unconditional inputs as ONE batch of 2B.
+    """`guided_denoiser` over conditioning pytrees whose leaves have leading axis B.
 
-    conditioning / null_conditioning: pytrees whose leaves have leading axis B.
     mean_channels: how many output channels to guide (default: all).
     """
+    doubled = jax.tree.map(
+        lambda c, u: jnp.concatenate([c, u], axis=0), conditioning, null_conditioning
+    )
 
-    def denoise(x: Array, t: Array) -> Array:
-        doubled = jax.tree.map(
-            lambda c, u: jnp.concatenate([c, u], axis=0), conditioning, null_conditioning
-        )
-        output = model_fn(jnp.concatenate([x, x], axis=0), jnp.concatenate([t, t], axis=0), doubled)
-        conditional, unconditional = jnp.split(output, 2, axis=0)
-        channels = output.shape[-1] if mean_channels is None else mean_channels
-        return guide(conditional, unconditional, scale, channels)
-
-    return denoise
+    return guided_denoiser(lambda x, t: model_fn(x, t, doubled), scale, mean_channels)

@@ -8,11 +8,8 @@ a causal transformer over
 predicts code_k at the position before it. The z_i·z_t token lets sampling ask for embeddings that
 match the caption closely (the paper conditions on a high dot product). Sampling decodes the whole
 sequence in one `lax.scan` with a key/value cache, guiding the logits of the captioned half by the
-null-caption half of the same batch.
+null-caption half of the same batch (`sampling.ar_prior`).
 """
-
-import dataclasses
-from collections.abc import Callable
 
 import flax.linen as nn
 import jax
@@ -20,18 +17,14 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from unclip_jax.diffusion.guidance import check_guidance_scale, guide
-from unclip_jax.models.pca_quantizer import PCAQuantizer
 from unclip_jax.models.prior import (
     NULL_CONDITIONINGS,
     PriorBlock,
     caption_conditioning,
-    check_null_given,
-    dense,
-    layer_norm,
     sequence_mask,
-    substitute_null,
 )
+from unclip_jax.nn.linear import dense
+from unclip_jax.nn.norm import layer_norm
 from unclip_jax.sharding import EMBED, JOINT_EMBED, LENGTH, VOCAB
 
 Array = jax.Array
@@ -221,122 +214,3 @@ def ar_prior_loss(logits: Array, codes: Array) -> tuple[Array, dict[str, Array]]
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, codes).mean()
     accuracy = (jnp.argmax(logits, axis=-1) == codes).mean()
     return loss, {"loss": loss, "accuracy": accuracy}
-
-
-def sample_token(key: Array, logits: Array, temperature: Array, top_p: Array) -> Array:
-    """Nucleus sampling (Holtzman et al. 2020) at `temperature`: logits [B, V] -> codes [B] int32.
-
-    The smallest set of most likely tokens whose probability reaches `top_p` is kept; the most
-    likely token always is, so a tiny `top_p` decodes greedily.
-    """
-    logits = logits.astype(jnp.float32) / temperature
-    ordered = jnp.sort(logits, axis=-1)[:, ::-1]
-    probs = jax.nn.softmax(ordered, axis=-1)
-    before = jnp.cumsum(probs, axis=-1) - probs  # mass of the strictly more likely tokens
-    kept = jnp.sum(before < top_p, axis=-1)  # >= 1
-    threshold = jnp.take_along_axis(ordered, (kept - 1)[:, None], axis=-1)
-    logits = jnp.where(logits >= threshold, logits, -jnp.inf)
-    return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
-
-
-def make_ar_prior_sampler(model: ARPrior) -> "ARPriorSampler":
-    """A compiled `sample(params, key, text_embed, text_tokens, text_mask, dot_bucket, quantizer,
-    guidance_scale, temperature, top_p, null=None) -> (z_i [B, D], codes [B, K])`.
-
-    One program per batch shape: new captions, keys and settings do not recompile. `null` is the
-    empty caption's (embedding [Dz], tokens [L, Dt], mask [L]) for "empty_caption" models.
-    """
-
-    def sample(
-        params,
-        key: Array,
-        text_embed: Array,
-        text_tokens: Array,
-        text_mask: Array,
-        dot_bucket: Array,
-        quantizer: PCAQuantizer,
-        guidance_scale: Array,
-        temperature: Array,
-        top_p: Array,
-        null=None,
-    ) -> tuple[Array, Array]:
-        batch = text_embed.shape[0]
-        doubled = tuple(
-            jnp.concatenate([c, c], axis=0)
-            for c in (text_embed, text_tokens, jnp.asarray(text_mask, bool))
-        )
-        is_null = jnp.arange(2 * batch) >= batch
-        drop = is_null if null is None else None
-        if null is not None:
-            doubled = substitute_null(is_null, *doubled, *null)
-        variables = {"params": params}
-        dots = jnp.concatenate([dot_bucket, dot_bucket], axis=0)
-        logits, cache = model.apply(variables, dots, *doubled, drop, method=model.encode_prefix)
-
-        def choose(step_key, logits):  # [2B, V] -> [B]
-            captioned, unconditional = jnp.split(logits, 2, axis=0)
-            guided = guide(captioned, unconditional, guidance_scale, logits.shape[-1])
-            return sample_token(step_key, guided, temperature, top_p)
-
-        first = choose(jax.random.fold_in(key, 0), logits)
-
-        def body(carry, index):
-            cache, code = carry
-            logits, cache = model.apply(
-                variables, cache, jnp.concatenate([code, code]), index, method=model.decode_step
-            )
-            code = choose(jax.random.fold_in(key, index + 1), logits)
-            return (cache, code), code
-
-        _, rest = jax.lax.scan(body, (cache, first), jnp.arange(model.num_codes - 1))
-        codes = jnp.concatenate([first[:, None], rest.T], axis=1)
-        return quantizer.decode(codes), codes
-
-    return ARPriorSampler(jax.jit(sample), model.null_conditioning, model.num_codes)
-
-
-@dataclasses.dataclass(frozen=True)
-class ARPriorSampler:
-    """Checks the arguments on the host, then runs the one compiled decoding program."""
-
-    compiled: Callable[..., tuple[Array, Array]]
-    null_conditioning: str
-    num_codes: int
-
-    def __call__(
-        self,
-        params,
-        key,
-        text_embed,
-        text_tokens,
-        text_mask,
-        dot_bucket,
-        quantizer: PCAQuantizer,
-        guidance_scale: float = 1.0,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        null=None,
-    ) -> tuple[Array, Array]:
-        check_guidance_scale(guidance_scale)
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        if not 0 < top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-        if quantizer.num_components != self.num_codes:
-            raise ValueError(
-                f"the quantizer has {quantizer.num_components} components, the model predicts "
-                f"{self.num_codes} codes"
-            )
-        check_null_given(null, self.null_conditioning)
-        settings = (jnp.float32(guidance_scale), jnp.float32(temperature), jnp.float32(top_p))
-        return self.compiled(
-            params,
-            key,
-            text_embed,
-            text_tokens,
-            text_mask,
-            jnp.asarray(dot_bucket, jnp.int32),
-            quantizer,
-            *settings,
-            null,
-        )

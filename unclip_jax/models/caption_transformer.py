@@ -12,7 +12,9 @@ import jax
 import jax.numpy as jnp
 
 from unclip_jax.nn.attention import MultiHeadAttention
-from unclip_jax.sharding import EMBED, LENGTH, MLP, NORM, VOCAB
+from unclip_jax.nn.linear import dense
+from unclip_jax.nn.norm import layer_norm
+from unclip_jax.sharding import EMBED, HIDDEN, LENGTH, MLP, TOKENS, VOCAB, constrain
 
 Array = jax.Array
 
@@ -32,30 +34,9 @@ class CaptionTransformerConfig:
             raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
 
 
-def _layer_norm(eps: float, *, name: str, dtype, param_dtype) -> nn.LayerNorm:
-    return nn.LayerNorm(
-        epsilon=eps,
-        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), (NORM,)),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (NORM,)),
-        dtype=dtype,
-        param_dtype=param_dtype,
-        name=name,
-    )
-
-
-def _dense(features: int, names: tuple[str, str], *, name: str, dtype, param_dtype) -> nn.Dense:
-    return nn.Dense(
-        features,
-        kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), names),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), names[1:]),
-        dtype=dtype,
-        param_dtype=param_dtype,
-        name=name,
-    )
-
-
 class CaptionBlock(nn.Module):
-    """x + attn(LN(x)); x + MLP(LN(x)), bidirectional attention over the valid tokens."""
+    """x + attn(LN(x)); x + MLP(LN(x)), bidirectional attention over the valid tokens; states
+    constrained to `TOKENS`, the MLP's hidden layer to `HIDDEN`."""
 
     heads: int
     mlp_ratio: int = 4
@@ -67,12 +48,12 @@ class CaptionBlock(nn.Module):
     def __call__(self, x: Array, mask: Array) -> Array:  # x: [B, L, W], mask: [B, 1, 1, L]
         common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         width = x.shape[-1]
-        h = _layer_norm(self.eps, name="ln_1", **common)(x)
+        h = layer_norm(self.eps, name="ln_1", **common)(x)
         x = x + MultiHeadAttention(self.heads, name="attention", **common)(h, mask=mask)
-        h = _layer_norm(self.eps, name="ln_2", **common)(x)
-        h = _dense(width * self.mlp_ratio, (EMBED, MLP), name="fc1", **common)(h)
-        h = _dense(width, (MLP, EMBED), name="fc2", **common)(jax.nn.gelu(h, approximate=False))
-        return x + h
+        h = layer_norm(self.eps, name="ln_2", **common)(constrain(x, TOKENS))
+        h = constrain(dense(width * self.mlp_ratio, (EMBED, MLP), name="fc1", **common)(h), HIDDEN)
+        h = dense(width, (MLP, EMBED), name="fc2", **common)(jax.nn.gelu(h, approximate=False))
+        return constrain(x + h, TOKENS)
 
 
 class CaptionTransformer(nn.Module):
@@ -118,6 +99,6 @@ class CaptionTransformer(nn.Module):
             x = CaptionBlock(
                 cfg.heads, cfg.mlp_ratio, cfg.layer_norm_eps, name=f"block_{i}", **common
             )(x, keys[:, None, None, :])
-        x = _layer_norm(cfg.layer_norm_eps, name="final_ln", **common)(x)
+        x = layer_norm(cfg.layer_norm_eps, name="final_ln", **common)(x)
         last = jnp.maximum(jnp.sum(mask, axis=1) - 1, 0)
         return x, x[jnp.arange(x.shape[0]), last]

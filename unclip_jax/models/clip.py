@@ -17,7 +17,19 @@ import jax
 import jax.numpy as jnp
 
 from unclip_jax.nn.attention import MultiHeadAttention
-from unclip_jax.sharding import CONV_IN, EMBED, JOINT_EMBED, LENGTH, MLP, NORM, VOCAB
+from unclip_jax.nn.linear import dense
+from unclip_jax.nn.norm import layer_norm
+from unclip_jax.sharding import (
+    CONV_IN,
+    EMBED,
+    HIDDEN,
+    JOINT_EMBED,
+    LENGTH,
+    MLP,
+    TOKENS,
+    VOCAB,
+    constrain,
+)
 
 Array = jax.Array
 
@@ -169,32 +181,14 @@ def clip_config(variant: str) -> CLIPConfig:
     return VARIANTS[variant]
 
 
-def _layer_norm(eps: float, dtype, param_dtype, name: str) -> nn.LayerNorm:
-    return nn.LayerNorm(
-        epsilon=eps,
-        use_fast_variance=False,
-        dtype=dtype,
-        param_dtype=param_dtype,
-        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), (NORM,)),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (NORM,)),
-        name=name,
-    )
-
-
-def _dense(features: int, names: tuple[str, str], dtype, param_dtype, name: str, use_bias=True):
-    return nn.Dense(
-        features,
-        use_bias=use_bias,
-        dtype=dtype,
-        param_dtype=param_dtype,
-        kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), names),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), names[1:]),
-        name=name,
-    )
+def _layer_norm(eps: float, *, name: str, dtype, param_dtype) -> nn.LayerNorm:
+    """LayerNorm with PyTorch's two-pass variance, as the ported models were trained with."""
+    return layer_norm(eps, name=name, fast_variance=False, dtype=dtype, param_dtype=param_dtype)
 
 
 class ResidualBlock(nn.Module):
-    """Pre-LN transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+    """Pre-LN transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x)); states constrained to
+    `TOKENS`, the MLP's hidden layer to `HIDDEN`."""
 
     heads: int
     mlp_dim: int
@@ -215,10 +209,10 @@ class ResidualBlock(nn.Module):
         x = x + MultiHeadAttention(self.heads, name="attn", **common)(
             h, mask=mask, is_causal=is_causal
         )
-        h = _layer_norm(self.layer_norm_eps, name="ln_2", **common)(x)
-        h = _dense(self.mlp_dim, (EMBED, MLP), name="fc1", **common)(h)
-        h = _dense(x.shape[-1], (MLP, EMBED), name="fc2", **common)(ACTIVATIONS[self.act](h))
-        return x + h
+        h = _layer_norm(self.layer_norm_eps, name="ln_2", **common)(constrain(x, TOKENS))
+        h = constrain(dense(self.mlp_dim, (EMBED, MLP), name="fc1", **common)(h), HIDDEN)
+        h = dense(x.shape[-1], (MLP, EMBED), name="fc2", **common)(ACTIVATIONS[self.act](h))
+        return constrain(x + h, TOKENS)
 
 
 def _blocks(x, config, dtype, param_dtype, mask=None, is_causal=False):
@@ -279,7 +273,7 @@ class TextTransformer(nn.Module):
         hidden = _layer_norm(cfg.layer_norm_eps, name="ln_final", **common)(x)
         eot = POOLING[cfg.pooling](ids, cfg.eos_token_id)  # [B]
         pooled = jnp.take_along_axis(hidden, eot[:, None, None], axis=1)[:, 0]  # [B, D]
-        embedding = _dense(
+        embedding = dense(
             self.projection_dim, (EMBED, JOINT_EMBED), name="projection", use_bias=False, **common
         )(pooled)
         return embedding.astype(jnp.float32), {"hidden_states": hidden, "pooled": pooled}
@@ -310,7 +304,7 @@ class VisionTransformer(nn.Module):
         batch, grid = images.shape[0], size // patch
         patches = images.reshape(batch, grid, patch, grid, patch, channels)
         patches = patches.transpose(0, 1, 3, 2, 4, 5).reshape(batch, grid * grid, -1)
-        x = _dense(cfg.width, (CONV_IN, EMBED), name="patch_embedding", use_bias=False, **common)(
+        x = dense(cfg.width, (CONV_IN, EMBED), name="patch_embedding", use_bias=False, **common)(
             patches
         )  # [B, N, D]; a stride-`patch` convolution, kernel [p*p*C, D]
         class_embedding = self.param(
@@ -330,7 +324,7 @@ class VisionTransformer(nn.Module):
         x = _layer_norm(cfg.layer_norm_eps, name="ln_pre", **common)(x)
         hidden = _blocks(x, cfg, self.dtype, self.param_dtype)
         pooled = _layer_norm(cfg.layer_norm_eps, name="ln_post", **common)(hidden[:, 0])
-        embedding = _dense(
+        embedding = dense(
             self.projection_dim, (EMBED, JOINT_EMBED), name="projection", use_bias=False, **common
         )(pooled)
         return embedding.astype(jnp.float32), {"hidden_states": hidden, "pooled": pooled}

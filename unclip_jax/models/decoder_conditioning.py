@@ -14,8 +14,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from unclip_jax.models.unet_blocks import dense
-from unclip_jax.sharding import EMBED, LENGTH, MLP, NORM
+from unclip_jax.nn.linear import dense
+from unclip_jax.nn.norm import layer_norm
+from unclip_jax.sharding import EMBED, LENGTH, MLP, TOKENS, constrain
 
 Array = jax.Array
 
@@ -25,36 +26,6 @@ def substitute(drop: Array | None, null: Array, value: Array) -> Array:
     if drop is None:
         return value
     return jnp.where(drop[:, None], null[None].astype(value.dtype), value)
-
-
-class TokenProjection(nn.Module):
-    """x [B, D] → [B, T, W] with kernel [D, T, W] and bias [T, W] (the layout of a DenseGeneral),
-    initialised with fan-in D. The kernel is created at its 3-D shape so that its logical axis
-    names fit it when a mesh is active."""
-
-    num_tokens: int
-    width: int
-    dtype: jnp.dtype = jnp.float32
-    param_dtype: jnp.dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: Array) -> Array:
-        kernel = self.param(
-            "kernel",
-            nn.with_logical_partitioning(
-                nn.initializers.lecun_normal(in_axis=0, out_axis=(1, 2)), (EMBED, LENGTH, MLP)
-            ),
-            (x.shape[-1], self.num_tokens, self.width),
-            self.param_dtype,
-        )
-        bias = self.param(
-            "bias",
-            nn.with_logical_partitioning(nn.initializers.zeros_init(), (LENGTH, MLP)),
-            (self.num_tokens, self.width),
-            self.param_dtype,
-        )
-        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-        return jnp.einsum("bd,dtw->btw", x, kernel) + bias
 
 
 class DecoderConditioning(nn.Module):
@@ -93,9 +64,12 @@ class DecoderConditioning(nn.Module):
         added = dense(self.time_embed_dim, (EMBED, MLP), name="image_to_time", **common)(
             image_embed
         )
-        tokens = TokenProjection(
-            self.num_image_tokens, self.context_dim, name="image_to_tokens", **common
-        )(image_embed)
+        tokens = dense(
+            (self.num_image_tokens, self.context_dim),
+            (EMBED, LENGTH, MLP),
+            name="image_to_tokens",
+            **common,
+        )(image_embed)  # kernel [D_img, T, D_ctx]
         mask = jnp.ones((batch, self.num_image_tokens), bool)
         if caption_embed is not None:
             null_caption = self.param(
@@ -112,17 +86,14 @@ class DecoderConditioning(nn.Module):
             states = dense(self.context_dim, (EMBED, MLP), name="caption_proj", **common)(
                 caption_states
             )
-            states = nn.LayerNorm(
-                epsilon=1e-5,
-                scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), (NORM,)),
-                bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (NORM,)),
-                name="caption_norm",
-                **common,
-            )(states)
+            states = layer_norm(name="caption_norm", **common)(states)
             tokens = jnp.concatenate([tokens, states.astype(tokens.dtype)], axis=1)
             if caption_mask is None:
                 caption_mask = jnp.ones(caption_states.shape[:2], bool)
             if drop_caption is not None:
                 caption_mask = caption_mask & ~drop_caption[:, None]
             mask = jnp.concatenate([mask, caption_mask], axis=1)
-        return added, tokens, mask
+        # Constrained like transformer states. Without it, XLA's partitioner (jax 0.10, CPU)
+        # computes a wrong gradient for `image_to_tokens` when its kernel and the attention's
+        # `extra_value` kernels are both sharded over fsdp × tensor.
+        return added, constrain(tokens, TOKENS), mask

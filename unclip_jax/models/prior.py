@@ -21,7 +21,9 @@ import jax.numpy as jnp
 from flax import struct
 
 from unclip_jax.nn.attention import MultiHeadAttention
-from unclip_jax.sharding import EMBED, JOINT_EMBED, LENGTH, MLP, NORM
+from unclip_jax.nn.linear import dense
+from unclip_jax.nn.norm import layer_norm
+from unclip_jax.sharding import EMBED, HIDDEN, JOINT_EMBED, LENGTH, MLP, TOKENS, constrain
 
 Array = jax.Array
 
@@ -167,30 +169,6 @@ _NORMALIZERS = {
 }
 
 
-def dense(features: int, names: tuple[str, str], *, name: str, dtype, param_dtype) -> nn.Dense:
-    """A Dense layer whose kernel has logical axes `names` (input, output)."""
-    return nn.Dense(
-        features,
-        kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), names),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (names[1],)),
-        dtype=dtype,
-        param_dtype=param_dtype,
-        name=name,
-    )
-
-
-def layer_norm(*, name: str, dtype, param_dtype) -> nn.LayerNorm:
-    """LayerNorm with PyTorch's epsilon (1e-5), as in diffusers' transformer blocks."""
-    return nn.LayerNorm(
-        epsilon=1e-5,
-        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), (NORM,)),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (NORM,)),
-        dtype=dtype,
-        param_dtype=param_dtype,
-        name=name,
-    )
-
-
 def _project(params: dict, x: Array, dtype) -> Array:
     """A `MultiHeadAttention` input projection: [B, S, D] x kernel [D, H, Dh] -> [B, S, H, Dh]."""
     kernel = jnp.asarray(params["kernel"], dtype)
@@ -198,7 +176,8 @@ def _project(params: dict, x: Array, dtype) -> Array:
 
 
 class PriorBlock(nn.Module):
-    """Pre-LayerNorm transformer block: x + attn(LN(x)), then x + MLP(LN(x)) with exact GELU."""
+    """Pre-LayerNorm transformer block: x + attn(LN(x)), then x + MLP(LN(x)) with exact GELU;
+    states constrained to `TOKENS`, the MLP's hidden layer to `HIDDEN`."""
 
     width: int
     num_heads: int
@@ -215,9 +194,10 @@ class PriorBlock(nn.Module):
         self.mlp_in = dense(self.mlp_dim, (EMBED, MLP), name="mlp_in", **common)
         self.mlp_out = dense(self.width, (MLP, EMBED), name="mlp_out", **common)
 
-    def _mlp(self, h: Array) -> Array:
-        hidden = nn.gelu(self.mlp_in(self.norm_mlp(h)), approximate=False)
-        return h + self.mlp_out(hidden)
+    def _mlp(self, h: Array) -> Array:  # [B, S, W] -> [B, S, W]
+        h = constrain(h, TOKENS)
+        hidden = constrain(self.mlp_in(self.norm_mlp(h)), HIDDEN)
+        return constrain(h + self.mlp_out(nn.gelu(hidden, approximate=False)), TOKENS)
 
     def __call__(self, h: Array, mask: Array) -> Array:
         """h: [B, S, W]; mask: [B, 1, S, S] bool (True = may attend)."""

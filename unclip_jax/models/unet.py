@@ -26,7 +26,9 @@ import jax.numpy as jnp
 
 from unclip_jax.models.caption_transformer import CaptionTransformer, CaptionTransformerConfig
 from unclip_jax.models.decoder_conditioning import DecoderConditioning
-from unclip_jax.models.unet_blocks import AttentionBlock, ResBlock, TimeEmbedding, conv, group_norm
+from unclip_jax.models.unet_blocks import AttentionBlock, ResBlock, TimeEmbedding
+from unclip_jax.nn.linear import conv
+from unclip_jax.nn.norm import group_norm
 from unclip_jax.nn.resize import bicubic_resize
 from unclip_jax.sharding import REMAT_POLICIES, remat
 

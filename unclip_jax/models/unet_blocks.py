@@ -14,7 +14,9 @@ import jax
 import jax.numpy as jnp
 
 from unclip_jax.nn.attention import MultiHeadAttention
-from unclip_jax.sharding import CONV_IN, CONV_OUT, CONV_SPATIAL, EMBED, MLP, NORM
+from unclip_jax.nn.linear import conv, dense
+from unclip_jax.nn.norm import group_norm
+from unclip_jax.sharding import CONV_OUT, EMBED, FEATURE_MAP, MLP, constrain
 
 Array = jax.Array
 
@@ -26,49 +28,6 @@ def timestep_embedding(t: Array, dim: int, max_period: float = 10000.0) -> Array
     args = t.astype(jnp.float32)[:, None] * freqs[None]
     emb = jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
     return jnp.pad(emb, ((0, 0), (0, dim % 2)))
-
-
-def conv(
-    features: int, kernel: int, *, name: str, dtype, param_dtype, zero: bool = False
-) -> nn.Conv:
-    """A same-padded 2-D convolution; kernel [k, k, C_in, C_out]."""
-    init = nn.initializers.zeros_init() if zero else nn.initializers.lecun_normal()
-    return nn.Conv(
-        features,
-        (kernel, kernel),
-        padding="SAME",
-        # Flax forbids a logical name twice in one array; the width axis, like the height, is
-        # never sharded.
-        kernel_init=nn.with_logical_partitioning(init, (CONV_SPATIAL, None, CONV_IN, CONV_OUT)),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (CONV_OUT,)),
-        dtype=dtype,
-        param_dtype=param_dtype,
-        name=name,
-    )
-
-
-def dense(features: int, names: tuple[str, str], *, name: str, dtype, param_dtype) -> nn.Dense:
-    return nn.Dense(
-        features,
-        kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), names),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), names[1:]),
-        dtype=dtype,
-        param_dtype=param_dtype,
-        name=name,
-    )
-
-
-def group_norm(groups: int, eps: float, *, name: str, dtype, param_dtype) -> nn.GroupNorm:
-    return nn.GroupNorm(
-        num_groups=groups,
-        epsilon=eps,
-        use_fast_variance=False,
-        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), (NORM,)),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (NORM,)),
-        dtype=dtype,
-        param_dtype=param_dtype,
-        name=name,
-    )
 
 
 def downsample(x: Array) -> Array:
@@ -93,7 +52,8 @@ class ResBlock(nn.Module):
     """GroupNorm-SiLU-conv twice, conditioned on the embedding; BigGAN-style resampling inside.
 
     With `scale_shift` the embedding gives a scale and shift applied after the second GroupNorm
-    (ADM's `use_scale_shift_norm`); otherwise it is added before it.
+    (ADM's `use_scale_shift_norm`); otherwise it is added before it. The output is constrained
+    to `FEATURE_MAP` (batch over data × fsdp, channels over tensor).
     """
 
     out_channels: int
@@ -130,14 +90,15 @@ class ResBlock(nn.Module):
         h = conv(self.out_channels, 3, name="conv2", zero=True, **common)(h)
         if x.shape[-1] != self.out_channels:
             x = conv(self.out_channels, 1, name="skip", **common)(x)
-        return x + h
+        return constrain(x + h, FEATURE_MAP)
 
 
 class AttentionBlock(nn.Module):
     """Spatial self-attention whose keys/values are extended with conditioning tokens.
 
     The tokens (unCLIP's 4 image-embedding tokens and the caption encodings) are projected by
-    `extra_key`/`extra_value` and prepended to the keys and values of the H·W positions.
+    `extra_key`/`extra_value` and prepended to the keys and values of the H·W positions. The
+    output is constrained to `FEATURE_MAP`.
     """
 
     head_dim: int = 64
@@ -164,7 +125,7 @@ class AttentionBlock(nn.Module):
         h = MultiHeadAttention(channels // self.head_dim, name="attention", **common)(
             h, extra_tokens=context, mask=mask
         )
-        return x + h.reshape(b, height, width, channels)
+        return constrain(x + h.reshape(b, height, width, channels), FEATURE_MAP)
 
 
 class TimeEmbedding(nn.Module):

@@ -82,3 +82,11 @@ def bicubic_resize(
     out = jnp.einsum("oh,bhwc->bowc", rows, images.astype(jnp.float32), precision="highest")
     out = jnp.einsum("pw,bowc->bopc", cols, out, precision="highest")
     return out.astype(images.dtype)
+
+
+def resize_images(images: Array, size: int) -> Array:
+    """[B, S, S, C] → [B, size, size, C]: antialiased bicubic (torch-compatible), clipped."""
+    if images.shape[1:3] == (size, size):
+        return images.astype(jnp.float32)
+    resized = bicubic_resize(images.astype(jnp.float32), (size, size), antialias=True)
+    return jnp.clip(resized, -1.0, 1.0)

@@ -32,9 +32,9 @@ from unclip_jax.models.pca_quantizer import (
     fit_uniform_quantizer,
 )
 from unclip_jax.models.prior import substitute_null
-from unclip_jax.models.prior_sampling import NullCaption
+from unclip_jax.sampling.prior import NullCaption
 from unclip_jax.train import loop
-from unclip_jax.train.prior_task import config_null_caption, embedding_batches, eval_batches
+from unclip_jax.train.prior_task import config_null_caption, eval_batches, train_batches
 from unclip_jax.train.state import TrainState
 from unclip_jax.train.task import Batch, Metrics, Params, Task
 
@@ -240,13 +240,6 @@ def build_task(config: ml_collections.ConfigDict, quantizers: ARQuantizers) -> A
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     """Fits (or reloads) the quantizers, then trains the AR prior on `config.data.train_dir`."""
     workdir = Path(workdir).absolute()
-    if not config.data.get("train_dir"):
-        raise ValueError("config.data.train_dir must name a directory of embedding shards")
+    train_data = train_batches(config)
     task = build_task(config, workdir_quantizers(config, workdir))
-    train_data = embedding_batches(
-        config.data.train_dir,
-        batch_size=config.train.batch_size // jax.process_count(),
-        seed=config.seed,
-        num_tokens=config.model.num_tokens,
-    )
     return loop.train_and_evaluate(config, workdir, task, train_data, eval_batches(config))

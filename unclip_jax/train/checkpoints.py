@@ -5,7 +5,8 @@ parameters alone for sampling, and a SIGTERM watcher agreed across processes.
 Layout: `<workdir>/checkpoints/<step>/{state, ema, data}`. `state` holds step, params, optimiser
 state and non-finite counters; `ema` the EMA parameters (what samplers load); `data` the JSON
 states of every process's data iterator. A save interrupted by a kill stays a
-`<step>.orbax-checkpoint-tmp-*` directory: resume ignores it, `restore_ema_params` refuses it.
+`<step>.orbax-checkpoint-tmp-*` directory: resume ignores it,
+`storage.checkpoints.restore_ema_params` refuses it.
 """
 
 import json
@@ -18,10 +19,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
+from unclip_jax.storage.checkpoints import DATA, EMA, STATE
 from unclip_jax.train.state import TrainState
-
-STATE, EMA, DATA = "state", "ema", "data"
-TMP_MARKER = ".orbax-checkpoint-tmp"
 
 
 def _state_fields(state: TrainState) -> dict:
@@ -114,57 +113,6 @@ class Checkpoints:
 
     def close(self) -> None:
         self.manager.close()
-
-
-def _complete_steps(directory: Path) -> list[int]:
-    return sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit())
-
-
-def resolve_step_dir(path: str | Path, step: int | None = None) -> Path:
-    """The directory of one complete checkpoint: `path` itself if it is a step directory, else
-    step `step` (default: the latest) under `path`. ValueError for an interrupted save."""
-    path = Path(path).absolute()
-    if TMP_MARKER in path.name:
-        parent = path.parent
-        raise ValueError(
-            f"checkpoint {path} is incomplete: its save was interrupted before it was committed; "
-            f"complete steps in {parent}: {_complete_steps(parent) if parent.is_dir() else []}"
-        )
-    if not path.is_dir():
-        raise FileNotFoundError(f"no checkpoint directory at {path}")
-    if (path / EMA).is_dir():
-        return path
-    steps = _complete_steps(path)
-    if step is None:
-        if not steps:
-            pending = sorted(p.name for p in path.iterdir() if TMP_MARKER in p.name)
-            raise FileNotFoundError(
-                f"no complete checkpoint in {path}"
-                + (f"; incomplete (interrupted) saves: {pending}" if pending else "")
-            )
-        step = steps[-1]
-    if step not in steps:
-        raise FileNotFoundError(f"no complete checkpoint for step {step} in {path}; have {steps}")
-    return path / str(step)
-
-
-def restore_ema_params(
-    path: str | Path, step: int | None = None, shardings: object | None = None
-) -> object:
-    """The EMA parameters alone (for sampling) from a checkpoint directory or one step of it.
-
-    `shardings`: a tree of shardings matching the parameters (default: all on the first device).
-    """
-    step_dir = resolve_step_dir(path, step)
-    checkpointer = ocp.StandardCheckpointer()
-    metadata = checkpointer.metadata(step_dir / EMA).item_metadata
-    if shardings is None:
-        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        shardings = jax.tree.map(lambda _: device, metadata)
-    target = jax.tree.map(
-        lambda m, s: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=s), metadata, shardings
-    )
-    return checkpointer.restore(step_dir / EMA, target)
 
 
 class PreemptionWatcher:

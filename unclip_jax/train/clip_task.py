@@ -22,7 +22,7 @@ import numpy as np
 from absl import logging
 
 from unclip_jax.convert import hf_clip
-from unclip_jax.data import pipeline, preprocess, shapes_render
+from unclip_jax.data import input_pipeline, preprocess, shapes_render
 from unclip_jax.models.clip import CLIP, CLIPConfig, clip_config, normalize
 from unclip_jax.models.clip_preprocessing import clip_preprocess
 from unclip_jax.text import bpe
@@ -162,14 +162,14 @@ def _model_config(config: ml_collections.ConfigDict, tokenizer) -> CLIPConfig:
 
 def train_batches(
     source: Sequence, config: ml_collections.ConfigDict, tokenize: Callable
-) -> pipeline.DataIterator:
+) -> input_pipeline.DataIterator:
     """Host-local train batches of image, tokens and mask (the numeric keys the task reads)."""
 
     def batch_fn(batch: dict) -> dict:
         ids, mask = tokenize([str(c) for c in batch["caption"]])
         return {"image": batch["image"], "tokens": ids, "mask": mask.astype(bool)}
 
-    return pipeline.DataIterator(
+    return input_pipeline.DataIterator(
         source,
         batch_size=config.train.batch_size // jax.process_count(),
         seed=config.seed,

@@ -18,7 +18,6 @@ Batches (host-local numpy):
         --config.clip_dir=workdirs/clip_demo/clip
 """
 
-import dataclasses
 import pathlib
 from collections.abc import Callable, Iterable, Sequence
 
@@ -28,59 +27,20 @@ import ml_collections
 import numpy as np
 
 from unclip_jax.convert import hf_clip
-from unclip_jax.data import pipeline, preprocess
+from unclip_jax.data.image_batches import fixed_batches, image_batches
 from unclip_jax.diffusion import gaussian, losses
-from unclip_jax.diffusion.sampling import SamplerSettings
 from unclip_jax.diffusion.schedules import Schedule, make_schedule
-from unclip_jax.models.clip import CLIP
-from unclip_jax.models.clip_preprocessing import clip_preprocess
-from unclip_jax.models.decoder_sampling import DecoderSampler
+from unclip_jax.models.frozen_clip import FrozenCLIP
 from unclip_jax.models.unet import Decoder, decoder_from_config
-from unclip_jax.nn.resize import bicubic_resize
+from unclip_jax.nn.resize import resize_images
+from unclip_jax.sampling.decoder import DecoderChain
+from unclip_jax.sampling.settings import DiffusionSettings
 from unclip_jax.text import tokenizer as tokenizer_lib
 from unclip_jax.train import loop
 from unclip_jax.train.state import TrainState
 from unclip_jax.train.task import Batch, Metrics, Params, Task
 
 Array = jax.Array
-CLIP_TOKENIZER_DIR = "tokenizer"  # inside a CLIP checkpoint exported by the CLIP task
-
-
-@dataclasses.dataclass(frozen=True)
-class FrozenCLIP:
-    """A trained CLIP used only to compute conditioning; no gradient flows into it."""
-
-    model: CLIP
-    params: Params  # unboxed `params` collection
-
-    @classmethod
-    def load(cls, directory: str | pathlib.Path) -> "FrozenCLIP":
-        config, variables = hf_clip.load_clip(directory)
-        return cls(CLIP(config), jax.device_get(variables["params"]))
-
-    @property
-    def embed_dim(self) -> int:
-        return self.model.config.projection_dim
-
-    def image_embed(self, images: Array) -> Array:
-        """images: [B, S, S, 3] in [-1, 1] → z_i [B, P] float32."""
-        pixels = clip_preprocess(images, self.model.config.vision.image_size)
-        z, _ = self.model.apply({"params": self.params}, pixels, method=CLIP.encode_image)
-        return jax.lax.stop_gradient(z.astype(jnp.float32))
-
-    def caption(self, tokens: Array, mask: Array) -> tuple[Array, Array]:
-        """tokens, mask: [B, L] → (token states [B, L, Dt], text embedding [B, P])."""
-        z, aux = self.model.apply({"params": self.params}, tokens, mask, method=CLIP.encode_text)
-        states = jax.lax.stop_gradient(aux["hidden_states"].astype(jnp.float32))
-        return states, jax.lax.stop_gradient(z.astype(jnp.float32))
-
-
-def resize_images(images: Array, size: int) -> Array:
-    """[B, S, S, C] → [B, size, size, C]: antialiased bicubic (torch-compatible), clipped."""
-    if images.shape[1:3] == (size, size):
-        return images.astype(jnp.float32)
-    resized = bicubic_resize(images.astype(jnp.float32), (size, size), antialias=True)
-    return jnp.clip(resized, -1.0, 1.0)
 
 
 class DecoderTask(Task):
@@ -100,7 +60,7 @@ class DecoderTask(Task):
         image_drop_prob: float = 0.1,
         caption_drop_prob: float = 0.5,
         clip: FrozenCLIP | None = None,
-        sampler: DecoderSampler | None = None,
+        sampler: DecoderChain | None = None,
         sample_embeddings: np.ndarray | None = None,
         sample_captions: dict[str, np.ndarray] | None = None,
         sample_steps: int | str = 250,
@@ -149,7 +109,7 @@ class DecoderTask(Task):
             return jnp.asarray(batch["image_embedding"], jnp.float32)
         if self.clip is None:
             raise ValueError("batches without image_embedding need a FrozenCLIP in the task")
-        return self.clip.image_embed(batch["image"])
+        return self.clip.encode_image(batch["image"])
 
     def caption_inputs(self, batch: Batch) -> dict[str, Array]:
         """The decoder's caption keyword arguments for its `caption_source`."""
@@ -159,7 +119,7 @@ class DecoderTask(Task):
         mask = jnp.asarray(batch["mask"]).astype(bool)
         if source == "transformer":
             return {"caption_ids": batch["tokens"], "caption_mask": mask}
-        states, embed = self.clip.caption(batch["tokens"], mask)
+        embed, states = self.clip.encode_text(batch["tokens"], mask)
         return {"caption_states": states, "caption_embed": embed, "caption_mask": mask}
 
     def init(self, key: Array, batch_spec: dict[str, jax.ShapeDtypeStruct]) -> Params:
@@ -236,18 +196,6 @@ class DecoderTask(Task):
         return self.sampler is not None and self.sample_embeddings is not None
 
 
-def sampler_settings(diffusion: ml_collections.ConfigDict) -> SamplerSettings:
-    """The decoder's sampler settings from a config's `diffusion` section."""
-    return SamplerSettings(
-        schedule=diffusion.schedule,
-        num_train_steps=diffusion.train_steps,
-        sampler=diffusion.sampler,
-        mean_type=diffusion.prediction,
-        var_type="learned_range" if diffusion.learned_variance else "fixed_small",
-        clip="static",
-    )
-
-
 def build_task(
     config: ml_collections.ConfigDict,
     clip: FrozenCLIP | None,
@@ -259,7 +207,7 @@ def build_task(
     reads captions)."""
     diffusion = config.diffusion
     model = decoder_from_config(config.model)
-    settings = sampler_settings(diffusion)
+    settings = DiffusionSettings.from_dict(diffusion)
     return DecoderTask(
         model,
         make_schedule(diffusion.schedule, diffusion.train_steps),
@@ -269,7 +217,7 @@ def build_task(
         image_drop_prob=config.guidance.image_drop_prob,
         caption_drop_prob=config.guidance.caption_drop_prob,
         clip=clip,
-        sampler=DecoderSampler(model, settings),
+        sampler=DecoderChain(model, settings),
         sample_embeddings=sample_embeddings,
         sample_captions=sample_captions,
         sample_steps=diffusion.sample_steps,
@@ -277,55 +225,15 @@ def build_task(
     )
 
 
-def image_batches(
-    source: Sequence,
-    *,
-    batch_size: int,
-    image_size: int,
-    seed: int,
-    tokenize: Callable | None = None,
-    **kwargs,
-) -> pipeline.DataIterator:
-    """Checkpointable host-local batches of `image` [B, S, S, 3] (S = `image_size`, the
-    resolution the conditioning is computed at) and, with `tokenize`, `tokens` and `mask`."""
-
-    def batch_fn(batch: dict) -> dict:
-        out = {"image": np.asarray(batch["image"], np.float32)}
-        if tokenize is not None:
-            out["tokens"], out["mask"] = tokenize([str(c) for c in batch["caption"]])
-        return out
-
-    return pipeline.DataIterator(
-        source,
-        batch_size=batch_size,
-        seed=seed,
-        example_fn=preprocess.ImageTextExample(
-            image_size=image_size, resize_size=image_size, random_crop=False
-        ),
-        batch_fn=batch_fn,
-        **kwargs,
-    )
-
-
-def fixed_batches(iterator: pipeline.DataIterator, count: int) -> list[dict]:
-    """The first `count` batches of a finite iterator, held in memory."""
-    batches = []
-    for batch in iterator:
-        batches.append(batch)
-        if len(batches) == count:
-            break
-    iterator.close()
-    return batches
-
-
 def load_conditioning(config: ml_collections.ConfigDict):
     """(FrozenCLIP or None, tokenizer or None) named by `config.clip_dir`."""
     if not config.clip_dir:
         return None, None
-    clip = FrozenCLIP.load(config.clip_dir)
+    clip = hf_clip.load_frozen_clip(config.clip_dir)
     tokenizer = None
     if config.model.caption_source != "none":
-        tokenizer = tokenizer_lib.load_tokenizer(pathlib.Path(config.clip_dir) / CLIP_TOKENIZER_DIR)
+        tokenizer_dir = pathlib.Path(config.clip_dir) / hf_clip.TOKENIZER_DIR
+        tokenizer = tokenizer_lib.load_tokenizer(tokenizer_dir)
     return clip, tokenizer
 
 
@@ -354,7 +262,7 @@ def run(
     )
     num_samples = config.train.num_samples
     sample_images = np.concatenate([b["image"] for b in held_out])[:num_samples]
-    sample_embeddings = np.asarray(jax.jit(clip.image_embed)(sample_images))
+    sample_embeddings = np.asarray(jax.jit(FrozenCLIP.encode_image)(clip, sample_images))
     sample_captions = None
     if tokenizer is not None:
         sample_captions = {

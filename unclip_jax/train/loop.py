@@ -1,7 +1,8 @@
 """`train_and_evaluate(config, workdir, task, train_data, ...)`: the loop every stage trains with.
 
-It builds the mesh, the sharded state (or resumes it, data iterator included, from the latest
-complete checkpoint in `<workdir>/checkpoints`), then runs the jitted train step; it logs loss,
+It builds the mesh and the training setup (`setup.py`: optimiser, state created sharded, jitted
+step), or resumes the state, data iterator included, from the latest complete checkpoint in
+`<workdir>/checkpoints`, then runs the train step; it logs loss,
 gradient norm, learning rate, samples/s and step time to TensorBoard (`<workdir>/tensorboard`)
 and the console, evaluates and draws sample grids (`<workdir>/samples/step_<N>.png`)
 periodically, saves checkpoints, and on SIGTERM saves at the next step boundary and returns.
@@ -25,6 +26,7 @@ from unclip_jax import sharding
 from unclip_jax.train import checkpoints as checkpoints_lib
 from unclip_jax.train import images as images_lib
 from unclip_jax.train import optimizer as optimizer_lib
+from unclip_jax.train import setup as setup_lib
 from unclip_jax.train import state as state_lib
 from unclip_jax.train import step as step_lib
 from unclip_jax.train.task import Batch, DataIterator, Task
@@ -139,15 +141,9 @@ def train_and_evaluate(
     loop = LoopConfig.from_config(config)
     mesh = sharding.make_mesh(dict(config.mesh))
     rules = sharding.normalize_rules(config.sharding.rules)
-    step_config = step_lib.StepConfig(
-        grad_accum_steps=config.train.grad_accum_steps,
-        compute_dtype=config.train.compute_dtype,
-        ema_decay=config.ema.decay,
-        ema_warmup=config.ema.warmup,
-    )
+    step_config = step_lib.StepConfig.from_config(config)
     opt_config = optimizer_lib.OptimizerConfig.from_config(config)
     step_lib.check_batch_size(loop.batch_size, mesh, step_config.grad_accum_steps)
-    schedule = optimizer_lib.learning_rate_schedule(opt_config)
 
     first_batch = next(train_data)
     local = next(iter(first_batch.values())).shape[0]
@@ -156,95 +152,145 @@ def train_and_evaluate(
             f"train_data yields {local} examples per process × {jax.process_count()} processes, "
             f"but config.train.batch_size is {loop.batch_size}"
         )
-    spec = _example_spec(first_batch)
     init_key, train_key, eval_key = jax.random.split(jax.random.key(config.seed), 3)
-    init_fn = lambda key: task.init(key, spec)
-    tx = optimizer_lib.make_optimizer(
-        opt_config, optimizer_lib.decay_mask(jax.eval_shape(init_fn, init_key))
+    setup = setup_lib.build(
+        task,
+        _example_spec(first_batch),
+        loop.batch_size,
+        mesh,
+        rules,
+        opt_config,
+        step_config,
+        init_key,
     )
-
     checkpoints = checkpoints_lib.Checkpoints(
         workdir / "checkpoints", max_to_keep=loop.max_to_keep, async_save=loop.async_save
     )
-    shardings = state_lib.train_state_shardings(init_fn, tx, init_key, mesh, rules)
     latest = checkpoints.latest_step()
     pending: dict | None = first_batch
     if latest is None:
-        state, _ = state_lib.create_train_state(init_fn, tx, init_key, mesh, rules)
+        state = setup.create_state()
     else:
-        target = state_lib.abstract_train_state(init_fn, tx, init_key, shardings)
-        state, data_state = checkpoints.restore(latest, target)
+        state, data_state = checkpoints.restore(latest, setup.abstract_state())
         train_data.set_state(data_state)
         pending = None
         logging.info("resumed from step %d in %s", latest, checkpoints.directory)
 
-    global_spec = {k: v.update(shape=(loop.batch_size, *v.shape[1:])) for k, v in spec.items()}
-    train_fn = step_lib.jit_train_step(
-        task, tx, schedule, step_config, shardings, global_spec, mesh, rules
-    )
-    eval_fn = _make_eval_fn(task, shardings.params, mesh, rules, eval_key)
     sample_jit = jax.jit(task.sample, static_argnums=2, out_shardings=sharding.replicated(mesh))
+    run = _Run(
+        loop=loop,
+        workdir=workdir,
+        task=task,
+        setup=setup,
+        eval_fn=_make_eval_fn(task, setup.shardings.params, mesh, rules, eval_key),
+        sample_fn=step_lib.ShardedStep(sample_jit, mesh, rules),
+        eval_key=eval_key,
+        checkpoints=checkpoints,
+        logger=_Logger(workdir, jax.process_index() == 0),
+    )
+    return run.train(state, train_data, pending, train_key, eval_data, hooks)
 
-    def sample_fn(params: object, key: jax.Array, num: int) -> jax.Array:
-        with sharding.activation_rules(mesh, rules):
-            return sample_jit(params, key, num)
 
-    primary = jax.process_index() == 0
-    logger = _Logger(workdir, primary)
-    watcher = checkpoints_lib.PreemptionWatcher()
-    step = int(jax.device_get(state.step))
-    progress = tqdm(total=loop.total_steps, initial=step, disable=not primary, desc="train")
-    last_time, last_step = time.perf_counter(), step
-    previous: dict | None = None  # metrics of the step before, read one step late
-    try:
-        while step < loop.total_steps:
-            batch = pending if pending is not None else next(train_data)
-            pending = None
-            state, metrics = train_fn(state, step_lib.to_global(batch, mesh), train_key)
-            step += 1
-            progress.update(1)
-            if previous is not None:  # waits for the step before only: dispatch stays ahead
-                _check_streak(previous, step - 1, loop, checkpoints)
-            previous = metrics
-            if _every(step, loop.log_every) or step == loop.total_steps:
-                now = time.perf_counter()
-                values = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                elapsed = max(now - last_time, 1e-9)
-                values["samples_per_second"] = (step - last_step) * loop.batch_size / elapsed
-                values["step_time"] = elapsed / max(step - last_step, 1)
-                logger.scalars(step, "train", values)
-                progress.set_postfix(loss=f"{values['loss']:.4g}")
-                last_time, last_step = now, step
-            eval_params = state.ema_params if loop.eval_with_ema else state.params
-            if eval_data is not None and _every(step, loop.eval_every):
-                logger.scalars(step, "eval", _evaluate(eval_fn, eval_params, eval_data(), mesh))
-            if task.generates_images and _every(step, loop.sample_every):
-                key = jax.random.fold_in(eval_key, step)
-                samples = np.asarray(jax.device_get(sample_fn(eval_params, key, loop.num_samples)))
-                grid = images_lib.image_grid(samples)
-                if primary:
-                    images_lib.save_png(grid, workdir / "samples" / f"step_{step}.png")
-                logger.image(step, "samples", grid)
-            preempted = watcher.should_stop(step)
-            periodic = _every(step, loop.checkpoint_every) or step == loop.total_steps
-            if preempted or periodic:
-                streak = _check_streak(metrics, step, loop, checkpoints)
-                if preempted or streak == 0:  # no periodic save while steps are being skipped
-                    checkpoints.save(state, train_data.get_state(), force=True)
-            for hook in hooks:
-                hook(step, state)
-            if preempted:
-                logging.info("preemption notice: saved step %d, stopping", step)
-                break
-        if previous is not None:
-            _check_streak(previous, step, loop, checkpoints)
-        checkpoints.wait()
-    finally:
-        progress.close()
-        watcher.close()
-        logger.close()
-        checkpoints.close()
-    return state
+@dataclasses.dataclass
+class _Run:
+    """The steps of one run after its state is ready: train, log, evaluate, sample, save."""
+
+    loop: LoopConfig
+    workdir: Path
+    task: Task
+    setup: setup_lib.TrainSetup
+    eval_fn: Callable[[object, Batch, int], dict]
+    sample_fn: Callable[[object, jax.Array, int], jax.Array]
+    eval_key: jax.Array
+    checkpoints: checkpoints_lib.Checkpoints
+    logger: _Logger
+    last_time: float = 0.0  # when the last train metrics were logged (perf_counter)
+    last_step: int = 0  # the step they were logged at
+
+    def train(
+        self,
+        state: state_lib.TrainState,
+        train_data: DataIterator,
+        pending: dict | None,
+        train_key: jax.Array,
+        eval_data: Callable[[], Iterable[Batch]] | None,
+        hooks: Sequence[Hook],
+    ) -> state_lib.TrainState:
+        """Steps from `state.step` to `loop.total_steps` (or a preemption notice); `pending` is
+        a batch already taken from `train_data` for the first step."""
+        loop, mesh, checkpoints = self.loop, self.setup.mesh, self.checkpoints
+        watcher = checkpoints_lib.PreemptionWatcher()
+        step = int(jax.device_get(state.step))
+        primary = self.logger.enabled
+        progress = tqdm(total=loop.total_steps, initial=step, disable=not primary, desc="train")
+        self.last_time, self.last_step = time.perf_counter(), step
+        previous: dict | None = None  # metrics of the step before, read one step late
+        try:
+            while step < loop.total_steps:
+                batch = pending if pending is not None else next(train_data)
+                pending = None
+                state, metrics = self.setup.step(state, step_lib.to_global(batch, mesh), train_key)
+                step += 1
+                progress.update(1)
+                if previous is not None:  # waits for the step before only: dispatch stays ahead
+                    _check_streak(previous, step - 1, loop, checkpoints)
+                previous = metrics
+                if _every(step, loop.log_every) or step == loop.total_steps:
+                    loss = self._log_train(step, metrics)
+                    progress.set_postfix(loss=f"{loss:.4g}")
+                self._eval_and_sample(step, state, eval_data)
+                preempted = watcher.should_stop(step)
+                periodic = _every(step, loop.checkpoint_every) or step == loop.total_steps
+                if preempted or periodic:
+                    streak = _check_streak(metrics, step, loop, checkpoints)
+                    if preempted or streak == 0:  # no periodic save while steps are being skipped
+                        checkpoints.save(state, train_data.get_state(), force=True)
+                for hook in hooks:
+                    hook(step, state)
+                if preempted:
+                    logging.info("preemption notice: saved step %d, stopping", step)
+                    break
+            if previous is not None:
+                _check_streak(previous, step, loop, checkpoints)
+            checkpoints.wait()
+        finally:
+            progress.close()
+            watcher.close()
+            self.logger.close()
+            checkpoints.close()
+        return state
+
+    def _log_train(self, step: int, metrics: dict) -> float:
+        """Logs the step's metrics with samples/s and step time since the last log; the loss."""
+        now = time.perf_counter()
+        values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        elapsed = max(now - self.last_time, 1e-9)
+        values["samples_per_second"] = (step - self.last_step) * self.loop.batch_size / elapsed
+        values["step_time"] = elapsed / max(step - self.last_step, 1)
+        self.logger.scalars(step, "train", values)
+        self.last_time, self.last_step = now, step
+        return values["loss"]
+
+    def _eval_and_sample(
+        self,
+        step: int,
+        state: state_lib.TrainState,
+        eval_data: Callable[[], Iterable[Batch]] | None,
+    ) -> None:
+        """Periodic evaluation and sample grid (`<workdir>/samples/step_<N>.png`)."""
+        loop, mesh = self.loop, self.setup.mesh
+        eval_params = state.ema_params if loop.eval_with_ema else state.params
+        if eval_data is not None and _every(step, loop.eval_every):
+            self.logger.scalars(
+                step, "eval", _evaluate(self.eval_fn, eval_params, eval_data(), mesh)
+            )
+        if self.task.generates_images and _every(step, loop.sample_every):
+            key = jax.random.fold_in(self.eval_key, step)
+            samples = self.sample_fn(eval_params, key, loop.num_samples)
+            grid = images_lib.image_grid(np.asarray(jax.device_get(samples)))
+            if self.logger.enabled:
+                images_lib.save_png(grid, self.workdir / "samples" / f"step_{step}.png")
+            self.logger.image(step, "samples", grid)
 
 
 def _check_streak(

@@ -30,6 +30,17 @@ class OptimizerConfig:
     weight_decay: float = 0.0
     grad_clip_norm: float = 1.0  # global-norm clipping; 0 disables
 
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(
+                f"optimizer.schedule must be one of {sorted(SCHEDULES)}, got {self.schedule!r}"
+            )
+        if self.peak_lr <= 0 or self.warmup_steps < 0:
+            raise ValueError(
+                f"optimizer needs peak_lr > 0 and warmup_steps >= 0, got {self.peak_lr}, "
+                f"{self.warmup_steps}"
+            )
+
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict) -> "OptimizerConfig":
         """From `config.optimizer` (and `config.train.total_steps` for the decay length)."""
@@ -66,14 +77,6 @@ SCHEDULES: dict[str, Callable[[OptimizerConfig], optax.Schedule]] = {
 
 def learning_rate_schedule(c: OptimizerConfig) -> optax.Schedule:
     """Linear warm-up from 0 to `peak_lr` over `warmup_steps`, then the named decay."""
-    if c.schedule not in SCHEDULES:
-        raise ValueError(
-            f"optimizer.schedule must be one of {sorted(SCHEDULES)}, got {c.schedule!r}"
-        )
-    if c.peak_lr <= 0 or c.warmup_steps < 0:
-        raise ValueError(
-            f"optimizer needs peak_lr > 0 and warmup_steps >= 0, got {c.peak_lr}, {c.warmup_steps}"
-        )
     return optax.join_schedules(
         [_warmup(c.peak_lr, c.warmup_steps), SCHEDULES[c.schedule](c)], [c.warmup_steps]
     )

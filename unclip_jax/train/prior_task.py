@@ -30,7 +30,7 @@ from unclip_jax.data.embedding_shards import EmbeddingShards, embedding_iterator
 from unclip_jax.diffusion import gaussian, losses
 from unclip_jax.diffusion.schedules import Schedule, make_schedule
 from unclip_jax.models.prior import DiffusionPrior, EmbeddingNormalizer, substitute_null
-from unclip_jax.models.prior_sampling import NullCaption, make_prior_sampler
+from unclip_jax.sampling.prior import NullCaption, make_prior_sampler
 from unclip_jax.train import loop
 from unclip_jax.train.state import TrainState
 from unclip_jax.train.task import Batch, Metrics, Params, Task
@@ -69,7 +69,7 @@ def embedding_batches(
     **kwargs,
 ):
     """Checkpointable prior batches (`BATCH_FIELDS`, caption positions cut to `num_tokens`)
-    from embedding shards; kwargs go to `pipeline.DataIterator` (shuffle, num_epochs, ...)."""
+    from embedding shards; kwargs go to `input_pipeline.DataIterator` (shuffle, num_epochs, ...)."""
     return embedding_iterator(
         directory,
         batch_size=batch_size,
@@ -345,17 +345,23 @@ def eval_batches(config: ml_collections.ConfigDict):
     return batches
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
-    """Trains the diffusion prior of `config` on `config.data.train_dir` (embedding shards)."""
-    workdir = Path(workdir).absolute()
+def train_batches(config: ml_collections.ConfigDict):
+    """The host-local training batches of a prior config (either prior's) from
+    `config.data.train_dir`, checked to be set."""
     if not config.data.get("train_dir"):
         raise ValueError("config.data.train_dir must name a directory of embedding shards")
-    normalizer = workdir_normalizer(config.embedding_norm, config.data.train_dir, workdir)
-    task = build_task(config, normalizer)
-    train_data = embedding_batches(
+    return embedding_batches(
         config.data.train_dir,
         batch_size=config.train.batch_size // jax.process_count(),
         seed=config.seed,
         num_tokens=config.model.num_tokens,
     )
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+    """Trains the diffusion prior of `config` on `config.data.train_dir` (embedding shards)."""
+    workdir = Path(workdir).absolute()
+    train_data = train_batches(config)
+    normalizer = workdir_normalizer(config.embedding_norm, config.data.train_dir, workdir)
+    task = build_task(config, normalizer)
     return loop.train_and_evaluate(config, workdir, task, train_data, eval_batches(config))

@@ -101,8 +101,19 @@ def create_train_state(
     `init_fn(key)` returns boxed parameters (logical names); see `sharding.create_sharded`.
     """
     shardings = train_state_shardings(init_fn, tx, key, mesh, rules)
+    return init_train_state(init_fn, tx, key, shardings), shardings
+
+
+def init_train_state(
+    init_fn: Callable[[jax.Array], object],
+    tx: optax.GradientTransformation,
+    key: jax.Array,
+    shardings: TrainState,
+) -> TrainState:
+    """A fresh state computed by one `jit(init, out_shardings=shardings)`: every array is born
+    on its shards, none is materialised whole on one device."""
     init = lambda key: _initial_state(init_fn, tx, key)
-    return jax.jit(init, out_shardings=shardings)(key), shardings
+    return jax.jit(init, out_shardings=shardings)(key)
 
 
 def abstract_train_state(

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding
@@ -44,6 +45,16 @@ class StepConfig:
                 f"need 0 <= ema_decay < 1 and ema_warmup >= 1, got {self.ema_decay}, "
                 f"{self.ema_warmup}"
             )
+
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict) -> "StepConfig":
+        """From `config.train` (grad_accum_steps, compute_dtype) and `config.ema`."""
+        return cls(
+            grad_accum_steps=config.train.grad_accum_steps,
+            compute_dtype=config.train.compute_dtype,
+            ema_decay=config.ema.decay,
+            ema_warmup=config.ema.warmup,
+        )
 
 
 def _cast_floats(tree: object, dtype: jnp.dtype) -> object:
@@ -147,9 +158,35 @@ def eval_step(params: object, batch: Batch, key: jax.Array, *, task: Task) -> Me
     return task.evaluate(params, batch, key)
 
 
+def bind_train_step(
+    task: Task, tx: optax.GradientTransformation, schedule: optax.Schedule, config: StepConfig
+) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, Metrics]]:
+    """`train_step` with everything but (state, batch, key) bound."""
+    return functools.partial(train_step, task=task, tx=tx, schedule=schedule, config=config)
+
+
 def batch_shardings(mesh: Mesh, batch: Batch) -> dict[str, NamedSharding]:
     """Leading dimension over `data` × `fsdp`, the rest replicated, for every leaf of `batch`."""
     return jax.tree.map(lambda _: sharding.batch_sharding(mesh), batch)
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardedStep:
+    """A `jax.jit` function and the mesh and activation rules it is traced under, so that models'
+    `sharding.constrain` calls take effect: call it, or `.lower(...)` it to compile ahead of
+    time (abstract `jax.ShapeDtypeStruct` arguments with shardings are enough)."""
+
+    jitted: jax.stages.Wrapped
+    mesh: Mesh
+    rules: sharding.Rules
+
+    def __call__(self, *args: object) -> object:
+        with sharding.activation_rules(self.mesh, self.rules):
+            return self.jitted(*args)
+
+    def lower(self, *args: object) -> jax.stages.Lowered:
+        with sharding.activation_rules(self.mesh, self.rules):
+            return self.jitted.lower(*args)
 
 
 def jit_train_step(
@@ -161,39 +198,30 @@ def jit_train_step(
     batch_spec: Batch,
     mesh: Mesh,
     rules: sharding.Rules,
-) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, Metrics]]:
-    """`train_step` jitted with in/out shardings, the state donated; traced under the mesh and the
-    activation rules so that models' `sharding.constrain` calls take effect."""
+) -> ShardedStep:
+    """`train_step` jitted with in/out shardings (key and metrics replicated), the state donated:
+    `(state, batch [B, ...], key) -> (state, metrics)`. Only the tree of `batch_spec` is read."""
     repl = sharding.replicated(mesh)
     fn = jax.jit(
-        functools.partial(train_step, task=task, tx=tx, schedule=schedule, config=config),
+        bind_train_step(task, tx, schedule, config),
         in_shardings=(state_shardings, batch_shardings(mesh, batch_spec), repl),
         out_shardings=(state_shardings, repl),
         donate_argnums=0,
     )
-
-    def run(state: TrainState, batch: Batch, key: jax.Array) -> tuple[TrainState, Metrics]:
-        with sharding.activation_rules(mesh, rules):
-            return fn(state, batch, key)
-
-    return run
+    return ShardedStep(fn, mesh, rules)
 
 
 def jit_eval_step(
     task: Task, param_shardings: object, batch_spec: Batch, mesh: Mesh, rules: sharding.Rules
-) -> Callable[[object, Batch, jax.Array], Metrics]:
+) -> ShardedStep:
+    """`eval_step` jitted: `(params, batch [B, ...], key) -> metrics` (replicated)."""
     repl = sharding.replicated(mesh)
     fn = jax.jit(
         functools.partial(eval_step, task=task),
         in_shardings=(param_shardings, batch_shardings(mesh, batch_spec), repl),
         out_shardings=repl,
     )
-
-    def run(params: object, batch: Batch, key: jax.Array) -> Metrics:
-        with sharding.activation_rules(mesh, rules):
-            return fn(params, batch, key)
-
-    return run
+    return ShardedStep(fn, mesh, rules)
 
 
 def check_batch_size(global_batch: int, mesh: Mesh, grad_accum_steps: int) -> None:

@@ -6,7 +6,7 @@ slightly during training ... we use gaussian blur for the first upsampling stage
 diverse BSR degradation for the second"), optionally noises it (noise augmentation, with the level
 given to the model), upsamples it bicubically to the high resolution and takes the same random
 crop (`crop_size`, ¼ of the side in the paper) of both. The model is fully convolutional, so it
-runs on full-size images at sampling time (`UpsamplerSampler`).
+runs on full-size images at sampling time (`sampling.decoder.UpsamplerChain`).
 
 Batches: `image` float [B, S, S, 3] in [-1, 1] (resized to `high_res` when S differs).
 
@@ -22,13 +22,14 @@ import ml_collections
 import numpy as np
 
 from unclip_jax.data import degradations
+from unclip_jax.data.image_batches import fixed_batches, image_batches
 from unclip_jax.diffusion import gaussian, losses
 from unclip_jax.diffusion.schedules import Schedule, make_schedule
-from unclip_jax.models.decoder_sampling import UpsamplerSampler, UpsamplerSettings
 from unclip_jax.models.unet import Upsampler, upsampler_from_config
-from unclip_jax.nn.resize import bicubic_resize
+from unclip_jax.nn.resize import bicubic_resize, resize_images
+from unclip_jax.sampling.decoder import UpsamplerChain
+from unclip_jax.sampling.settings import DiffusionSettings
 from unclip_jax.train import loop
-from unclip_jax.train.decoder_task import fixed_batches, image_batches, resize_images
 from unclip_jax.train.state import TrainState
 from unclip_jax.train.task import Batch, Metrics, Params, Task
 
@@ -78,7 +79,7 @@ class UpsamplerTask(Task):
         corruption: str = "gaussian_blur",  # a key of CORRUPTIONS
         mean_type: str = "eps",  # or "x0", "v"
         noise_aug_max_level: int = 0,  # largest training timestep of the noise augmentation
-        sampler: UpsamplerSampler | None = None,
+        sampler: UpsamplerChain | None = None,
         sample_low_res: np.ndarray | None = None,
         sample_steps: int | str = 27,
     ):
@@ -173,15 +174,6 @@ class UpsamplerTask(Task):
         return self.sampler is not None and self.sample_low_res is not None
 
 
-def sampler_settings(diffusion: ml_collections.ConfigDict) -> UpsamplerSettings:
-    return UpsamplerSettings(
-        schedule=diffusion.schedule,
-        num_train_steps=diffusion.train_steps,
-        sampler=diffusion.sampler,
-        mean_type=diffusion.prediction,
-    )
-
-
 def build_task(
     config: ml_collections.ConfigDict, sample_low_res: np.ndarray | None = None
 ) -> UpsamplerTask:
@@ -198,7 +190,7 @@ def build_task(
         corruption=config.corruption,
         mean_type=diffusion.prediction,
         noise_aug_max_level=config.get("noise_aug_max_level", 0),
-        sampler=UpsamplerSampler(model, sampler_settings(diffusion)),
+        sampler=UpsamplerChain(model, DiffusionSettings.from_dict(diffusion)),
         sample_low_res=sample_low_res,
         sample_steps=diffusion.sample_steps,
     )

@@ -1,0 +1,49 @@
+"""Batches of images (and their tokenized captions) for the decoder and upsampler trainers, and
+the fixed held-out batches their evaluation and sample grids are drawn from."""
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from unclip_jax.data import input_pipeline, preprocess
+
+
+def image_batches(
+    source: Sequence,
+    *,
+    batch_size: int,
+    image_size: int,
+    seed: int,
+    tokenize: Callable | None = None,
+    **kwargs,
+) -> input_pipeline.DataIterator:
+    """Checkpointable host-local batches of `image` [B, S, S, 3] (S = `image_size`, the
+    resolution the conditioning is computed at) and, with `tokenize`, `tokens` and `mask`."""
+
+    def batch_fn(batch: dict) -> dict:
+        out = {"image": np.asarray(batch["image"], np.float32)}
+        if tokenize is not None:
+            out["tokens"], out["mask"] = tokenize([str(c) for c in batch["caption"]])
+        return out
+
+    return input_pipeline.DataIterator(
+        source,
+        batch_size=batch_size,
+        seed=seed,
+        example_fn=preprocess.ImageTextExample(
+            image_size=image_size, resize_size=image_size, random_crop=False
+        ),
+        batch_fn=batch_fn,
+        **kwargs,
+    )
+
+
+def fixed_batches(iterator: input_pipeline.DataIterator, count: int) -> list[dict]:
+    """The first `count` batches of a finite iterator, held in memory."""
+    batches = []
+    for batch in iterator:
+        batches.append(batch)
+        if len(batches) == count:
+            break
+    iterator.close()
+    return batches

@@ -1,0 +1,7 @@
+"""`python -m unclip_jax.demo --config configs/demo.py --workdir workdirs/demo --demo_out demo`."""
+
+from absl import app
+
+from unclip_jax.demo.run import main
+
+app.run(main)

@@ -1,0 +1,85 @@
+"""Checks of the arguments of `UnCLIP` and the sampling commands, made before anything is
+loaded or compiled, each error naming the bad value; and the batch buckets programs compile for."""
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import Any, TypedDict
+
+import jax
+import numpy as np
+
+Array = jax.Array
+
+
+def check_steps(name: str, steps: int, maximum: int, minimum: int = 1) -> int:
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)):
+        raise ValueError(f"{name} must be an integer number of steps, got {steps!r}")
+    if not minimum <= steps <= maximum:
+        raise ValueError(f"{name} must be in [{minimum}, {maximum}], got {steps}")
+    return int(steps)
+
+
+def stage_steps(name: str, settings: Any, steps: int | None) -> int:
+    """Checked steps of a stage (its `sample_steps` when None) within its schedule's range."""
+    return check_steps(
+        name,
+        settings.sample_steps if steps is None else steps,
+        settings.train_steps,
+        getattr(settings, "min_steps", 1),
+    )
+
+
+def check_count(name: str, value: int, least: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+        raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+    return int(value)
+
+
+def check_prompts(prompts: Sequence[str]) -> list[str]:
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    prompts = list(prompts)
+    if not prompts:
+        raise ValueError("prompts must hold at least one prompt (use '' for unconditional)")
+    bad = [p for p in prompts if not isinstance(p, str)]
+    if bad:
+        raise ValueError(f"prompts must be strings, got {type(bad[0]).__name__}: {bad[0]!r}")
+    return prompts
+
+
+def bucket_size(rows: int, multiple: int) -> int:
+    """The padded batch for `rows`: a power of two, rounded up to a multiple of `multiple`."""
+    size = 1 << max(0, math.ceil(math.log2(max(rows, 1))))
+    return -(-size // multiple) * multiple
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSettings:
+    """Settings of one run of the stages over a set of rows."""
+
+    key: Array  # base key of the call
+    prior_steps: int
+    prior_candidates: int
+    decoder_steps: int
+    decoder_guidance: float
+    eta: float
+    upsampler_steps: tuple[int, ...]
+    score: bool
+
+
+class DecoderOptions(TypedDict, total=False):
+    """Settings of the decoder and the upsamplers for one call; absent or None: the stages'."""
+
+    decoder_steps: int | None
+    upsampler_steps: int | Sequence[int] | None  # one for all upsamplers, or one each
+    decoder_guidance: float | None  # >= 0 (1 = the conditional model)
+
+
+class GenerateOptions(DecoderOptions, total=False):
+    """`DecoderOptions` and the prior's, and the final images' CLIP reranking."""
+
+    prior_steps: int | None
+    prior_guidance: float | None
+    prior_candidates: int | None  # z_i samples per image, the largest z_i·z_t kept (§2.1)
+    rerank_candidates: int  # final images per image, the largest CLIP score kept

@@ -1,0 +1,116 @@
+"""What `UnCLIP` asks of its stages, written down: the stages of a pipeline directory
+(`pipelines.stages`) and of a converted Karlo checkpoint (`pipelines.karlo`) both implement it.
+
+A stage that cannot do something does not have the method: a text encoder without an image
+encoder is not an `ImageEncoder`, a decoder without an inversion is not an `InvertibleDecoder`,
+and `UnCLIP` refuses the operations that need them before any compute. Every array argument
+has a leading batch axis B; each method runs one compiled program per batch shape.
+"""
+
+from typing import Any, Protocol, runtime_checkable
+
+import jax
+import numpy as np
+
+Array = jax.Array
+
+
+class StepCounts(Protocol):
+    """A stage's sampling step range (`sampling.settings.DiffusionSettings` or Karlo's)."""
+
+    sample_steps: int  # the default
+    train_steps: int  # the most
+    eta: float  # the default η (1 for ancestral samplers)
+
+
+@runtime_checkable
+class TextEncoder(Protocol):
+    params: Any
+
+    @property
+    def context_length(self) -> int: ...
+
+    def tokenize(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """texts → (ids [B, L] int32, mask [B, L] bool)."""
+
+    def encode_text(self, ids: Array, mask: Array) -> tuple[Array, Array]:
+        """(z_t [B, P], token states [B, L, Dt])."""
+
+    def compiled_programs(self) -> int: ...
+
+
+@runtime_checkable
+class ImageEncoder(Protocol):
+    def encode_image(self, images: Array) -> Array:
+        """images [B, H, W, 3] in [-1, 1] → z_i [B, P]."""
+
+
+@runtime_checkable
+class PriorStage(Protocol):
+    params: Any
+    diffusion: StepCounts
+    default_guidance: float
+    default_candidates: int
+    accepts_fed_noise: bool  # takes `latents` / `noise` keywords to replay another chain
+
+    def sample(
+        self,
+        key: Array,
+        text_embed: Array,  # [B, P]
+        token_states: Array,  # [B, L, Dt]
+        text_mask: Array,  # [B, L] bool
+        steps: int,
+        scales: Array,  # [B] guidance scale per caption
+        candidates: int,
+        **fed: Array,
+    ) -> Array:  # z_i [B, P]
+        ...
+
+    def compiled_programs(self) -> int: ...
+
+
+@runtime_checkable
+class DecoderStage(Protocol):
+    params: Any
+    diffusion: StepCounts
+    default_guidance: float
+    accepts_fed_noise: bool
+
+    @property
+    def shape(self) -> tuple[int, int, int]: ...
+
+    def conditioning(
+        self, image_embed: Array, caption: dict[str, Array], drop_caption: Array
+    ) -> dict[str, Array]:
+        """The decoder's inputs from z_i [B, P] and the caption's ids/mask/states/text_embed;
+        rows with `drop_caption` [B] see the null caption."""
+
+    def sample(
+        self, x_T: Array, cond: dict, steps: int, scale: float, eta: float, key: Array, **fed
+    ) -> Array:  # [B, S, S, 3] in [-1, 1]
+        ...
+
+    def compiled_programs(self) -> int: ...
+
+
+@runtime_checkable
+class InvertibleDecoder(DecoderStage, Protocol):
+    def invert(self, x0: Array, cond: dict, steps: int) -> Array:
+        """DDIM inversion: images [B, S, S, 3] → x_T."""
+
+
+@runtime_checkable
+class UpsamplerStage(Protocol):
+    params: Any
+    diffusion: StepCounts
+    accepts_fed_noise: bool
+
+    @property
+    def shape(self) -> tuple[int, int, int]: ...
+
+    def sample(
+        self, x_T: Array, low_res: Array, steps: int, eta: float, key: Array, **fed
+    ) -> Array:  # [B, H, W, 3] in [-1, 1]
+        ...
+
+    def compiled_programs(self) -> int: ...

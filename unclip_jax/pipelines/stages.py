@@ -1,0 +1,224 @@
+"""The four stages of an `UnCLIP` pipeline as compiled programs over fixed-size batches.
+
+Each stage holds its parameters and the one sampling chain of `unclip_jax.sampling` that the
+training previews and benchmarks also run; keys, conditioning values, guidance scales, η and step
+counts (up to the schedule's padded length) are traced arguments, so new prompts, seeds and
+settings reuse its program. Inputs may be sharded over a mesh's "data" axis (parameters
+replicated): the programs are written batch-wise and XLA partitions them. Every stage follows
+`pipelines.protocol` (Karlo's stages too).
+
+- `TextImageEncoder` (CLIP): captions → (z_t, token states); images → z_i.
+- `PriorStage`: (z_t, token states) → z_i, best of N candidates by z_i·z_t (§2.1).
+- `DecoderStage`: z_i (+ caption) → 64×64-style images from a given x_T, classifier-free guided,
+  and the DDIM inversion image → x_T used by text diffs (§3.3).
+- `UpsamplerStage`: low-res image → high-res image, unguided.
+"""
+
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from unclip_jax.convert import hf_clip
+from unclip_jax.models.clip import normalize
+from unclip_jax.models.frozen_clip import FrozenCLIP
+from unclip_jax.models.prior import DiffusionPrior, EmbeddingNormalizer
+from unclip_jax.models.unet import decoder_from_config, upsampler_from_config
+from unclip_jax.pipelines import store
+from unclip_jax.sampling.decoder import DecoderChain, UpsamplerChain
+from unclip_jax.sampling.prior import make_prior_sampler
+from unclip_jax.sampling.settings import DiffusionSettings
+from unclip_jax.text import tokenizer as tokenizer_lib
+
+Array = jax.Array
+Params = Any
+
+
+def cache_size(fn) -> int:
+    """How many programs a jitted function has compiled."""
+    return fn._cache_size()
+
+
+class TextImageEncoder:
+    """The conditioning CLIP and its tokenizer."""
+
+    def __init__(self, directory: Path):
+        self.clip = hf_clip.load_frozen_clip(directory)
+        self.config = self.clip.model.config
+        self.tokenizer = tokenizer_lib.load_tokenizer(directory / store.TOKENIZER_DIR)
+        self._text = jax.jit(FrozenCLIP.encode_text)
+        self._image = jax.jit(FrozenCLIP.encode_image)
+
+    @property
+    def context_length(self) -> int:
+        return self.tokenizer.context_length
+
+    @property
+    def params(self) -> Params:
+        return self.clip.params
+
+    @params.setter
+    def params(self, params: Params) -> None:
+        self.clip = self.clip.replace(params=params)
+
+    def tokenize(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """texts → (ids [B, L] int32, mask [B, L] bool); over-long texts warn and are cut."""
+        ids, mask = self.tokenizer(texts)
+        return np.asarray(ids, np.int32), np.asarray(mask).astype(bool)
+
+    def encode_text(self, ids: Array, mask: Array) -> tuple[Array, Array]:
+        """ids, mask: [B, L] → (z_t [B, P], token states [B, L, Dt])."""
+        return self._text(self.clip, ids, mask)
+
+    def encode_image(self, images: Array) -> Array:
+        """images: [B, H, W, 3] in [-1, 1] → z_i [B, P]."""
+        return self._image(self.clip, images)
+
+    def compiled_programs(self) -> int:
+        return cache_size(self._text) + cache_size(self._image)
+
+
+class PriorStage:
+    """The diffusion prior: `sample(key, z_t, states, mask, steps, scales, candidates)`."""
+
+    accepts_fed_noise = False  # fed x_T and per-step noise: Karlo's stages only
+    default_guidance = 4.0
+    default_candidates = 2
+
+    def __init__(self, directory: Path):
+        settings, self.params = store.read_stage(directory)
+        fields = dict(settings["model"])
+        for name in ("dtype", "param_dtype"):
+            fields[name] = jnp.dtype(fields.get(name, "float32"))
+        self.model = DiffusionPrior(**fields)
+        self.diffusion = DiffusionSettings.from_dict(settings["diffusion"])
+        norm = settings["normalizer"]
+        mean, std = norm.get("mean"), norm.get("std")
+        self.normalizer = EmbeddingNormalizer.create(
+            norm["kind"],
+            self.model.embed_dim,
+            None if mean is None else np.asarray(mean),
+            None if std is None else np.asarray(std),
+        )
+        if self.model.null_conditioning != "learned":
+            raise ValueError(
+                f"{directory}: the pipeline samples priors with learned null conditioning; "
+                f"this one has {self.model.null_conditioning!r}"
+            )
+        self._samplers: dict[int, Any] = {}
+
+    def sample(
+        self,
+        key: Array,
+        text_embed: Array,  # [B, Dz]
+        token_states: Array,  # [B, L, Dt]
+        text_mask: Array,  # [B, L] bool
+        steps: int,
+        scales: Array,  # [B] guidance scale per caption (0: unconditional)
+        candidates: int,
+    ) -> Array:  # z_i [B, Dz]
+        if candidates not in self._samplers:
+            self._samplers[candidates] = make_prior_sampler(
+                self.model, num_candidates=candidates, sampler="ddpm"
+            )
+        per_row = jnp.repeat(jnp.asarray(scales, jnp.float32), candidates)[:, None]
+        z_i, _ = self._samplers[candidates](
+            self.params,
+            key,
+            text_embed,
+            token_states,
+            text_mask,
+            self.diffusion.schedule_for(int(steps)),
+            per_row,
+            self.normalizer,
+        )
+        return z_i
+
+    def compiled_programs(self) -> int:
+        return sum(cache_size(s.compiled) for s in self._samplers.values())
+
+
+class DecoderStage:
+    """The decoder: guided sampling from a given x_T with the stage's sampler, and DDIM
+    inversion of images."""
+
+    accepts_fed_noise = False
+    default_guidance = 4.0
+
+    def __init__(self, directory: Path):
+        settings, self.params = store.read_stage(directory)
+        self.model = decoder_from_config(settings["model"])
+        self.image_size = int(settings["image_size"])
+        self.diffusion = DiffusionSettings.from_dict(settings["diffusion"])
+        self.chain = DecoderChain(self.model, self.diffusion)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.image_size, self.image_size, 3)
+
+    def conditioning(
+        self,
+        image_embed: Array,  # [B, D]
+        caption: dict[str, Array],  # ids/mask/states/text_embed, leading axis B
+        drop_caption: Array,  # [B] bool
+    ) -> dict[str, Array]:
+        """The decoder's conditional inputs for its caption source."""
+        source = self.model.caption_source
+        inputs = {}
+        if source == "transformer":
+            inputs = {"caption_ids": caption["ids"], "caption_mask": caption["mask"]}
+        elif source == "clip":
+            inputs = {
+                "caption_states": caption["states"],
+                "caption_embed": caption["text_embed"],
+                "caption_mask": caption["mask"],
+            }
+        return self.chain.conditioning(image_embed, inputs, drop_caption)
+
+    def sample(
+        self, x_T: Array, cond: dict, steps: int, scale: float, eta: float, key: Array
+    ) -> Array:  # [B, S, S, 3] in [-1, 1]
+        return self.chain.sample(self.params, x_T, cond, int(steps), scale, eta, key)
+
+    def invert(self, x0: Array, cond: dict, steps: int) -> Array:  # [B, S, S, 3] -> x_T
+        return self.chain.invert(self.params, x0, cond, int(steps))
+
+    def compiled_programs(self) -> int:
+        return self.chain.compiled_programs()
+
+
+class UpsamplerStage:
+    """One super-resolution stage: unguided, conditioned on the clean low-res image."""
+
+    accepts_fed_noise = False
+
+    def __init__(self, directory: Path):
+        settings, self.params = store.read_stage(directory)
+        self.model = upsampler_from_config(settings["model"])
+        self.low_res = int(settings["low_res"])
+        self.high_res = int(settings["high_res"])
+        self.diffusion = DiffusionSettings.from_dict(settings["diffusion"])
+        if self.diffusion.learned_variance:
+            raise ValueError(f"{directory}: upsamplers are sampled with fixed variance")
+        self.chain = UpsamplerChain(self.model, self.diffusion)
+        self.noise_level = 0 if self.model.noise_level_conditioning else None
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.high_res, self.high_res, 3)
+
+    def sample(self, x_T: Array, low_res: Array, steps: int, eta: float, key: Array) -> Array:
+        """x_T: [B, H, W, 3], low_res: [B, h, w, 3] in [-1, 1] → [B, H, W, 3]."""
+        return self.chain.sample(
+            self.params, x_T, low_res, int(steps), eta, key, noise_level=self.noise_level
+        )
+
+    def compiled_programs(self) -> int:
+        return self.chain.compiled_programs()
+
+
+def clip_scores(image_embed: Array, text_embed: Array) -> Array:
+    """Cosine similarity of matching rows: [B, D], [B, D] → [B]."""
+    return jnp.sum(normalize(image_embed) * normalize(text_embed), axis=-1)

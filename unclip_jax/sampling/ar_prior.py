@@ -1,0 +1,115 @@
+"""Sampling the autoregressive prior (unCLIP §2.1): the caption prefix encoded once, then the K
+codes decoded with the key/value cache (`sampling.autoregressive`), the logits of the captioned
+half guided by the null-caption half of the same batch, nucleus sampling at a temperature.
+"""
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from unclip_jax.diffusion.guidance import guide
+from unclip_jax.models.ar_prior import ARPrior
+from unclip_jax.models.pca_quantizer import PCAQuantizer
+from unclip_jax.models.prior import check_null_given
+from unclip_jax.sampling import autoregressive
+from unclip_jax.sampling.prior import captioned_and_null
+from unclip_jax.sampling.settings import check_guidance_scale
+
+Array = jax.Array
+
+
+def make_ar_prior_sampler(model: ARPrior) -> "ARPriorSampler":
+    """A compiled `sample(params, key, text_embed, text_tokens, text_mask, dot_bucket, quantizer,
+    guidance_scale, temperature, top_p, null=None) -> (z_i [B, D], codes [B, K])`.
+
+    One program per batch shape: new captions, keys and settings do not recompile. `null` is the
+    empty caption's (embedding [Dz], tokens [L, Dt], mask [L]) for "empty_caption" models.
+    """
+
+    def sample(
+        params,
+        key: Array,
+        text_embed: Array,
+        text_tokens: Array,
+        text_mask: Array,
+        dot_bucket: Array,
+        quantizer: PCAQuantizer,
+        guidance_scale: Array,
+        temperature: Array,
+        top_p: Array,
+        null=None,
+    ) -> tuple[Array, Array]:
+        doubled, drop = captioned_and_null(text_embed, text_tokens, text_mask, null)
+        variables = {"params": params}
+        dots = jnp.concatenate([dot_bucket, dot_bucket], axis=0)
+        logits, cache = model.apply(variables, dots, *doubled, drop, method=model.encode_prefix)
+
+        def choose(step_key, logits):  # [2B, V] -> [B]
+            captioned, unconditional = jnp.split(logits, 2, axis=0)
+            guided = guide(captioned, unconditional, guidance_scale, logits.shape[-1])
+            return autoregressive.sample_token(step_key, guided, temperature, top_p)
+
+        def step(cache, codes, index):  # codes [2B] -> logits [2B, V]
+            return model.apply(variables, cache, codes, index, method=model.decode_step)
+
+        codes = autoregressive.decode(
+            step,
+            choose,
+            logits,
+            cache,
+            model.num_codes,
+            key,
+            feed=lambda code: jnp.concatenate([code, code]),
+        )
+        return quantizer.decode(codes), codes
+
+    return ARPriorSampler(jax.jit(sample), model.null_conditioning, model.num_codes)
+
+
+@dataclasses.dataclass(frozen=True)
+class ARPriorSampler:
+    """Checks the arguments on the host, then runs the one compiled decoding program."""
+
+    compiled: Callable[..., tuple[Array, Array]]
+    null_conditioning: str
+    num_codes: int
+
+    def __call__(
+        self,
+        params,
+        key,
+        text_embed,
+        text_tokens,
+        text_mask,
+        dot_bucket,
+        quantizer: PCAQuantizer,
+        guidance_scale: float = 1.0,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        null=None,
+    ) -> tuple[Array, Array]:
+        check_guidance_scale(guidance_scale)
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        if quantizer.num_components != self.num_codes:
+            raise ValueError(
+                f"the quantizer has {quantizer.num_components} components, the model predicts "
+                f"{self.num_codes} codes"
+            )
+        check_null_given(null, self.null_conditioning)
+        settings = (jnp.float32(guidance_scale), jnp.float32(temperature), jnp.float32(top_p))
+        return self.compiled(
+            params,
+            key,
+            text_embed,
+            text_tokens,
+            text_mask,
+            jnp.asarray(dot_bucket, jnp.int32),
+            quantizer,
+            *settings,
+            null,
+        )

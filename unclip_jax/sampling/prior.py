@@ -1,0 +1,158 @@
+"""Sampling the diffusion prior: strided steps, guidance on the x0 prediction, best-of-N reranking.
+
+Per caption, N candidate embeddings are sampled and the one with the largest dot product with the
+text embedding is kept (paper §2.1: "we generate two samples of z_i and select the one with a
+higher dot product with z_t"). Classifier-free guidance runs the captioned and null halves as one
+batch per step and guides the predicted clean embedding, as Karlo does. The caption prefix's keys
+and values are computed once per call (`DiffusionPrior.encode_prefix`), not once per step.
+
+    sample = make_prior_sampler(model, num_candidates=2)
+    z_i, aux = sample(params, key, text_embed, tokens, mask, schedule, 4.0, normalizer)
+
+`schedule` is a `diffusion.schedules.Schedule` (e.g. `make_schedule("cosine", 1000, 64,
+max_steps=...)`): every step count up to its padded length reuses the one compiled program, and so
+do new captions, keys and guidance scales.
+"""
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from unclip_jax.diffusion import guidance, samplers
+from unclip_jax.diffusion.schedules import Schedule
+from unclip_jax.models.prior import (
+    DiffusionPrior,
+    EmbeddingNormalizer,
+    check_null_given,
+    substitute_null,
+)
+from unclip_jax.sampling.settings import check_guidance_scale
+
+Array = jax.Array
+# (null text embedding [Dz], null caption tokens [L, Dt], null mask [L]): the empty caption's
+# encoding, for priors with null_conditioning="empty_caption".
+NullCaption = tuple[Array, Array, Array]
+
+
+def rerank_by_dot_product(candidates: Array, text_embed: Array) -> tuple[Array, Array]:
+    """The candidate with the largest z_i·z_t per caption.
+
+    candidates: [B, N, D], text_embed: [B, D] -> (best [B, D], scores [B, N]).
+    """
+    scores = jnp.einsum("bnd,bd->bn", candidates, text_embed.astype(candidates.dtype))
+    best = jnp.take_along_axis(candidates, jnp.argmax(scores, axis=1)[:, None, None], axis=1)
+    return best[:, 0], scores
+
+
+def captioned_and_null(
+    text_embed: Array,  # [B, Dz]
+    text_tokens: Array,  # [B, L, Dt]
+    text_mask: Array,  # [B, L]
+    null: NullCaption | None,
+) -> tuple[tuple[Array, Array, Array], Array | None]:
+    """The guided pair of halves as one batch of 2B: (embed, tokens, mask) with the captioned
+    rows first, and `drop` [2B] marking the null half for priors with a learned null (None when
+    the null half holds the empty caption's encoding `null` instead)."""
+    caption = (text_embed, text_tokens, jnp.asarray(text_mask, bool))
+    doubled = tuple(jnp.concatenate([c, c], axis=0) for c in caption)
+    is_null = jnp.arange(doubled[0].shape[0]) >= text_embed.shape[0]
+    if null is None:
+        return doubled, is_null
+    return substitute_null(is_null, *doubled, *null), None
+
+
+def make_prior_sampler(
+    model: DiffusionPrior,
+    *,
+    num_candidates: int = 2,
+    sampler: str = "ddpm",  # or "ddim"
+    var_type: str = "fixed_small",  # or "fixed_large" (DDPM's step variance)
+    clip: str = "none",  # or "static", "dynamic" (on the normalised x0)
+    use_cache: bool = True,  # False: recompute the caption prefix every step
+) -> "PriorSampler":
+    """A compiled `sample(params, key, text_embed, text_tokens, text_mask, schedule, guidance_scale,
+    normalizer, null=None) -> (z_i [B, D], {"candidates": [B, N, D], "scores": [B, N]})`.
+
+    text_embed: [B, Dz], text_tokens: [B, L, Dt], text_mask: [B, L] bool; `null` is required
+    when the model's null conditioning is the empty caption, and must be None otherwise.
+    """
+    if num_candidates < 1:
+        raise ValueError(f"num_candidates must be >= 1, got {num_candidates}")
+    if sampler not in samplers.SAMPLERS:
+        raise ValueError(f"sampler must be one of {sorted(samplers.SAMPLERS)}, got {sampler!r}")
+    if var_type not in ("fixed_small", "fixed_large"):
+        raise ValueError(f"var_type must be 'fixed_small' or 'fixed_large', got {var_type!r}")
+
+    def sample(
+        params,
+        key: Array,
+        text_embed: Array,
+        text_tokens: Array,
+        text_mask: Array,
+        schedule: Schedule,
+        guidance_scale: float | Array,
+        normalizer: EmbeddingNormalizer,
+        null: NullCaption | None = None,
+    ) -> tuple[Array, dict[str, Array]]:
+        batch = text_embed.shape[0]
+        rows = batch * num_candidates
+        repeat = lambda a: jnp.repeat(a, num_candidates, axis=0)
+        caption = (repeat(text_embed), repeat(text_tokens), repeat(text_mask))
+        doubled, drop = captioned_and_null(*caption, null)
+        variables = {"params": params}
+
+        if use_cache:
+            cache = model.apply(variables, *doubled, drop=drop, method=model.encode_prefix)
+            model_fn = lambda x, t: model.apply(variables, cache, x, t, method=model.step)
+        else:
+            model_fn = lambda x, t: model.apply(variables, x, t, *doubled, drop=drop)
+
+        denoise = guidance.guided_denoiser(model_fn, guidance_scale)  # [BN, D] -> x0 [BN, D]
+
+        noise_key, chain_key = jax.random.split(key)
+        x_T = jax.random.normal(noise_key, (rows, model.embed_dim), jnp.float32)
+        x0 = samplers.SAMPLERS[sampler](
+            denoise, schedule, x_T, chain_key, mean_type="x0", var_type=var_type, clip=clip
+        )
+        candidates = normalizer.denormalize(x0).reshape(batch, num_candidates, -1)
+        best, scores = rerank_by_dot_product(candidates, text_embed)
+        return best, {"candidates": candidates, "scores": scores}
+
+    return PriorSampler(jax.jit(sample), model.null_conditioning)
+
+
+@dataclasses.dataclass(frozen=True)
+class PriorSampler:
+    """Checks the arguments on the host, then runs the one compiled sampling program."""
+
+    compiled: Callable[..., tuple[Array, dict[str, Array]]]
+    null_conditioning: str
+
+    def __call__(
+        self,
+        params,
+        key,
+        text_embed,
+        text_tokens,
+        text_mask,
+        schedule,
+        guidance_scale,
+        normalizer,
+        null=None,
+    ):
+        if not isinstance(guidance_scale, jax.Array):
+            check_guidance_scale(guidance_scale)
+        check_null_given(null, self.null_conditioning)
+        return self.compiled(
+            params,
+            key,
+            text_embed,
+            text_tokens,
+            text_mask,
+            schedule,
+            guidance_scale,
+            normalizer,
+            null,
+        )

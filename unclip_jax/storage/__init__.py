@@ -1,0 +1,1 @@
+"""Parameter and checkpoint files on disk, below the trainers and the pipelines that read them."""

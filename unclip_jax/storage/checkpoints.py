@@ -1,0 +1,92 @@
+"""Reading and writing parameter trees with orbax, and finding the complete step of a training
+checkpoint: what the trainers write and the pipelines read, below both.
+
+A training checkpoint is `<workdir>/checkpoints/<step>/{state, ema, data}` (`train.checkpoints`);
+a save interrupted by a kill stays a `<step>.orbax-checkpoint-tmp-*` directory, which
+`resolve_step_dir` refuses by name.
+"""
+
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+STATE, EMA, DATA = "state", "ema", "data"
+TMP_MARKER = ".orbax-checkpoint-tmp"
+
+
+def write_params(directory: Path, params: Any) -> None:
+    """Parameters (a pytree of arrays) as an orbax checkpoint at `directory`."""
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(Path(directory).absolute(), jax.tree.map(np.asarray, params), force=True)
+
+
+def read_params(directory: str | Path, shardings: Any | None = None) -> Any:
+    """The parameter tree at `directory` (`write_params`, or a checkpoint's `ema` item).
+
+    `shardings`: a tree of shardings matching the parameters, for arrays placed on a mesh;
+    default: numpy arrays on the host.
+    """
+    path = Path(directory).absolute()
+    with ocp.StandardCheckpointer() as checkpointer:
+        metadata = checkpointer.metadata(path).item_metadata
+        on_host = shardings is None
+        if on_host:
+            device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+            shardings = jax.tree.map(lambda _: device, metadata)
+        target = jax.tree.map(
+            lambda m, s: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=s), metadata, shardings
+        )
+        params = checkpointer.restore(path, target)
+    return jax.device_get(params) if on_host else params
+
+
+def complete_steps(directory: Path) -> list[int]:
+    """The steps of `directory` whose saves were committed, in order."""
+    return sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def resolve_step_dir(path: str | Path, step: int | None = None) -> Path:
+    """The directory of one complete checkpoint: `path` itself if it is a step directory, else
+    step `step` (default: the latest) under `path`. ValueError for an interrupted save."""
+    path = Path(path).absolute()
+    if TMP_MARKER in path.name:
+        parent = path.parent
+        raise ValueError(
+            f"checkpoint {path} is incomplete: its save was interrupted before it was committed; "
+            f"complete steps in {parent}: {complete_steps(parent) if parent.is_dir() else []}"
+        )
+    if not path.is_dir():
+        raise FileNotFoundError(f"no checkpoint directory at {path}")
+    if (path / EMA).is_dir():
+        return path
+    steps = complete_steps(path)
+    if step is None:
+        if not steps:
+            pending = sorted(p.name for p in path.iterdir() if TMP_MARKER in p.name)
+            raise FileNotFoundError(
+                f"no complete checkpoint in {path}"
+                + (f"; incomplete (interrupted) saves: {pending}" if pending else "")
+            )
+        step = steps[-1]
+    if step not in steps:
+        raise FileNotFoundError(f"no complete checkpoint for step {step} in {path}; have {steps}")
+    return path / str(step)
+
+
+def restore_ema_params(
+    path: str | Path, step: int | None = None, shardings: Any | None = None
+) -> Any:
+    """The EMA parameters alone (for sampling) from a checkpoint directory or one step of it.
+
+    `shardings`: a tree of shardings matching the parameters (default: all on the first device).
+    """
+    step_dir = resolve_step_dir(path, step)
+    if shardings is None:
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        shardings = jax.tree.map(
+            lambda _: device, ocp.StandardCheckpointer().metadata(step_dir / EMA).item_metadata
+        )
+    return read_params(step_dir / EMA, shardings)
