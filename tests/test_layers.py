@@ -1,6 +1,7 @@
 """Imports point down the layers of DESIGN.md: a walk over every module of the package (imports
 inside functions included) fails on an edge to a higher layer, on `models/` → `diffusion/`,
-`pipelines/` → `train/`, and on anything outside the entry points importing them."""
+`pipelines/` → `train/`, and on anything outside the entry points importing them; and the
+package's modules and functions stay small."""
 
 import ast
 from pathlib import Path
@@ -87,3 +88,22 @@ def test_the_walk_sees_nested_imports(tmp_path):
     module = tmp_path / "m.py"
     module.write_text("def f():\n    from unclip_jax.train import loop\n")
     assert imports(module) == [(2, "unclip_jax.train"), (2, "unclip_jax.train.loop")]
+
+
+def test_files_and_functions_stay_small():
+    """No module of the package over 500 lines, no function outside tests over 80."""
+    root = PACKAGE.parent
+    long_files = [
+        f"{p.relative_to(root)}: {n} lines"
+        for p in sorted(PACKAGE.rglob("*.py"))
+        if (n := len(p.read_text().splitlines())) > 500
+    ]
+    long_functions = []
+    for folder in ("unclip_jax", "configs", "experiments"):
+        for path in sorted((root / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                    length = node.end_lineno - node.lineno + 1
+                    if length > 80:
+                        long_functions.append(f"{path.relative_to(root)}:{node.name}: {length}")
+    assert not long_files and not long_functions, long_files + long_functions

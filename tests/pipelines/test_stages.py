@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).parents[1]))
 import tiny_pipeline
 
 from unclip_jax.diffusion.schedules import make_schedule
-from unclip_jax.pipelines import stages
+from unclip_jax.pipelines import karlo, protocol, stages
 from unclip_jax.sampling.decoder import DecoderChain
 from unclip_jax.train.decoder_task import DecoderTask
 
@@ -56,3 +56,14 @@ def test_training_preview_equals_the_pipeline_decoder_stage(loaded, sampler):
     stage = decoder.sample(x_T, cond, steps, scale, 0.0, chain_key)
     assert np.abs(np.asarray(stage)).max() > 0.05
     np.testing.assert_allclose(np.asarray(preview), np.asarray(stage), atol=1e-6)
+
+
+def test_stages_implement_the_protocol(loaded):
+    encoder, decoder = loaded
+    assert isinstance(encoder, protocol.TextEncoder) and isinstance(encoder, protocol.ImageEncoder)
+    assert isinstance(decoder, protocol.InvertibleDecoder)
+    # Karlo's stages lack what a Karlo checkpoint cannot do, rather than raising when asked.
+    assert not hasattr(karlo.KarloTextEncoder, "encode_image")
+    assert not hasattr(karlo.KarloDecoderStage, "invert")
+    for stage in (karlo.KarloPriorStage, karlo.KarloDecoderStage, karlo.KarloSuperResStage):
+        assert callable(stage.sample) and callable(stage.compiled_programs)

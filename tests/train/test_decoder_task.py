@@ -132,7 +132,7 @@ def test_embedding_from_batch_equals_frozen_clip(smoke_task):
     task, params, batch = smoke_task
     key = jax.random.key(2)
     loss_clip, _ = task.loss(params, batch, key, train=False)
-    with_embed = {**batch, "image_embedding": task.clip.image_embed(batch["image"])}
+    with_embed = {**batch, "image_embedding": task.clip.encode_image(batch["image"])}
     loss_batch, _ = task.loss(params, with_embed, key, train=False)
     np.testing.assert_allclose(loss_batch, loss_clip, rtol=1e-6)
     shuffled = {**with_embed, "image_embedding": with_embed["image_embedding"][::-1]}
@@ -146,7 +146,7 @@ def test_image_embedding_dropped_in_training_only(smoke_task):
     params = jax.tree.map(lambda x: x, params)
     cond = params["conditioning"]
     cond["null_image_embed"] = jnp.ones_like(cond["null_image_embed"])
-    embed = task.clip.image_embed(batch["image"])
+    embed = task.clip.encode_image(batch["image"])
     always = decoder_task.DecoderTask(
         task.model, task.schedule, task.image_size, image_drop_prob=1.0, clip=task.clip
     )

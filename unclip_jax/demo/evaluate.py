@@ -25,6 +25,7 @@ from unclip_jax.data import shapes_render
 from unclip_jax.data.sources import open_source
 from unclip_jax.evals import demo_metrics
 from unclip_jax.evals.clip_score import CLIPScorer
+from unclip_jax.pipelines.arguments import DecoderOptions, GenerateOptions
 from unclip_jax.pipelines.images import captioned_grid
 from unclip_jax.pipelines.unclip import UnCLIP
 from unclip_jax.train.images import save_png
@@ -86,26 +87,10 @@ def _timed(timings: dict[str, float], key: str, run: Callable[[], T]) -> T:
     return result
 
 
-def _generate_kwargs(s: ml_collections.ConfigDict) -> dict:
-    """Text → image settings of `UnCLIP.generate`."""
-    return dict(
-        prior_steps=s.prior_steps,
-        decoder_steps=s.decoder_steps,
-        upsampler_steps=s.upsampler_steps,
-        prior_guidance=s.prior_guidance,
-        decoder_guidance=s.decoder_guidance,
-        prior_candidates=s.prior_candidates,
-        rerank_candidates=s.rerank_candidates,
-    )
-
-
-def _decode_kwargs(s: ml_collections.ConfigDict) -> dict:
-    """Image embedding → image settings of the variation, interpolation and text-diff samplers."""
-    return dict(
-        decoder_steps=s.decoder_steps,
-        upsampler_steps=s.upsampler_steps,
-        decoder_guidance=s.decoder_guidance,
-    )
+def _options(s: ml_collections.ConfigDict, options: type) -> dict:
+    """The settings of the `sampling` section that `options` (a TypedDict of `UnCLIP`'s
+    keyword options) names."""
+    return {name: s[name] for name in options.__annotations__}
 
 
 def samples_grid(
@@ -225,7 +210,7 @@ def evaluate(
     """Samples, scores and writes `<out>/samples.png`; returns the figures."""
     s, e = config.sampling, config.eval
     pipe = UnCLIP.load(pipeline_dir, progress=True)
-    generate, decode = _generate_kwargs(s), _decode_kwargs(s)
+    generate, decode = _options(s, GenerateOptions), _options(s, DecoderOptions)
     figures: dict = {"sampling": s.to_dict()}
     timings: dict[str, float] = {}
 

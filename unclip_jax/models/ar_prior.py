@@ -18,9 +18,10 @@ import optax
 from flax import struct
 
 from unclip_jax.models.prior import (
-    NULL_CONDITIONINGS,
-    PriorBlock,
     caption_conditioning,
+    check_null_conditioning,
+    learned_null,
+    prior_blocks,
     sequence_mask,
 )
 from unclip_jax.nn.linear import dense
@@ -58,11 +59,7 @@ class ARPrior(nn.Module):
     param_dtype: jnp.dtype = jnp.float32
 
     def setup(self):
-        if self.null_conditioning not in NULL_CONDITIONINGS:
-            raise ValueError(
-                f"null_conditioning must be one of {NULL_CONDITIONINGS}, "
-                f"got {self.null_conditioning!r}"
-            )
+        check_null_conditioning(self.null_conditioning)
         common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         width = self.width
         init = nn.initializers.normal(0.02)
@@ -77,31 +74,14 @@ class ARPrior(nn.Module):
             (self.cache_length, width),
             self.param_dtype,
         )
-        self.blocks = [
-            PriorBlock(
-                width,
-                self.num_heads,
-                self.head_dim,
-                self.mlp_ratio * width,
-                name=f"block_{i}",
-                **common,
-            )
-            for i in range(self.depth)
-        ]
+        self.blocks = prior_blocks(
+            width, self.num_heads, self.head_dim, self.mlp_ratio, self.depth, **common
+        )
         self.norm_out = layer_norm(name="norm_out", **common)
         self.logits = dense(self.num_buckets, (EMBED, VOCAB), name="logits", **common)
         if self.null_conditioning == "learned":
-            self.null_text_embed = self.param(
-                "null_text_embed",
-                nn.with_logical_partitioning(init, (JOINT_EMBED,)),
-                (self.text_embed_dim,),
-                self.param_dtype,
-            )
-            self.null_tokens = self.param(
-                "null_tokens",
-                nn.with_logical_partitioning(init, (LENGTH, JOINT_EMBED)),
-                (self.num_tokens, self.token_dim),
-                self.param_dtype,
+            self.null_text_embed, self.null_tokens = learned_null(
+                self, self.text_embed_dim, self.num_tokens, self.token_dim
             )
 
     @property

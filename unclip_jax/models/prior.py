@@ -235,6 +235,44 @@ class PriorBlock(nn.Module):
         return self._mlp(h), new_keys, new_values
 
 
+def check_null_conditioning(null_conditioning: str) -> None:
+    if null_conditioning not in NULL_CONDITIONINGS:
+        raise ValueError(
+            f"null_conditioning must be one of {NULL_CONDITIONINGS}, got {null_conditioning!r}"
+        )
+
+
+def prior_blocks(
+    width: int, num_heads: int, head_dim: int | None, mlp_ratio: int, depth: int, **common
+) -> list[PriorBlock]:
+    """The transformer trunk of either prior: `depth` blocks named block_0 … block_{depth−1}."""
+    return [
+        PriorBlock(width, num_heads, head_dim, mlp_ratio * width, name=f"block_{i}", **common)
+        for i in range(depth)
+    ]
+
+
+def learned_null(
+    module: nn.Module, text_dim: int, num_tokens: int, token_dim: int
+) -> tuple[Array, Array]:
+    """The learned null caption of a prior (made in its `setup`): text embedding [Dz] and
+    token encodings [L, Dt]."""
+    init = nn.initializers.normal(0.02)
+    embed = module.param(
+        "null_text_embed",
+        nn.with_logical_partitioning(init, (JOINT_EMBED,)),
+        (text_dim,),
+        module.param_dtype,
+    )
+    tokens = module.param(
+        "null_tokens",
+        nn.with_logical_partitioning(init, (LENGTH, JOINT_EMBED)),
+        (num_tokens, token_dim),
+        module.param_dtype,
+    )
+    return embed, tokens
+
+
 class DiffusionPrior(nn.Module):
     """Predicts the clean image embedding from the caption and a noised image embedding.
 
@@ -262,11 +300,7 @@ class DiffusionPrior(nn.Module):
     param_dtype: jnp.dtype = jnp.float32
 
     def setup(self):
-        if self.null_conditioning not in NULL_CONDITIONINGS:
-            raise ValueError(
-                f"null_conditioning must be one of {NULL_CONDITIONINGS}, "
-                f"got {self.null_conditioning!r}"
-            )
+        check_null_conditioning(self.null_conditioning)
         common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         width, text_dim, token_dim = self.width, self._text_dim, self._token_dim
         self.tokens_proj = dense(width, (JOINT_EMBED, EMBED), name="tokens_proj", **common)
@@ -287,31 +321,14 @@ class DiffusionPrior(nn.Module):
             "query", nn.with_logical_partitioning(init, (EMBED,)), (width,), self.param_dtype
         )
         self.input_norm = layer_norm(name="norm_in", **common) if self.norm_in else None
-        self.blocks = [
-            PriorBlock(
-                width,
-                self.num_heads,
-                self.head_dim,
-                self.mlp_ratio * width,
-                name=f"block_{i}",
-                **common,
-            )
-            for i in range(self.depth)
-        ]
+        self.blocks = prior_blocks(
+            width, self.num_heads, self.head_dim, self.mlp_ratio, self.depth, **common
+        )
         self.norm_out = layer_norm(name="norm_out", **common)
         self.out_proj = dense(self.embed_dim, (EMBED, JOINT_EMBED), name="out_proj", **common)
         if self.null_conditioning == "learned":
-            self.null_text_embed = self.param(
-                "null_text_embed",
-                nn.with_logical_partitioning(init, (JOINT_EMBED,)),
-                (text_dim,),
-                self.param_dtype,
-            )
-            self.null_tokens = self.param(
-                "null_tokens",
-                nn.with_logical_partitioning(init, (LENGTH, JOINT_EMBED)),
-                (self.num_tokens, token_dim),
-                self.param_dtype,
+            self.null_text_embed, self.null_tokens = learned_null(
+                self, text_dim, self.num_tokens, token_dim
             )
 
     @property

@@ -36,6 +36,12 @@ from unclip_jax.text import tokenizer as tokenizer_lib
 Array = jax.Array
 
 
+def _check_ancestral(eta: float) -> None:
+    """Karlo's samplers take η = 1 only (their steps are the scheduler's ancestral ones)."""
+    if eta != 1.0:
+        raise ValueError(f"eta must be 1 for a Karlo checkpoint (ancestral steps), got {eta}")
+
+
 @dataclasses.dataclass(frozen=True)
 class KarloSampling:
     """A Karlo stage's step counts as `UnCLIP` reads them (`DiffusionSettings`' names)."""
@@ -43,7 +49,7 @@ class KarloSampling:
     sample_steps: int  # Karlo's default step count
     train_steps: int  # T; step counts go up to it
     min_steps: int = 2  # Karlo's timesteps round(k·(T−1)/(N−1)) need N ≥ 2
-    eta: float = 1.0  # ancestral steps (reported; Karlo's chains take no η)
+    eta: float = 1.0  # ancestral steps: the only η Karlo's chains take
 
 
 class KarloTextEncoder:
@@ -182,12 +188,12 @@ class KarloDecoderStage:
         cond: dict,
         steps: int,
         scale: float,
-        eta: float,  # unused: Karlo's steps are ancestral
+        eta: float,  # Karlo's steps are ancestral: η = 1, its `diffusion.eta`
         key: Array,
         *,
         noise: Array | None = None,  # [B, steps − 1, S, S, 3]
     ) -> Array:  # [B, S, S, 3] in [-1, 1]
-        del eta
+        _check_ancestral(eta)
         schedule = karlo_schedule(self.scheduler, steps)
         return self.chain(self.params, x_T, cond, schedule, jnp.float32(scale), key, noise)
 
@@ -223,12 +229,12 @@ class KarloSuperResStage:
         x_T: Array,  # [B, H, W, 3]
         low_res: Array,  # [B, h, w, 3] in [-1, 1]
         steps: int,
-        eta: float,  # unused: Karlo's steps are ancestral
+        eta: float,  # Karlo's steps are ancestral: η = 1, its `diffusion.eta`
         key: Array,
         *,
         noise: Array | None = None,  # [B, steps − 1, H, W, 3]
     ) -> Array:  # [B, H, W, 3] in [-1, 1]
-        del eta
+        _check_ancestral(eta)
         schedule = karlo_schedule(self.scheduler, steps)
         return self.chain(self.params, x_T, low_res, schedule, key, noise)
 

@@ -215,7 +215,7 @@ class UnCLIP(ImageOperations):
                 self._shard(up_T),
                 self._shard(images),
                 steps,
-                0.0,
+                upsampler.diffusion.eta,
                 jax.random.fold_in(key, 2 + k),
                 **up_fed,
             )
