@@ -21,7 +21,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import jax
 import numpy as np
 
 from unclip_jax.sampling.settings import DiffusionSettings  # noqa: F401 (stage.json's "diffusion")
@@ -170,7 +169,7 @@ def export_pipeline(
     holds its embedding normaliser (`normalizer_file`)."""
 
     def ema(workdir: str | Path) -> Any:
-        return jax.device_get(restore_ema_params(Path(workdir) / "checkpoints"))
+        return restore_ema_params(Path(workdir) / "checkpoints")
 
     prior_config, prior_workdir = prior
     decoder_config, decoder_workdir = decoder

@@ -81,12 +81,6 @@ def restore_ema_params(
 ) -> Any:
     """The EMA parameters alone (for sampling) from a checkpoint directory or one step of it.
 
-    `shardings`: a tree of shardings matching the parameters (default: all on the first device).
+    `shardings`: a tree of shardings matching the parameters; default: numpy arrays on the host.
     """
-    step_dir = resolve_step_dir(path, step)
-    if shardings is None:
-        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        shardings = jax.tree.map(
-            lambda _: device, ocp.StandardCheckpointer().metadata(step_dir / EMA).item_metadata
-        )
-    return read_params(step_dir / EMA, shardings)
+    return read_params(resolve_step_dir(path, step) / EMA, shardings)
