@@ -17,20 +17,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.trainer = "ar_prior"
     # Fields of unclip_jax.models.ar_prior.ARPrior but the code and bucket counts, which come
     # from the quantizer fitted on the training embeddings.
-    config.model = ml_collections.ConfigDict(
-        dict(
-            text_embed_dim=64,
-            token_dim=64,
-            num_tokens=16,
-            width=64,
-            depth=2,
-            num_heads=4,
-            mlp_ratio=4,
-            null_conditioning="learned",  # or "empty_caption" (needs data.null_caption)
-            dtype="float32",
-            param_dtype="float32",
-        )
-    )
+    config.model = ml_collections.ConfigDict(base.prior_transformer())
     # PCA of the unit-norm image embeddings (paper: 319 of 1024 dims, 1024 buckets each).
     config.quantizer = ml_collections.ConfigDict(
         dict(
@@ -49,28 +36,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data = ml_collections.ConfigDict(dict(train_dir="", eval_dir="", null_caption=""))
     config.eval = ml_collections.ConfigDict(dict(batch_size=256, num_batches=4))
 
-    config.train.total_steps = 1500
-    config.train.batch_size = 128
-    config.train.log_every = 100
-    config.train.eval_every = 1000
-    config.train.sample_every = 0
-    config.optimizer.peak_lr = 1e-3
-    config.optimizer.warmup_steps = 100
-    config.optimizer.weight_decay = 0.05
-    config.optimizer.b2 = 0.99
-    config.ema.decay = 0.999
-    config.checkpoint.every_steps = 1000
-    config.checkpoint.max_to_keep = 1
+    base.embedding_training(config, total_steps=1500)
 
     if arg == "smoke":
         config.model.update(width=32, depth=2, num_heads=2)
         config.quantizer.update(num_components=4, num_buckets=16, num_dot_buckets=4)
-        config.train.total_steps = 1
-        config.train.batch_size = 8
-        config.train.log_every = 1
-        config.train.eval_every = 1
-        config.eval.update(batch_size=8, num_batches=1)
-        config.checkpoint.async_save = False
+        base.shrink_training(config)
     elif arg:
         raise ValueError(f"ar_prior_demo config arg must be '' or 'smoke', got {arg!r}")
     return config

@@ -26,14 +26,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.trainer = "decoder"
     config.clip_dir = ""  # a CLIP checkpoint (the CLIP task's <workdir>/clip)
     config.image_size = 16  # the decoder's resolution
-    config.data = ml_collections.ConfigDict(
-        dict(
-            source="shapes_captions/large_64px",
-            data_dir=ml_collections.FieldReference(None, field_type=str),
-            image_size=64,  # the source resolution the CLIP embeddings are computed from
-            eval_split="test",
-        )
-    )
+    # At 64 px: the resolution the CLIP embeddings are computed from.
+    config.data = base.shapes_data()
     config.model = ml_collections.ConfigDict(
         dict(
             # Fields of unclip_jax.models.unet.UNetConfig.
@@ -71,19 +65,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
     config.eval = ml_collections.ConfigDict(dict(batch_size=32, num_batches=2))
 
-    config.train.total_steps = 1000
-    config.train.batch_size = 32
-    config.train.log_every = 50
-    config.train.eval_every = 500
-    config.train.sample_every = 1000
-    config.train.num_samples = 16
-    config.optimizer.peak_lr = 1e-3
-    config.optimizer.warmup_steps = 100
-    config.optimizer.end_lr_factor = 0.1
-    config.ema.decay = 0.995
-    config.ema.warmup = 10.0  # decay min(0.995, (1 + t) / (10 + t)): early steps weigh fully
-    config.checkpoint.every_steps = 500
-    config.checkpoint.max_to_keep = 1
+    base.image_training(config, warmup_steps=100)
 
     if arg == "smoke":
         config.model.unet.update(
@@ -92,10 +74,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.model.unet.update(head_dim=16, groups=8)
         config.model.context_dim = 16
         config.diffusion.sample_steps = 2
-        config.eval.update(batch_size=8, num_batches=1)
-        config.train.update(total_steps=1, batch_size=8, log_every=1, eval_every=1)
-        config.train.update(sample_every=1, num_samples=4)
-        config.checkpoint.async_save = False
+        base.shrink_training(config, num_samples=4)
     elif arg:
         raise ValueError(f"decoder_demo config arg must be '' or 'smoke', got {arg!r}")
     return config

@@ -35,7 +35,7 @@ e.g. from `configs/clip_shapes.py`):
 
 import ml_collections
 
-from configs import decoder_demo
+from configs import base, decoder_demo
 
 
 def _model() -> ml_collections.ConfigDict:
@@ -73,7 +73,7 @@ def _smoke(config: ml_collections.ConfigDict) -> None:
     """`smoke`: a 16 px U-Net, a 2-layer caption transformer, 10 steps of batch 8."""
     config.image_size = 16
     config.image_embed_dim = 32
-    config.data.update(source="shapes_captions/large_64px", image_size=64, eval_split="test")
+    base.read_shapes(config.data)
     config.model.unet.update(
         base_channels=32,
         channel_mults=(1, 2),
@@ -87,46 +87,24 @@ def _smoke(config: ml_collections.ConfigDict) -> None:
         vocab_size=256, max_length=16, width=32, layers=2, heads=2
     )
     config.diffusion.sample_steps = 4
-    config.eval.update(batch_size=8, num_batches=1)
-    config.train.update(total_steps=10, batch_size=8, log_every=1, eval_every=5)
-    config.train.update(sample_every=10, num_samples=4)
-    config.optimizer.warmup_steps = 2
-    config.ema.decay = 0.99
-    config.checkpoint.update(every_steps=10, max_to_keep=1, async_save=False)
+    base.shrink_paper_training(config, num_samples=4)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    # The demo decoder's cosine schedule, learned variance (hybrid loss) and classifier-free
+    # guidance: the training task drops the image embedding 10% and the caption 50% of the time.
     config = decoder_demo.get_config()
     config.image_size = 64
     config.image_embed_dim = 1024  # ViT-H/16
-    # Evaluation reads 0.1% of the folder's images, held out by a hash of their path.
-    config.data.update(source="folder_captions:", image_size=256, validation_fraction=0.001)
-    config.data.eval_split = "validation"
+    base.read_folder(config.data, image_size=256)
     config.model = _model()
-    config.diffusion = ml_collections.ConfigDict(
-        dict(
-            schedule="cosine",
-            train_steps=1000,
-            sampler="ddpm",
-            sample_steps=250,
-            prediction="eps",
-            learned_variance=True,  # hybrid loss
-        )
-    )
-    # Classifier-free guidance: the training task drops each condition with these probabilities.
-    config.guidance = ml_collections.ConfigDict(
-        dict(image_drop_prob=0.1, caption_drop_prob=0.5, scale=3.0)
-    )
-    config.eval = ml_collections.ConfigDict(dict(batch_size=256, num_batches=4))
+    config.diffusion.update(sampler="ddpm", sample_steps=250, prediction="eps")
+    config.eval.update(batch_size=256, num_batches=4)
 
-    # Table 3, decoder column.
-    config.train.update(total_steps=800_000, batch_size=2048, log_every=100)
-    # Sample grids from held-out image embeddings and their captions.
-    config.train.update(eval_every=5000, sample_every=20_000, num_samples=16)
-    config.optimizer.update(peak_lr=1.2e-4, warmup_steps=1000, schedule="cosine")
-    config.optimizer.update(end_lr_factor=0.0, weight_decay=0.0, b1=0.9, b2=0.999, eps=1.0e-8)
-    config.ema.decay = 0.9999
-    config.checkpoint.update(every_steps=5000, max_to_keep=3)
+    # Table 3, decoder column; sample grids from held-out image embeddings and their captions.
+    base.paper_training(
+        config, total_steps=800_000, batch_size=2048, peak_lr=1.2e-4, sample_every=20_000
+    )
 
     if arg == "smoke":
         _smoke(config)

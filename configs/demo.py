@@ -11,11 +11,9 @@ second CLIP trained from another seed, used only for the CLIP score.
 
 import ml_collections
 
-from configs import clip_shapes, decoder_demo, prior_demo, upsampler_demo
+from configs import base, clip_shapes, decoder_demo, prior_demo, upsampler_demo
 
-SOURCE = "shapes_captions/large_64px"
-SHAPES = ("circle", "square", "triangle", "star")
-COLOURS = ("red", "orange", "yellow", "green", "blue", "purple")
+SOURCE = base.SHAPES_SOURCE
 
 
 def _stage_configs(config: ml_collections.ConfigDict, stage_arg: str | None) -> None:

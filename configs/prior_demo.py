@@ -17,20 +17,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.trainer = "diffusion_prior"
     # Fields of unclip_jax.models.prior.DiffusionPrior.
     config.model = ml_collections.ConfigDict(
-        dict(
-            embed_dim=64,
-            text_embed_dim=64,
-            token_dim=64,
-            num_tokens=16,
-            width=64,
-            depth=2,
-            num_heads=4,
-            mlp_ratio=4,
-            text_embed_norm=True,
-            null_conditioning="learned",  # or "empty_caption" (needs data.null_caption)
-            dtype="float32",
-            param_dtype="float32",
-        )
+        dict(embed_dim=64, **base.prior_transformer(), text_embed_norm=True)
     )
     # The small CLIP's embeddings fill a narrow cone (text-image cosine ~0.9), so per-dimension
     # standardisation (Karlo's) rather than the paper's unit norm x sqrt(d).
@@ -52,27 +39,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data = ml_collections.ConfigDict(dict(train_dir="", eval_dir="", null_caption=""))
     config.eval = ml_collections.ConfigDict(dict(batch_size=256, num_batches=4, sample_steps=64))
 
-    config.train.total_steps = 2000
-    config.train.batch_size = 128
-    config.train.log_every = 100
-    config.train.eval_every = 1000
-    config.train.sample_every = 0
-    config.optimizer.peak_lr = 1e-3
-    config.optimizer.warmup_steps = 100
-    config.optimizer.weight_decay = 0.05  # the paper's 6e-2 at this scale
-    config.optimizer.b2 = 0.99
-    config.ema.decay = 0.999
-    config.checkpoint.every_steps = 1000
-    config.checkpoint.max_to_keep = 1
+    base.embedding_training(config, total_steps=2000)
 
     if arg == "smoke":
         config.model.update(width=32, depth=2, num_heads=2)
-        config.train.total_steps = 1
-        config.train.batch_size = 8
-        config.train.log_every = 1
-        config.train.eval_every = 1
-        config.eval.update(batch_size=8, num_batches=1, sample_steps=0)
-        config.checkpoint.async_save = False
+        base.shrink_training(config)
+        config.eval.sample_steps = 0
     elif arg:
         raise ValueError(f"prior_demo config arg must be '' or 'smoke', got {arg!r}")
     return config

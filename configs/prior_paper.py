@@ -23,65 +23,40 @@ writes with the demo CLIP), a 2-layer 64-wide prior, batch 8, 10 steps, for a CP
 
 import ml_collections
 
-from configs import prior_demo
+from configs import base, prior_demo
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    # The demo prior's data, diffusion (cosine, 64 sampling steps, x0) and guidance sections.
     config = prior_demo.get_config()
-    # Fields of unclip_jax.models.prior.DiffusionPrior: 20 layers of width 2048 (~1.0B).
-    config.model = ml_collections.ConfigDict(
-        dict(
-            embed_dim=1024,  # ViT-H/16 image embedding
-            text_embed_dim=1024,
-            token_dim=1024,  # width of the CLIP text encoder's token states
-            num_tokens=77,
-            width=2048,
-            depth=20,
-            num_heads=32,
-            mlp_ratio=4,
-            null_conditioning="learned",  # or "empty_caption" (needs data.null_caption)
-            dtype="bfloat16",
-            param_dtype="float32",
-        )
+    # Fields of unclip_jax.models.prior.DiffusionPrior: 20 layers of width 2048 (~1.0B) over
+    # ViT-H/16 embeddings (1024-d) and 77 caption token states.
+    transformer = base.prior_transformer(
+        1024, 77, width=2048, depth=20, num_heads=32, dtype="bfloat16"
     )
+    config.model = ml_collections.ConfigDict(dict(embed_dim=1024, **transformer))
     config.embedding_norm = "unit_norm"  # or "mean_std"
-    config.diffusion = ml_collections.ConfigDict(
-        dict(
-            schedule="cosine",
-            train_steps=1000,
-            sample_steps=64,
-            prediction="x0",
-            loss_weight="uniform",  # or "min_snr"
-        )
-    )
-    config.guidance = ml_collections.ConfigDict(dict(text_drop_prob=0.1, scale=4.0, candidates=2))
-    config.data = ml_collections.ConfigDict(dict(train_dir="", eval_dir="", null_caption=""))
-    config.eval = ml_collections.ConfigDict(dict(batch_size=1024, num_batches=4, sample_steps=64))
+    config.diffusion.loss_weight = "uniform"  # or "min_snr"
+    del config.diffusion.snr_gamma  # read by "min_snr" only
+    config.guidance.scale = 4.0
+    config.eval.batch_size = 1024
 
     # Table 3, diffusion prior column.
-    config.train.update(total_steps=600_000, batch_size=4096, log_every=100)
-    config.train.update(eval_every=5000, sample_every=0)
-    config.optimizer.update(peak_lr=1.1e-4, warmup_steps=1000, schedule="cosine")
-    config.optimizer.update(end_lr_factor=0.0, weight_decay=6.0e-2, b1=0.9, b2=0.96, eps=1.0e-6)
-    config.ema.decay = 0.9999
-    config.checkpoint.update(every_steps=5000, max_to_keep=3)
+    base.paper_training(
+        config,
+        total_steps=600_000,
+        batch_size=4096,
+        peak_lr=1.1e-4,
+        sample_every=0,
+        weight_decay=6.0e-2,
+        b2=0.96,
+        eps=1.0e-6,
+    )
 
     if arg == "smoke":
-        config.model.update(
-            embed_dim=64,
-            text_embed_dim=64,
-            token_dim=64,
-            num_tokens=16,
-            width=64,
-            depth=2,
-            num_heads=4,
-            dtype="float32",
-        )
-        config.eval.update(batch_size=8, num_batches=1, sample_steps=4)
-        config.train.update(total_steps=10, batch_size=8, log_every=1, eval_every=5)
-        config.optimizer.warmup_steps = 2
-        config.ema.decay = 0.99
-        config.checkpoint.update(every_steps=10, max_to_keep=1, async_save=False)
+        config.model.update(embed_dim=64, **base.prior_transformer())  # the demo's sizes
+        base.shrink_paper_training(config)
+        config.eval.sample_steps = 4
     elif arg:
         raise ValueError(f"prior_paper config arg must be '' or 'smoke', got {arg!r}")
     return config

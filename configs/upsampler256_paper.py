@@ -23,7 +23,7 @@ for a CPU:
 
 import ml_collections
 
-from configs import upsampler_demo
+from configs import base, upsampler_demo
 
 
 def stage_config() -> ml_collections.ConfigDict:
@@ -34,58 +34,29 @@ def stage_config() -> ml_collections.ConfigDict:
     config.crop_fraction = 0.25  # training crops: ¼ of the high-res side
     config.corruption = "gaussian_blur"  # of the conditioning image, in training only
     config.noise_aug_max_level = 0
-    # Evaluation reads 0.1% of the folder's images, held out by a hash of their path.
-    config.data.update(source="folder_captions:", image_size=256, validation_fraction=0.001)
-    config.data.eval_split = "validation"
-    config.model = ml_collections.ConfigDict(
-        dict(
-            # Fields of unclip_jax.models.unet.UNetConfig.
-            unet=dict(
-                out_channels=3,  # eps
-                base_channels=320,
-                channel_mults=(1, 2, 3, 4),
-                num_res_blocks=3,
-                attention_levels=(),
-                mid_attention=False,
-                dropout=0.0,
-                groups=32,
-                scale_shift=True,
-                remat="none",  # or "full", "dots", "dots_no_batch"
-            ),
-            noise_level_conditioning=False,
-            antialias=True,
-            dtype="bfloat16",
-            param_dtype="float32",
-        )
-    )
-    config.diffusion = ml_collections.ConfigDict(
-        dict(schedule="cosine", train_steps=1000, sample_steps=27, sampler="ddim", prediction="eps")
-    )
-    config.eval = ml_collections.ConfigDict(dict(batch_size=256, num_batches=4))
+    base.read_folder(config.data, image_size=256)
+    # The demo's attention-free U-Net (3 output channels: eps) at the paper's widths.
+    config.model.unet.update(base_channels=320, channel_mults=(1, 2, 3, 4), num_res_blocks=3)
+    config.model.unet.update(groups=32, remat="none")  # or "full", "dots", "dots_no_batch"
+    config.model.dtype = "bfloat16"
+    config.diffusion.update(sample_steps=27, prediction="eps")
+    config.eval.update(batch_size=256, num_batches=4)
 
     # Table 3, 64→256 column.
-    config.train.update(total_steps=1_000_000, batch_size=1024, log_every=100)
-    config.train.update(eval_every=5000, sample_every=20_000, num_samples=16)
-    config.optimizer.update(peak_lr=1.2e-4, warmup_steps=1000, schedule="cosine")
-    config.optimizer.update(end_lr_factor=0.0, weight_decay=0.0, b1=0.9, b2=0.999, eps=1.0e-8)
-    config.ema.decay = 0.9999
-    config.checkpoint.update(every_steps=5000, max_to_keep=3)
+    base.paper_training(
+        config, total_steps=1_000_000, batch_size=1024, peak_lr=1.2e-4, sample_every=20_000
+    )
     return config
 
 
 def shrink_for_cpu(config: ml_collections.ConfigDict) -> None:
     """In place: 8→32 px, a 2-level 32-channel U-Net on the built-in shapes, 10 steps of 8."""
     config.low_res, config.high_res = 8, 32
-    config.data.update(source="shapes_captions/large_64px", image_size=64, eval_split="test")
+    base.read_shapes(config.data)
     config.model.unet.update(base_channels=32, channel_mults=(1, 2), num_res_blocks=1, groups=8)
     config.model.dtype = "float32"
     config.diffusion.sample_steps = 4
-    config.eval.update(batch_size=8, num_batches=1)
-    config.train.update(total_steps=10, batch_size=8, log_every=1, eval_every=5)
-    config.train.update(sample_every=10, num_samples=4)
-    config.optimizer.warmup_steps = 2
-    config.ema.decay = 0.99
-    config.checkpoint.update(every_steps=10, max_to_keep=1, async_save=False)
+    base.shrink_paper_training(config, num_samples=4)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

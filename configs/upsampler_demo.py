@@ -23,14 +23,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.crop_fraction = 0.25  # training crops: ¼ of the high-res side
     config.corruption = "gaussian_blur"  # or "bsr" (second stage), "none"
     config.noise_aug_max_level = 0  # > 0 needs model.noise_level_conditioning
-    config.data = ml_collections.ConfigDict(
-        dict(
-            source="shapes_captions/large_64px",
-            data_dir=ml_collections.FieldReference(None, field_type=str),
-            image_size=64,
-            eval_split="test",
-        )
-    )
+    config.data = base.shapes_data()
     config.model = ml_collections.ConfigDict(
         dict(
             # Fields of unclip_jax.models.unet.UNetConfig.
@@ -66,27 +59,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
     config.eval = ml_collections.ConfigDict(dict(batch_size=32, num_batches=2))
 
-    config.train.total_steps = 1000
-    config.train.batch_size = 32
-    config.train.log_every = 50
-    config.train.eval_every = 500
-    config.train.sample_every = 1000
-    config.train.num_samples = 16
-    config.optimizer.peak_lr = 1e-3
-    config.optimizer.warmup_steps = 50
-    config.optimizer.end_lr_factor = 0.1
-    config.ema.decay = 0.995
-    config.ema.warmup = 10.0
-    config.checkpoint.every_steps = 500
-    config.checkpoint.max_to_keep = 1
+    base.image_training(config, warmup_steps=50)
 
     if arg == "smoke":
         config.model.unet.update(base_channels=8, channel_mults=(1, 2), groups=4)
         config.diffusion.sample_steps = 2
-        config.eval.update(batch_size=8, num_batches=1)
-        config.train.update(total_steps=1, batch_size=8, log_every=1, eval_every=1)
-        config.train.update(sample_every=1, num_samples=2)
-        config.checkpoint.async_save = False
+        base.shrink_training(config, num_samples=2)
     elif arg:
         raise ValueError(f"upsampler_demo config arg must be '' or 'smoke', got {arg!r}")
     return config

@@ -15,7 +15,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 from experiments import bench_common as common
 from tests import tiny_pipeline
@@ -34,9 +33,7 @@ def generate(pipeline_dir: pathlib.Path, out: pathlib.Path, cache: str) -> float
         "--num_images=1",
         f"--compilation_cache={cache}",
     ]
-    start = time.perf_counter()
-    subprocess.run(command, check=True, capture_output=True)
-    return time.perf_counter() - start
+    return common.seconds(subprocess.run, command, check=True, capture_output=True)
 
 
 def main() -> None:

@@ -218,14 +218,21 @@ def diffusers_pipeline(size: CascadeSize):
     return pipe
 
 
-def our_decoder_config(size: CascadeSize, **overrides: Any):
+def _unet_config(channels: tuple[int, ...], overrides: dict[str, Any], **fields: Any):
+    """A UNetConfig with diffusers' level widths `channels` (`block_out_channels`) and `fields`,
+    then `overrides` over both."""
     from unclip_jax.models.unet import UNetConfig
 
-    base = size.decoder_channels[0]
-    fields = dict(
+    base = channels[0]
+    widths = dict(base_channels=base, channel_mults=tuple(c // base for c in channels))
+    return UNetConfig(**{**widths, **fields, **overrides})
+
+
+def our_decoder_config(size: CascadeSize, **overrides: Any):
+    return _unet_config(
+        size.decoder_channels,
+        overrides,
         out_channels=6,
-        base_channels=base,
-        channel_mults=tuple(c // base for c in size.decoder_channels),
         num_res_blocks=size.decoder_layers,
         attention_levels=size.decoder_attention,
         mid_attention=True,
@@ -233,26 +240,19 @@ def our_decoder_config(size: CascadeSize, **overrides: Any):
         groups=size.groups,
         scale_shift=True,
     )
-    fields.update(overrides)
-    return UNetConfig(**fields)
 
 
 def our_super_res_config(size: CascadeSize, **overrides: Any):
-    from unclip_jax.models.unet import UNetConfig
-
-    base = size.super_res_channels[0]
-    fields = dict(
+    return _unet_config(
+        size.super_res_channels,
+        overrides,
         out_channels=3,
-        base_channels=base,
-        channel_mults=tuple(c // base for c in size.super_res_channels),
         num_res_blocks=size.super_res_layers,
         attention_levels=(),
         mid_attention=False,
         groups=size.super_res_groups,
         scale_shift=False,
     )
-    fields.update(overrides)
-    return UNetConfig(**fields)
 
 
 def our_decoder(size: CascadeSize, dtype=jnp.float32, **overrides: Any):
@@ -365,6 +365,19 @@ def machine() -> dict[str, Any]:
     )
 
 
+def seconds(fn, *args: Any, **kwargs: Any) -> float:
+    """Wall seconds of one call `fn(*args, **kwargs)`."""
+    start = time.perf_counter()
+    fn(*args, **kwargs)
+    return time.perf_counter() - start
+
+
+def warm_timings(fn, repeats: int) -> list[float]:
+    """Wall seconds of `repeats` calls of `fn()` after one untimed warm-up call."""
+    fn()
+    return [seconds(fn) for _ in range(repeats)]
+
+
 def pick_torch_threads(probe, candidates: tuple[int, ...] | None = None, repeats: int = 3) -> int:
     """Sets PyTorch's intra-op threads to the fastest of `candidates` for `probe()` (best of
     `repeats`) and returns it: on a loaded machine one thread can beat all cores by 10×."""
@@ -374,16 +387,19 @@ def pick_torch_threads(probe, candidates: tuple[int, ...] | None = None, repeats
     best = {}
     for threads in candidates:
         torch.set_num_threads(threads)
-        probe()
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            probe()
-            times.append(time.perf_counter() - start)
-        best[threads] = min(times)
+        best[threads] = min(warm_timings(probe, repeats))
     chosen = min(best, key=best.get)
     torch.set_num_threads(chosen)
     return chosen
+
+
+def split_names(parser, flag: str, text: str, known) -> list[str]:
+    """The comma-separated names of `flag`; a parser error names those not in `known`."""
+    names = text.split(",")
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        parser.error(f"{flag}: unknown {unknown}; expected some of {sorted(known)}")
+    return names
 
 
 def load_average() -> float:

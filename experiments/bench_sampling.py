@@ -15,7 +15,6 @@ and writes `experiments/results/bench_sampling/sampling_<tag>.json`.
 
 import argparse
 import statistics
-import time
 
 import jax
 import jax.numpy as jnp
@@ -211,12 +210,6 @@ class DiffusersCascade:
         ).images
 
 
-def _timed(fn, *args) -> float:
-    start = time.perf_counter()
-    fn(*args)
-    return time.perf_counter() - start
-
-
 def bench_size(name: str, batches: list[int], reps: int, dtype) -> list[dict]:
     size = common.SIZES[name]
     pipe = common.diffusers_pipeline(size)
@@ -232,14 +225,14 @@ def bench_size(name: str, batches: list[int], reps: int, dtype) -> list[dict]:
     for batch in batches:
         text = text_inputs(size, batch, seed=batch)
         generator = torch.Generator().manual_seed(0)
-        compile_s = _timed(ours, text, jax.random.key(0))
+        compile_s = common.seconds(ours, text, jax.random.key(0))
         threads = common.pick_torch_threads(theirs.decoder_probe(batch))
-        _timed(theirs, text, generator)
+        common.seconds(theirs, text, generator)
         load_before = common.load_average()
         times = {"ours": [], "diffusers": []}
         for rep in range(reps):
-            times["ours"].append(_timed(ours, text, jax.random.key(rep + 1)))
-            times["diffusers"].append(_timed(theirs, text, generator))
+            times["ours"].append(common.seconds(ours, text, jax.random.key(rep + 1)))
+            times["diffusers"].append(common.seconds(theirs, text, generator))
         ours_ips = batch / statistics.median(times["ours"])
         theirs_ips = batch / statistics.median(times["diffusers"])
         row = dict(
@@ -279,10 +272,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", choices=sorted(common.DTYPES))
     parser.add_argument("--tag", default=None, help="results file suffix (default: backend)")
     args = parser.parse_args()
-    sizes = args.sizes.split(",")
-    unknown = [s for s in sizes if s not in common.SIZES]
-    if unknown:
-        raise SystemExit(f"unknown sizes {unknown}; expected some of {sorted(common.SIZES)}")
+    sizes = common.split_names(parser, "--sizes", args.sizes, common.SIZES)
     gpu_only = [s for s in sizes if common.SIZES[s].gpu_only and jax.default_backend() == "cpu"]
     if gpu_only:
         raise SystemExit(f"sizes {gpu_only} are measured on a GPU only (backend is cpu)")

@@ -18,7 +18,6 @@ Our step runs data-parallel over the local devices that divide the batch (one pe
 import argparse
 import os
 import statistics
-import time
 
 import jax
 import jax.numpy as jnp
@@ -147,23 +146,17 @@ class TorchStep:
             torch._foreach_lerp_(self.ema, [p.detach() for p in self.params], 1e-4)
 
 
-def _timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
 def bench_size(name: str, batch_size: int, steps: int, dtype: str, peak: float) -> dict:
     size = common.SIZES[name]
     batch = batch_of(size, batch_size)
     ours, theirs = OurStep(size, batch, dtype), TorchStep(size, batch)
-    first_s = _timed(ours)
+    first_s = common.seconds(ours)
     threads = common.pick_torch_threads(theirs, repeats=1)
     load_before = common.load_average()
     times = {"ours": [], "torch": []}
     for _ in range(steps):
-        times["ours"].append(_timed(ours))
-        times["torch"].append(_timed(theirs))
+        times["ours"].append(common.seconds(ours))
+        times["torch"].append(common.seconds(theirs))
     ours_sps = batch_size / statistics.median(times["ours"])
     torch_sps = batch_size / statistics.median(times["torch"])
     row = dict(
@@ -211,10 +204,7 @@ def main() -> None:
     )
     parser.add_argument("--tag", default=None)
     args = parser.parse_args()
-    sizes = args.sizes.split(",")
-    unknown = [s for s in sizes if s not in common.SIZES]
-    if unknown:
-        parser.error(f"--sizes: unknown {unknown}; expected some of {sorted(common.SIZES)}")
+    sizes = common.split_names(parser, "--sizes", args.sizes, common.SIZES)
     if args.batch < 1 or args.steps < 1:
         parser.error(f"--batch and --steps must be >= 1, got {args.batch} and {args.steps}")
     info = common.machine()

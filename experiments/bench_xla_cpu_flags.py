@@ -14,7 +14,6 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 
 import numpy as np
 
@@ -41,13 +40,7 @@ PER_CORE_DEVICES: dict[str, str] = {
 
 
 def _median_call(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(common.warm_timings(fn, repeats))
 
 
 def child(size_name: str, batch: int, repeats: int) -> None:
@@ -119,16 +112,14 @@ def main() -> None:
     parser.add_argument("--child", action="store_true")
     args = parser.parse_args()
     settings = {**FLAG_SETS, **PER_CORE_DEVICES}
-    unknown = [name for name in args.sets.split(",") if name not in settings]
-    if unknown:
-        parser.error(f"--sets: unknown {unknown}; expected some of {sorted(settings)}")
+    names = common.split_names(parser, "--sets", args.sets, settings)
     if args.child:
         child(args.size, args.batch, args.repeats)
         return
     info = common.machine()
     load_before = common.load_average()
     seconds = {}
-    for name in args.sets.split(","):
+    for name in names:
         env = {**os.environ, "XLA_FLAGS": settings[name]}
         env |= {"JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": "1"}
         if name in PER_CORE_DEVICES:

@@ -10,10 +10,19 @@ from unclip_jax import cli
 from unclip_jax.train import trainers
 
 
-def run_cli(*args):
+def run_cli(*args, cwd=None):
     return subprocess.run(
-        [sys.executable, "-m", "unclip_jax.cli", *args], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "unclip_jax.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
     )
+
+
+def run_train(workdir, override):
+    """`unclip train` of configs/base.py into `workdir` with one `--config.` override."""
+    return run_cli("train", "--config", "configs/base.py", "--workdir", str(workdir), override)
 
 
 def test_help_lists_subcommands():
@@ -30,9 +39,7 @@ def test_unknown_subcommand_is_named():
 
 
 def test_train_with_unknown_trainer_names_it_and_the_choices(tmp_path):
-    result = run_cli(
-        "train", "--config", "configs/base.py", "--workdir", str(tmp_path), "--config.trainer=nope"
-    )
+    result = run_train(tmp_path, "--config.trainer=nope")
     assert result.returncode == 1
     assert "config.trainer must be one of" in result.stderr and "'nope'" in result.stderr
     assert "Traceback" not in result.stderr
@@ -51,9 +58,7 @@ def test_unknown_trainer_error():
 
 
 def test_config_override_typo_names_the_key_without_traceback(tmp_path):
-    result = run_cli(
-        "train", "--config", "configs/base.py", "--workdir", str(tmp_path), "--config.seeed=3"
-    )
+    result = run_train(tmp_path, "--config.seeed=3")
     assert result.returncode == 2
     assert "seeed" in result.stderr and 'Did you mean "seed"' in result.stderr
     assert "Traceback" not in result.stderr
@@ -67,14 +72,12 @@ def test_missing_required_flag_is_named(tmp_path):
 
 def test_configs_importing_siblings_load_from_any_directory(tmp_path):
     config = pathlib.Path(__file__).parents[1] / "configs" / "clip_shapes.py"
-    result = subprocess.run(
-        [
-            *(sys.executable, "-m", "unclip_jax.cli", "train", f"--config={config}:smoke"),
-            *("--workdir", str(tmp_path), "--config.trainer=nope"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
+    result = run_cli(
+        "train",
+        f"--config={config}:smoke",
+        "--workdir",
+        str(tmp_path),
+        "--config.trainer=nope",
         cwd=tmp_path,
     )
     assert result.returncode == 1, result.stderr[-2000:]

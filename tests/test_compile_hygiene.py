@@ -4,17 +4,21 @@ counts up to each sampler's maximum trace and compile nothing (XLA's compile and
 counted, not just the samplers' own caches)."""
 
 import itertools
+import sys
+from pathlib import Path
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax._src import dispatch
 
+sys.path.insert(0, str(Path(__file__).parent))
+from tiny_pipeline import DECODER_MODEL, UPSAMPLER_MODEL, random_params
+
 from unclip_jax.diffusion.schedules import make_schedule
 from unclip_jax.models.prior import DiffusionPrior, EmbeddingNormalizer
-from unclip_jax.models.unet import Decoder, UNetConfig, Upsampler
+from unclip_jax.models.unet import decoder_from_config, upsampler_from_config
 from unclip_jax.sampling.decoder import DecoderChain, UpsamplerChain
 from unclip_jax.sampling.prior import make_prior_sampler
 from unclip_jax.sampling.settings import DiffusionSettings
@@ -41,16 +45,6 @@ class CompileCounter:
         jax.monitoring.unregister_event_duration_listener(self)
 
 
-def _random_params(module: nn.Module, *args, **kwargs):
-    """Random parameters of the module's shapes (eval_shape: nothing compiled)."""
-    shapes = jax.eval_shape(lambda: nn.unbox(module.init(jax.random.key(0), *args, **kwargs)))
-    leaves, tree = jax.tree.flatten(shapes["params"])
-    rng = np.random.default_rng(0)
-    return jax.tree.unflatten(
-        tree, [rng.normal(0.0, 0.2, leaf.shape).astype(np.float32) for leaf in leaves]
-    )
-
-
 def _captions(seed: int) -> dict[str, np.ndarray]:
     """A new batch of caption encodings (text embedding, token states, lengths)."""
     rng = np.random.default_rng(seed)
@@ -66,46 +60,27 @@ def cascade():
     """The three stage samplers with tiny random models, and a function running all three."""
     prior = DiffusionPrior(embed_dim=DIM, num_tokens=LENGTH, width=16, depth=1, num_heads=2)
     caption = _captions(0)
-    prior_params = _random_params(
-        prior, jnp.zeros((B, DIM)), jnp.zeros((B,)), caption["embed"], caption["states"]
+    prior_params = random_params(
+        prior, jnp.zeros((B, DIM)), jnp.zeros((B,)), caption["embed"], caption["states"], seed=0
     )
     normalizer = EmbeddingNormalizer.create("unit_norm", DIM)
-    decoder = Decoder(
-        UNetConfig(
-            out_channels=6,
-            base_channels=8,
-            channel_mults=(1, 2),
-            num_res_blocks=1,
-            attention_levels=(1,),
-            mid_attention=False,
-            head_dim=8,
-            groups=4,
-        ),
-        context_dim=8,
-        num_image_tokens=2,
-        caption_source="clip",
-    )
-    decoder_params = _random_params(
+    decoder = decoder_from_config(DECODER_MODEL)
+    decoder_params = random_params(
         decoder,
         jnp.zeros((B, SIZE, SIZE, 3)),
         jnp.zeros((B,)),
         caption["embed"],
         caption_states=caption["states"],
         caption_embed=caption["embed"],
+        seed=0,
     )
-    upsampler = Upsampler(
-        UNetConfig(
-            out_channels=3,
-            base_channels=8,
-            channel_mults=(1, 2),
-            num_res_blocks=1,
-            attention_levels=(),
-            mid_attention=False,
-            groups=4,
-        )
-    )
-    upsampler_params = _random_params(
-        upsampler, jnp.zeros((B, HIGH, HIGH, 3)), jnp.zeros((B, SIZE, SIZE, 3)), jnp.zeros((B,))
+    upsampler = upsampler_from_config(UPSAMPLER_MODEL)
+    upsampler_params = random_params(
+        upsampler,
+        jnp.zeros((B, HIGH, HIGH, 3)),
+        jnp.zeros((B, SIZE, SIZE, 3)),
+        jnp.zeros((B,)),
+        seed=0,
     )
     samplers = dict(
         prior=make_prior_sampler(prior, num_candidates=2),

@@ -1,5 +1,6 @@
 """A pipeline directory of tiny random stages: CLIP (32 px, 16-d), prior, 8 px decoder with a
-CLIP-token caption, 8→16 upsampler. Used by the pipeline and command tests."""
+CLIP-token caption, 8→16 upsampler. Used by the pipeline and command tests; its stage configs and
+`random_params` also serve the sampling and compile-hygiene tests."""
 
 import dataclasses
 from pathlib import Path
@@ -60,11 +61,13 @@ UPSAMPLER_MODEL = dict(
 )
 
 
-def _params(module: nn.Module, *args, **kwargs):
-    """Random parameters of the module's shapes (from eval_shape: nothing is compiled)."""
+def random_params(module: nn.Module, *args, seed: int | None = None, **kwargs):
+    """Parameters of the module's shapes drawn from N(0, 0.2²) (from eval_shape: nothing is
+    compiled); `seed` defaults to the number of leaves, which the pipeline's stages (and so the
+    format fixture) were drawn with."""
     shapes = jax.eval_shape(lambda: nn.unbox(module.init(jax.random.key(0), *args, **kwargs)))
     leaves, tree = jax.tree.flatten(shapes["params"])
-    rng = np.random.default_rng(len(leaves))
+    rng = np.random.default_rng(len(leaves) if seed is None else seed)
     values = [rng.normal(0.0, 0.2, leaf.shape).astype(np.float32) for leaf in leaves]
     return jax.tree.unflatten(tree, values)
 
@@ -83,14 +86,14 @@ def build(directory: Path) -> Path:
         ),
     )
     ids = jnp.zeros((1, CONTEXT), jnp.int32)
-    clip_params = _params(CLIP(config), ids, jnp.zeros((1, 32, 32, 3)))
+    clip_params = random_params(CLIP(config), ids, jnp.zeros((1, 32, 32, 3)))
     clip_dir = directory / "stages" / "clip"
     hf_clip.save_clip(clip_dir, config, {"params": clip_params})
     tokenizer.save(clip_dir / store.TOKENIZER_DIR)
 
     prior = DiffusionPrior(**PRIOR_MODEL)
     z = jnp.zeros((1, 16))
-    prior_params = _params(
+    prior_params = random_params(
         prior,
         z,
         jnp.zeros((1,), jnp.int32),
@@ -99,7 +102,7 @@ def build(directory: Path) -> Path:
         jnp.ones((1, CONTEXT), bool),
     )
     decoder = decoder_from_config(DECODER_MODEL)
-    decoder_params = _params(
+    decoder_params = random_params(
         decoder,
         jnp.zeros((1, 8, 8, 3)),
         jnp.zeros((1,), jnp.int32),
@@ -109,7 +112,7 @@ def build(directory: Path) -> Path:
         caption_mask=jnp.ones((1, CONTEXT), bool),
     )
     upsampler = upsampler_from_config(UPSAMPLER_MODEL)
-    up_params = _params(
+    up_params = random_params(
         upsampler, jnp.zeros((1, 16, 16, 3)), jnp.zeros((1, 8, 8, 3)), jnp.zeros((1,), jnp.int32)
     )
     diffusion = dict(schedule="cosine", train_steps=100, sample_steps=4)

@@ -9,27 +9,25 @@ from diffusers.models.transformers.prior_transformer import PriorTransformer
 from unclip_jax.convert.diffusers_prior import convert_prior_state_dict, prior_from_diffusers_config
 
 BATCH = 3
+
+
+def _config(heads: int, head_dim: int, embedding_dim: int, num_embeddings: int, **extra) -> dict:
+    """A two-layer `PriorTransformer` config (keyword arguments)."""
+    return dict(
+        num_attention_heads=heads,
+        attention_head_dim=head_dim,
+        num_layers=2,
+        embedding_dim=embedding_dim,
+        num_embeddings=num_embeddings,
+        additional_embeddings=4,
+        **extra,
+    )
+
+
+_LAYER_NORMS = dict(norm_in_type="layer", embedding_proj_norm_type="layer")
 CONFIGS = {
-    "karlo": dict(
-        num_attention_heads=2,
-        attention_head_dim=8,
-        num_layers=2,
-        embedding_dim=12,
-        num_embeddings=6,
-        additional_embeddings=4,
-    ),
-    "norms": dict(
-        num_attention_heads=4,
-        attention_head_dim=4,
-        num_layers=2,
-        embedding_dim=10,
-        num_embeddings=5,
-        additional_embeddings=4,
-        norm_in_type="layer",
-        embedding_proj_norm_type="layer",
-        embedding_proj_dim=7,
-        time_embed_dim=24,
-    ),
+    "karlo": _config(2, 8, 12, 6),
+    "norms": _config(4, 4, 10, 5, embedding_proj_dim=7, time_embed_dim=24, **_LAYER_NORMS),
 }
 
 

@@ -6,6 +6,8 @@ and the tensor."""
 
 import json
 import shutil
+import sys
+from pathlib import Path
 from unittest import mock
 
 import jax
@@ -21,13 +23,15 @@ from PIL import Image
 from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
+sys.path.insert(0, str(Path(__file__).parent))
+import karlo_full_size
+
 from unclip_jax import cli
 from unclip_jax.commands.convert_karlo import convert
 from unclip_jax.convert.diffusers_files import read_weights
 from unclip_jax.convert.diffusers_unclip import convert_karlo, unet_config_from_diffusers
 from unclip_jax.convert.karlo_checkpoint import load_karlo, save_karlo
 from unclip_jax.diffusion.schedules import cosine_betas
-from unclip_jax.models.unet import UNetConfig
 from unclip_jax.pipelines.outputs import enable_compilation_cache
 from unclip_jax.pipelines.unclip import UnCLIP
 from unclip_jax.text.tokenizer import load_tokenizer
@@ -455,42 +459,12 @@ def test_karlo_full_size_configs_translate():
     """Karlo v1-alpha's decoder and super-res configs (models built on torch's meta device)
     give the U-Nets whose weights map one to one (`test_diffusers_unet`)."""
     with torch.device("meta"):
-        decoder = UNet2DConditionModel(
-            sample_size=64,
-            layers_per_block=3,
-            down_block_types=("ResnetDownsampleBlock2D",) + ("SimpleCrossAttnDownBlock2D",) * 3,
-            up_block_types=("SimpleCrossAttnUpBlock2D",) * 3 + ("ResnetUpsampleBlock2D",),
-            mid_block_type="UNetMidBlock2DSimpleCrossAttn",
-            block_out_channels=(320, 640, 960, 1280),
-            in_channels=3,
-            out_channels=6,
-            cross_attention_dim=1536,
-            class_embed_type="identity",
-            attention_head_dim=64,
-            resnet_time_scale_shift="scale_shift",
-        )
-        super_res = UNet2DModel(
-            sample_size=256,
-            layers_per_block=3,
-            down_block_types=("ResnetDownsampleBlock2D",) * 4,
-            up_block_types=("ResnetUpsampleBlock2D",) * 4,
-            block_out_channels=(320, 640, 960, 1280),
-            in_channels=6,
-            out_channels=3,
-            add_attention=False,
-        )
-    widths = dict(base_channels=320, channel_mults=(1, 2, 3, 4), num_res_blocks=3)
-    assert unet_config_from_diffusers(decoder.config, "decoder", True) == UNetConfig(
-        out_channels=6, attention_levels=(1, 2, 3), head_dim=64, **widths
-    )
-    assert unet_config_from_diffusers(super_res.config, "super_res_first", False) == UNetConfig(
-        out_channels=3,
-        attention_levels=(),
-        mid_attention=False,
-        scale_shift=False,
-        head_dim=8,
-        **widths,
-    )
+        decoder = UNet2DConditionModel(**karlo_full_size.DECODER)
+        super_res = UNet2DModel(**karlo_full_size.SUPER_RES)
+    config = unet_config_from_diffusers(decoder.config, "decoder", True)
+    assert config == karlo_full_size.DECODER_UNET
+    config = unet_config_from_diffusers(super_res.config, "super_res_first", False)
+    assert config == karlo_full_size.SUPER_RES_UNET
     with pytest.raises(ValueError, match="decoder: config flip_sin_to_cos must be True"):
         unet_config_from_diffusers({**decoder.config, "flip_sin_to_cos": False}, "decoder", True)
     bad = {**super_res.config, "down_block_types": ["AttnDownBlock2D"] * 4}

@@ -2,6 +2,9 @@
 (`UNet2DConditionModel` + `UnCLIPTextProjModel`) and the super-resolution `UNet2DModel`,
 same weights in, same numbers out (≤ 1e-4), plus the converter's error messages."""
 
+import sys
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,6 +13,9 @@ import torch
 import torch.nn.functional as F
 from diffusers import UNet2DConditionModel, UNet2DModel
 from diffusers.pipelines.deprecated.unclip.text_proj import UnCLIPTextProjModel
+
+sys.path.insert(0, str(Path(__file__).parent))
+import karlo_full_size
 
 from unclip_jax.convert.diffusers_unet import (
     decoder_params_from_diffusers,
@@ -225,39 +231,12 @@ def test_karlo_full_size_weights_map_one_to_one():
     """Every tensor of Karlo's 64 px decoder, text projection and 64→256 super-res U-Net finds
     its place, shape for shape (models built on torch's meta device: nothing allocated)."""
     with torch.device("meta"):
-        unet = UNet2DConditionModel(
-            sample_size=64,
-            layers_per_block=3,
-            down_block_types=("ResnetDownsampleBlock2D",) + ("SimpleCrossAttnDownBlock2D",) * 3,
-            up_block_types=("SimpleCrossAttnUpBlock2D",) * 3 + ("ResnetUpsampleBlock2D",),
-            mid_block_type="UNetMidBlock2DSimpleCrossAttn",
-            block_out_channels=(320, 640, 960, 1280),
-            in_channels=3,
-            out_channels=6,
-            cross_attention_dim=1536,
-            class_embed_type="identity",
-            attention_head_dim=64,
-            resnet_time_scale_shift="scale_shift",
-        )
+        unet = UNet2DConditionModel(**karlo_full_size.DECODER)
         text_proj = UnCLIPTextProjModel(
             time_embed_dim=1280, cross_attention_dim=1536, clip_embeddings_dim=768
         )
-        super_res = UNet2DModel(
-            sample_size=256,
-            layers_per_block=3,
-            down_block_types=("ResnetDownsampleBlock2D",) * 4,
-            up_block_types=("ResnetUpsampleBlock2D",) * 4,
-            block_out_channels=(320, 640, 960, 1280),
-            in_channels=6,
-            out_channels=3,
-            add_attention=False,
-        )
-    widths = dict(base_channels=320, channel_mults=(1, 2, 3, 4), num_res_blocks=3)
-    decoder = Decoder(
-        UNetConfig(out_channels=6, attention_levels=(1, 2, 3), head_dim=64, **widths),
-        context_dim=1536,
-        caption_source="clip",
-    )
+        super_res = UNet2DModel(**karlo_full_size.SUPER_RES)
+    decoder = Decoder(karlo_full_size.DECODER_UNET, context_dim=1536, caption_source="clip")
     shapes = jax.eval_shape(
         lambda: decoder.init(
             jax.random.key(0),
@@ -271,11 +250,7 @@ def test_karlo_full_size_weights_map_one_to_one():
     params = decoder_params_from_diffusers(_shape_only(unet), _shape_only(text_proj), shapes)
     torch_count = sum(p.numel() for m in (unet, text_proj) for p in m.parameters())
     assert sum(x.size for x in jax.tree.leaves(params)) == torch_count + 768  # + null caption
-    upsampler = Upsampler(
-        UNetConfig(
-            out_channels=3, attention_levels=(), mid_attention=False, scale_shift=False, **widths
-        )
-    )
+    upsampler = Upsampler(karlo_full_size.SUPER_RES_UNET)
     shapes = jax.eval_shape(
         lambda: upsampler.init(
             jax.random.key(0),

@@ -19,80 +19,49 @@ from unclip_jax.models.clip import CLIP  # noqa: E402
 
 TOL = 1e-4
 
+
+def _tower(width: int, mlp: int, layers: int, heads: int, act: str, **fields) -> dict:
+    """A Hugging Face CLIP text or vision config."""
+    return dict(
+        hidden_size=width,
+        intermediate_size=mlp,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        hidden_act=act,
+        **fields,
+    )
+
+
+def _text(vocab: int, length: int, eos: int, *tower, **special_ids) -> dict:
+    fields = dict(vocab_size=vocab, max_position_embeddings=length, eos_token_id=eos)
+    return _tower(*tower, **fields, **special_ids)
+
+
 # Three tiny configs: activations, legacy/current pooling, image/patch sizes, widths, heads,
-# projection dims and context lengths all differ.
+# projection dims and context lengths all differ. Towers: width, MLP width, layers, heads, act.
 CONFIGS = {
     "quick_gelu-legacy_eos": dict(
-        text=dict(
-            vocab_size=99,
-            hidden_size=32,
-            intermediate_size=37,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=20,
-            hidden_act="quick_gelu",
-            eos_token_id=2,
-        ),
-        vision=dict(
-            hidden_size=48,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            image_size=30,
-            patch_size=6,
-            hidden_act="quick_gelu",
-        ),
+        text=_text(99, 20, 2, 32, 37, 2, 4, "quick_gelu"),
+        vision=_tower(48, 64, 2, 4, "quick_gelu", image_size=30, patch_size=6),
         projection_dim=24,
     ),
     "gelu-eos": dict(
-        text=dict(
-            vocab_size=120,
-            hidden_size=48,
-            intermediate_size=96,
-            num_hidden_layers=3,
-            num_attention_heads=6,
-            max_position_embeddings=16,
-            hidden_act="gelu",
-            eos_token_id=7,
-            pad_token_id=7,
-            bos_token_id=1,
-        ),
-        vision=dict(
-            hidden_size=40,
-            intermediate_size=80,
-            num_hidden_layers=1,
-            num_attention_heads=5,
-            image_size=32,
-            patch_size=8,
-            hidden_act="gelu",
-        ),
+        text=_text(120, 16, 7, 48, 96, 3, 6, "gelu", pad_token_id=7, bos_token_id=1),
+        vision=_tower(40, 80, 1, 5, "gelu", image_size=32, patch_size=8),
         projection_dim=16,
     ),
     "quick_gelu-eos-wide_heads": dict(
-        text=dict(
-            vocab_size=64,
-            hidden_size=24,
-            intermediate_size=40,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            max_position_embeddings=12,
-            hidden_act="quick_gelu",
-            eos_token_id=63,
-            pad_token_id=0,
-            bos_token_id=62,
-        ),
-        vision=dict(
-            hidden_size=64,
-            intermediate_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=8,
-            image_size=28,
-            patch_size=14,
-            hidden_act="quick_gelu",
-        ),
+        text=_text(64, 12, 63, 24, 40, 1, 2, "quick_gelu", pad_token_id=0, bos_token_id=62),
+        vision=_tower(64, 32, 2, 8, "quick_gelu", image_size=28, patch_size=14),
         projection_dim=32,
     ),
 }
+
+
+def test_omitted_fields_take_hugging_face_defaults():
+    """`save_pretrained` omits fields at their defaults: ours must equal Hugging Face's."""
+    full = transformers.CLIPConfig().to_dict()
+    assert hf_clip.config_from_hf({"model_type": "clip"}) == hf_clip.config_from_hf(full)
 
 
 def _inputs(spec: dict, rng: np.random.RandomState):

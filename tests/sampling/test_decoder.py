@@ -2,45 +2,35 @@
 program across embeddings / captions / keys / scales / step counts, the null half really
 unconditional, full-size upsampling, and arguments checked before compiling."""
 
+import dataclasses
+import sys
+from pathlib import Path
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+sys.path.insert(0, str(Path(__file__).parents[1]))
+from tiny_pipeline import DECODER_MODEL, UPSAMPLER_MODEL
+
 from unclip_jax.models.caption_transformer import CaptionTransformerConfig
-from unclip_jax.models.unet import Decoder, UNetConfig, Upsampler
+from unclip_jax.models.unet import Decoder, UNetConfig, upsampler_from_config
 from unclip_jax.sampling import decoder as decoder_sampling
 from unclip_jax.sampling.settings import DiffusionSettings
 
 B, SIZE, IMG_DIM, LENGTH = 2, 8, 8, 5
+# The pipeline's tiny decoder U-Net with mid-block attention, captions from its own transformer.
 DECODER = Decoder(
-    UNetConfig(
-        out_channels=6,
-        base_channels=8,
-        channel_mults=(1, 2),
-        num_res_blocks=1,
-        attention_levels=(1,),
-        head_dim=8,
-        groups=4,
-    ),
+    dataclasses.replace(UNetConfig(**DECODER_MODEL["unet"]), mid_attention=True),
     context_dim=8,
     caption_source="transformer",
     caption_transformer=CaptionTransformerConfig(
         vocab_size=16, max_length=LENGTH, width=8, layers=1, heads=2
     ),
 )
-UPSAMPLER = Upsampler(
-    UNetConfig(
-        out_channels=3,
-        base_channels=8,
-        channel_mults=(1, 2),
-        num_res_blocks=1,
-        attention_levels=(),
-        mid_attention=False,
-        groups=4,
-    )
-)
+UPSAMPLER = upsampler_from_config(UPSAMPLER_MODEL)
 
 
 def perturbed(params, seed):

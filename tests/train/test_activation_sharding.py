@@ -8,6 +8,7 @@ import re
 import jax
 import numpy as np
 import pytest
+import task_helpers
 from jax.sharding import PartitionSpec as P
 
 from unclip_jax import sharding
@@ -58,8 +59,7 @@ def batches(count: int) -> list[dict[str, np.ndarray]]:
 def init_fn(key: jax.Array) -> dict:
     """The task's boxed parameters with a random output convolution (zero-initialised in the
     model), so that the first step already sends gradients through every block."""
-    spec = {k: jax.ShapeDtypeStruct((1, *v.shape[1:]), v.dtype) for k, v in batches(1)[0].items()}
-    params = TASK.init(key, spec)
+    params = TASK.init(key, task_helpers.batch_spec(batches(1)[0]))
     kernel = params["unet"]["conv_out"]["kernel"]
     noise = 0.1 * jax.random.normal(jax.random.fold_in(key, 1), kernel.value.shape)
     params["unet"]["conv_out"]["kernel"] = kernel.replace_boxed(noise)

@@ -9,13 +9,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
+import task_helpers
 
 from unclip_jax.models.ar_prior import ARPrior
 from unclip_jax.train import ar_prior_task, trainers
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_prior_task import write_shards
+from test_prior_task import tiny_batch, write_shards
 
 
 def test_one_step_through_the_loop_fits_and_keeps_the_quantizers(tmp_path):
@@ -58,16 +58,10 @@ def test_quantizers_round_trip_and_high_dot_bucket(tmp_path):
 
 
 def test_loss_decreases_on_a_fixed_batch():
-    rng = np.random.default_rng(0)
-    text = rng.normal(size=(16, 8)).astype(np.float32)
-    batch = {
-        "image_embedding": text + 0.1 * rng.normal(size=(16, 8)).astype(np.float32),
-        "text_embedding": text,
-        "token_states": rng.normal(size=(16, 4, 8)).astype(np.float32),
-        "text_mask": np.ones((16, 4), bool),
-    }
+    batch = tiny_batch()
+    image, text = batch["image_embedding"], batch["text_embedding"]
     quantizers = ar_prior_task.fit_quantizers(
-        batch["image_embedding"], text, num_components=4, num_buckets=16, num_dot_buckets=4
+        image, text, num_components=4, num_buckets=16, num_dot_buckets=4
     )
     model = ARPrior(
         num_codes=4,
@@ -81,23 +75,10 @@ def test_loss_decreases_on_a_fixed_batch():
         num_heads=2,
     )
     task = ar_prior_task.ARPriorTask(model, quantizers)
-    spec = {k: jax.ShapeDtypeStruct((1, *v.shape[1:]), v.dtype) for k, v in batch.items()}
+    spec = task_helpers.batch_spec(batch)
     params = nn.unbox(jax.jit(lambda key: task.init(key, spec))(jax.random.key(0)))
     batch = {k: jnp.asarray(v) for k, v in batch.items()}
-    tx = optax.adam(3e-3)
-    key = jax.random.key(1)
-
-    @jax.jit
-    def step(params, opt_state):
-        (loss, _), grads = jax.value_and_grad(task.loss, has_aux=True)(params, batch, key, True)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    opt_state = tx.init(params)
-    losses = []
-    for _ in range(40):
-        params, opt_state, loss = step(params, opt_state)
-        losses.append(float(loss))
+    losses, _ = task_helpers.adam_on_fixed_batch(task, params, batch, jax.random.key(1), steps=40)
     print(f"AR prior cross-entropy on a fixed batch: {losses[0]:.4f} -> {losses[-1]:.4f}")
     assert losses[0] > 0.9 * np.log(16)  # near uniform at initialisation
     assert losses[-1] < 0.5 * losses[0]

@@ -1,33 +1,22 @@
 """The contrastive CLIP stage: a smoke run through the training loop on rendered shapes (CI),
 and the learning gate on the 32 px shapes set (slow)."""
 
-import importlib.util
-import pathlib
+import functools
 import time
 
 import flax.linen as nn
 import jax
 import numpy as np
 import pytest
+import task_helpers
 
 from unclip_jax.convert import hf_clip
 from unclip_jax.data import shapes_captions
 from unclip_jax.text.tokenizer import load_tokenizer
 from unclip_jax.train import clip_task
 
-CONFIG_FILE = pathlib.Path(__file__).parents[2] / "configs" / "clip_shapes.py"
-
-
-def _config(arg: str | None = None):
-    spec = importlib.util.spec_from_file_location("clip_shapes", CONFIG_FILE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
-
-
-def _rendered(split: str, count: int) -> list[dict]:
-    builder_config = next(c for c in shapes_captions.CONFIGS if c.name == "32px")
-    return [shapes_captions.make_example(builder_config, split, i) for i in range(count)]
+_config = functools.partial(task_helpers.config_file, "clip_shapes")
+_rendered = functools.partial(task_helpers.rendered, "32px")  # (split, count)
 
 
 def test_shapes_targets_index_the_candidates():

@@ -1,7 +1,7 @@
 """Decoder task: a bfloat16 smoke run through the real loop (finite loss, float32 master weights,
 sample grid), conditioning from the batch or the frozen CLIP, condition dropout in training."""
 
-import importlib.util
+import functools
 import json
 import pathlib
 import subprocess
@@ -12,25 +12,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import task_helpers
 
 from unclip_jax.convert import hf_clip
 from unclip_jax.data import shapes_captions
 from unclip_jax.models.clip import CLIP, clip_config
 from unclip_jax.train import clip_task, decoder_task, trainers
 
-CONFIG_FILE = pathlib.Path(__file__).parents[2] / "configs" / "decoder_demo.py"
-
-
-def demo_config(arg: str | None = None):
-    spec = importlib.util.spec_from_file_location("decoder_demo", CONFIG_FILE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
-
-
-def rendered(split: str, count: int) -> list[dict]:
-    config = next(c for c in shapes_captions.CONFIGS if c.name == "large_64px")
-    return [shapes_captions.make_example(config, split, i) for i in range(count)]
+demo_config = functools.partial(task_helpers.config_file, "decoder_demo")
+rendered = functools.partial(task_helpers.rendered, "large_64px")  # (split, count)
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +52,7 @@ def smoke_task(clip_dir):
     task = decoder_task.build_task(config, clip)
     batch = {"image": np.stack([e["image"] for e in rendered("test", 4)]) / 127.5 - 1.0}
     batch["image"] = batch["image"].astype(np.float32)
-    spec = {k: jax.ShapeDtypeStruct((1, *v.shape[1:]), v.dtype) for k, v in batch.items()}
-    params = nn.unbox(jax.jit(task.init)(jax.random.key(1), spec))
+    params = nn.unbox(jax.jit(task.init)(jax.random.key(1), task_helpers.batch_spec(batch)))
     kernel = params["unet"]["conv_out"]["kernel"]  # zero-initialised: give the output signal
     params["unet"]["conv_out"]["kernel"] = 0.1 * jax.random.normal(jax.random.key(4), kernel.shape)
     return task, params, batch
@@ -194,12 +183,7 @@ def test_decoder_learning_gate(tmp_path):
     """A small CLIP on the large-object shapes (~3 min), the 16→64 upsampler, the 16 px decoder
     (≤ 14 min of training), then 256 held-out cases: samples from TRUE CLIP image embeddings,
     upsampled to 64 px, read by the oracle as the source's colour ≥ 90%, colour+shape ≥ 70%."""
-    clip_spec = importlib.util.spec_from_file_location(
-        "clip_shapes", CONFIG_FILE.parent / "clip_shapes.py"
-    )
-    module = importlib.util.module_from_spec(clip_spec)
-    clip_spec.loader.exec_module(module)
-    clip_config = module.get_config()
+    clip_config = task_helpers.config_file("clip_shapes")
     clip_config.data.source = "shapes_captions/large_64px"
     builder = shapes_captions.build("large_64px", data_dir=str(tmp_path / "tfds"))
     train, test = builder.as_data_source("train"), builder.as_data_source("test")

@@ -7,8 +7,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
+import task_helpers
 
 from unclip_jax.data.embedding_shards import EmbeddingShardWriter
 from unclip_jax.diffusion.schedules import make_schedule
@@ -109,7 +109,7 @@ def task_and_params():
     task = prior_task.DiffusionPriorTask(
         MODEL, EmbeddingNormalizer.create("unit_norm", 8), make_schedule("cosine", 1000)
     )
-    spec = {k: jax.ShapeDtypeStruct((1, *v.shape[1:]), v.dtype) for k, v in tiny_batch().items()}
+    spec = task_helpers.batch_spec(tiny_batch())
     params = nn.unbox(jax.jit(lambda key: task.init(key, spec))(jax.random.key(0)))
     return task, params
 
@@ -117,20 +117,9 @@ def task_and_params():
 def test_loss_decreases_on_a_fixed_batch(task_and_params):
     task, params = task_and_params
     batch = {k: jnp.asarray(v) for k, v in tiny_batch().items()}
-    tx = optax.adam(3e-3)
     key = jax.random.key(1)
-
-    @jax.jit
-    def step(params, opt_state):
-        (loss, _), grads = jax.value_and_grad(task.loss, has_aux=True)(params, batch, key, True)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    opt_state = tx.init(params)
-    first = None
-    for _ in range(60):
-        params, opt_state, loss = step(params, opt_state)
-        first = float(loss) if first is None else first
+    losses, params = task_helpers.adam_on_fixed_batch(task, params, batch, key, steps=60)
+    first = losses[0]
     final = float(task.loss(params, batch, key, True)[0])
     print(f"prior loss on a fixed batch and key: {first:.4f} -> {final:.4f}")
     assert final < 0.5 * first

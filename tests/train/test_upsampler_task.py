@@ -1,7 +1,7 @@
 """Upsampler task: a smoke run through the real loop (crops, corruption, sample grid at full
 size), crops aligned between target and conditioning, corruptions by name, noise augmentation."""
 
-import importlib.util
+import functools
 import json
 import pathlib
 import subprocess
@@ -12,25 +12,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import task_helpers
 from PIL import Image
 
-from unclip_jax.data import shapes_captions
 from unclip_jax.diffusion.schedules import make_schedule
 from unclip_jax.train import trainers, upsampler_task
 
-CONFIG_FILE = pathlib.Path(__file__).parents[2] / "configs" / "upsampler_demo.py"
-
-
-def demo_config(arg: str | None = None):
-    spec = importlib.util.spec_from_file_location("upsampler_demo", CONFIG_FILE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
-
-
-def rendered(split: str, count: int) -> list[dict]:
-    config = next(c for c in shapes_captions.CONFIGS if c.name == "large_64px")
-    return [shapes_captions.make_example(config, split, i) for i in range(count)]
+demo_config = functools.partial(task_helpers.config_file, "upsampler_demo")
+rendered = functools.partial(task_helpers.rendered, "large_64px")  # (split, count)
 
 
 def test_registered_as_upsampler_trainer():

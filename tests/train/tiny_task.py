@@ -16,19 +16,22 @@ DIM = 8
 HIDDEN = 32
 
 
+def _dense(features: int, axes: tuple[str, str], dtype: jnp.dtype) -> nn.Dense:
+    """A Dense layer whose kernel has logical axes `axes` (in, out) and its bias the out axis."""
+    return nn.Dense(
+        features,
+        dtype=dtype,
+        kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), axes),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[1:]),
+    )
+
+
 class TinyMLP(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = nn.Dense(
-            HIDDEN,
-            dtype=self.dtype,
-            kernel_init=nn.with_logical_partitioning(
-                nn.initializers.lecun_normal(), (sharding.EMBED, sharding.MLP)
-            ),
-            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (sharding.MLP,)),
-        )(x)
+        x = _dense(HIDDEN, (sharding.EMBED, sharding.MLP), self.dtype)(x)
         x = sharding.constrain(x, (sharding.BATCH, sharding.MLP))
         x = nn.LayerNorm(
             dtype=self.dtype,
@@ -36,14 +39,7 @@ class TinyMLP(nn.Module):
             bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (sharding.NORM,)),
         )(x)
         x = nn.gelu(x)
-        return nn.Dense(
-            DIM,
-            dtype=self.dtype,
-            kernel_init=nn.with_logical_partitioning(
-                nn.initializers.lecun_normal(), (sharding.MLP, sharding.EMBED)
-            ),
-            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (sharding.EMBED,)),
-        )(x)
+        return _dense(DIM, (sharding.MLP, sharding.EMBED), self.dtype)(x)
 
 
 class TinyTask(Task):

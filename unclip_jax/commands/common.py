@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 from absl import flags
 
+from unclip_jax.commands.usage import check_usage
+
 FLAGS = flags.FLAGS
 
 flags.DEFINE_string(
@@ -63,6 +65,16 @@ def decoder_options() -> dict[str, Any]:
 def image_files(prefix: str, images: np.ndarray) -> dict[str, np.ndarray]:
     """{"<prefix>_<i>.png": image} for uint8 images [N, H, W, 3]."""
     return {f"{prefix}_{i:03d}.png": image for i, image in enumerate(images)}
+
+
+def read_images(argv: list[str], count: int, usage: str) -> list[np.ndarray]:
+    """The `count` images named by the positional arguments (uint8 [H, W, 3] each), read and the
+    shared sampling flags checked before anything is loaded."""
+    from unclip_jax.pipelines.images import load_image
+
+    images = [load_image(path) for path in check_usage(argv, positional=count, usage=usage)]
+    check_sampling_flags()
+    return images
 
 
 def check_sampling_flags() -> None:

@@ -5,7 +5,7 @@ when the directory has one.
 
 from absl import app, flags
 
-from unclip_jax.commands.required import check_required
+from unclip_jax.commands.usage import check_usage
 
 FLAGS = flags.FLAGS
 
@@ -16,9 +16,7 @@ flags.DEFINE_string(
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    check_required("hf-dir", "out")
+    check_usage(argv, "hf-dir", "out")
     from unclip_jax.convert.hf_clip import convert_directory
 
     convert_directory(FLAGS["hf-dir"].value, FLAGS.out)

@@ -8,7 +8,7 @@ import pathlib
 
 from absl import app, flags
 
-from unclip_jax.commands.required import check_required
+from unclip_jax.commands.usage import check_usage
 
 FLAGS = flags.FLAGS
 
@@ -31,9 +31,7 @@ def convert(diffusers_dir: str | pathlib.Path, out: str | pathlib.Path) -> None:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    check_required("diffusers-dir", "out")
+    check_usage(argv, "diffusers-dir", "out")
     convert(FLAGS["diffusers-dir"].value, FLAGS.out)
 
 

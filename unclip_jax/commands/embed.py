@@ -14,7 +14,7 @@ import pathlib
 from absl import app, flags
 from ml_collections import config_flags
 
-from unclip_jax.commands.required import check_required
+from unclip_jax.commands.usage import check_usage
 
 FLAGS = flags.FLAGS
 
@@ -31,9 +31,7 @@ flags.DEFINE_enum("dtype", "float16", ["float16", "float32"], "Storage dtype of 
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    check_required("config", "checkpoint", "out")
+    check_usage(argv, "config", "checkpoint", "out")
     from unclip_jax.commands.embedding import embed_source
     from unclip_jax.convert.hf_clip import CONFIG_FILE
     from unclip_jax.data.sources import open_source
@@ -44,14 +42,9 @@ def main(argv: list[str]) -> None:
         )
     data = FLAGS.config.data
     source = open_source(data.source, FLAGS.split, data.get("data_dir"), data.image_size)
+    options = {name: FLAGS[name].value for name in ("batch_size", "shard_size", "dtype")}
     written = embed_source(
-        FLAGS.checkpoint,
-        source,
-        FLAGS.out,
-        batch_size=FLAGS.batch_size,
-        shard_size=FLAGS.shard_size,
-        token_states=FLAGS.token_states,
-        dtype=FLAGS.dtype,
+        FLAGS.checkpoint, source, FLAGS.out, token_states=FLAGS.token_states, **options
     )
     print(f"wrote {written} shards to {FLAGS.out}")
 

@@ -11,6 +11,7 @@ import numpy as np
 from absl import app, flags
 
 from unclip_jax.commands import common
+from unclip_jax.commands.usage import check_usage
 from unclip_jax.pipelines import outputs
 
 FLAGS = flags.FLAGS
@@ -45,8 +46,7 @@ def evaluate(images: np.ndarray, captions: list[str], score_clip: str | None) ->
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    check_usage(argv)
     from unclip_jax.pipelines.images import load_image
 
     if not FLAGS.images:

@@ -14,22 +14,13 @@ flags.DEFINE_integer("frames", 5, "Frames, A's embedding first and B's last (>= 
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) != 3:
-        raise app.UsageError("give two images: unclip interpolate A B --checkpoint DIR --out DIR")
+    usage = "give two images: unclip interpolate A B --checkpoint DIR --out DIR"
+    image_a, image_b = common.read_images(argv, 2, usage)
     from unclip_jax.pipelines import arguments
-    from unclip_jax.pipelines.images import load_image
 
-    image_a, image_b = load_image(argv[1]), load_image(argv[2])
-    common.check_sampling_flags()
     frames = arguments.check_count("--frames", FLAGS.frames, least=2)
     out, pipe = common.open_run()
-    images = pipe.interpolate(
-        image_a,
-        image_b,
-        frames,
-        seed=FLAGS.seed,
-        **common.decoder_options(),
-    )
+    images = pipe.interpolate(image_a, image_b, frames, seed=FLAGS.seed, **common.decoder_options())
     files = common.image_files("frame", images)
     row = np.concatenate([images, common.fit(image_b, images.shape[1])[None]])
     files["grid.png"] = common.source_and_row(image_a, row, "A, frames A → B, B")

@@ -15,11 +15,8 @@ flags.DEFINE_list("thetas", ["0", "0.25", "0.5", "0.75"], "Interpolation amounts
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) != 2:
-        raise app.UsageError("give one image: unclip textdiff IMAGE --from ... --to ...")
-    from unclip_jax.pipelines.images import load_image
-
-    source = load_image(argv[1])
+    usage = "give one image: unclip textdiff IMAGE --from ... --to ... --checkpoint DIR --out DIR"
+    (source,) = common.read_images(argv, 1, usage)
     if FLAGS["from"].value is None or FLAGS.to is None:
         raise ValueError("--from and --to must both be given")
     try:
@@ -28,7 +25,6 @@ def main(argv: list[str]) -> None:
         raise ValueError(f"--thetas must be numbers in [0, 1], got {FLAGS.thetas}") from None
     if not thetas or any(not 0 <= t <= 1 for t in thetas):
         raise ValueError(f"--thetas must be numbers in [0, 1], got {FLAGS.thetas}")
-    common.check_sampling_flags()
     out, pipe = common.open_run()
     images = pipe.text_diff(
         source,

@@ -9,7 +9,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from unclip_jax.commands.required import check_required
+from unclip_jax.commands.usage import check_usage
 from unclip_jax.train import trainers
 
 FLAGS = flags.FLAGS
@@ -30,9 +30,7 @@ flags.DEFINE_integer("process_id", None, "This process's index (--distributed)."
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    check_required("config", "workdir")
+    check_usage(argv, "config", "workdir")
     train_and_evaluate = trainers.get_trainer(FLAGS.config.trainer)
     if FLAGS.distributed:
         jax.distributed.initialize(

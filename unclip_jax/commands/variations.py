@@ -13,21 +13,13 @@ flags.DEFINE_integer("num_variations", 4, "How many variations.")
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) != 2:
-        raise app.UsageError("give one image: unclip variations IMAGE --checkpoint DIR --out DIR")
+    usage = "give one image: unclip variations IMAGE --checkpoint DIR --out DIR"
+    (source,) = common.read_images(argv, 1, usage)
     from unclip_jax.pipelines import arguments
-    from unclip_jax.pipelines.images import load_image
 
-    source = load_image(argv[1])
-    common.check_sampling_flags()
     n = arguments.check_count("--num_variations", FLAGS.num_variations)
     out, pipe = common.open_run()
-    images = pipe.variations(
-        source,
-        n,
-        seed=FLAGS.seed,
-        **common.decoder_options(),
-    )
+    images = pipe.variations(source, n, seed=FLAGS.seed, **common.decoder_options())
     files = common.image_files("variation", images)
     files["grid.png"] = common.source_and_row(source, images, "variations of the source (left)")
     outputs.write_outputs(out, files)

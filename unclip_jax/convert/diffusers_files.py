@@ -4,22 +4,13 @@ Weights are `*.safetensors` (sharded through an index or not) or PyTorch `*.bin`
 numpy arrays; every error names the component.
 """
 
-import json
 import pathlib
 
 import numpy as np
 
+from unclip_jax.storage.json_files import read_json
+
 _WEIGHT_NAMES = ("diffusion_pytorch_model", "model", "pytorch_model")
-
-
-def read_json(path: pathlib.Path, component: str) -> dict:
-    """The JSON object at `path`; a missing or malformed file is an error naming `component`."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{component}: {path} is missing")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{component}: {path} is not valid JSON: {error}") from None
 
 
 def _load_tensors(path: pathlib.Path, component: str) -> dict[str, np.ndarray]:

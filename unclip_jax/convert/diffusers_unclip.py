@@ -22,7 +22,7 @@ import numpy as np
 from flax import traverse_util
 
 from unclip_jax.convert import hf_clip
-from unclip_jax.convert.diffusers_files import read_json, read_weights, weight_files
+from unclip_jax.convert.diffusers_files import read_weights, weight_files
 from unclip_jax.convert.diffusers_prior import convert_prior_state_dict, prior_from_diffusers_config
 from unclip_jax.convert.diffusers_unet import (
     decoder_params_from_diffusers,
@@ -40,6 +40,7 @@ from unclip_jax.diffusion.karlo import KarloScheduler
 from unclip_jax.models.clip import CLIPConfig, TextTransformer
 from unclip_jax.models.prior import DiffusionPrior, EmbeddingNormalizer
 from unclip_jax.models.unet import Decoder, UNetConfig, Upsampler
+from unclip_jax.storage.json_files import read_json
 
 MODELS = ("prior", "text_proj", "decoder", "super_res_first", "super_res_last", "text_encoder")
 SCHEDULERS = ("prior_scheduler", "decoder_scheduler", "super_res_scheduler")
@@ -153,24 +154,7 @@ def text_encoder_params(model: TextTransformer, state: Mapping[str, np.ndarray])
         if ours.startswith("text/")
     ]
     expected = shape_dict(text_encoder_shapes(model))
-    used = {theirs for _, theirs, _, _ in rows}
-    extra = sorted(k for k in state if k not in used and not k.endswith("position_ids"))
-    if extra:
-        raise ValueError(f"text_encoder: tensors without a place in the model: {extra[:10]}")
-    flat = {}
-    for ours, theirs, transform, heads in rows:
-        if theirs not in state:
-            raise ValueError(f"text_encoder: tensor {theirs!r} for {ours} is missing")
-        try:
-            value = transform(np.asarray(state[theirs], np.float32), heads)
-        except ValueError:
-            value = None
-        if value is None or tuple(value.shape) != expected[ours]:
-            raise ValueError(
-                f"text_encoder: tensor {theirs!r} of shape {tuple(state[theirs].shape)} does not "
-                f"fit {ours} of shape {expected[ours]}"
-            )
-        flat[ours] = value
+    flat = _named("text_encoder", lambda: hf_clip.map_state_dict(rows, state, expected))
     return traverse_util.unflatten_dict(flat, sep="/")
 
 

@@ -10,41 +10,41 @@ shapes.
 import json
 import math
 import pathlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 
 from unclip_jax.models.clip import CLIP, CLIPConfig, TextConfig, VisionConfig
 from unclip_jax.models.frozen_clip import FrozenCLIP
 
 Params = dict
 
-# Hugging Face's defaults: `save_pretrained` writes only the fields that differ from them.
-_HF_TEXT_DEFAULTS = dict(
-    vocab_size=49408,
-    hidden_size=512,
-    intermediate_size=2048,
-    num_hidden_layers=12,
-    num_attention_heads=8,
-    max_position_embeddings=77,
-    hidden_act="quick_gelu",
-    layer_norm_eps=1e-5,
-    eos_token_id=49407,
-)
-_HF_VISION_DEFAULTS = dict(
-    hidden_size=768,
-    intermediate_size=3072,
-    num_hidden_layers=12,
-    num_attention_heads=12,
-    num_channels=3,
-    image_size=224,
-    patch_size=32,
-    hidden_act="quick_gelu",
-    layer_norm_eps=1e-5,
-)
+# Our tower field -> Hugging Face's name for it. Fields a config omits take Hugging Face's
+# defaults, which are those of `TextConfig()` and `VisionConfig()` (OpenAI's ViT-B/32).
+_TOWER_FIELDS = {
+    "width": "hidden_size",
+    "layers": "num_hidden_layers",
+    "heads": "num_attention_heads",
+    "mlp_dim": "intermediate_size",
+    "act": "hidden_act",
+    "layer_norm_eps": "layer_norm_eps",
+}
+_TEXT_FIELDS = {
+    **_TOWER_FIELDS,
+    "vocab_size": "vocab_size",
+    "context_length": "max_position_embeddings",
+    "eos_token_id": "eos_token_id",
+}
+_VISION_FIELDS = {
+    **_TOWER_FIELDS,
+    "image_size": "image_size",
+    "patch_size": "patch_size",
+    "channels": "num_channels",
+}
 _IGNORED_SUFFIXES = ("position_ids",)  # buffers some older checkpoints carry
 CONFIG_FILE = "clip_config.json"
 PARAMS_DIR = "params"
@@ -59,6 +59,12 @@ def _single_int(value, name: str) -> int:
     return int(value)
 
 
+def _fields(hf_tower: dict | None, names: dict[str, str]) -> dict:
+    """Our fields that a Hugging Face tower config sets."""
+    hf_tower = hf_tower or {}
+    return {ours: hf_tower[theirs] for ours, theirs in names.items() if theirs in hf_tower}
+
+
 def config_from_hf(hf_config: dict) -> CLIPConfig:
     """Our CLIPConfig from the dict of a Hugging Face CLIP `config.json`.
 
@@ -70,34 +76,17 @@ def config_from_hf(hf_config: dict) -> CLIPConfig:
         raise ValueError(
             f"expected a CLIP config (model_type 'clip'), got {hf_config['model_type']!r}"
         )
-    text = {**_HF_TEXT_DEFAULTS, **(hf_config.get("text_config") or {})}
-    vision = {**_HF_VISION_DEFAULTS, **(hf_config.get("vision_config") or {})}
-    eos = text["eos_token_id"]
-    eos = eos[0] if isinstance(eos, list) else eos
+    text = _fields(hf_config.get("text_config"), _TEXT_FIELDS)
+    eos = text.get("eos_token_id", TextConfig.eos_token_id)
+    text["eos_token_id"] = int(eos[0] if isinstance(eos, list) else eos)
+    text["pooling"] = "argmax" if text["eos_token_id"] == 2 else "eos"
+    vision = _fields(hf_config.get("vision_config"), _VISION_FIELDS)
+    for name in ("image_size", "patch_size"):
+        if name in vision:
+            vision[name] = _single_int(vision[name], f"vision {name}")
     return CLIPConfig(
-        text=TextConfig(
-            vocab_size=text["vocab_size"],
-            context_length=text["max_position_embeddings"],
-            width=text["hidden_size"],
-            layers=text["num_hidden_layers"],
-            heads=text["num_attention_heads"],
-            mlp_dim=text["intermediate_size"],
-            act=text["hidden_act"],
-            eos_token_id=int(eos),
-            pooling="argmax" if eos == 2 else "eos",
-            layer_norm_eps=text["layer_norm_eps"],
-        ),
-        vision=VisionConfig(
-            image_size=_single_int(vision["image_size"], "vision image_size"),
-            patch_size=_single_int(vision["patch_size"], "vision patch_size"),
-            width=vision["hidden_size"],
-            layers=vision["num_hidden_layers"],
-            heads=vision["num_attention_heads"],
-            mlp_dim=vision["intermediate_size"],
-            act=vision["hidden_act"],
-            channels=vision["num_channels"],
-            layer_norm_eps=vision["layer_norm_eps"],
-        ),
+        text=TextConfig(**text),
+        vision=VisionConfig(**vision),
         projection_dim=hf_config.get("projection_dim", 512),
         logit_scale_init=hf_config.get("logit_scale_init_value", 2.6592),
     )
@@ -193,21 +182,14 @@ def param_shapes(config: CLIPConfig) -> dict[str, tuple[int, ...]]:
     return {"/".join(k.key for k in path): tuple(leaf.shape) for path, leaf in flat}
 
 
-def _nest(flat: dict[str, np.ndarray]) -> Params:
-    tree: dict = {}
-    for path, value in flat.items():
-        *parents, leaf = path.split("/")
-        node = tree
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return tree
-
-
-def params_from_state_dict(config: CLIPConfig, state: dict[str, np.ndarray]) -> Params:
-    """Our parameter tree `{"params": ...}` (float32 numpy) from a Hugging Face state dict."""
-    expected = param_shapes(config)
-    rows = parameter_map(config)
+def map_state_dict(
+    rows: list[tuple[str, str, Transform, int]],
+    state: Mapping[str, np.ndarray],
+    expected: Mapping[str, tuple[int, ...]],
+) -> dict[str, np.ndarray]:
+    """{our path: tensor in our layout} for `rows` of `parameter_map` (or a subset) from a Hugging
+    Face state dict. Raises ValueError naming the tensor and both shapes when one is left over,
+    missing or of a shape that does not fit."""
     mapped = {ours for ours, *_ in rows}
     if mapped != set(expected):
         raise AssertionError(f"parameter map out of date: {sorted(mapped ^ set(expected))}")
@@ -233,7 +215,13 @@ def params_from_state_dict(config: CLIPConfig, state: dict[str, np.ndarray]) -> 
                 f"fit the model's shape {expected[ours]}"
             )
         flat[ours] = value
-    return {"params": _nest(flat)}
+    return flat
+
+
+def params_from_state_dict(config: CLIPConfig, state: dict[str, np.ndarray]) -> Params:
+    """Our parameter tree `{"params": ...}` (float32 numpy) from a Hugging Face state dict."""
+    flat = map_state_dict(parameter_map(config), state, param_shapes(config))
+    return {"params": traverse_util.unflatten_dict(flat, sep="/")}
 
 
 def _read_safetensors(path: pathlib.Path) -> dict[str, np.ndarray]:
@@ -340,8 +328,9 @@ def load_clip(directory: str | pathlib.Path) -> tuple[CLIPConfig, Params]:
                     f"{path / PARAMS_DIR} holds {stored.get(name)} (None = absent)"
                 )
         target = {
-            "params": _nest(
-                {k: jax.ShapeDtypeStruct(shape, jnp.float32) for k, shape in expected.items()}
+            "params": traverse_util.unflatten_dict(
+                {k: jax.ShapeDtypeStruct(shape, jnp.float32) for k, shape in expected.items()},
+                sep="/",
             )
         }
         params = checkpointer.restore(path / PARAMS_DIR, target)

@@ -19,11 +19,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from unclip_jax.convert.diffusers_files import read_json
 from unclip_jax.diffusion.karlo import KarloScheduler
 from unclip_jax.models.clip import TextConfig, TextTransformer
 from unclip_jax.models.prior import DiffusionPrior, EmbeddingNormalizer
 from unclip_jax.models.unet import Decoder, UNetConfig, Upsampler
+from unclip_jax.storage.json_files import read_json
 
 Params = dict[str, Any]
 

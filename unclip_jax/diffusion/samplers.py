@@ -27,10 +27,21 @@ def _step_noise(key: Array | None, noise: Array | None, index: Array, x: Array) 
     return jax.random.normal(jax.random.fold_in(key, index), x.shape, jnp.float32)
 
 
-def _check(mean_type: str, var_type: str, clip: str) -> None:
+def _options(mean_type: str, var_type: str, clip: str, clip_percentile: float = 0.995) -> dict:
+    """The checked keyword arguments of `gaussian.p_mean_variance`."""
     gaussian.check_prediction(mean_type)
     gaussian.check_variance(var_type)
     gaussian.check_clipping(clip)
+    return dict(mean_type=mean_type, var_type=var_type, clip=clip, clip_percentile=clip_percentile)
+
+
+def _reverse_step(
+    denoise: DenoiseFn, schedule: Schedule, index: Array, x: Array, **options
+) -> gaussian.ReverseStep:
+    """The model's reverse step at schedule index `index` (scalar) for the whole batch x: [B, …]."""
+    batch_index = jnp.full((x.shape[0],), index, jnp.int32)
+    output = denoise(x, schedule.timesteps[batch_index])
+    return gaussian.p_mean_variance(schedule, output, x, batch_index, **options)
 
 
 def _reverse_loop(schedule: Schedule, x_T: Array, body: Callable[[Array, Array], Array]) -> Array:
@@ -56,23 +67,12 @@ def ddpm_sample(
     noise: Array | None = None,
 ) -> Array:
     """Ancestral sampling x_{i−1} = μ_θ(x_i) + σ_i z, no noise at i = 0. x_T: [B, …] → x0."""
-    _check(mean_type, var_type, clip)
+    options = _options(mean_type, var_type, clip, clip_percentile)
     if key is None and noise is None:
         raise ValueError("ddpm_sample needs a key or explicit per-step noise")
 
     def body(index, x):
-        batch_index = jnp.full((x.shape[0],), index, jnp.int32)
-        output = denoise(x, schedule.timesteps[batch_index])
-        step = gaussian.p_mean_variance(
-            schedule,
-            output,
-            x,
-            batch_index,
-            mean_type=mean_type,
-            var_type=var_type,
-            clip=clip,
-            clip_percentile=clip_percentile,
-        )
+        step = _reverse_step(denoise, schedule, index, x, **options)
         z = _step_noise(key, noise, index, x)
         std = jnp.where(index > 0, jnp.exp(0.5 * step.log_variance), 0.0)
         return step.mean + std * z
@@ -97,21 +97,10 @@ def ddim_sample(
 
     Learned-variance channels, if any, are ignored. x_T: [B, …] → x0.
     """
-    _check(mean_type, var_type, clip)
+    options = _options(mean_type, var_type, clip, clip_percentile)
 
     def body(index, x):
-        batch_index = jnp.full((x.shape[0],), index, jnp.int32)
-        output = denoise(x, schedule.timesteps[batch_index])
-        step = gaussian.p_mean_variance(
-            schedule,
-            output,
-            x,
-            batch_index,
-            mean_type=mean_type,
-            var_type=var_type,
-            clip=clip,
-            clip_percentile=clip_percentile,
-        )
+        step = _reverse_step(denoise, schedule, index, x, **options)
         alpha_bar = schedule.alphas_cumprod[index]
         alpha_bar_prev = schedule.alphas_cumprod_prev[index]
         sigma = (
@@ -149,7 +138,7 @@ def ddim_invert(
     fixed-point iteration re-evaluates it at the current estimate of x_i (one more model call).
     x0: [B, …] → x_T: [B, …].
     """
-    _check(mean_type, var_type, "none")
+    _options(mean_type, var_type, "none")
     if fixed_point_iterations < 0:
         raise ValueError(f"fixed_point_iterations must be >= 0, got {fixed_point_iterations}")
 

@@ -17,16 +17,11 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from unclip_jax.models.prior import (
-    caption_conditioning,
-    check_null_conditioning,
-    learned_null,
-    prior_blocks,
-    sequence_mask,
-)
+from unclip_jax.models.prior import caption_conditioner, prior_blocks, sequence_mask
+from unclip_jax.nn.embedding import position_embedding, token_embedding
 from unclip_jax.nn.linear import dense
 from unclip_jax.nn.norm import layer_norm
-from unclip_jax.sharding import EMBED, JOINT_EMBED, LENGTH, VOCAB
+from unclip_jax.sharding import EMBED, JOINT_EMBED, VOCAB
 
 Array = jax.Array
 NUM_PREFIX_EXTRA = 2  # the text embedding and the dot-product token after the caption tokens
@@ -59,30 +54,19 @@ class ARPrior(nn.Module):
     param_dtype: jnp.dtype = jnp.float32
 
     def setup(self):
-        check_null_conditioning(self.null_conditioning)
         common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         width = self.width
-        init = nn.initializers.normal(0.02)
         self.tokens_proj = dense(width, (JOINT_EMBED, EMBED), name="tokens_proj", **common)
         self.text_proj = dense(width, (JOINT_EMBED, EMBED), name="text_proj", **common)
-        embed_init = nn.with_logical_partitioning(init, (VOCAB, EMBED))
-        self.dot_embed = nn.Embed(self.num_dot_buckets, width, embedding_init=embed_init, **common)
-        self.code_embed = nn.Embed(self.num_buckets, width, embedding_init=embed_init, **common)
-        self.positions = self.param(
-            "positions",
-            nn.with_logical_partitioning(init, (LENGTH, EMBED)),
-            (self.cache_length, width),
-            self.param_dtype,
-        )
+        self.dot_embed = token_embedding(self.num_dot_buckets, width, name="dot_embed", **common)
+        self.code_embed = token_embedding(self.num_buckets, width, name="code_embed", **common)
+        self.positions = position_embedding(self, self.cache_length, width, 0.02, name="positions")
         self.blocks = prior_blocks(
             width, self.num_heads, self.head_dim, self.mlp_ratio, self.depth, **common
         )
         self.norm_out = layer_norm(name="norm_out", **common)
         self.logits = dense(self.num_buckets, (EMBED, VOCAB), name="logits", **common)
-        if self.null_conditioning == "learned":
-            self.null_text_embed, self.null_tokens = learned_null(
-                self, self.text_embed_dim, self.num_tokens, self.token_dim
-            )
+        self._condition = caption_conditioner(self, self.text_embed_dim, self.token_dim)
 
     @property
     def prefix_length(self) -> int:  # P = L + 2
@@ -91,19 +75,6 @@ class ARPrior(nn.Module):
     @property
     def cache_length(self) -> int:  # positions fed to the model: P + K − 1
         return self.prefix_length + self.num_codes - 1
-
-    def _condition(self, text_embed, text_tokens, text_mask, drop):
-        learned = self.null_conditioning == "learned"
-        return caption_conditioning(
-            text_embed,
-            text_tokens,
-            text_mask,
-            drop,
-            text_dim=self.text_embed_dim,
-            token_dim=self.token_dim,
-            num_tokens=self.num_tokens,
-            null=(self.null_text_embed, self.null_tokens) if learned else None,
-        )
 
     def _prefix(self, dot_bucket, text_embed, text_tokens) -> Array:  # [B, P, W]
         tokens = jnp.concatenate(

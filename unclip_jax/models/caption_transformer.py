@@ -11,10 +11,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from unclip_jax.nn.attention import MultiHeadAttention
-from unclip_jax.nn.linear import dense
+from unclip_jax.models.clip import ResidualBlock
+from unclip_jax.nn.embedding import position_embedding, token_embedding
 from unclip_jax.nn.norm import layer_norm
-from unclip_jax.sharding import EMBED, HIDDEN, LENGTH, MLP, TOKENS, VOCAB, constrain
 
 Array = jax.Array
 
@@ -32,28 +31,6 @@ class CaptionTransformerConfig:
     def __post_init__(self):
         if self.width % self.heads:
             raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
-
-
-class CaptionBlock(nn.Module):
-    """x + attn(LN(x)); x + MLP(LN(x)), bidirectional attention over the valid tokens; states
-    constrained to `TOKENS`, the MLP's hidden layer to `HIDDEN`."""
-
-    heads: int
-    mlp_ratio: int = 4
-    eps: float = 1e-5
-    dtype: jnp.dtype = jnp.float32
-    param_dtype: jnp.dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: Array, mask: Array) -> Array:  # x: [B, L, W], mask: [B, 1, 1, L]
-        common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        width = x.shape[-1]
-        h = layer_norm(self.eps, name="ln_1", **common)(x)
-        x = x + MultiHeadAttention(self.heads, name="attention", **common)(h, mask=mask)
-        h = layer_norm(self.eps, name="ln_2", **common)(constrain(x, TOKENS))
-        h = constrain(dense(width * self.mlp_ratio, (EMBED, MLP), name="fc1", **common)(h), HIDDEN)
-        h = dense(width, (MLP, EMBED), name="fc2", **common)(jax.nn.gelu(h, approximate=False))
-        return constrain(x + h, TOKENS)
 
 
 class CaptionTransformer(nn.Module):
@@ -75,29 +52,25 @@ class CaptionTransformer(nn.Module):
                 f"caption length {tokens.shape[1]} exceeds max_length {cfg.max_length}"
             )
         common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        embed = nn.Embed(
-            cfg.vocab_size,
-            cfg.width,
-            embedding_init=nn.with_logical_partitioning(
-                nn.initializers.normal(0.02), (VOCAB, EMBED)
-            ),
-            param_dtype=self.param_dtype,
-            name="token_embedding",
+        embed = token_embedding(
+            cfg.vocab_size, cfg.width, name="token_embedding", param_dtype=self.param_dtype
         )
-        positions = self.param(
-            "position_embedding",
-            nn.with_logical_partitioning(nn.initializers.normal(0.01), (LENGTH, EMBED)),
-            (cfg.max_length, cfg.width),
-            self.param_dtype,
-        )
+        positions = position_embedding(self, cfg.max_length, cfg.width)
         x = embed(tokens) + positions[None, : tokens.shape[1]]
         x = x.astype(self.dtype)
         # A caption with no valid token (an empty or dropped one) attends to all positions, so
         # that no softmax row is empty.
         keys = mask | ~jnp.any(mask, axis=1, keepdims=True)
         for i in range(cfg.layers):
-            x = CaptionBlock(
-                cfg.heads, cfg.mlp_ratio, cfg.layer_norm_eps, name=f"block_{i}", **common
+            x = ResidualBlock(
+                cfg.heads,
+                cfg.mlp_ratio * cfg.width,
+                "gelu",
+                cfg.layer_norm_eps,
+                attention_name="attention",
+                fast_variance=True,
+                name=f"block_{i}",
+                **common,
             )(x, keys[:, None, None, :])
         x = layer_norm(cfg.layer_norm_eps, name="final_ln", **common)(x)
         last = jnp.maximum(jnp.sum(mask, axis=1) - 1, 0)

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from unclip_jax.nn.attention import MultiHeadAttention
+from unclip_jax.nn.embedding import position_embedding, token_embedding
 from unclip_jax.nn.linear import dense
 from unclip_jax.nn.norm import layer_norm
 from unclip_jax.sharding import (
@@ -24,10 +25,8 @@ from unclip_jax.sharding import (
     EMBED,
     HIDDEN,
     JOINT_EMBED,
-    LENGTH,
     MLP,
     TOKENS,
-    VOCAB,
     constrain,
 )
 
@@ -113,63 +112,45 @@ class CLIPConfig:
         return cls(text=TextConfig(**d.pop("text")), vision=VisionConfig(**d.pop("vision")), **d)
 
 
-def _openai(
-    embed: int, image: int, patch: int, v_width: int, v_layers: int, t_width: int, t_layers: int
+def _variant(
+    embed: int,
+    image: int,
+    patch: int,
+    v_width: int,
+    v_layers: int,
+    t_width: int,
+    t_layers: int,
+    *,
+    heads: int | None = None,  # default: OpenAI's 64-wide heads
+    mlp_dim: int | None = None,  # default: OpenAI's 4 × width
+    act: str = "quick_gelu",
+    **text,  # further TextConfig fields
 ) -> CLIPConfig:
+    def tower(width: int) -> dict:
+        return dict(width=width, heads=heads or width // 64, mlp_dim=mlp_dim or 4 * width, act=act)
+
     return CLIPConfig(
-        text=TextConfig(width=t_width, layers=t_layers, heads=t_width // 64, mlp_dim=4 * t_width),
-        vision=VisionConfig(
-            image_size=image,
-            patch_size=patch,
-            width=v_width,
-            layers=v_layers,
-            heads=v_width // 64,
-            mlp_dim=4 * v_width,
-        ),
+        text=TextConfig(layers=t_layers, **tower(t_width), **text),
+        vision=VisionConfig(image_size=image, patch_size=patch, layers=v_layers, **tower(v_width)),
         projection_dim=embed,
     )
 
 
-_H14 = _openai(1024, 224, 14, 1280, 32, 1024, 24)
+# Tiny variants for tests and the 32 px synthetic set; end-of-text is id 2 as in the trained BPE
+# (unclip_jax.text.bpe).
+_TINY = dict(heads=4, eos_token_id=2)
 
 VARIANTS: dict[str, CLIPConfig] = {
-    "B/32": _openai(512, 224, 32, 768, 12, 512, 12),
-    "B/16": _openai(512, 224, 16, 768, 12, 512, 12),
-    "L/14": _openai(768, 224, 14, 1024, 24, 768, 12),
-    "L/14-336": _openai(768, 336, 14, 1024, 24, 768, 12),
-    # OpenCLIP's LAION ViT-H/14 (exact GELU).
-    "H/14": dataclasses.replace(
-        _H14,
-        text=dataclasses.replace(_H14.text, act="gelu"),
-        vision=dataclasses.replace(_H14.vision, act="gelu"),
+    "B/32": _variant(512, 224, 32, 768, 12, 512, 12),
+    "B/16": _variant(512, 224, 16, 768, 12, 512, 12),
+    "L/14": _variant(768, 224, 14, 1024, 24, 768, 12),
+    "L/14-336": _variant(768, 336, 14, 1024, 24, 768, 12),
+    "H/14": _variant(1024, 224, 14, 1280, 32, 1024, 24, act="gelu"),  # OpenCLIP's LAION ViT-H/14
+    "tiny": _variant(
+        16, 32, 8, 32, 2, 32, 2, mlp_dim=64, vocab_size=512, context_length=16, **_TINY
     ),
-    # Tiny variants for tests and the 32 px synthetic set; end-of-text is id 2 as in the trained
-    # BPE (unclip_jax.text.bpe).
-    "tiny": CLIPConfig(
-        text=TextConfig(
-            vocab_size=512,
-            context_length=16,
-            width=32,
-            layers=2,
-            heads=4,
-            mlp_dim=64,
-            eos_token_id=2,
-        ),
-        vision=VisionConfig(image_size=32, patch_size=8, width=32, layers=2, heads=4, mlp_dim=64),
-        projection_dim=16,
-    ),
-    "tiny-shapes": CLIPConfig(
-        text=TextConfig(
-            vocab_size=256,
-            context_length=32,
-            width=64,
-            layers=2,
-            heads=4,
-            mlp_dim=256,
-            eos_token_id=2,
-        ),
-        vision=VisionConfig(image_size=32, patch_size=4, width=64, layers=3, heads=4, mlp_dim=256),
-        projection_dim=64,
+    "tiny-shapes": _variant(
+        64, 32, 4, 64, 3, 64, 2, mlp_dim=256, vocab_size=256, context_length=32, **_TINY
     ),
 }
 
@@ -188,14 +169,17 @@ def _layer_norm(eps: float, *, name: str, dtype, param_dtype) -> nn.LayerNorm:
 
 class ResidualBlock(nn.Module):
     """Pre-LN transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x)); states constrained to
-    `TOKENS`, the MLP's hidden layer to `HIDDEN`."""
+    `TOKENS`, the MLP's hidden layer to `HIDDEN`. Also the block of the GLIDE-style caption
+    encoder (`caption_transformer`), whose attention is named "attention"."""
 
     heads: int
     mlp_dim: int
-    act: str
+    act: str  # a key of ACTIVATIONS
     layer_norm_eps: float
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
+    attention_name: str = "attn"
+    fast_variance: bool = False  # True: LayerNorm's E[x²] − E[x]²; False: PyTorch's two passes
 
     @nn.compact
     def __call__(
@@ -205,11 +189,12 @@ class ResidualBlock(nn.Module):
         is_causal: bool = False,
     ) -> Array:  # [B, L, D]
         common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        h = _layer_norm(self.layer_norm_eps, name="ln_1", **common)(x)
-        x = x + MultiHeadAttention(self.heads, name="attn", **common)(
+        norm = dict(fast_variance=self.fast_variance, **common)
+        h = layer_norm(self.layer_norm_eps, name="ln_1", **norm)(x)
+        x = x + MultiHeadAttention(self.heads, name=self.attention_name, **common)(
             h, mask=mask, is_causal=is_causal
         )
-        h = _layer_norm(self.layer_norm_eps, name="ln_2", **common)(constrain(x, TOKENS))
+        h = layer_norm(self.layer_norm_eps, name="ln_2", **norm)(constrain(x, TOKENS))
         h = constrain(dense(self.mlp_dim, (EMBED, MLP), name="fc1", **common)(h), HIDDEN)
         h = dense(x.shape[-1], (MLP, EMBED), name="fc2", **common)(ACTIVATIONS[self.act](h))
         return constrain(x + h, TOKENS)
@@ -252,21 +237,8 @@ class TextTransformer(nn.Module):
         if mask is not None and mask.shape != ids.shape:
             raise ValueError(f"mask shape {mask.shape} must equal ids shape {ids.shape}")
         common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        x = nn.Embed(
-            cfg.vocab_size,
-            cfg.width,
-            embedding_init=nn.with_logical_partitioning(
-                nn.initializers.normal(0.02), (VOCAB, EMBED)
-            ),
-            name="token_embedding",
-            **common,
-        )(ids)
-        positions = self.param(
-            "position_embedding",
-            nn.with_logical_partitioning(nn.initializers.normal(0.01), (LENGTH, EMBED)),
-            (cfg.context_length, cfg.width),
-            self.param_dtype,
-        )
+        x = token_embedding(cfg.vocab_size, cfg.width, name="token_embedding", **common)(ids)
+        positions = position_embedding(self, cfg.context_length, cfg.width)
         x = x + positions[: ids.shape[1]].astype(self.dtype)
         key_mask = None if mask is None else mask.astype(bool)[:, None, None, :]
         x = _blocks(x, cfg, self.dtype, self.param_dtype, mask=key_mask, is_causal=True)
@@ -313,12 +285,7 @@ class VisionTransformer(nn.Module):
             (cfg.width,),
             self.param_dtype,
         )
-        positions = self.param(
-            "position_embedding",
-            nn.with_logical_partitioning(nn.initializers.normal(cfg.width**-0.5), (LENGTH, EMBED)),
-            (grid * grid + 1, cfg.width),
-            self.param_dtype,
-        )
+        positions = position_embedding(self, grid * grid + 1, cfg.width, cfg.width**-0.5)
         cls = jnp.broadcast_to(class_embedding.astype(x.dtype), (batch, 1, cfg.width))
         x = jnp.concatenate([cls, x], axis=1) + positions.astype(x.dtype)
         x = _layer_norm(cfg.layer_norm_eps, name="ln_pre", **common)(x)

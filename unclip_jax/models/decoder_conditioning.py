@@ -54,12 +54,7 @@ class DecoderConditioning(nn.Module):
     ) -> tuple[Array, Array, Array]:  # [B, E], [B, T + L, D_ctx], [B, T + L] bool
         common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         batch = image_embed.shape[0]
-        null_image = self.param(
-            "null_image_embed",
-            nn.with_logical_partitioning(nn.initializers.zeros_init(), (EMBED,)),
-            image_embed.shape[-1:],
-            self.param_dtype,
-        )
+        null_image = self._null("null_image_embed", image_embed.shape[-1])
         image_embed = substitute(drop_image, null_image, image_embed)
         added = dense(self.time_embed_dim, (EMBED, MLP), name="image_to_time", **common)(
             image_embed
@@ -72,12 +67,7 @@ class DecoderConditioning(nn.Module):
         )(image_embed)  # kernel [D_img, T, D_ctx]
         mask = jnp.ones((batch, self.num_image_tokens), bool)
         if caption_embed is not None:
-            null_caption = self.param(
-                "null_caption_embed",
-                nn.with_logical_partitioning(nn.initializers.zeros_init(), (EMBED,)),
-                caption_embed.shape[-1:],
-                self.param_dtype,
-            )
+            null_caption = self._null("null_caption_embed", caption_embed.shape[-1])
             caption_embed = substitute(drop_caption, null_caption, caption_embed)
             added = added + dense(
                 self.time_embed_dim, (EMBED, MLP), name="caption_to_time", **common
@@ -97,3 +87,8 @@ class DecoderConditioning(nn.Module):
         # computes a wrong gradient for `image_to_tokens` when its kernel and the attention's
         # `extra_value` kernels are both sharded over fsdp × tensor.
         return added, constrain(tokens, TOKENS), mask
+
+    def _null(self, name: str, dim: int) -> Array:
+        """A learned null embedding [dim] (zeros at init) that stands for a dropped input."""
+        init = nn.with_logical_partitioning(nn.initializers.zeros_init(), (EMBED,))
+        return self.param(name, init, (dim,), self.param_dtype)

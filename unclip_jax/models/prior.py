@@ -13,7 +13,9 @@ at every sampling step: `encode_prefix` computes them once and `step` runs the t
 tokens against them.
 """
 
+import functools
 import math
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
@@ -21,6 +23,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from unclip_jax.nn.attention import MultiHeadAttention
+from unclip_jax.nn.embedding import position_embedding, timestep_embedding
 from unclip_jax.nn.linear import dense
 from unclip_jax.nn.norm import layer_norm
 from unclip_jax.sharding import EMBED, HIDDEN, JOINT_EMBED, LENGTH, MLP, TOKENS, constrain
@@ -37,17 +40,6 @@ class PrefixCache(struct.PyTreeNode):
     keys: Array  # [layers, B, P, H, Dh], P = L + 1 (caption tokens, text embedding)
     values: Array  # [layers, B, P, H, Dh]
     mask: Array  # [B, P] bool, False at padded caption tokens
-
-
-def timestep_embedding(t: Array, dim: int, max_period: float = 10000.0) -> Array:
-    """Sinusoidal features [cos | sin] of timesteps t: [B] -> [B, dim] (diffusers' flip order)."""
-    half = dim // 2
-    freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
-    angles = jnp.asarray(t, jnp.float32)[:, None] * freqs[None]
-    emb = jnp.concatenate([jnp.cos(angles), jnp.sin(angles)], axis=-1)
-    if dim % 2:
-        emb = jnp.pad(emb, ((0, 0), (0, 1)))
-    return emb
 
 
 def substitute_null(
@@ -252,25 +244,37 @@ def prior_blocks(
     ]
 
 
-def learned_null(
-    module: nn.Module, text_dim: int, num_tokens: int, token_dim: int
-) -> tuple[Array, Array]:
-    """The learned null caption of a prior (made in its `setup`): text embedding [Dz] and
-    token encodings [L, Dt]."""
-    init = nn.initializers.normal(0.02)
-    embed = module.param(
-        "null_text_embed",
-        nn.with_logical_partitioning(init, (JOINT_EMBED,)),
-        (text_dim,),
-        module.param_dtype,
+def caption_conditioner(
+    prior: nn.Module, text_dim: int, token_dim: int
+) -> Callable[..., tuple[Array, Array, Array]]:
+    """A prior's `_condition(text_embed, text_tokens, text_mask, drop)` (`caption_conditioning`
+    at its sizes), made in its `setup`; with null_conditioning "learned" it creates the learned
+    null caption: `null_text_embed` [Dz] and `null_tokens` [L, Dt]."""
+    check_null_conditioning(prior.null_conditioning)
+    null = None
+    if prior.null_conditioning == "learned":
+        init = nn.initializers.normal(0.02)
+        null = (
+            prior.param(
+                "null_text_embed",
+                nn.with_logical_partitioning(init, (JOINT_EMBED,)),
+                (text_dim,),
+                prior.param_dtype,
+            ),
+            prior.param(
+                "null_tokens",
+                nn.with_logical_partitioning(init, (LENGTH, JOINT_EMBED)),
+                (prior.num_tokens, token_dim),
+                prior.param_dtype,
+            ),
+        )
+    return functools.partial(
+        caption_conditioning,
+        text_dim=text_dim,
+        token_dim=token_dim,
+        num_tokens=prior.num_tokens,
+        null=null,
     )
-    tokens = module.param(
-        "null_tokens",
-        nn.with_logical_partitioning(init, (LENGTH, JOINT_EMBED)),
-        (num_tokens, token_dim),
-        module.param_dtype,
-    )
-    return embed, tokens
 
 
 class DiffusionPrior(nn.Module):
@@ -300,7 +304,6 @@ class DiffusionPrior(nn.Module):
     param_dtype: jnp.dtype = jnp.float32
 
     def setup(self):
-        check_null_conditioning(self.null_conditioning)
         common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         width, text_dim, token_dim = self.width, self._text_dim, self._token_dim
         self.tokens_proj = dense(width, (JOINT_EMBED, EMBED), name="tokens_proj", **common)
@@ -311,11 +314,8 @@ class DiffusionPrior(nn.Module):
         self.time_out = dense(width, (MLP, EMBED), name="time_out", **common)
         self.x_proj = dense(width, (JOINT_EMBED, EMBED), name="x_proj", **common)
         init = nn.initializers.normal(0.02)
-        self.positions = self.param(
-            "positions",
-            nn.with_logical_partitioning(init, (LENGTH, EMBED)),
-            (self.num_tokens + 1 + NUM_STEP_TOKENS, width),
-            self.param_dtype,
+        self.positions = position_embedding(
+            self, self.num_tokens + 1 + NUM_STEP_TOKENS, width, 0.02, name="positions"
         )
         self.query = self.param(
             "query", nn.with_logical_partitioning(init, (EMBED,)), (width,), self.param_dtype
@@ -326,10 +326,7 @@ class DiffusionPrior(nn.Module):
         )
         self.norm_out = layer_norm(name="norm_out", **common)
         self.out_proj = dense(self.embed_dim, (EMBED, JOINT_EMBED), name="out_proj", **common)
-        if self.null_conditioning == "learned":
-            self.null_text_embed, self.null_tokens = learned_null(
-                self, text_dim, self.num_tokens, token_dim
-            )
+        self._condition = caption_conditioner(self, text_dim, token_dim)
 
     @property
     def _text_dim(self) -> int:
@@ -338,19 +335,6 @@ class DiffusionPrior(nn.Module):
     @property
     def _token_dim(self) -> int:
         return self.token_dim or self.embed_dim
-
-    def _condition(self, text_embed, text_tokens, text_mask, drop):
-        learned = self.null_conditioning == "learned"
-        return caption_conditioning(
-            text_embed,
-            text_tokens,
-            text_mask,
-            drop,
-            text_dim=self._text_dim,
-            token_dim=self._token_dim,
-            num_tokens=self.num_tokens,
-            null=(self.null_text_embed, self.null_tokens) if learned else None,
-        )
 
     def _check_causal(self) -> None:
         if not self.causal:

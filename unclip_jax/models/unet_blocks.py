@@ -6,7 +6,6 @@ values are extended with conditioning tokens (unCLIP §2.1). The numerics follow
 `ResnetBlock2D` and `Attention` + `AttnAddedKVProcessor` so that Karlo's weights port exactly.
 """
 
-import math
 from collections.abc import Callable
 
 import flax.linen as nn
@@ -14,20 +13,12 @@ import jax
 import jax.numpy as jnp
 
 from unclip_jax.nn.attention import MultiHeadAttention
+from unclip_jax.nn.embedding import timestep_embedding
 from unclip_jax.nn.linear import conv, dense
 from unclip_jax.nn.norm import group_norm
 from unclip_jax.sharding import CONV_OUT, EMBED, FEATURE_MAP, MLP, constrain
 
 Array = jax.Array
-
-
-def timestep_embedding(t: Array, dim: int, max_period: float = 10000.0) -> Array:
-    """Sinusoidal features [cos, sin] of (fractional) timesteps, as ADM; t: [B] -> [B, dim]."""
-    half = dim // 2
-    freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
-    args = t.astype(jnp.float32)[:, None] * freqs[None]
-    emb = jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
-    return jnp.pad(emb, ((0, 0), (0, dim % 2)))
 
 
 def downsample(x: Array) -> Array:

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from unclip_jax.convert.karlo_checkpoint import KarloCheckpoint, load_karlo
+from unclip_jax.pipelines.protocol import EncodedCaption
 from unclip_jax.pipelines.stages import cache_size
 from unclip_jax.sampling.karlo import (
     KarloDecoderChain,
@@ -116,9 +117,7 @@ class KarloPriorStage:
     def sample(
         self,
         key: Array,
-        text_embed: Array,  # [B, Dz]
-        token_states: Array,  # [B, L, Dt]
-        text_mask: Array,  # [B, L] bool
+        caption: EncodedCaption,
         steps: int,
         scales: Array,  # [B] guidance scale per caption (0: the empty caption's output)
         candidates: int,
@@ -129,9 +128,7 @@ class KarloPriorStage:
         return self.chain(
             self.params,
             key,
-            text_embed,
-            token_states,
-            text_mask,
+            *caption,
             karlo_schedule(self.scheduler, steps),
             jnp.asarray(scales, jnp.float32),
             latents,

@@ -27,6 +27,7 @@ from unclip_jax.models.frozen_clip import FrozenCLIP
 from unclip_jax.models.prior import DiffusionPrior, EmbeddingNormalizer
 from unclip_jax.models.unet import decoder_from_config, upsampler_from_config
 from unclip_jax.pipelines import store
+from unclip_jax.pipelines.protocol import EncodedCaption
 from unclip_jax.sampling.decoder import DecoderChain, UpsamplerChain
 from unclip_jax.sampling.prior import make_prior_sampler
 from unclip_jax.sampling.settings import DiffusionSettings
@@ -112,9 +113,7 @@ class PriorStage:
     def sample(
         self,
         key: Array,
-        text_embed: Array,  # [B, Dz]
-        token_states: Array,  # [B, L, Dt]
-        text_mask: Array,  # [B, L] bool
+        caption: EncodedCaption,
         steps: int,
         scales: Array,  # [B] guidance scale per caption (0: unconditional)
         candidates: int,
@@ -127,9 +126,7 @@ class PriorStage:
         z_i, _ = self._samplers[candidates](
             self.params,
             key,
-            text_embed,
-            token_states,
-            text_mask,
+            *caption,
             self.diffusion.schedule_for(int(steps)),
             per_row,
             self.normalizer,

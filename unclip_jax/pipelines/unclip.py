@@ -42,7 +42,7 @@ from unclip_jax.pipelines.image_operations import ImageOperations
 from unclip_jax.pipelines.images import (
     to_uint8,
 )
-from unclip_jax.pipelines.protocol import ImageEncoder
+from unclip_jax.pipelines.protocol import EncodedCaption, ImageEncoder
 from unclip_jax.pipelines.stages import (
     DecoderStage,
     PriorStage,
@@ -177,9 +177,7 @@ class UnCLIP(ImageOperations):
         else:
             image_embed = self.prior.sample(
                 jax.random.fold_in(key, 0),
-                text_embed,
-                states,
-                rows["mask"],
+                EncodedCaption(text_embed, states, rows["mask"]),
                 chain.prior_steps,
                 rows["prior_scale"],
                 chain.prior_candidates,

@@ -3,9 +3,6 @@ codes decoded with the key/value cache (`sampling.autoregressive`), the logits o
 half guided by the null-caption half of the same batch, nucleus sampling at a temperature.
 """
 
-import dataclasses
-from collections.abc import Callable
-
 import jax
 import jax.numpy as jnp
 
@@ -14,13 +11,14 @@ from unclip_jax.models.ar_prior import ARPrior
 from unclip_jax.models.pca_quantizer import PCAQuantizer
 from unclip_jax.models.prior import check_null_given
 from unclip_jax.sampling import autoregressive
+from unclip_jax.sampling.checked import CheckedProgram
 from unclip_jax.sampling.prior import captioned_and_null
 from unclip_jax.sampling.settings import check_guidance_scale
 
 Array = jax.Array
 
 
-def make_ar_prior_sampler(model: ARPrior) -> "ARPriorSampler":
+def make_ar_prior_sampler(model: ARPrior) -> CheckedProgram:
     """A compiled `sample(params, key, text_embed, text_tokens, text_mask, dot_bucket, quantizer,
     guidance_scale, temperature, top_p, null=None) -> (z_i [B, D], codes [B, K])`.
 
@@ -36,9 +34,9 @@ def make_ar_prior_sampler(model: ARPrior) -> "ARPriorSampler":
         text_mask: Array,
         dot_bucket: Array,
         quantizer: PCAQuantizer,
-        guidance_scale: Array,
-        temperature: Array,
-        top_p: Array,
+        guidance_scale: float | Array = 1.0,
+        temperature: float | Array = 1.0,
+        top_p: float | Array = 1.0,
         null=None,
     ) -> tuple[Array, Array]:
         doubled, drop = captioned_and_null(text_embed, text_tokens, text_mask, null)
@@ -65,51 +63,21 @@ def make_ar_prior_sampler(model: ARPrior) -> "ARPriorSampler":
         )
         return quantizer.decode(codes), codes
 
-    return ARPriorSampler(jax.jit(sample), model.null_conditioning, model.num_codes)
-
-
-@dataclasses.dataclass(frozen=True)
-class ARPriorSampler:
-    """Checks the arguments on the host, then runs the one compiled decoding program."""
-
-    compiled: Callable[..., tuple[Array, Array]]
-    null_conditioning: str
-    num_codes: int
-
-    def __call__(
-        self,
-        params,
-        key,
-        text_embed,
-        text_tokens,
-        text_mask,
-        dot_bucket,
-        quantizer: PCAQuantizer,
-        guidance_scale: float = 1.0,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        null=None,
-    ) -> tuple[Array, Array]:
-        check_guidance_scale(guidance_scale)
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        if not 0 < top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-        if quantizer.num_components != self.num_codes:
+    def check(arguments: dict) -> None:
+        check_guidance_scale(arguments["guidance_scale"])
+        if not arguments["temperature"] > 0:
+            raise ValueError(f"temperature must be > 0, got {arguments['temperature']}")
+        if not 0 < arguments["top_p"] <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {arguments['top_p']}")
+        components = arguments["quantizer"].num_components
+        if components != model.num_codes:
             raise ValueError(
-                f"the quantizer has {quantizer.num_components} components, the model predicts "
-                f"{self.num_codes} codes"
+                f"the quantizer has {components} components, the model predicts "
+                f"{model.num_codes} codes"
             )
-        check_null_given(null, self.null_conditioning)
-        settings = (jnp.float32(guidance_scale), jnp.float32(temperature), jnp.float32(top_p))
-        return self.compiled(
-            params,
-            key,
-            text_embed,
-            text_tokens,
-            text_mask,
-            jnp.asarray(dot_bucket, jnp.int32),
-            quantizer,
-            *settings,
-            null,
-        )
+        check_null_given(arguments["null"], model.null_conditioning)
+        arguments["dot_bucket"] = jnp.asarray(arguments["dot_bucket"], jnp.int32)
+        for name in ("guidance_scale", "temperature", "top_p"):
+            arguments[name] = jnp.float32(arguments[name])
+
+    return CheckedProgram(sample, jax.jit(sample), check)

@@ -14,9 +14,6 @@ max_steps=...)`): every step count up to its padded length reuses the one compil
 do new captions, keys and guidance scales.
 """
 
-import dataclasses
-from collections.abc import Callable
-
 import jax
 import jax.numpy as jnp
 
@@ -28,6 +25,7 @@ from unclip_jax.models.prior import (
     check_null_given,
     substitute_null,
 )
+from unclip_jax.sampling.checked import CheckedProgram
 from unclip_jax.sampling.settings import check_guidance_scale
 
 Array = jax.Array
@@ -71,7 +69,7 @@ def make_prior_sampler(
     var_type: str = "fixed_small",  # or "fixed_large" (DDPM's step variance)
     clip: str = "none",  # or "static", "dynamic" (on the normalised x0)
     use_cache: bool = True,  # False: recompute the caption prefix every step
-) -> "PriorSampler":
+) -> CheckedProgram:
     """A compiled `sample(params, key, text_embed, text_tokens, text_mask, schedule, guidance_scale,
     normalizer, null=None) -> (z_i [B, D], {"candidates": [B, N, D], "scores": [B, N]})`.
 
@@ -120,39 +118,9 @@ def make_prior_sampler(
         best, scores = rerank_by_dot_product(candidates, text_embed)
         return best, {"candidates": candidates, "scores": scores}
 
-    return PriorSampler(jax.jit(sample), model.null_conditioning)
+    def check(arguments: dict) -> None:
+        if not isinstance(arguments["guidance_scale"], jax.Array):
+            check_guidance_scale(arguments["guidance_scale"])
+        check_null_given(arguments["null"], model.null_conditioning)
 
-
-@dataclasses.dataclass(frozen=True)
-class PriorSampler:
-    """Checks the arguments on the host, then runs the one compiled sampling program."""
-
-    compiled: Callable[..., tuple[Array, dict[str, Array]]]
-    null_conditioning: str
-
-    def __call__(
-        self,
-        params,
-        key,
-        text_embed,
-        text_tokens,
-        text_mask,
-        schedule,
-        guidance_scale,
-        normalizer,
-        null=None,
-    ):
-        if not isinstance(guidance_scale, jax.Array):
-            check_guidance_scale(guidance_scale)
-        check_null_given(null, self.null_conditioning)
-        return self.compiled(
-            params,
-            key,
-            text_embed,
-            text_tokens,
-            text_mask,
-            schedule,
-            guidance_scale,
-            normalizer,
-            null,
-        )
+    return CheckedProgram(sample, jax.jit(sample), check)

@@ -31,12 +31,11 @@ from unclip_jax.models.pca_quantizer import (
     fit_pca_quantizer,
     fit_uniform_quantizer,
 )
-from unclip_jax.models.prior import substitute_null
+from unclip_jax.models.prior import check_null_given, substitute_null
 from unclip_jax.sampling.prior import NullCaption
-from unclip_jax.train import loop
-from unclip_jax.train.prior_task import config_null_caption, eval_batches, train_batches
+from unclip_jax.train import loop, prior_task
 from unclip_jax.train.state import TrainState
-from unclip_jax.train.task import Batch, Metrics, Params, Task
+from unclip_jax.train.task import Batch, Metrics, Params, Task, check_probability
 
 Array = jax.Array
 QUANTIZERS_FILE = "ar_quantizers.npz"
@@ -74,8 +73,7 @@ def fit_quantizers(
     sample_dot_quantile: float = 0.9,
 ) -> ARQuantizers:
     """PCA + buckets on the unit-norm image embeddings; buckets of the cosines z_i·z_t."""
-    if not 0.0 <= sample_dot_quantile <= 1.0:
-        raise ValueError(f"sample_dot_quantile must be in [0, 1], got {sample_dot_quantile}")
+    check_probability("sample_dot_quantile", sample_dot_quantile)
     image = np.asarray(unit(jnp.asarray(image_embeddings, jnp.float32)))
     text = np.asarray(unit(jnp.asarray(text_embeddings, jnp.float32)))
     pca = fit_pca_quantizer(image, num_components, variance_fraction, num_buckets, quantile)
@@ -134,13 +132,8 @@ class ARPriorTask(Task):
         text_drop_prob: float = 0.1,
         null: NullCaption | None = None,
     ):
-        if not 0.0 <= text_drop_prob <= 1.0:
-            raise ValueError(f"text_drop_prob must be in [0, 1], got {text_drop_prob}")
-        if (null is None) != (model.null_conditioning == "learned"):
-            raise ValueError(
-                "null (the empty caption's encoding) must be given exactly when the model's "
-                f"null_conditioning is 'empty_caption'; it is {model.null_conditioning!r}"
-            )
+        check_probability("text_drop_prob", text_drop_prob)
+        check_null_given(null, model.null_conditioning)
         want = (
             quantizers.pca.num_components,
             quantizers.pca.num_buckets,
@@ -233,13 +226,15 @@ def workdir_quantizers(
 
 def build_task(config: ml_collections.ConfigDict, quantizers: ARQuantizers) -> ARPriorTask:
     model = build_model(config, quantizers)
-    null = config_null_caption(config, model.null_conditioning)
+    null = prior_task.config_null_caption(config, model.null_conditioning)
     return ARPriorTask(model, quantizers, config.guidance.text_drop_prob, null)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     """Fits (or reloads) the quantizers, then trains the AR prior on `config.data.train_dir`."""
     workdir = Path(workdir).absolute()
-    train_data = train_batches(config)
+    train_data = prior_task.train_batches(config)
     task = build_task(config, workdir_quantizers(config, workdir))
-    return loop.train_and_evaluate(config, workdir, task, train_data, eval_batches(config))
+    return loop.train_and_evaluate(
+        config, workdir, task, train_data, prior_task.eval_batches(config)
+    )

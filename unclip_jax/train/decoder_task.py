@@ -28,7 +28,7 @@ import numpy as np
 
 from unclip_jax.convert import hf_clip
 from unclip_jax.data.image_batches import fixed_batches, image_batches
-from unclip_jax.diffusion import gaussian, losses
+from unclip_jax.diffusion import gaussian
 from unclip_jax.diffusion.schedules import Schedule, make_schedule
 from unclip_jax.models.frozen_clip import FrozenCLIP
 from unclip_jax.models.unet import Decoder, decoder_from_config
@@ -36,9 +36,9 @@ from unclip_jax.nn.resize import resize_images
 from unclip_jax.sampling.decoder import DecoderChain
 from unclip_jax.sampling.settings import DiffusionSettings
 from unclip_jax.text import tokenizer as tokenizer_lib
-from unclip_jax.train import loop
+from unclip_jax.train import denoising, loop
 from unclip_jax.train.state import TrainState
-from unclip_jax.train.task import Batch, Metrics, Params, Task
+from unclip_jax.train.task import Batch, Metrics, Params, Task, check_probability
 
 Array = jax.Array
 
@@ -68,12 +68,8 @@ class DecoderTask(Task):
     ):
         gaussian.check_prediction(mean_type)
         gaussian.check_variance(var_type)
-        for name, p in (
-            ("image_drop_prob", image_drop_prob),
-            ("caption_drop_prob", caption_drop_prob),
-        ):
-            if not 0.0 <= p <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {p}")
+        check_probability("image_drop_prob", image_drop_prob)
+        check_probability("caption_drop_prob", caption_drop_prob)
         expected = gaussian.output_channels(3, var_type)
         if model.unet.out_channels != expected:
             raise ValueError(
@@ -136,10 +132,8 @@ class DecoderTask(Task):
     def loss(self, params: Params, batch: Batch, key: Array, train: bool) -> tuple[Array, Metrics]:
         x0 = resize_images(batch["image"], self.image_size)  # [B, s, s, 3]
         size = x0.shape[0]
-        index_key, noise_key, image_key, caption_key, dropout_key = jax.random.split(key, 5)
-        index = jax.random.randint(index_key, (size,), 0, self.schedule.num_steps)
-        noise = jax.random.normal(noise_key, x0.shape, jnp.float32)
-        x_t = gaussian.q_sample(self.schedule, x0, index, noise)
+        noise_key, image_key, caption_key, dropout_key = jax.random.split(key, 4)
+        index, noise, x_t = denoising.noised_batch(self.schedule, noise_key, x0)
         caption = self.caption_inputs(batch)
         drop_image = drop_caption = None
         if train:
@@ -157,20 +151,9 @@ class DecoderTask(Task):
             rngs={"dropout": dropout_key} if train else None,
             **caption,
         )
-        terms = losses.diffusion_loss(
-            self.schedule,
-            output.astype(jnp.float32),
-            x0,
-            x_t,
-            index,
-            noise,
-            mean_type=self.mean_type,
-            var_type=self.var_type,
+        return denoising.image_loss(
+            self.schedule, output, x0, x_t, index, noise, self.mean_type, self.var_type
         )
-        metrics = {"mse": jnp.mean(terms["mse"])}
-        if "vlb" in terms:
-            metrics["vlb"] = jnp.mean(terms["vlb"])
-        return jnp.mean(terms["loss"]), metrics
 
     def sample(self, params: Params, key: Array, num: int) -> Array | None:
         if self.sampler is None or self.sample_embeddings is None:

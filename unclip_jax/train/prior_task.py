@@ -27,13 +27,18 @@ import ml_collections
 import numpy as np
 
 from unclip_jax.data.embedding_shards import EmbeddingShards, embedding_iterator
-from unclip_jax.diffusion import gaussian, losses
+from unclip_jax.diffusion import losses
 from unclip_jax.diffusion.schedules import Schedule, make_schedule
-from unclip_jax.models.prior import DiffusionPrior, EmbeddingNormalizer, substitute_null
+from unclip_jax.models.prior import (
+    DiffusionPrior,
+    EmbeddingNormalizer,
+    check_null_given,
+    substitute_null,
+)
 from unclip_jax.sampling.prior import NullCaption, make_prior_sampler
-from unclip_jax.train import loop
+from unclip_jax.train import denoising, loop
 from unclip_jax.train.state import TrainState
-from unclip_jax.train.task import Batch, Metrics, Params, Task
+from unclip_jax.train.task import Batch, Metrics, Params, Task, check_probability
 
 Array = jax.Array
 BATCH_FIELDS = ("image_embedding", "text_embedding", "token_states", "text_mask")
@@ -125,13 +130,8 @@ class DiffusionPriorTask(Task):
         loss_weight: str = "uniform",  # or "min_snr"
         snr_gamma: float = 5.0,
     ):
-        if not 0.0 <= text_drop_prob <= 1.0:
-            raise ValueError(f"text_drop_prob must be in [0, 1], got {text_drop_prob}")
-        if (null is None) != (model.null_conditioning == "learned"):
-            raise ValueError(
-                "null (the empty caption's encoding) must be given exactly when the model's "
-                f"null_conditioning is 'empty_caption'; it is {model.null_conditioning!r}"
-            )
+        check_probability("text_drop_prob", text_drop_prob)
+        check_null_given(null, model.null_conditioning)
         if loss_weight not in LOSS_WEIGHTS:
             raise ValueError(
                 f"loss_weight must be one of {sorted(LOSS_WEIGHTS)}, got {loss_weight!r}"
@@ -168,10 +168,8 @@ class DiffusionPriorTask(Task):
     def loss(self, params: Params, batch: Batch, key: Array, train: bool) -> tuple[Array, Metrics]:
         x0 = self.normalizer.normalize(batch["image_embedding"])  # [B, D]
         size = x0.shape[0]
-        index_key, noise_key, drop_key = jax.random.split(key, 3)
-        index = jax.random.randint(index_key, (size,), 0, self.schedule.num_steps)
-        noise = jax.random.normal(noise_key, x0.shape, jnp.float32)
-        x_t = gaussian.q_sample(self.schedule, x0, index, noise)
+        noise_key, drop_key = jax.random.split(key)
+        index, noise, x_t = denoising.noised_batch(self.schedule, noise_key, x0)
         drop = None
         if train and self.text_drop_prob > 0:
             drop = jax.random.bernoulli(drop_key, self.text_drop_prob, (size,))

@@ -36,6 +36,12 @@ class DataIterator(Protocol):
     def set_state(self, state: dict) -> None: ...
 
 
+def check_probability(name: str, p: float) -> None:
+    """Refuse a probability argument outside [0, 1] (NaN included), by name."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {p}")
+
+
 class Task(abc.ABC):
     """One training stage: its model's parameters, its loss and optional eval and sample hooks."""
 

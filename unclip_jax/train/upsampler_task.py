@@ -23,13 +23,13 @@ import numpy as np
 
 from unclip_jax.data import degradations
 from unclip_jax.data.image_batches import fixed_batches, image_batches
-from unclip_jax.diffusion import gaussian, losses
+from unclip_jax.diffusion import gaussian
 from unclip_jax.diffusion.schedules import Schedule, make_schedule
 from unclip_jax.models.unet import Upsampler, upsampler_from_config
 from unclip_jax.nn.resize import bicubic_resize, resize_images
 from unclip_jax.sampling.decoder import UpsamplerChain
 from unclip_jax.sampling.settings import DiffusionSettings
-from unclip_jax.train import loop
+from unclip_jax.train import denoising, loop
 from unclip_jax.train.state import TrainState
 from unclip_jax.train.task import Batch, Metrics, Params, Task
 
@@ -131,14 +131,11 @@ class UpsamplerTask(Task):
 
     def loss(self, params: Params, batch: Batch, key: Array, train: bool) -> tuple[Array, Metrics]:
         high = resize_images(batch["image"], self.high_res)  # [B, H, H, 3]
-        size = high.shape[0]
-        cond_key, crop_key, index_key, noise_key, dropout_key = jax.random.split(key, 5)
+        cond_key, crop_key, noise_key, dropout_key = jax.random.split(key, 4)
         low, level = self.conditioning(cond_key, high)
         upsampled = bicubic_resize(low, high.shape[1:3], antialias=True)  # [B, H, H, 3]
         x0, cond = random_crops(crop_key, (high, upsampled), self.crop_size)
-        index = jax.random.randint(index_key, (size,), 0, self.schedule.num_steps)
-        noise = jax.random.normal(noise_key, x0.shape, jnp.float32)
-        x_t = gaussian.q_sample(self.schedule, x0, index, noise)
+        index, noise, x_t = denoising.noised_batch(self.schedule, noise_key, x0)
         output = self.model.apply(
             {"params": params},
             x_t,
@@ -148,17 +145,9 @@ class UpsamplerTask(Task):
             deterministic=not train,
             rngs={"dropout": dropout_key} if train else None,
         )
-        terms = losses.diffusion_loss(
-            self.schedule,
-            output.astype(jnp.float32),
-            x0,
-            x_t,
-            index,
-            noise,
-            mean_type=self.mean_type,
-            var_type=self.var_type,
+        return denoising.image_loss(
+            self.schedule, output, x0, x_t, index, noise, self.mean_type, self.var_type
         )
-        return jnp.mean(terms["loss"]), {"mse": jnp.mean(terms["mse"])}
 
     def sample(self, params: Params, key: Array, num: int) -> Array | None:
         if self.sampler is None or self.sample_low_res is None:

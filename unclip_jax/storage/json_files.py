@@ -1,0 +1,21 @@
+"""Reading the JSON files of checkpoints, pipeline directories and converted weights: every error
+is one line naming the file (and, where given, the component it belongs to)."""
+
+import json
+import pathlib
+
+
+def read_json(path: str | pathlib.Path, component: str | None = None) -> dict:
+    """The JSON object at `path`. A missing file is a FileNotFoundError; a file that is not UTF-8
+    JSON, or holds something other than an object, is a ValueError; both name the file."""
+    path = pathlib.Path(path)
+    prefix = f"{component}: " if component else ""
+    if not path.is_file():
+        raise FileNotFoundError(f"{prefix}{path} is missing")
+    try:
+        value = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{prefix}{path} is not valid JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{prefix}{path} must hold a JSON object, not a {type(value).__name__}")
+    return value
