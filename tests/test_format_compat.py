@@ -42,7 +42,7 @@ def test_pipeline_directory_samples_identically(fixture_copy):
 
 
 def test_training_checkpoint_resumes_and_exports(fixture_copy):
-    _, decoder_params = read_stage(fixture_copy / "pipeline" / "decoder")
+    decoder_params = read_stage(fixture_copy / "pipeline" / "decoder", "decoder").params
     checkpoints_dir = fixture_copy / "decoder_workdir" / "checkpoints"
     ema = restore_ema_params(checkpoints_dir)
     jax.tree.map(np.testing.assert_array_equal, ema, decoder_params)
@@ -70,5 +70,5 @@ def test_training_checkpoint_resumes_and_exports(fixture_copy):
 
 def test_the_fixture_is_the_tiny_pipeline(fixture_copy):
     """The fixture's stages are the ones `tiny_pipeline` builds (the writer's models)."""
-    settings, _ = read_stage(fixture_copy / "pipeline" / "decoder")
+    settings = read_stage(fixture_copy / "pipeline" / "decoder", "decoder").settings
     assert settings["model"]["num_image_tokens"] == tiny_pipeline.DECODER_MODEL["num_image_tokens"]

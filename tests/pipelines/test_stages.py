@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).parents[1]))
 import tiny_pipeline
 
 from unclip_jax.diffusion.schedules import make_schedule
-from unclip_jax.pipelines import karlo, protocol, stages
+from unclip_jax.pipelines import karlo, protocol, stages, store
 from unclip_jax.sampling.decoder import DecoderChain
 from unclip_jax.train.decoder_task import DecoderTask
 
@@ -21,7 +21,9 @@ from unclip_jax.train.decoder_task import DecoderTask
 @pytest.fixture(scope="module")
 def loaded(tmp_path_factory):
     directory = tiny_pipeline.build(tmp_path_factory.mktemp("tiny"))
-    return stages.TextImageEncoder(directory / "clip"), stages.DecoderStage(directory / "decoder")
+    encoder = stages.TextImageEncoder(directory / "clip")
+    files = store.read_stage(directory / "decoder", "decoder")
+    return encoder, stages.DecoderStage(files, encoder.example_caption())
 
 
 @pytest.mark.parametrize("sampler", ["ddim", "ddpm"])

@@ -59,9 +59,9 @@ class CountingSampler(decoder_sampling.DecoderChain):
         self.calls = []
         super().__init__(*args, **kwargs)
 
-    def _apply(self, params, x, t, cond):
+    def apply(self, params, x, t, cond):
         self.calls.append((x.shape, t.shape, cond["image_embed"].shape))
-        return super()._apply(params, x, t, cond)
+        return super().apply(params, x, t, cond)
 
 
 @pytest.fixture(scope="module")

@@ -30,6 +30,7 @@ from unclip_jax.sampling.karlo import (
     KarloDecoderChain,
     KarloPriorChain,
     KarloSuperResChain,
+    karlo_chains,
     karlo_schedule,
 )
 from unclip_jax.text import tokenizer as tokenizer_lib
@@ -37,10 +38,12 @@ from unclip_jax.text import tokenizer as tokenizer_lib
 Array = jax.Array
 
 
-def _check_ancestral(eta: float) -> None:
-    """Karlo's samplers take η = 1 only (their steps are the scheduler's ancestral ones)."""
+def ancestral_schedule(scheduler, steps: int, eta: float):
+    """The schedule of `steps` of Karlo's sampler, which takes η = 1 only (its steps are the
+    scheduler's ancestral ones)."""
     if eta != 1.0:
         raise ValueError(f"eta must be 1 for a Karlo checkpoint (ancestral steps), got {eta}")
+    return karlo_schedule(scheduler, steps)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,14 +108,17 @@ class KarloPriorStage:
     accepts_fed_noise = True
     default_candidates = 1  # Karlo keeps its one sample
 
-    def __init__(self, checkpoint: KarloCheckpoint, null_caption: dict[str, np.ndarray]):
-        self.model = checkpoint.prior
-        self.scheduler = checkpoint.schedulers["prior"]
+    def __init__(
+        self,
+        checkpoint: KarloCheckpoint,
+        chain: KarloPriorChain,
+        null_caption: dict[str, np.ndarray],
+    ):
+        self.chain, self.scheduler = chain, chain.scheduler
         self.params = {"model": checkpoint.params["prior"], "null": null_caption}
         sampling = checkpoint.sampling["prior"]
         self.diffusion = KarloSampling(int(sampling["steps"]), self.scheduler.num_train_steps)
         self.default_guidance = float(sampling["guidance_scale"])
-        self.chain = KarloPriorChain(self.model, self.scheduler, checkpoint.normalizer)
 
     def sample(
         self,
@@ -145,19 +151,19 @@ class KarloDecoderStage:
 
     accepts_fed_noise = True
 
-    def __init__(self, checkpoint: KarloCheckpoint, null_caption: dict[str, np.ndarray]):
-        self.model = checkpoint.decoder
-        self.scheduler = checkpoint.schedulers["decoder"]
-        self.chain = KarloDecoderChain(self.model, self.scheduler)
+    def __init__(
+        self,
+        checkpoint: KarloCheckpoint,
+        chain: KarloDecoderChain,
+        null_caption: dict[str, np.ndarray],
+    ):
+        self.chain, self.scheduler = chain, chain.scheduler
         self.image_size = int(checkpoint.decoder_size)
+        self.shape = (self.image_size, self.image_size, 3)
         self.params = {"model": checkpoint.params["decoder"], "null": null_caption}
         sampling = checkpoint.sampling["decoder"]
         self.diffusion = KarloSampling(int(sampling["steps"]), self.scheduler.num_train_steps)
         self.default_guidance = float(sampling["guidance_scale"])
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return (self.image_size, self.image_size, 3)
 
     def conditioning(
         self,
@@ -190,8 +196,7 @@ class KarloDecoderStage:
         *,
         noise: Array | None = None,  # [B, steps − 1, S, S, 3]
     ) -> Array:  # [B, S, S, 3] in [-1, 1]
-        _check_ancestral(eta)
-        schedule = karlo_schedule(self.scheduler, steps)
+        schedule = ancestral_schedule(self.scheduler, steps, eta)
         return self.chain(self.params, x_T, cond, schedule, jnp.float32(scale), key, noise)
 
     def compiled_programs(self) -> int:
@@ -204,22 +209,17 @@ class KarloSuperResStage:
 
     accepts_fed_noise = True
 
-    def __init__(self, checkpoint: KarloCheckpoint):
-        self.model = checkpoint.super_res
-        self.scheduler = checkpoint.schedulers["super_res"]
-        self.chain = KarloSuperResChain(self.model, self.scheduler)
+    def __init__(self, checkpoint: KarloCheckpoint, chain: KarloSuperResChain):
+        self.chain, self.scheduler = chain, chain.scheduler
         self.low_res = int(checkpoint.decoder_size)
         self.high_res = int(checkpoint.super_res_size)
+        self.shape = (self.high_res, self.high_res, 3)
         self.params = {
             "first": checkpoint.params["super_res_first"],
             "last": checkpoint.params["super_res_last"],
         }
         steps = int(checkpoint.sampling["super_res"]["steps"])
         self.diffusion = KarloSampling(steps, self.scheduler.num_train_steps)
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return (self.high_res, self.high_res, 3)
 
     def sample(
         self,
@@ -231,8 +231,7 @@ class KarloSuperResStage:
         *,
         noise: Array | None = None,  # [B, steps − 1, H, W, 3]
     ) -> Array:  # [B, H, W, 3] in [-1, 1]
-        _check_ancestral(eta)
-        schedule = karlo_schedule(self.scheduler, steps)
+        schedule = ancestral_schedule(self.scheduler, steps, eta)
         return self.chain(self.params, x_T, low_res, schedule, key, noise)
 
     def compiled_programs(self) -> int:
@@ -250,11 +249,12 @@ def load_karlo_stages(
 ) -> tuple[KarloTextEncoder, KarloPriorStage, KarloDecoderStage, list[KarloSuperResStage]]:
     """(text encoder, prior, decoder, [super-res]) of a `save_karlo` directory."""
     checkpoint = load_karlo(directory)
+    chains = karlo_chains(checkpoint)
     text = KarloTextEncoder(checkpoint, Path(directory))
     null = text.null_caption()
     return (
         text,
-        KarloPriorStage(checkpoint, null),
-        KarloDecoderStage(checkpoint, null),
-        [KarloSuperResStage(checkpoint)],
+        KarloPriorStage(checkpoint, chains.prior, null),
+        KarloDecoderStage(checkpoint, chains.decoder, null),
+        [KarloSuperResStage(checkpoint, chains.super_res)],
     )

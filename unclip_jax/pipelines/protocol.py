@@ -81,9 +81,7 @@ class DecoderStage(Protocol):
     diffusion: StepCounts
     default_guidance: float
     accepts_fed_noise: bool
-
-    @property
-    def shape(self) -> tuple[int, int, int]: ...
+    shape: tuple[int, int, int]  # (S, S, 3) of the images it samples
 
     def conditioning(
         self, image_embed: Array, caption: dict[str, Array], drop_caption: Array
@@ -110,9 +108,7 @@ class UpsamplerStage(Protocol):
     params: Any
     diffusion: StepCounts
     accepts_fed_noise: bool
-
-    @property
-    def shape(self) -> tuple[int, int, int]: ...
+    shape: tuple[int, int, int]  # (S, S, 3) of the images it samples
 
     def sample(
         self, x_T: Array, low_res: Array, steps: int, eta: float, key: Array, **fed

@@ -14,9 +14,12 @@ replicated): the programs are written batch-wise and XLA partitions them. Every 
 - `UpsamplerStage`: low-res image → high-res image, unguided.
 """
 
+import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -42,6 +45,29 @@ def cache_size(fn) -> int:
     return fn._cache_size()
 
 
+def check_params(stage: store.StageFiles, call: Callable[[Params], Any]) -> None:
+    """Trace `call(params)`, one model call on example inputs (nothing is compiled): parameters
+    that do not fit the model its stage.json describes are one error naming the stage."""
+    try:
+        jax.eval_shape(call, stage.params)
+    except (flax.errors.FlaxError, TypeError, ValueError) as error:
+        reason = str(error).strip().splitlines()[0]
+        raise ValueError(
+            f"{stage.directory}: the parameters do not fit the model of its {store.STAGE_FILE}: "
+            f"{reason}"
+        ) from None
+
+
+@contextlib.contextmanager
+def reading(stage: store.StageFiles) -> Iterator[dict]:
+    """Yields the stage's settings; a value of its stage.json that the model or the sampler
+    refuses becomes one error naming the file."""
+    try:
+        yield stage.settings
+    except (TypeError, ValueError, KeyError) as error:
+        raise ValueError(f"{stage.directory / store.STAGE_FILE}: {error}") from None
+
+
 class TextImageEncoder:
     """The conditioning CLIP and its tokenizer."""
 
@@ -51,6 +77,13 @@ class TextImageEncoder:
         self.tokenizer = tokenizer_lib.load_tokenizer(directory / store.TOKENIZER_DIR)
         self._text = jax.jit(FrozenCLIP.encode_text)
         self._image = jax.jit(FrozenCLIP.encode_image)
+
+    def example_caption(self) -> dict[str, Any]:
+        """The shapes of one encoded caption (ids, mask, states, text_embed; batch 1), for
+        checking the stages that read captions; nothing is computed."""
+        ids, mask = self.tokenize([""])
+        text_embed, states = jax.eval_shape(self._text, self.clip, ids, mask)
+        return {"ids": ids, "mask": mask, "states": states, "text_embed": text_embed}
 
     @property
     def context_length(self) -> int:
@@ -88,26 +121,18 @@ class PriorStage:
     default_guidance = 4.0
     default_candidates = 2
 
-    def __init__(self, directory: Path):
-        settings, self.params = store.read_stage(directory)
-        fields = dict(settings["model"])
-        for name in ("dtype", "param_dtype"):
-            fields[name] = jnp.dtype(fields.get(name, "float32"))
-        self.model = DiffusionPrior(**fields)
-        self.diffusion = DiffusionSettings.from_dict(settings["diffusion"])
-        norm = settings["normalizer"]
-        mean, std = norm.get("mean"), norm.get("std")
-        self.normalizer = EmbeddingNormalizer.create(
-            norm["kind"],
-            self.model.embed_dim,
-            None if mean is None else np.asarray(mean),
-            None if std is None else np.asarray(std),
-        )
+    def __init__(self, files: store.StageFiles):
+        self.params = files.params
+        with reading(files) as settings:
+            self.model = _prior_model(settings["model"])
+            self.diffusion = DiffusionSettings.from_dict(settings["diffusion"])
+            self.normalizer = _normalizer(settings["normalizer"], self.model)
         if self.model.null_conditioning != "learned":
             raise ValueError(
-                f"{directory}: the pipeline samples priors with learned null conditioning; "
+                f"{files.directory}: the pipeline samples priors with learned null conditioning; "
                 f"this one has {self.model.null_conditioning!r}"
             )
+        check_params(files, self._example_call)
         self._samplers: dict[int, Any] = {}
 
     def sample(
@@ -133,6 +158,18 @@ class PriorStage:
         )
         return z_i
 
+    def _example_call(self, params: Params) -> Array:
+        model = self.model
+        tokens = (1, model.num_tokens)
+        return model.apply(
+            {"params": params},
+            jnp.zeros((1, model.embed_dim)),
+            jnp.zeros((1,), jnp.int32),
+            jnp.zeros((1, model.text_embed_dim or model.embed_dim)),
+            jnp.zeros((*tokens, model.token_dim or model.embed_dim)),
+            jnp.ones(tokens, bool),
+        )
+
     def compiled_programs(self) -> int:
         return sum(cache_size(s.compiled) for s in self._samplers.values())
 
@@ -144,16 +181,16 @@ class DecoderStage:
     accepts_fed_noise = False
     default_guidance = 4.0
 
-    def __init__(self, directory: Path):
-        settings, self.params = store.read_stage(directory)
-        self.model = decoder_from_config(settings["model"])
-        self.image_size = int(settings["image_size"])
-        self.diffusion = DiffusionSettings.from_dict(settings["diffusion"])
-        self.chain = DecoderChain(self.model, self.diffusion)
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return (self.image_size, self.image_size, 3)
+    def __init__(self, files: store.StageFiles, caption: dict[str, Any]):
+        """`caption`: `TextImageEncoder.example_caption()`, the shapes the decoder will read."""
+        self.params = files.params
+        with reading(files) as settings:
+            self.model = decoder_from_config(settings["model"])
+            self.image_size = int(settings["image_size"])
+            self.shape = (self.image_size, self.image_size, 3)
+            self.diffusion = DiffusionSettings.from_dict(settings["diffusion"])
+            self.chain = DecoderChain(self.model, self.diffusion)
+        check_params(files, lambda params: self._example_call(params, caption))
 
     def conditioning(
         self,
@@ -182,6 +219,13 @@ class DecoderStage:
     def invert(self, x0: Array, cond: dict, steps: int) -> Array:  # [B, S, S, 3] -> x_T
         return self.chain.invert(self.params, x0, cond, int(steps))
 
+    def _example_call(self, params: Params, caption: dict[str, Any]) -> Array:
+        caption = {k: jnp.zeros(v.shape, v.dtype) for k, v in caption.items()}
+        image_embed = jnp.zeros(caption["text_embed"].shape)
+        cond = self.conditioning(image_embed, caption, jnp.zeros((1,), bool))
+        x = jnp.zeros((1, *self.shape))
+        return self.chain.apply(params, x, jnp.zeros((1,), jnp.int32), cond)
+
     def compiled_programs(self) -> int:
         return self.chain.compiled_programs()
 
@@ -191,20 +235,24 @@ class UpsamplerStage:
 
     accepts_fed_noise = False
 
-    def __init__(self, directory: Path):
-        settings, self.params = store.read_stage(directory)
-        self.model = upsampler_from_config(settings["model"])
-        self.low_res = int(settings["low_res"])
-        self.high_res = int(settings["high_res"])
-        self.diffusion = DiffusionSettings.from_dict(settings["diffusion"])
-        if self.diffusion.learned_variance:
-            raise ValueError(f"{directory}: upsamplers are sampled with fixed variance")
-        self.chain = UpsamplerChain(self.model, self.diffusion)
+    def __init__(self, files: store.StageFiles):
+        self.params = files.params
+        with reading(files) as settings:
+            self.model = upsampler_from_config(settings["model"])
+            self.low_res = int(settings["low_res"])
+            self.high_res = int(settings["high_res"])
+            self.shape = (self.high_res, self.high_res, 3)
+            self.diffusion = DiffusionSettings.from_dict(settings["diffusion"])
+            if self.diffusion.learned_variance:
+                raise ValueError("upsamplers are sampled with fixed variance")
+            self.chain = UpsamplerChain(self.model, self.diffusion)
         self.noise_level = 0 if self.model.noise_level_conditioning else None
+        check_params(files, self._example_call)
 
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return (self.high_res, self.high_res, 3)
+    def _example_call(self, params: Params) -> Array:
+        level = jnp.zeros((1,), jnp.int32) if self.model.noise_level_conditioning else None
+        x, low = jnp.zeros((1, *self.shape)), jnp.zeros((1, self.low_res, self.low_res, 3))
+        return self.model.apply({"params": params}, x, low, jnp.zeros((1,), jnp.int32), level)
 
     def sample(self, x_T: Array, low_res: Array, steps: int, eta: float, key: Array) -> Array:
         """x_T: [B, H, W, 3], low_res: [B, h, w, 3] in [-1, 1] → [B, H, W, 3]."""
@@ -214,6 +262,23 @@ class UpsamplerStage:
 
     def compiled_programs(self) -> int:
         return self.chain.compiled_programs()
+
+
+def _prior_model(fields: dict) -> DiffusionPrior:
+    fields = dict(fields)
+    for name in ("dtype", "param_dtype"):
+        fields[name] = jnp.dtype(fields.get(name, "float32"))
+    return DiffusionPrior(**fields)
+
+
+def _normalizer(settings: dict, model: DiffusionPrior) -> EmbeddingNormalizer:
+    mean, std = settings.get("mean"), settings.get("std")
+    return EmbeddingNormalizer.create(
+        settings["kind"],
+        model.embed_dim,
+        None if mean is None else np.asarray(mean),
+        None if std is None else np.asarray(std),
+    )
 
 
 def clip_scores(image_embed: Array, text_embed: Array) -> Array:

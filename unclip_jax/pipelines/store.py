@@ -15,6 +15,7 @@ stage workdirs (EMA parameters of their latest checkpoint) and their configs, wr
 temporary sibling first so that an interrupted export leaves nothing half-written.
 """
 
+import dataclasses
 import json
 import shutil
 from collections.abc import Mapping, Sequence
@@ -25,6 +26,7 @@ import numpy as np
 
 from unclip_jax.sampling.settings import DiffusionSettings  # noqa: F401 (stage.json's "diffusion")
 from unclip_jax.storage.checkpoints import read_params, restore_ema_params, write_params
+from unclip_jax.storage.json_files import read_json
 
 MANIFEST = "unclip.json"
 STAGE_FILE = "stage.json"
@@ -62,22 +64,55 @@ def stage_names(num_upsamplers: int) -> list[str]:
     return [CLIP_DIR, PRIOR, DECODER] + [upsampler_name(k) for k in range(num_upsamplers)]
 
 
+@dataclasses.dataclass(frozen=True)
+class StageFiles:
+    """One stage directory as read: its stage.json (checked to hold the sections its kind needs)
+    and its parameters (host arrays)."""
+
+    directory: Path
+    settings: dict
+    params: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineFiles:
+    """A pipeline directory as read, every file named in its errors."""
+
+    clip_dir: Path
+    prior: StageFiles
+    decoder: StageFiles
+    upsamplers: list[StageFiles]
+
+
+# The sections each kind of stage.json holds.
+STAGE_SECTIONS = {
+    PRIOR: ("model", "diffusion", "normalizer"),
+    DECODER: ("image_size", "model", "diffusion"),
+    "upsampler": ("low_res", "high_res", "model", "diffusion"),
+}
+
+
 def check_pipeline_dir(directory: str | Path) -> tuple[Path, dict]:
-    """(path, manifest) after checking that every stage is present; FileNotFoundError naming
-    the first missing stage."""
+    """(path, manifest) after checking the manifest and that every stage is present; one error
+    naming the directory, the file or the first missing stage."""
     path = Path(directory)
+    if path.is_file():
+        raise NotADirectoryError(f"checkpoint {str(path)!r} is a file, not a pipeline directory")
     if not path.is_dir():
         raise FileNotFoundError(f"checkpoint directory {str(path)!r} does not exist")
     if not (path / MANIFEST).is_file():
         raise FileNotFoundError(
             f"{str(path)!r} is not an unclip checkpoint directory: {MANIFEST} is missing"
         )
-    manifest = json.loads((path / MANIFEST).read_text())
+    manifest = read_json(path / MANIFEST)
     if manifest.get("format") != FORMAT:
         raise ValueError(
             f"{path / MANIFEST}: format must be {FORMAT}, got {manifest.get('format')}"
         )
-    for stage in stage_names(int(manifest.get("upsamplers", 0))):
+    upsamplers = manifest.get("upsamplers", 0)
+    if not isinstance(upsamplers, int) or isinstance(upsamplers, bool) or upsamplers < 0:
+        raise ValueError(f"{path / MANIFEST}: upsamplers must be a count >= 0, got {upsamplers!r}")
+    for stage in stage_names(upsamplers):
         required = (
             ["clip_config.json", PARAMS_DIR, f"{TOKENIZER_DIR}/unclip_tokenizer.json"]
             if stage == CLIP_DIR
@@ -92,9 +127,31 @@ def check_pipeline_dir(directory: str | Path) -> tuple[Path, dict]:
     return path, manifest
 
 
-def read_stage(directory: Path) -> tuple[dict, Any]:
-    """(settings, params) of one stage directory."""
-    return json.loads((directory / STAGE_FILE).read_text()), read_params(directory / PARAMS_DIR)
+def read_stage(directory: Path, kind: str) -> StageFiles:
+    """One stage directory of `kind` (prior, decoder or upsampler), its stage.json checked to
+    hold that kind's sections."""
+    stage_file = directory / STAGE_FILE
+    settings = read_json(stage_file)
+    missing = [name for name in STAGE_SECTIONS[kind] if name not in settings]
+    if missing:
+        raise ValueError(f"{stage_file}: missing {', '.join(map(repr, missing))}")
+    if not isinstance(settings["model"], dict):
+        raise ValueError(f"{stage_file}: 'model' must be an object, got {settings['model']!r}")
+    return StageFiles(directory, settings, read_params(directory / PARAMS_DIR))
+
+
+def read_pipeline(directory: str | Path) -> PipelineFiles:
+    """Every stage of a pipeline directory (see the module docstring), checked as it is read."""
+    path, manifest = check_pipeline_dir(directory)
+    return PipelineFiles(
+        clip_dir=path / CLIP_DIR,
+        prior=read_stage(path / PRIOR, PRIOR),
+        decoder=read_stage(path / DECODER, DECODER),
+        upsamplers=[
+            read_stage(path / upsampler_name(k), "upsampler")
+            for k in range(manifest.get("upsamplers", 0))
+        ],
+    )
 
 
 def _config_section(config: Any, name: str, default: Any = None) -> Any:
@@ -106,7 +163,7 @@ def prior_settings(config: Any, normalizer_file: Path) -> dict:
     return {
         "model": _config_section(config, "model"),
         "diffusion": _config_section(config, "diffusion"),
-        "normalizer": json.loads(normalizer_file.read_text()),
+        "normalizer": read_json(normalizer_file),
     }
 
 

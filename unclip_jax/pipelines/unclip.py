@@ -112,15 +112,13 @@ class UnCLIP(ImageOperations):
         if karlo_stages.is_karlo_checkpoint(directory):
             clip, prior, decoder, upsamplers = karlo_stages.load_karlo_stages(directory)
             return cls(clip, prior, decoder, upsamplers, **options)
-        path, manifest = store.check_pipeline_dir(directory)
-        upsamplers = [
-            UpsamplerStage(path / store.upsampler_name(k)) for k in range(manifest["upsamplers"])
-        ]
+        files = store.read_pipeline(directory)
+        clip = TextImageEncoder(files.clip_dir)
         return cls(
-            TextImageEncoder(path / store.CLIP_DIR),
-            PriorStage(path / store.PRIOR),
-            DecoderStage(path / store.DECODER),
-            upsamplers,
+            clip,
+            PriorStage(files.prior),
+            DecoderStage(files.decoder, clip.example_caption()),
+            [UpsamplerStage(upsampler) for upsampler in files.upsamplers],
             **options,
         )
 

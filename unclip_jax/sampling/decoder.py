@@ -83,7 +83,8 @@ class DecoderChain:
         self._sample_from_key = jax.jit(self._run_sample_from_key, static_argnames="shape")
         self._invert = jax.jit(self._run_invert)
 
-    def _apply(self, params: Params, x: Array, t: Array, cond: Mapping[str, Array]) -> Array:
+    def apply(self, params: Params, x: Array, t: Array, cond: Mapping[str, Array]) -> Array:
+        """One call of the decoder on x [B, S, S, C] at timesteps t [B] with `conditioning`."""
         caption = {k: cond[k] for k in (*self.caption_keys, "caption_mask") if k in cond}
         return self.model.apply(
             {"params": params},
@@ -102,7 +103,7 @@ class DecoderChain:
             "drop_caption": jnp.ones_like(cond["drop_caption"]),
         }
         denoise = guidance.classifier_free_guidance(
-            lambda x, t, c: self._apply(params, x, t, c),
+            lambda x, t, c: self.apply(params, x, t, c),
             cond,
             null,
             scale,
@@ -117,7 +118,7 @@ class DecoderChain:
 
     def _run_invert(self, params, x0, cond, schedule):
         return samplers.ddim_invert(
-            lambda x, t: self._apply(params, x, t, cond),
+            lambda x, t: self.apply(params, x, t, cond),
             schedule,
             x0,
             mean_type=self.settings.prediction,

@@ -10,9 +10,12 @@ each step, in sampling order; the last step adds none), and the prior's x_T as `
 shape; step counts, scales and keys are traced.
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
+from unclip_jax.convert.karlo_checkpoint import KarloCheckpoint
 from unclip_jax.diffusion import guidance, samplers
 from unclip_jax.diffusion.karlo import KarloScheduler
 from unclip_jax.diffusion.schedules import Schedule
@@ -146,3 +149,22 @@ class KarloSuperResChain:
 
     def __call__(self, *args) -> Array:
         return self.compiled(*args)
+
+
+@dataclasses.dataclass(frozen=True)
+class KarloChains:
+    """The three chains of one converted Karlo checkpoint."""
+
+    prior: KarloPriorChain
+    decoder: KarloDecoderChain
+    super_res: KarloSuperResChain
+
+
+def karlo_chains(checkpoint: KarloCheckpoint) -> KarloChains:
+    """Each stage's chain, on the checkpoint's modules and schedulers."""
+    schedulers = checkpoint.schedulers
+    return KarloChains(
+        KarloPriorChain(checkpoint.prior, schedulers["prior"], checkpoint.normalizer),
+        KarloDecoderChain(checkpoint.decoder, schedulers["decoder"]),
+        KarloSuperResChain(checkpoint.super_res, schedulers["super_res"]),
+    )
