@@ -4,6 +4,7 @@ Each subcommand is a module with absl flags and a `main(argv)`; only the chosen 
 """
 
 import importlib
+import math
 import os
 import sys
 
@@ -62,6 +63,27 @@ def _plain(error: BaseException) -> str:
     return str(message).replace("\n", " ")
 
 
+def _describe(error: Exception) -> str:
+    """One line for an error: an OSError from the system (a full disk, a read-only or forbidden
+    path) as `PATH: reason`, which names the path; anything else as its message."""
+    if isinstance(error, OSError) and error.strerror and error.filename is not None:
+        target = f" -> {error.filename2}" if error.filename2 is not None else ""
+        return f"{error.filename}{target}: {error.strerror}"
+    return str(error).replace("\n", " ")
+
+
+def non_finite_float_flags(module_name: str) -> list[str]:
+    """`--name=value` of each float flag of the subcommand (its own and adopted key flags) whose
+    value is an infinity or NaN: no float setting of any subcommand means anything there."""
+    bad = []
+    for flag in flags.FLAGS.get_key_flags_for_module(module_name):
+        if not isinstance(flag.parser, flags.FloatParser) or flag.value is None:
+            continue
+        values = flag.value if isinstance(flag.value, list) else [flag.value]
+        bad += [f"--{flag.name}={v}" for v in values if not math.isfinite(v)]
+    return bad
+
+
 def _config_import_roots(argv: list[str]) -> list[str]:
     """Folders from which `configs.*` imports resolve: the working directory and, for each
     `--config PATH[:ARG]`, the folder holding PATH's folder (configs import `configs.base`)."""
@@ -98,9 +120,10 @@ def run(argv: list[str] | None = None) -> None:
     def main(sub_argv: list[str]) -> None:
         try:
             module.main(sub_argv)
-        except (ValueError, FileNotFoundError, NotADirectoryError) as error:
-            # Bad input: one clear line, no traceback from deep inside a library.
-            print(f"unclip {name}: error: {error}", file=sys.stderr)
+        except (ValueError, OSError) as error:
+            # Bad input, a corrupt file, a full disk, an unwritable path: one clear line naming
+            # the value or the path, no traceback from deep inside a library.
+            print(f"unclip {name}: error: {_describe(error)}", file=sys.stderr)
             sys.exit(1)
         except app.UsageError as error:
             print(f"unclip {name}: error: {error}", file=sys.stderr)
@@ -108,11 +131,17 @@ def run(argv: list[str] | None = None) -> None:
 
     def parse_flags(sub_argv: list[str]) -> list[str]:
         try:
-            return flags.FLAGS(sub_argv)
+            rest = flags.FLAGS(sub_argv)
         except (flags.Error, AttributeError, KeyError, ValueError) as error:
             # A missing flag or a `--config.` override naming no field: say which, no traceback.
             print(f"unclip {name}: error in flags: {_plain(error)}", file=sys.stderr)
             sys.exit(2)
+        bad = non_finite_float_flags(module.__name__)
+        if bad:
+            message = f"{', '.join(bad)}: float flags must be finite numbers"
+            print(f"unclip {name}: error in flags: {message}", file=sys.stderr)
+            sys.exit(2)
+        return rest
 
     app.run(main, argv=[f"unclip {name}", *argv[2:]], flags_parser=parse_flags)
 

@@ -42,9 +42,9 @@ def test_variations_interpolate_textdiff(unclip, pipeline_dir, images, tmp_path)
     assert code == 0, err[-2000:]
     assert sorted(p.name for p in (tmp_path / "t").iterdir()) == [
         "grid.png",
-        "theta_0.00.png",
-        "theta_0.50.png",
-        "theta_1.00.png",
+        "theta_00_0.0.png",
+        "theta_01_0.5.png",
+        "theta_02_1.0.png",
     ]
 
 

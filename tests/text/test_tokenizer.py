@@ -106,3 +106,28 @@ def test_bad_inputs(tmp_path):
         CLIPTokenizer.from_pretrained(tmp_path / "nowhere")
     with pytest.raises(ValueError, match="sequence of strings"):
         train_bpe(CAPTIONS, 64, 8)("a caption")
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('{"kind": "bpe", ', "not valid JSON"),
+        (b"\xff\xfe{}", "not valid JSON"),
+        ('["bpe", 8]', "must hold a JSON object"),
+        ('{"kind": "bpe", "context_length": "8"}', "context_length must be an integer >= 2"),
+    ],
+)
+def test_broken_metadata_names_the_file(tmp_path, text, message):
+    meta = tmp_path / "unclip_tokenizer.json"
+    meta.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(ValueError, match=f"{meta}.*{message}|{message}") as error:
+        load_tokenizer(tmp_path)
+    assert str(meta) in str(error.value)
+
+
+def test_non_utf8_text_is_named(clip_tokenizer):
+    """A command-line argument whose bytes were not UTF-8 holds lone surrogates; the tokenizers
+    refused it with a TypeError from inside the Hugging Face library."""
+    for tokenizer in (clip_tokenizer, train_bpe(CAPTIONS, 64, 8)):
+        with pytest.raises(ValueError, match=r"'caf\\udce9' is not valid UTF-8"):
+            tokenizer(["a red circle", "caf\udce9"])

@@ -22,8 +22,19 @@ flags.DEFINE_string(
     "Pipeline directory (unclip.json and every stage) or converted Karlo checkpoint.",
     allow_override=True,
 )
-flags.DEFINE_string("out", None, "Output directory for the images.", allow_override=True)
-flags.DEFINE_integer("seed", 0, "Random seed.")
+flags.DEFINE_string(
+    "out",
+    None,
+    "Output directory for the images: new or empty unless --overwrite.",
+    allow_override=True,
+)
+flags.DEFINE_bool(
+    "overwrite",
+    False,
+    "Replace what --out holds: its earlier files are removed once the new ones are written.",
+)
+MAX_SEED = 2**32 - 1  # JAX's keys keep 32 bits of the seed (x64 off): larger seeds would repeat
+flags.DEFINE_integer("seed", 0, "Random seed.", lower_bound=0, upper_bound=MAX_SEED)
 flags.DEFINE_integer("decoder_steps", None, "Decoder sampling steps (default: the stage's).")
 flags.DEFINE_integer("upsampler_steps", None, "Upsampler sampling steps (default: the stage's).")
 flags.DEFINE_float(
@@ -51,9 +62,16 @@ def open_run() -> tuple[Path, Any]:
     turned on: what every sampling command does once its own flags are checked."""
     from unclip_jax.pipelines import outputs
 
-    out = outputs.check_output_dir(FLAGS.out)
+    out = outputs.check_output_dir(FLAGS.out, overwrite=FLAGS.overwrite)
     outputs.enable_compilation_cache(FLAGS.compilation_cache)
     return out, load_pipeline(FLAGS.checkpoint)
+
+
+def write_results(out: Path, files: dict[str, Any]) -> None:
+    """All files of a run into `out` at once; with --overwrite they replace what it held."""
+    from unclip_jax.pipelines import outputs
+
+    outputs.write_outputs(out, files, replace=FLAGS.overwrite)
 
 
 def decoder_options() -> dict[str, Any]:

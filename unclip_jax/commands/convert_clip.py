@@ -18,6 +18,9 @@ flags.DEFINE_string(
 def main(argv: list[str]) -> None:
     check_usage(argv, "hf-dir", "out")
     from unclip_jax.convert.hf_clip import convert_directory
+    from unclip_jax.pipelines.outputs import check_output_dir
+
+    check_output_dir(FLAGS.out)  # before any weight is read
 
     convert_directory(FLAGS["hf-dir"].value, FLAGS.out)
 

@@ -32,6 +32,11 @@ def convert(diffusers_dir: str | pathlib.Path, out: str | pathlib.Path) -> None:
 
 def main(argv: list[str]) -> None:
     check_usage(argv, "diffusers-dir", "out")
+    from unclip_jax.convert.karlo_checkpoint import check_save_target
+    from unclip_jax.pipelines.outputs import check_output_dir
+
+    check_output_dir(FLAGS.out)  # before any weight is read: writable,
+    check_save_target(FLAGS.out)  # and new, empty or an earlier Karlo checkpoint
     convert(FLAGS["diffusers-dir"].value, FLAGS.out)
 
 

@@ -5,8 +5,9 @@ prior training.
 The data set is `config.data.source` (with `config.data.data_dir`); the CLIP checkpoint is a
 directory from `unclip convert-clip` or a CLIP training run's `<workdir>/clip`, with its
 tokenizer in `tokenizer/`. Every caption of an image gives one row (the image embedding is
-computed once). Examples are cut into fixed shards of `--shard_size` images; a re-run skips the
-shards already complete, so an interrupted run resumes.
+computed once). Examples are cut into shards of at most `--shard_size` images, each named by the
+examples it holds; a re-run embeds only the examples no complete shard holds, so an interrupted
+run resumes (with any `--shard_size`) without repeating or skipping an example.
 """
 
 import pathlib
@@ -25,7 +26,8 @@ flags.DEFINE_string("checkpoint", None, "CLIP checkpoint directory (clip_config.
 flags.DEFINE_string("out", None, "Directory for the embedding shards.", allow_override=True)
 flags.DEFINE_string("split", "train", "Split of the data source.")
 flags.DEFINE_integer("batch_size", 64, "Images per encoder call.")
-flags.DEFINE_integer("shard_size", 4096, "Images per shard.")
+flags.DEFINE_integer("shard_size", 4096, "Images per shard (may change between resumed runs).")
+SIZES = ("batch_size", "shard_size")
 flags.DEFINE_bool("token_states", False, "Also store the text encoder's last hidden states.")
 flags.DEFINE_enum("dtype", "float16", ["float16", "float32"], "Storage dtype of the embeddings.")
 
@@ -33,18 +35,28 @@ flags.DEFINE_enum("dtype", "float16", ["float16", "float32"], "Storage dtype of 
 def main(argv: list[str]) -> None:
     check_usage(argv, "config", "checkpoint", "out")
     from unclip_jax.commands.embedding import embed_source
-    from unclip_jax.convert.hf_clip import CONFIG_FILE
+    from unclip_jax.convert.hf_clip import CONFIG_FILE, read_clip_config
     from unclip_jax.data.sources import open_source
+    from unclip_jax.pipelines.arguments import check_count
+    from unclip_jax.pipelines.outputs import check_output_dir
 
-    if not (pathlib.Path(FLAGS.checkpoint) / CONFIG_FILE).is_file():
+    options = {name: check_count(f"--{name}", FLAGS[name].value) for name in SIZES}
+    check_output_dir(FLAGS.out)  # writable; the shards it holds already are resumed from
+    config_file = pathlib.Path(FLAGS.checkpoint) / CONFIG_FILE
+    if not config_file.is_file():
         raise FileNotFoundError(
             f"--checkpoint {FLAGS.checkpoint!r} is not a CLIP checkpoint: no {CONFIG_FILE}"
         )
+    read_clip_config(config_file)
     data = FLAGS.config.data
     source = open_source(data.source, FLAGS.split, data.get("data_dir"), data.image_size)
-    options = {name: FLAGS[name].value for name in ("batch_size", "shard_size", "dtype")}
     written = embed_source(
-        FLAGS.checkpoint, source, FLAGS.out, token_states=FLAGS.token_states, **options
+        FLAGS.checkpoint,
+        source,
+        FLAGS.out,
+        token_states=FLAGS.token_states,
+        dtype=FLAGS.dtype,
+        **options,
     )
     print(f"wrote {written} shards to {FLAGS.out}")
 

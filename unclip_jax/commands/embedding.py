@@ -2,11 +2,13 @@
 prior training; the work behind `unclip embed`.
 
 Every caption of an image gives one row (the image embedding is computed once). Examples are cut
-into fixed shards of `shard_size` images; a re-run skips the shards already complete, so an
-interrupted run resumes.
+into shards of at most `shard_size` images, each named by the range of examples it holds; a
+re-run writes only the examples no complete shard holds (whatever `shard_size` is then), so an
+interrupted run resumes without repeating or skipping an example.
 """
 
 import pathlib
+import re
 import sys
 from collections.abc import Sequence
 
@@ -23,9 +25,46 @@ def _captions(example: dict) -> list[str]:
     return [_text(example.get("caption", ""))]
 
 
-def shard_name(index: int) -> str:
-    """Directory name of shard `index` (as `EmbeddingShardWriter` names it with tag index)."""
-    return f"shard-{index:05d}-00000"
+SHARD_GLOB = "shard-*"  # as data.embedding_shards reads them
+SHARD_PATTERN = re.compile(r"shard-e(\d{10})-(\d{10})-00000")
+
+
+def shard_name(start: int, stop: int) -> str:
+    """Directory name of the shard of examples [start, stop) (as `EmbeddingShardWriter` names
+    it with tag `e<start>-<stop>`); names sort in example order."""
+    return f"shard-{shard_tag(start, stop)}-00000"
+
+
+def shard_tag(start: int, stop: int) -> str:
+    return f"e{start:010d}-{stop:010d}"
+
+
+def missing_ranges(out: pathlib.Path, total: int, shard_size: int) -> list[tuple[int, int]]:
+    """The shards still to write, as example ranges [start, stop) of at most `shard_size`: the
+    examples of [0, total) that no complete shard in `out` holds. Keyed by example, so a re-run
+    with another shard size neither repeats nor skips one. ValueError naming a shard of `out`
+    that is not one of these or does not fit a data set of `total` examples."""
+    held = []
+    for path in sorted(out.glob(SHARD_GLOB)) if out.is_dir() else []:
+        match = SHARD_PATTERN.fullmatch(path.name)
+        if not match:
+            raise ValueError(
+                f"{path} is not a shard of examples [start, stop) as `unclip embed` names them "
+                f"({shard_name(0, shard_size)}); embed into a new --out"
+            )
+        start, stop = int(match[1]), int(match[2])
+        if not start < stop <= total or (held and start < held[-1][1]):
+            raise ValueError(
+                f"{path} holds examples [{start}, {stop}), which do not fit a data set of "
+                f"{total} examples beside the other shards: --out holds another data set's "
+                "embeddings; embed into a new --out"
+            )
+        held.append((start, stop))
+    todo, position = [], 0
+    for start, stop in [*held, (total, total)]:
+        todo += [(k, min(k + shard_size, start)) for k in range(position, start, shard_size)]
+        position = stop
+    return todo
 
 
 def embed_source(
@@ -38,7 +77,7 @@ def embed_source(
     token_states: bool = False,
     dtype: str = "float16",
 ) -> int:
-    """Writes the shards of `source` missing from `out`; returns how many it wrote."""
+    """Writes the shards of the examples of `source` missing from `out`; returns how many."""
     import jax
     from tqdm import tqdm
 
@@ -51,22 +90,20 @@ def embed_source(
         raise ValueError(
             f"batch_size and shard_size must be positive, got {batch_size}, {shard_size}"
         )
-    clip = load_frozen_clip(checkpoint)
+    out = pathlib.Path(out)
+    todo = missing_ranges(out, len(source), shard_size)
     tokenizer = load_tokenizer(pathlib.Path(checkpoint) / TOKENIZER_DIR)
+    clip = load_frozen_clip(checkpoint)
     image_fn, text_fn = jax.jit(type(clip).encode_image), jax.jit(type(clip).encode_text)
     encode_images = lambda images: image_fn(clip, images)  # uint8 [B, H, W, 3] -> [B, P]
     encode_texts = lambda ids, mask: text_fn(clip, ids, mask)  # [B, L] -> [B, P], [B, L, W]
 
-    out = pathlib.Path(out)
-    num_shards = -(-len(source) // shard_size)
-    todo = [k for k in range(num_shards) if not (out / shard_name(k)).is_dir()]
     store = np.dtype(dtype)
-    progress = tqdm(total=len(todo) * shard_size, desc="embed", unit="image")
-    for k in todo:
+    progress = tqdm(total=sum(b - a for a, b in todo), desc="embed", unit="image")
+    for first, stop in todo:
         # One shard per writer, renamed into place only once complete.
-        writer = EmbeddingShardWriter(out, tag=f"{k:05d}", shard_size=sys.maxsize)
-        stop = min((k + 1) * shard_size, len(source))
-        for start in range(k * shard_size, stop, batch_size):
+        writer = EmbeddingShardWriter(out, tag=shard_tag(first, stop), shard_size=sys.maxsize)
+        for start in range(first, stop, batch_size):
             examples = [source[i] for i in range(start, min(start + batch_size, stop))]
             images = np.stack([np.asarray(e["image"])[..., :3] for e in examples])
             image_embeds = np.asarray(encode_images(pad_rows(images, batch_size)))[: len(examples)]

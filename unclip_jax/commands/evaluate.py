@@ -45,6 +45,24 @@ def evaluate(images: np.ndarray, captions: list[str], score_clip: str | None) ->
     return figures
 
 
+def read_captions(directory: Path) -> dict[str, str]:
+    """{file name: prompt} of `directory`'s captions.json; ValueError naming the file when it is
+    not a non-empty JSON object of strings."""
+    from unclip_jax.storage.json_files import read_json
+
+    index = directory / "captions.json"
+    if not index.is_file():
+        raise FileNotFoundError(f"{str(index)!r} is missing: --images must come from generate")
+    captions = read_json(index, "--images")
+    if not captions:
+        raise ValueError(f"{index} names no images: expected {{file name: prompt, ...}}")
+    bad = [name for name, prompt in captions.items() if not isinstance(prompt, str)]
+    if bad:
+        value = captions[bad[0]]
+        raise ValueError(f"{index}: the prompt of {bad[0]!r} must be a string, got {value!r}")
+    return captions
+
+
 def main(argv: list[str]) -> None:
     check_usage(argv)
     from unclip_jax.pipelines.images import load_image
@@ -52,18 +70,24 @@ def main(argv: list[str]) -> None:
     if not FLAGS.images:
         raise ValueError("--images must name a directory written by `unclip generate`")
     directory = Path(FLAGS.images)
-    index = directory / "captions.json"
-    if not index.is_file():
-        raise FileNotFoundError(f"{str(index)!r} is missing: --images must come from generate")
-    captions = json.loads(index.read_text())
-    images = np.stack([load_image(directory / name) for name in captions])
+    metrics = outputs.check_output_file(FLAGS.metrics) if FLAGS.metrics else None
+    captions = read_captions(directory)
+    images = {name: load_image(directory / name) for name in captions}
+    first = next(iter(images))
+    for name, image in images.items():
+        if image.shape != images[first].shape:
+            raise ValueError(
+                f"{directory / name} is {image.shape}, {first} {images[first].shape}: "
+                "the images of --images must share one size"
+            )
+    images = np.stack(list(images.values()))
     if FLAGS.score_clip:
         outputs.enable_compilation_cache(FLAGS.compilation_cache)
     figures = evaluate(images, list(captions.values()), FLAGS.score_clip)
     text = json.dumps(figures, indent=2)
-    if FLAGS.metrics:
-        Path(FLAGS.metrics).write_text(text)
-    print(text)
+    print(text)  # before writing --metrics: a failed write loses no figure
+    if metrics:
+        outputs.write_file(metrics, text)
 
 
 if __name__ == "__main__":

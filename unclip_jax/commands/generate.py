@@ -8,7 +8,8 @@ steps at guidance 4, decoder 25 at 8, super-res 7).
 
 An empty prompt ("") is unconditional; a prompt longer than the tokenizer's context is truncated
 with a warning. Arguments are checked, and the output directory tested for writing, before
-anything is loaded or compiled.
+anything is loaded or compiled. `--out` must be new or empty; with `--overwrite` its earlier
+contents are replaced, once all new files are written.
 """
 
 import json
@@ -19,7 +20,6 @@ from absl import app, flags
 
 from unclip_jax.commands import common
 from unclip_jax.pipelines import images as pipeline_images
-from unclip_jax.pipelines import outputs
 
 FLAGS = flags.FLAGS
 flags.adopt_module_key_flags(common)
@@ -76,7 +76,7 @@ def main(argv: list[str]) -> None:
     grid = images.reshape(len(prompts), n, *images.shape[1:])
     files["grid.png"] = pipeline_images.captioned_grid(grid, prompts)
     files["captions.json"] = json.dumps(captions, indent=1)
-    outputs.write_outputs(out, files)
+    common.write_results(out, files)
     print(f"wrote {len(images)} images and grid.png to {out}")
 
 

@@ -6,7 +6,6 @@ import numpy as np
 from absl import app, flags
 
 from unclip_jax.commands import common
-from unclip_jax.pipelines import outputs
 
 FLAGS = flags.FLAGS
 flags.adopt_module_key_flags(common)
@@ -24,7 +23,7 @@ def main(argv: list[str]) -> None:
     files = common.image_files("frame", images)
     row = np.concatenate([images, common.fit(image_b, images.shape[1])[None]])
     files["grid.png"] = common.source_and_row(image_a, row, "A, frames A → B, B")
-    outputs.write_outputs(out, files)
+    common.write_results(out, files)
     print(f"wrote {frames} frames and grid.png to {out}")
 
 

@@ -1,11 +1,11 @@
 """`unclip textdiff IMAGE --from "a red circle" --to "a blue circle" --checkpoint DIR --out DIR`:
 edits IMAGE toward the caption change, z_θ = slerp(z_i, normalize(z_t' − z_t), θ), decoded from
-the DDIM inversion of IMAGE (unCLIP §3.3). Writes `theta_*.png` and `grid.png`."""
+the DDIM inversion of IMAGE (unCLIP §3.3). Writes `theta_<index>_<θ>.png` (the index in --thetas,
+then θ exactly, e.g. `theta_01_0.501.png`) and `grid.png`."""
 
 from absl import app, flags
 
 from unclip_jax.commands import common
-from unclip_jax.pipelines import outputs
 
 FLAGS = flags.FLAGS
 flags.adopt_module_key_flags(common)
@@ -19,6 +19,9 @@ def main(argv: list[str]) -> None:
     (source,) = common.read_images(argv, 1, usage)
     if FLAGS["from"].value is None or FLAGS.to is None:
         raise ValueError("--from and --to must both be given")
+    from unclip_jax.pipelines.arguments import check_prompts
+
+    check_prompts([FLAGS["from"].value, FLAGS.to])
     try:
         thetas = [float(t) for t in FLAGS.thetas]
     except ValueError:
@@ -34,10 +37,13 @@ def main(argv: list[str]) -> None:
         seed=FLAGS.seed,
         **common.decoder_options(),
     )
-    files = {f"theta_{t:.2f}.png": image for t, image in zip(thetas, images, strict=True)}
+    files = {
+        f"theta_{k:02d}_{t!r}.png": image
+        for k, (t, image) in enumerate(zip(thetas, images, strict=True))
+    }
     caption = f"{FLAGS['from'].value} → {FLAGS.to}, θ = {', '.join(FLAGS.thetas)}"
     files["grid.png"] = common.source_and_row(source, images, caption)
-    outputs.write_outputs(out, files)
+    common.write_results(out, files)
     print(f"wrote {len(images)} edits and grid.png to {out}")
 
 

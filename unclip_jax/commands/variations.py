@@ -5,7 +5,6 @@ and `grid.png` (the source first)."""
 from absl import app, flags
 
 from unclip_jax.commands import common
-from unclip_jax.pipelines import outputs
 
 FLAGS = flags.FLAGS
 flags.adopt_module_key_flags(common)
@@ -22,7 +21,7 @@ def main(argv: list[str]) -> None:
     images = pipe.variations(source, n, seed=FLAGS.seed, **common.decoder_options())
     files = common.image_files("variation", images)
     files["grid.png"] = common.source_and_row(source, images, "variations of the source (left)")
-    outputs.write_outputs(out, files)
+    common.write_results(out, files)
     print(f"wrote {n} variations and grid.png to {out}")
 
 

@@ -20,6 +20,7 @@ from flax import traverse_util
 
 from unclip_jax.models.clip import CLIP, CLIPConfig, TextConfig, VisionConfig
 from unclip_jax.models.frozen_clip import FrozenCLIP
+from unclip_jax.storage.json_files import read_json
 
 Params = dict
 
@@ -304,6 +305,14 @@ def save_clip(directory: str | pathlib.Path, config: CLIPConfig, params: Params)
         checkpointer.save(path / PARAMS_DIR, jax.tree.map(jnp.asarray, params), force=True)
 
 
+def read_clip_config(file: pathlib.Path) -> CLIPConfig:
+    """The CLIPConfig of a `clip_config.json`; ValueError naming the file when it is not one."""
+    try:
+        return CLIPConfig.from_dict(read_json(file, "CLIP checkpoint"))
+    except (KeyError, TypeError, AttributeError) as error:
+        raise ValueError(f"{file} does not describe a CLIP model: {error!r}") from None
+
+
 def load_clip(directory: str | pathlib.Path) -> tuple[CLIPConfig, Params]:
     """(config, {"params": ...}) saved by `save_clip`; shapes are checked against the config."""
     import orbax.checkpoint as ocp
@@ -313,7 +322,7 @@ def load_clip(directory: str | pathlib.Path) -> tuple[CLIPConfig, Params]:
         raise FileNotFoundError(
             f"{str(path)!r} is not a CLIP checkpoint: expected {CONFIG_FILE} and {PARAMS_DIR}/"
         )
-    config = CLIPConfig.from_dict(json.loads((path / CONFIG_FILE).read_text()))
+    config = read_clip_config(path / CONFIG_FILE)
     expected = param_shapes(config)
     with ocp.StandardCheckpointer() as checkpointer:
         stored_tree = checkpointer.metadata(path / PARAMS_DIR).item_metadata

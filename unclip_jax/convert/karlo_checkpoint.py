@@ -157,6 +157,17 @@ def _stage_trees(checkpoint: KarloCheckpoint) -> dict[str, Params]:
     return trees
 
 
+def check_save_target(directory: str | pathlib.Path) -> pathlib.Path:
+    """Where `save_karlo` may write: a new or empty directory, or an earlier Karlo checkpoint
+    (which it replaces); ValueError naming anything else. Checked before converting too."""
+    path = pathlib.Path(directory).absolute()
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{path} exists and is not a directory")
+    if path.exists() and any(path.iterdir()) and not (path / CONFIG_FILE).is_file():
+        raise ValueError(f"{path} exists and is not a Karlo checkpoint; not overwriting it")
+    return path
+
+
 def save_karlo(checkpoint: KarloCheckpoint, directory: str | pathlib.Path) -> None:
     """Write `CONFIG_FILE`, one orbax parameter directory per stage, and `tokenizer/`.
 
@@ -167,9 +178,7 @@ def save_karlo(checkpoint: KarloCheckpoint, directory: str | pathlib.Path) -> No
 
     from unclip_jax.text.tokenizer import CLIPTokenizer
 
-    path = pathlib.Path(directory).absolute()
-    if path.exists() and any(path.iterdir()) and not (path / CONFIG_FILE).is_file():
-        raise ValueError(f"{path} exists and is not a Karlo checkpoint; not overwriting it")
+    path = check_save_target(directory)
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

@@ -29,8 +29,9 @@ from typing import ClassVar
 import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from unclip_jax.data.image_files import read_image
 from unclip_jax.data.tf_setup import SourceFileBuilderMixin, hide_accelerators_from_tf
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
@@ -109,11 +110,10 @@ def scan_folder(root: str | os.PathLike) -> FolderScan:
 def load_square(path: pathlib.Path, size: int) -> np.ndarray:
     """The image at `path` as uint8 [size, size, 3]: shorter side resized, centre-cropped.
 
-    Raises OSError / UnidentifiedImageError / ValueError for unreadable files.
+    Read by `image_files.read_image` (every Pillow mode to 8-bit RGB, EXIF orientation);
+    raises FileNotFoundError / ValueError naming the file when it cannot be used.
     """
-    with Image.open(path) as image:
-        image.load()
-        image = image.convert("RGB")
+    image = Image.fromarray(read_image(path))
     width, height = image.size
     if min(width, height) == 0:
         raise ValueError(f"empty image {path}")
@@ -186,7 +186,7 @@ class FolderCaptions(SourceFileBuilderMixin, tfds.core.GeneratorBasedBuilder):
         for path, captions in records:
             try:
                 image = load_square(path, size)
-            except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):
+            except (OSError, ValueError):
                 self._skipped["unreadable_image"] += 1
                 continue
             buffer = io.BytesIO()

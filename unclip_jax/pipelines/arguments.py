@@ -9,6 +9,8 @@ from typing import Any, TypedDict
 import jax
 import numpy as np
 
+from unclip_jax.text.tokenizer import check_utf8
+
 Array = jax.Array
 
 
@@ -45,6 +47,7 @@ def check_prompts(prompts: Sequence[str]) -> list[str]:
     bad = [p for p in prompts if not isinstance(p, str)]
     if bad:
         raise ValueError(f"prompts must be strings, got {type(bad[0]).__name__}: {bad[0]!r}")
+    check_utf8(prompts, "prompt")
     return prompts
 
 

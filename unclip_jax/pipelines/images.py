@@ -7,20 +7,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from unclip_jax.data.image_files import read_image
+
 ImageLike = np.ndarray | str | Path  # uint8 [H, W, 3], float [H, W, 3] in [-1, 1], or a file
 
 
 def load_image(path: str | Path) -> np.ndarray:
-    """An image file as uint8 [H, W, 3]; ValueError naming the file if it is not a whole image."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no image file at {str(path)!r}")
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return np.asarray(image.convert("RGB"))
-    except (OSError, SyntaxError, ValueError) as error:
-        raise ValueError(f"{str(path)!r} is not a readable image: {error}") from None
+    """An image file as uint8 [H, W, 3] (`data.image_files.read_image`: every Pillow mode, EXIF
+    orientation); FileNotFoundError or ValueError naming the file if it is not a whole image."""
+    return read_image(path)
 
 
 def as_image(image: ImageLike) -> np.ndarray:

@@ -36,6 +36,9 @@ from unclip_jax.sampling.karlo import (
 from unclip_jax.text import tokenizer as tokenizer_lib
 
 Array = jax.Array
+# The empty caption's encoding, Karlo's unconditional input: embed [1, P], states [1, L, Dt],
+# mask [1, L] bool.
+NullInputs = dict[str, np.ndarray]
 
 
 def ancestral_schedule(scheduler, steps: int, eta: float):
@@ -54,6 +57,12 @@ class KarloSampling:
     train_steps: int  # T; step counts go up to it
     min_steps: int = 2  # Karlo's timesteps round(k·(T−1)/(N−1)) need N ≥ 2
     eta: float = 1.0  # ancestral steps: the only η Karlo's chains take
+
+    @classmethod
+    def of(cls, checkpoint: KarloCheckpoint, stage: str) -> "KarloSampling":
+        """Stage `stage`'s (prior, decoder, super_res) default steps and T."""
+        steps = int(checkpoint.sampling[stage]["steps"])
+        return cls(steps, checkpoint.schedulers[stage].num_train_steps)
 
 
 class KarloTextEncoder:
@@ -85,7 +94,7 @@ class KarloTextEncoder:
         the end-of-text token, so the mask changes only the padding positions' states."""
         return self._text(self.params, ids, mask)
 
-    def null_caption(self) -> dict[str, np.ndarray]:
+    def null_caption(self) -> NullInputs:
         """The empty caption, Karlo's unconditional input: embed [1, P], states [1, L, Dt],
         mask [1, L] bool."""
         ids, mask = self.tokenize([""])
@@ -108,17 +117,11 @@ class KarloPriorStage:
     accepts_fed_noise = True
     default_candidates = 1  # Karlo keeps its one sample
 
-    def __init__(
-        self,
-        checkpoint: KarloCheckpoint,
-        chain: KarloPriorChain,
-        null_caption: dict[str, np.ndarray],
-    ):
+    def __init__(self, checkpoint: KarloCheckpoint, chain: KarloPriorChain, null: NullInputs):
         self.chain, self.scheduler = chain, chain.scheduler
-        self.params = {"model": checkpoint.params["prior"], "null": null_caption}
-        sampling = checkpoint.sampling["prior"]
-        self.diffusion = KarloSampling(int(sampling["steps"]), self.scheduler.num_train_steps)
-        self.default_guidance = float(sampling["guidance_scale"])
+        self.params = {"model": checkpoint.params["prior"], "null": null}
+        self.diffusion = KarloSampling.of(checkpoint, "prior")
+        self.default_guidance = float(checkpoint.sampling["prior"]["guidance_scale"])
 
     def sample(
         self,
@@ -151,19 +154,13 @@ class KarloDecoderStage:
 
     accepts_fed_noise = True
 
-    def __init__(
-        self,
-        checkpoint: KarloCheckpoint,
-        chain: KarloDecoderChain,
-        null_caption: dict[str, np.ndarray],
-    ):
+    def __init__(self, checkpoint: KarloCheckpoint, chain: KarloDecoderChain, null: NullInputs):
         self.chain, self.scheduler = chain, chain.scheduler
         self.image_size = int(checkpoint.decoder_size)
         self.shape = (self.image_size, self.image_size, 3)
-        self.params = {"model": checkpoint.params["decoder"], "null": null_caption}
-        sampling = checkpoint.sampling["decoder"]
-        self.diffusion = KarloSampling(int(sampling["steps"]), self.scheduler.num_train_steps)
-        self.default_guidance = float(sampling["guidance_scale"])
+        self.params = {"model": checkpoint.params["decoder"], "null": null}
+        self.diffusion = KarloSampling.of(checkpoint, "decoder")
+        self.default_guidance = float(checkpoint.sampling["decoder"]["guidance_scale"])
 
     def conditioning(
         self,
@@ -218,19 +215,13 @@ class KarloSuperResStage:
             "first": checkpoint.params["super_res_first"],
             "last": checkpoint.params["super_res_last"],
         }
-        steps = int(checkpoint.sampling["super_res"]["steps"])
-        self.diffusion = KarloSampling(steps, self.scheduler.num_train_steps)
+        self.diffusion = KarloSampling.of(checkpoint, "super_res")
 
     def sample(
-        self,
-        x_T: Array,  # [B, H, W, 3]
-        low_res: Array,  # [B, h, w, 3] in [-1, 1]
-        steps: int,
-        eta: float,  # Karlo's steps are ancestral: η = 1, its `diffusion.eta`
-        key: Array,
-        *,
-        noise: Array | None = None,  # [B, steps − 1, H, W, 3]
-    ) -> Array:  # [B, H, W, 3] in [-1, 1]
+        self, x_T: Array, low_res: Array, steps: int, eta: float, key: Array, *, noise=None
+    ) -> Array:
+        """x_T [B, H, W, 3], low_res [B, h, w, 3] in [-1, 1] → [B, H, W, 3] in [-1, 1]; η must
+        be 1 (ancestral steps); `noise` [B, steps − 1, H, W, 3] is fed per-step noise."""
         schedule = ancestral_schedule(self.scheduler, steps, eta)
         return self.chain(self.params, x_T, low_res, schedule, key, noise)
 

@@ -63,6 +63,16 @@ def pad_or_truncate(
     return ids, mask
 
 
+def check_utf8(texts: Sequence[str], what: str = "text") -> None:
+    """ValueError naming the first text that is not Unicode text (e.g. a command-line argument
+    whose bytes were not UTF-8, which Python keeps as lone surrogates)."""
+    for text in texts:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"{what} {text!r} is not valid UTF-8 text") from None
+
+
 def _check_texts(texts: Sequence[str]) -> list[str]:
     if isinstance(texts, str):
         raise ValueError(f"texts must be a sequence of strings, got the string {texts!r}")
@@ -70,6 +80,7 @@ def _check_texts(texts: Sequence[str]) -> list[str]:
     bad = [t for t in texts if not isinstance(t, str)]
     if bad:
         raise ValueError(f"texts must be strings, got {type(bad[0]).__name__}: {bad[0]!r}")
+    check_utf8(texts)
     return texts
 
 
@@ -139,11 +150,24 @@ TOKENIZERS: dict[str, str] = {
 
 
 def load_tokenizer(directory: str | pathlib.Path) -> Tokenizer:
-    """The tokenizer saved in `directory` by `tokenizer.save(directory)`."""
+    """The tokenizer saved in `directory` by `tokenizer.save(directory)`; errors name the file.
+
+    (Its JSON is read here rather than by `storage.json_files.read_json`: `text/` is the lowest
+    layer and imports nothing of the package above it.)"""
     path = pathlib.Path(directory)
     if not (path / META_FILE).is_file():
         raise FileNotFoundError(f"no saved tokenizer in {str(path)!r}: {META_FILE} is missing")
-    meta = json.loads((path / META_FILE).read_text())
+    try:
+        meta = json.loads((path / META_FILE).read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path / META_FILE} is not valid JSON: {error}") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path / META_FILE} must hold a JSON object, not {type(meta).__name__}")
+    if not isinstance(meta.get("context_length"), int) or meta["context_length"] < 2:
+        length = meta.get("context_length")
+        raise ValueError(
+            f"{path / META_FILE}: context_length must be an integer >= 2, got {length!r}"
+        )
     if meta.get("kind") not in TOKENIZERS:
         kind = meta.get("kind")
         raise ValueError(
