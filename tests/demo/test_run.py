@@ -93,3 +93,22 @@ def test_interrupted_training_is_not_marked_done(tmp_path, monkeypatch):
     with pytest.raises(demo.StageInterrupted, match="stopped at step 144 of 500"):
         demo.run_stage("clip", tmp_path, set(), demo._train(section))
     assert not (tmp_path / "clip" / demo.DONE).exists()
+
+
+def test_preempted_stage_exits_143_and_is_not_marked_done(tmp_path, monkeypatch):
+    """A SIGTERM honoured by a stage's trainer (`Preempted`) ends the demo with 143, the
+    re-queue code, not 0 or a traceback."""
+    from unclip_jax.train import checkpoints
+
+    def preempted(config, workdir, force, only):
+        demo.run_stage("prior", workdir, force, stop)
+
+    def stop(stage_dir: Path) -> None:
+        raise checkpoints.Preempted(7, stage_dir / "checkpoints")
+
+    monkeypatch.setattr(demo, "train_all", preempted)
+    monkeypatch.setattr(demo, "FLAGS", type("Flags", (), {"force": [], "stages": []})())
+    with pytest.raises(SystemExit) as exit_:
+        demo._train_or_exit(None, tmp_path)
+    assert exit_.value.code == checkpoints.PREEMPTED_EXIT_CODE == 143
+    assert not (tmp_path / "prior" / demo.DONE).exists()

@@ -9,7 +9,8 @@ kill, signal or run several processes.
 of the iterator and the step the run started from (0 or the resumed checkpoint) to an .npz file.
 `--kill_at K` SIGKILLs the process after step K; `--hang_save_at S` stops the checkpoint of step S
 just before it is committed (the parent then kills the process mid-save); `--step_sleep` slows
-each step and writes the last finished step to `<workdir>/progress`.
+each step and writes the last finished step to `<workdir>/progress`. A SIGTERM saves and exits
+with 143, as `unclip train` does.
 """
 
 import argparse
@@ -62,7 +63,7 @@ from jax.experimental import multihost_utils  # noqa: E402
 sys.path.insert(0, str(Path(__file__).parent))
 import tiny_task  # noqa: E402
 
-from unclip_jax.train import loop  # noqa: E402
+from unclip_jax.train import checkpoints, loop  # noqa: E402
 
 BASE_CONFIG = Path(__file__).parents[2] / "configs" / "base.py"
 
@@ -129,9 +130,12 @@ def main() -> None:
         if step == args.kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
 
-    state = loop.train_and_evaluate(
-        config, workdir, tiny_task.TinyTask(), data, eval_data=None, hooks=[hook]
-    )
+    try:
+        state = loop.train_and_evaluate(
+            config, workdir, tiny_task.TinyTask(), data, eval_data=None, hooks=[hook]
+        )
+    except checkpoints.Preempted:
+        sys.exit(checkpoints.PREEMPTED_EXIT_CODE)
     next_batch = next(data)
     state = multihost_utils.process_allgather(state, tiled=True)
     next_batch = multihost_utils.process_allgather(next_batch, tiled=True)

@@ -1,4 +1,4 @@
-"""Checkpoints: bitwise resume after SIGKILL, SIGTERM → save and exit 0, interrupted saves
+"""Checkpoints: bitwise resume after SIGKILL, SIGTERM → save and exit 143, interrupted saves
 ignored, restore onto other meshes, EMA parameters alone for sampling."""
 
 import time
@@ -29,14 +29,14 @@ def test_resume_after_sigkill_is_bitwise(tmp_path, straight_run, compile_cache):
     tiny_runs.assert_same(resumed, straight_run)  # params, opt state, EMA, step, next batch
 
 
-def test_sigterm_saves_current_step_and_exits_zero(tmp_path, straight_run, compile_cache):
+def test_sigterm_saves_current_step_and_exits_143(tmp_path, straight_run, compile_cache):
     process = tiny_runs.start(
         tmp_path, "--step_sleep", "0.5", "--checkpoint_every", "100", cache_dir=compile_cache
     )
     tiny_runs.wait_for_progress(tmp_path, 0, 2)
     process.send_signal(tiny_runs.SIGTERM)
     code, output = tiny_runs.finish(process)
-    assert code == 0, output[-3000:]
+    assert code == 143, output[-3000:]
     stopped = tiny_runs.progress(tmp_path)
     assert 2 <= stopped < 6
     assert tiny_runs.complete_steps(tmp_path) == [stopped]

@@ -10,7 +10,7 @@ import tiny_runs
 def test_two_processes_match_one_across_an_agreed_sigterm_save(
     tmp_path, straight_run, compile_cache
 ):
-    """SIGTERM to process 1 only: both save the same step and exit 0; the pair resumed from it
+    """SIGTERM to process 1 only: both save the same step and exit 143; the pair resumed from it
     ends equal to one uninterrupted process (6 steps, same global batch)."""
     started = time.monotonic()
     processes = tiny_runs.start_pair(
@@ -20,7 +20,7 @@ def test_two_processes_match_one_across_an_agreed_sigterm_save(
     processes[1].send_signal(tiny_runs.SIGTERM)
     for process in processes:
         code, output = tiny_runs.finish(process, timeout=120)
-        assert code == 0, output[-3000:]
+        assert code == 143, output[-3000:]
     stopped = tiny_runs.progress(tmp_path, 0)
     assert tiny_runs.progress(tmp_path, 1) == stopped
     assert 2 <= stopped < 6

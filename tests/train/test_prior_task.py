@@ -240,3 +240,33 @@ def test_learning_gate_rejects_bad_settings_before_training(tmp_path, flag, mess
     assert run.returncode == 2
     assert re.search(message, run.stderr), run.stderr
     assert not workdir.exists()
+
+
+def test_nonfinite_embeddings_do_not_poison_the_normaliser(tmp_path, caplog):
+    """One NaN image embedding: statistics over the finite rows, the bad row counted and named by
+    shard and row; all rows bad: refused before anything is saved; a poisoned saved normaliser
+    (older versions) is refused by name."""
+    fields = write_shards(tmp_path / "train")  # shards of 20 rows: row 23 is shard 1, row 3
+    image = np.load(tmp_path / "train" / "shard-p00000-00001" / "image_embedding.npy")
+    image[3, 5] = np.nan
+    np.save(tmp_path / "train" / "shard-p00000-00001" / "image_embedding.npy", image)
+    workdir = tmp_path / "work"
+    with caplog.at_level("WARNING"):
+        normalizer = prior_task.workdir_normalizer("mean_std", tmp_path / "train", workdir)
+    assert "1 of 48" in caplog.text and "shard-p00000-00001 row 3" in caplog.text
+    good = np.delete(np.asarray(fields["image_embedding"], np.float64), 23, axis=0)
+    np.testing.assert_allclose(normalizer.mean, good.mean(0), atol=1e-4)
+    saved = prior_task.load_normalizer(workdir / prior_task.NORMALIZER_FILE)
+    assert np.isfinite(saved.mean).all() and np.isfinite(saved.std).all()
+
+    nan_dir = tmp_path / "all_nan"
+    write_shards(nan_dir, count=4)
+    np.save(nan_dir / "shard-p00000-00000" / "image_embedding.npy", np.full((4, D), np.nan))
+    with pytest.raises(ValueError, match=r"4 of 4 .* shard-p00000-00000 row 0"):
+        prior_task.workdir_normalizer("mean_std", nan_dir, tmp_path / "work2")
+    assert not (tmp_path / "work2" / prior_task.NORMALIZER_FILE).exists()
+
+    poisoned = tmp_path / "poisoned.json"
+    poisoned.write_text('{"kind": "mean_std", "mean": [NaN, 0.0], "std": [1.0, 1.0]}')
+    with pytest.raises(ValueError, match=r"poisoned\.json holds non-finite statistics"):
+        prior_task.load_normalizer(poisoned)

@@ -6,6 +6,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from unclip_jax import sharding
@@ -140,3 +141,36 @@ def test_step_config_rejects_bad_values():
     mesh = sharding.make_mesh({"data": 4, "fsdp": 2})
     with pytest.raises(ValueError, match="global batch size 12 must be a multiple"):
         step_lib.check_batch_size(12, mesh, 1)
+
+
+def test_nonfinite_update_is_skipped_and_leaves_the_state():
+    """A NaN learning rate makes finite gradients give NaN parameters and moments: the step must
+    skip it (state untouched, counted), not only look at the loss and gradients."""
+    mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+    task = tiny_task.TinyTask(0.0)
+    spec = {"x": jax.ShapeDtypeStruct((1, tiny_task.DIM), jnp.float32)}
+    init_fn = lambda key: task.init(key, spec)
+    tx = optax.adam(float("nan"))
+    state, _ = state_lib.create_train_state(
+        init_fn, tx, jax.random.key(0), mesh, sharding.DEFAULT_RULES
+    )
+    batch = {k: jnp.asarray(v) for k, v in tiny_task.TinyIterator(4).global_batch_at(0).items()}
+    new, metrics = step_lib.train_step(
+        state, batch, jax.random.key(1), task=task, tx=tx,
+        schedule=lambda _: jnp.nan, config=DEFAULT_STEP,
+    )  # fmt: skip
+    assert int(metrics["skipped"]) == 1 and int(new.nonfinite_streak) == 1
+    for old_leaf, new_leaf in zip(
+        jax.tree.leaves((state.params, state.opt_state)),
+        jax.tree.leaves((new.params, new.opt_state)),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(np.asarray(new_leaf), np.asarray(old_leaf))
+
+
+def test_all_finite_sees_every_float_leaf():
+    finite = {"a": jnp.ones((3, 2)), "b": jnp.arange(4), "c": jnp.zeros((), jnp.bfloat16)}
+    assert bool(step_lib.all_finite(finite, jnp.float32(1.0)))
+    for bad in (jnp.nan, jnp.inf, -jnp.inf):
+        assert not bool(step_lib.all_finite(finite, {"d": jnp.ones(5).at[3].set(bad)}))
+    assert bool(step_lib.all_finite({"big": jnp.full((1000,), 3e38, jnp.float32)}))

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from unclip_jax.data.embedding_shards import SHARD_GLOB
+
 
 def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
@@ -25,7 +27,6 @@ def _captions(example: dict) -> list[str]:
     return [_text(example.get("caption", ""))]
 
 
-SHARD_GLOB = "shard-*"  # as data.embedding_shards reads them
 SHARD_PATTERN = re.compile(r"shard-e(\d{10})-(\d{10})-00000")
 
 

@@ -129,6 +129,7 @@ class EmbeddingShards(Sequence):
                 f != "caption" and shapes[f] != trailing[f] for f in self._fields
             ):
                 raise ValueError(f"shard {shard.name} is inconsistent: {shapes}, lengths {lengths}")
+        self._names = [shard.name for shard in shards]
         first = self._fields[0]
         self._starts = np.cumsum([0] + [len(a[first]) for a in self._shards])
 
@@ -139,11 +140,19 @@ class EmbeddingShards(Sequence):
     def __len__(self) -> int:
         return int(self._starts[-1])
 
-    def __getitem__(self, index: int) -> dict:
+    def _locate(self, index: int) -> tuple[int, int]:
         if not 0 <= index < len(self):
             raise IndexError(f"index must be in [0, {len(self)}), got {index}")
         shard = bisect.bisect_right(self._starts, index) - 1
-        row = index - int(self._starts[shard])
+        return shard, index - int(self._starts[shard])
+
+    def location(self, index: int) -> tuple[str, int]:
+        """(shard directory name, row in it) of example `index`, for messages about bad rows."""
+        shard, row = self._locate(index)
+        return self._names[shard], row
+
+    def __getitem__(self, index: int) -> dict:
+        shard, row = self._locate(index)
         return {f: np.array(a[row]) for f, a in self._shards[shard].items()}
 
 

@@ -148,6 +148,7 @@ class DataIterator(Iterator[dict[str, np.ndarray]]):
         prefetch: int = 2,
         num_threads: int = 4,
     ):
+        self._producer: _Producer | None = None  # first: __del__ runs after a refused argument
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         if num_epochs is not None and num_epochs <= 0:
@@ -166,7 +167,6 @@ class DataIterator(Iterator[dict[str, np.ndarray]]):
         )
         self._prefetch = max(prefetch, 1)
         self._state = {"epoch": 0, "position": 0, "seed": seed}
-        self._producer: _Producer | None = None
 
     @property
     def indices(self) -> range:

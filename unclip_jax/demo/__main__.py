@@ -2,6 +2,7 @@
 
 from absl import app
 
-from unclip_jax.demo.run import main
+from unclip_jax.demo.run import define_flags, main
 
+define_flags()
 app.run(main)

@@ -10,6 +10,9 @@ its last checkpoint. Then the stages are assembled into `<workdir>/pipeline` (`U
 and the figures are written: `<out>/samples.png` (one row per prompt of `config.grid_prompts`) and
 `<out>/metrics.json` (oracle accuracy, binding, CLIP score, diversity, variations,
 interpolations, text diffs, stage times and the machine's load).
+
+Exit codes as `unclip train`'s: 0 done, 1 error (one line), 143 preempted (a SIGTERM stopped a
+stage after saving its step: re-queue the same command to resume).
 """
 
 import json
@@ -25,13 +28,19 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", "configs/demo.py", "The demo configuration.")
-flags.DEFINE_string("workdir", "workdirs/demo", "Directory for data, stage workdirs, pipeline.")
-flags.DEFINE_string("demo_out", "demo", "Directory for samples.png and metrics.json.")
-flags.DEFINE_list("force", [], "Stages to re-run even when finished ('all' for every stage).")
-flags.DEFINE_list(
-    "stages", [], "Run only these stages (e.g. in a second process); sampling waits for all."
-)
+
+
+def define_flags() -> None:
+    """The demo's flags, defined by `__main__` only: importing this module (tests) leaves the
+    process-wide registry to `unclip train`, which defines `--config` and `--workdir` too."""
+    config_flags.DEFINE_config_file("config", "configs/demo.py", "The demo configuration.")
+    flags.DEFINE_string("workdir", "workdirs/demo", "Directory for data, stage workdirs, pipeline.")
+    flags.DEFINE_string("demo_out", "demo", "Directory for samples.png and metrics.json.")
+    flags.DEFINE_list("force", [], "Stages to re-run even when finished ('all' for every stage).")
+    flags.DEFINE_list(
+        "stages", [], "Run only these stages (e.g. in a second process); sampling waits for all."
+    )
+
 
 DONE = "DONE"
 STAGES = ("data", "clip", "score_clip", "embeddings", "prior", "decoder", "upsampler")
@@ -167,6 +176,20 @@ def export(config: ml_collections.ConfigDict, workdir: Path) -> Path:
     )
 
 
+def _train_or_exit(config: ml_collections.ConfigDict, workdir: Path) -> dict:
+    """`train_all`; a preemption exits with 143, a bad input or fault with one line and 1."""
+    from unclip_jax.train.checkpoints import PREEMPTED_EXIT_CODE, Preempted
+
+    try:
+        return train_all(config, workdir, set(FLAGS.force), set(FLAGS.stages))
+    except Preempted as preempted:
+        print(f"demo: {preempted}", file=sys.stderr)
+        sys.exit(PREEMPTED_EXIT_CODE)
+    except (OSError, ValueError, FloatingPointError) as error:
+        print(f"demo: error: {error}", file=sys.stderr)
+        sys.exit(1)
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -181,7 +204,7 @@ def main(argv: list[str]) -> None:
         raise ValueError(f"unknown stages {sorted(unknown)} in --force/--stages; stages: {STAGES}")
     enable_compilation_cache(str(workdir / "xla_cache"))
     start = time.time()
-    records = train_all(config, workdir, set(FLAGS.force), set(FLAGS.stages))
+    records = _train_or_exit(config, workdir)
     missing = [name for name in STAGES if name not in records]
     if missing:
         print(f"stages not finished yet: {', '.join(missing)}; sampling runs once all are")
@@ -198,4 +221,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -3,7 +3,8 @@ checkpoint: what the trainers write and the pipelines read, below both.
 
 A training checkpoint is `<workdir>/checkpoints/<step>/{state, ema, data}` (`train.checkpoints`);
 a save interrupted by a kill stays a `<step>.orbax-checkpoint-tmp-*` directory, which
-`resolve_step_dir` refuses by name.
+`resolve_step_dir` refuses by name. A file that cannot be read (corrupt, truncated) is one
+`ValueError` naming its directory (`unreadable`), not orbax's traceback.
 """
 
 from pathlib import Path
@@ -15,6 +16,16 @@ import orbax.checkpoint as ocp
 
 STATE, EMA, DATA = "state", "ema", "data"
 TMP_MARKER = ".orbax-checkpoint-tmp"
+
+
+def unreadable(directory: str | Path, error: BaseException) -> ValueError:
+    """The one-line error of a checkpoint or parameter directory that cannot be read."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    cause = f"{type(error).__name__}: {lines[0][:200]}" if lines else type(error).__name__
+    return ValueError(
+        f"cannot read the checkpoint at {Path(directory).absolute()} (corrupt or truncated?): "
+        f"{cause}"
+    )
 
 
 def write_params(directory: Path, params: Any) -> None:
@@ -30,16 +41,23 @@ def read_params(directory: str | Path, shardings: Any | None = None) -> Any:
     default: numpy arrays on the host.
     """
     path = Path(directory).absolute()
-    with ocp.StandardCheckpointer() as checkpointer:
-        metadata = checkpointer.metadata(path).item_metadata
-        on_host = shardings is None
-        if on_host:
-            device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-            shardings = jax.tree.map(lambda _: device, metadata)
-        target = jax.tree.map(
-            lambda m, s: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=s), metadata, shardings
-        )
-        params = checkpointer.restore(path, target)
+    if not path.is_dir():
+        raise FileNotFoundError(f"no parameter directory at {path}")
+    on_host = shardings is None
+    try:
+        with ocp.StandardCheckpointer() as checkpointer:
+            metadata = checkpointer.metadata(path).item_metadata
+            if on_host:
+                device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+                shardings = jax.tree.map(lambda _: device, metadata)
+            target = jax.tree.map(
+                lambda m, s: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=s),
+                metadata,
+                shardings,
+            )
+            params = checkpointer.restore(path, target)
+    except Exception as error:
+        raise unreadable(path, error) from error
     return jax.device_get(params) if on_host else params
 
 

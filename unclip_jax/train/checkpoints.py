@@ -7,20 +7,45 @@ state and non-finite counters; `ema` the EMA parameters (what samplers load); `d
 states of every process's data iterator. A save interrupted by a kill stays a
 `<step>.orbax-checkpoint-tmp-*` directory: resume ignores it,
 `storage.checkpoints.restore_ema_params` refuses it.
+
+Faults end the run with one line: a save that fails (a full disk) raises an `OSError` naming the
+checkpoint directory and the step, and the step before stays the latest complete one; a
+checkpoint that cannot be read (corrupt, truncated) raises a `ValueError` naming its directory.
+After a preemption notice the loop saves and raises `Preempted`, which entry points turn into
+exit code 143 (128 + SIGTERM) so that a scheduler can tell it from a finished run.
 """
 
+import errno
 import json
+import logging as std_logging
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 from jax.experimental import multihost_utils
 
-from unclip_jax.storage.checkpoints import DATA, EMA, STATE
+from unclip_jax.storage.checkpoints import DATA, EMA, STATE, unreadable
+from unclip_jax.train.run_log import os_error
 from unclip_jax.train.state import TrainState
+
+PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: saved, re-queue the job
+
+
+class Preempted(Exception):
+    """Training stopped at a preemption notice after saving `step` in `directory`."""
+
+    def __init__(self, step: int, directory: Path):
+        super().__init__(
+            f"preempted (SIGTERM): saved step {step} in {directory}; run the same command again "
+            "to resume"
+        )
+        self.step = step
+        self.directory = directory
 
 
 def _state_fields(state: TrainState) -> dict:
@@ -49,6 +74,19 @@ def _gather_json(value: dict) -> list[dict]:
     ]
 
 
+class _OrbaxTracebacks(std_logging.Filter):
+    """Cuts the traceback from orbax's log of a failed background save: `Checkpoints` raises
+    that error itself and the entry point reports it in one line."""
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        if record.exc_info and "orbax" in record.pathname:
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+_ORBAX_FILTER = _OrbaxTracebacks()
+
+
 class Checkpoints:
     """Saves and restores train states under `directory` (one subdirectory per step)."""
 
@@ -60,9 +98,26 @@ class Checkpoints:
             enable_async_checkpointing=async_save,
             cleanup_tmp_directories=True,
         )
+        self.failed = False  # a save failed (its error was raised)
+        std_logging.getLogger("absl").addFilter(_ORBAX_FILTER)  # once: filters are a set
         self.manager = ocp.CheckpointManager(
             self.directory, options=options, item_names=(STATE, EMA, DATA)
         )
+
+    def _writing(self, doing: str, write: Callable[[], object]) -> object:
+        """write() with its failure restated as one OSError naming the directory (orbax raises
+        a background save's error at the next save or wait)."""
+        try:
+            return write()
+        except OSError as error:
+            self.failed = True
+            raise os_error(error, self.directory, doing) from error
+        except Exception as error:
+            if "no space left" not in str(error).lower():
+                raise
+            self.failed = True
+            full = OSError(errno.ENOSPC, "No space left on device")
+            raise os_error(full, self.directory, doing) from error
 
     def latest_step(self) -> int | None:
         """The newest complete step (interrupted saves are never listed), or None."""
@@ -82,21 +137,25 @@ class Checkpoints:
                 DATA: ocp.args.JsonSave({"processes": _gather_json(data_state)}),
             }
         )
-        return self.manager.save(step, args=args, force=force)
+        return self._writing(
+            f"saving checkpoint step {step}",
+            lambda: self.manager.save(step, args=args, force=force),
+        )
 
     def restore(self, step: int, target: TrainState) -> tuple[TrainState, dict]:
         """(state, this process's data iterator state) at `step`, laid out as `target` says
         (ShapeDtypeStructs with shardings: any mesh, any number of devices)."""
-        restored = self.manager.restore(
-            step,
-            args=ocp.args.Composite(
-                **{
-                    STATE: ocp.args.StandardRestore(_state_fields(target)),
-                    EMA: ocp.args.StandardRestore(target.ema_params),
-                    DATA: ocp.args.JsonRestore(),
-                }
-            ),
+        args = ocp.args.Composite(
+            **{
+                STATE: ocp.args.StandardRestore(_state_fields(target)),
+                EMA: ocp.args.StandardRestore(target.ema_params),
+                DATA: ocp.args.JsonRestore(),
+            }
         )
+        try:
+            restored = self.manager.restore(step, args=args)
+        except Exception as error:
+            raise unreadable(self.directory / str(step), error) from error
         fields = restored[STATE]
         state = TrainState(ema_params=restored[EMA], **fields)
         processes = restored[DATA]["processes"]
@@ -109,10 +168,17 @@ class Checkpoints:
 
     def wait(self) -> None:
         """Blocks until pending async saves are committed."""
-        self.manager.wait_until_finished()
+        self._writing("committing the last checkpoint", self.manager.wait_until_finished)
 
     def close(self) -> None:
-        self.manager.close()
+        """Waits for pending saves and closes; after a failed save (already raised) it only logs,
+        so that the first error is the one reported."""
+        try:
+            self._writing("closing the checkpoints", self.manager.close)
+        except Exception as error:
+            if not self.failed:
+                raise
+            logging.warning("closing %s after a failed save: %s", self.directory, error)
 
 
 class PreemptionWatcher:

@@ -4,10 +4,13 @@ It builds the mesh and the training setup (`setup.py`: optimiser, state created 
 step), or resumes the state, data iterator included, from the latest complete checkpoint in
 `<workdir>/checkpoints`, then runs the train step; it logs loss,
 gradient norm, learning rate, samples/s and step time to TensorBoard (`<workdir>/tensorboard`)
-and the console, evaluates and draws sample grids (`<workdir>/samples/step_<N>.png`)
-periodically, saves checkpoints, and on SIGTERM saves at the next step boundary and returns.
-`max_nonfinite_steps` skipped steps in a row raise `NonFiniteError`; periodic checkpoints are not
-written while steps are being skipped, so the last good one stays the latest.
+and the console (`run_log.RunLog`: written by the calling thread, its failures raised),
+evaluates and draws sample grids (`<workdir>/samples/step_<N>.png`) periodically, saves
+checkpoints, and on SIGTERM saves at the next step boundary and raises `checkpoints.Preempted`.
+The config and the workdir are checked first (`run_config`). `max_nonfinite_steps` skipped steps
+in a row raise `NonFiniteError`; periodic checkpoints are not written while steps are being
+skipped, so the last good one stays the latest. A failed write (a full disk) raises an OSError
+naming its path at once; the last complete checkpoint stays.
 """
 
 import dataclasses
@@ -19,16 +22,17 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
-from tensorboardX import SummaryWriter
 from tqdm import tqdm
 
 from unclip_jax import sharding
 from unclip_jax.train import checkpoints as checkpoints_lib
 from unclip_jax.train import images as images_lib
 from unclip_jax.train import optimizer as optimizer_lib
+from unclip_jax.train import run_config
 from unclip_jax.train import setup as setup_lib
 from unclip_jax.train import state as state_lib
 from unclip_jax.train import step as step_lib
+from unclip_jax.train.run_log import RunLog
 from unclip_jax.train.task import Batch, DataIterator, Task
 
 Hook = Callable[[int, state_lib.TrainState], None]
@@ -82,30 +86,6 @@ def _example_spec(batch: dict) -> dict[str, jax.ShapeDtypeStruct]:
     }
 
 
-class _Logger:
-    """Scalars to TensorBoard and the console (process 0 only)."""
-
-    def __init__(self, workdir: Path, enabled: bool):
-        self.enabled = enabled
-        self.writer = SummaryWriter(str(workdir / "tensorboard")) if enabled else None
-
-    def scalars(self, step: int, prefix: str, values: dict[str, float]) -> None:
-        if not self.enabled:
-            return
-        for name, value in values.items():
-            self.writer.add_scalar(f"{prefix}/{name}", value, step)
-        text = ", ".join(f"{k}={v:.4g}" for k, v in sorted(values.items()))
-        logging.info("step %d %s: %s", step, prefix, text)
-
-    def image(self, step: int, name: str, grid: np.ndarray) -> None:
-        if self.enabled:
-            self.writer.add_image(name, grid, step, dataformats="HWC")
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-
-
 def _evaluate(
     eval_fn: Callable, params: object, batches: Iterable[Batch], mesh: jax.sharding.Mesh
 ) -> dict[str, float]:
@@ -137,7 +117,8 @@ def train_and_evaluate(
     of host-local eval batches per evaluation; hooks: called as `hook(step, state)` after each
     step (and its checkpoint save), e.g. for custom logging.
     """
-    workdir = Path(workdir).absolute()
+    workdir = run_config.check_workdir(workdir)
+    run_config.check_config(config)
     loop = LoopConfig.from_config(config)
     mesh = sharding.make_mesh(dict(config.mesh))
     rules = sharding.normalize_rules(config.sharding.rules)
@@ -186,7 +167,7 @@ def train_and_evaluate(
         sample_fn=step_lib.ShardedStep(sample_jit, mesh, rules),
         eval_key=eval_key,
         checkpoints=checkpoints,
-        logger=_Logger(workdir, jax.process_index() == 0),
+        logger=RunLog(workdir, jax.process_index() == 0),
     )
     return run.train(state, train_data, pending, train_key, eval_data, hooks)
 
@@ -203,7 +184,7 @@ class _Run:
     sample_fn: Callable[[object, jax.Array, int], jax.Array]
     eval_key: jax.Array
     checkpoints: checkpoints_lib.Checkpoints
-    logger: _Logger
+    logger: RunLog
     last_time: float = 0.0  # when the last train metrics were logged (perf_counter)
     last_step: int = 0  # the step they were logged at
 
@@ -216,8 +197,8 @@ class _Run:
         eval_data: Callable[[], Iterable[Batch]] | None,
         hooks: Sequence[Hook],
     ) -> state_lib.TrainState:
-        """Steps from `state.step` to `loop.total_steps` (or a preemption notice); `pending` is
-        a batch already taken from `train_data` for the first step."""
+        """Steps from `state.step` to `loop.total_steps`; `pending` is a batch already taken from
+        `train_data` for the first step. At a preemption notice: saves, then `Preempted`."""
         loop, mesh, checkpoints = self.loop, self.setup.mesh, self.checkpoints
         watcher = checkpoints_lib.PreemptionWatcher()
         step = int(jax.device_get(state.step))
@@ -248,8 +229,9 @@ class _Run:
                 for hook in hooks:
                     hook(step, state)
                 if preempted:
+                    checkpoints.wait()
                     logging.info("preemption notice: saved step %d, stopping", step)
-                    break
+                    raise checkpoints_lib.Preempted(step, checkpoints.directory)
             if previous is not None:
                 _check_streak(previous, step, loop, checkpoints)
             checkpoints.wait()
@@ -288,8 +270,6 @@ class _Run:
             key = jax.random.fold_in(self.eval_key, step)
             samples = self.sample_fn(eval_params, key, loop.num_samples)
             grid = images_lib.image_grid(np.asarray(jax.device_get(samples)))
-            if self.logger.enabled:
-                images_lib.save_png(grid, self.workdir / "samples" / f"step_{step}.png")
             self.logger.image(step, "samples", grid)
 
 

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import logging
 
 from unclip_jax.data.embedding_shards import EmbeddingShards, embedding_iterator
 from unclip_jax.diffusion import losses
@@ -220,13 +221,17 @@ def build_model(model_config: ml_collections.ConfigDict) -> DiffusionPrior:
 
 
 def fit_normalizer(kind: str, image_embeddings: np.ndarray) -> EmbeddingNormalizer:
-    """The normaliser `kind`; "mean_std" takes the per-dimension mean and std of the data."""
+    """The normaliser `kind`; "mean_std" takes the per-dimension mean and std of the finite rows
+    of `image_embeddings` [N, D] (a row with a NaN or inf would poison every statistic)."""
     image_embeddings = np.asarray(image_embeddings, np.float64)
     dim = image_embeddings.shape[-1]
     if kind != "mean_std":
         return EmbeddingNormalizer.create(kind, dim)
-    std = np.maximum(image_embeddings.std(axis=0), 1e-6)
-    return EmbeddingNormalizer.create(kind, dim, image_embeddings.mean(axis=0), std)
+    finite = image_embeddings[np.isfinite(image_embeddings).all(axis=1)]
+    if not len(finite):
+        raise ValueError(f"no finite image embedding among {len(image_embeddings)} rows")
+    std = np.maximum(finite.std(axis=0), 1e-6)
+    return EmbeddingNormalizer.create(kind, dim, finite.mean(axis=0), std)
 
 
 def save_normalizer(normalizer: EmbeddingNormalizer, path: str | Path) -> None:
@@ -239,8 +244,14 @@ def save_normalizer(normalizer: EmbeddingNormalizer, path: str | Path) -> None:
 
 
 def load_normalizer(path: str | Path) -> EmbeddingNormalizer:
+    """The saved normaliser; ValueError naming `path` when its statistics are not finite."""
     state = json.loads(Path(path).read_text())
-    mean, std = np.asarray(state["mean"]), np.asarray(state["std"])
+    mean, std = np.asarray(state["mean"], float), np.asarray(state["std"], float)
+    if not (np.isfinite(mean).all() and np.isfinite(std).all()):
+        raise ValueError(
+            f"{path} holds non-finite statistics (written from bad embeddings by an older "
+            "version); delete it to fit them again"
+        )
     return EmbeddingNormalizer.create(state["kind"], mean.shape[0], mean, std)
 
 
@@ -258,10 +269,29 @@ def workdir_normalizer(
     shards = EmbeddingShards(train_dir, fields=("image_embedding",))
     rows = np.linspace(0, len(shards) - 1, min(sample, len(shards))).astype(int)
     embeddings = np.stack([shards[int(i)]["image_embedding"] for i in rows])
+    _report_nonfinite(shards, rows, embeddings, train_dir)
     normalizer = fit_normalizer(kind, embeddings)
     workdir.mkdir(parents=True, exist_ok=True)
     save_normalizer(normalizer, path)
     return normalizer
+
+
+def _report_nonfinite(
+    shards: EmbeddingShards, rows: np.ndarray, embeddings: np.ndarray, train_dir: str | Path
+) -> None:
+    """Warns of the rows (of those read) with a non-finite image embedding: their count and the
+    first one's shard and row; ValueError, before anything is saved, when every row is bad."""
+    bad = np.flatnonzero(~np.isfinite(np.asarray(embeddings, np.float64)).all(axis=1))
+    if not len(bad):
+        return
+    shard, row = shards.location(int(rows[bad[0]]))
+    message = (
+        f"{len(bad)} of {len(rows)} image embeddings read from {train_dir} are not finite "
+        f"(first: {shard} row {row})"
+    )
+    if len(bad) == len(rows):
+        raise ValueError(f"{message}: no statistics can be fitted")
+    logging.warning("%s; the normaliser is fitted on the finite rows only", message)
 
 
 def load_null_caption(path: str | Path) -> NullCaption:

@@ -2,8 +2,10 @@
 
 One train step: per-step key = fold_in(key, step); gradients accumulated over micro-batches
 (`lax.scan`); optional bfloat16 compute with float32 master weights (parameters cast inside the
-differentiated function, so gradients and updates stay float32); a step whose loss or gradients
-are not finite leaves params, EMA and optimiser state untouched and counts itself instead.
+differentiated function, so gradients and updates stay float32); a step whose loss, gradients,
+new parameters or new optimiser state are not finite (a NaN learning rate, an overflowing moment)
+leaves params, EMA and optimiser state untouched and counts itself instead, so that no state a
+checkpoint could be written from is ever non-finite.
 """
 
 import dataclasses
@@ -74,9 +76,17 @@ def _micro_batches(batch: Batch, n: int) -> Batch:
     return jax.tree.map(split, batch)
 
 
-def _all_finite(*trees: object) -> jax.Array:
-    leaves = [x for t in trees for x in jax.tree.leaves(t)]
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+def all_finite(*trees: object) -> jax.Array:
+    """True when every float in `trees` is finite. One fused reduction per leaf of x·0 (0 when
+    finite, NaN for NaN or ±inf: exact, cannot overflow) and one isfinite of their sum: cheaper to
+    compile and run than an all() per leaf."""
+    sums = [
+        jnp.sum(x * jnp.zeros((), x.dtype), dtype=jnp.float32)
+        for t in trees
+        for x in jax.tree.leaves(t)
+        if jnp.issubdtype(x.dtype, jnp.inexact)
+    ]
+    return jnp.isfinite(jnp.sum(jnp.stack(sums))) if sums else jnp.asarray(True)
 
 
 def train_step(
@@ -122,9 +132,9 @@ def train_step(
         loss, metrics, grads = jax.tree.map(lambda x: x / n, (loss, metrics, grads))
 
     grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
-    finite = _all_finite(loss, grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    finite = all_finite(loss, grads, params, opt_state)
     applied = state.step - state.nonfinite_total  # updates applied so far
     ema = update_ema(
         state.ema_params, params, ema_decay(applied, config.ema_decay, config.ema_warmup)
