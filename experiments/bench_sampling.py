@@ -26,7 +26,7 @@ from experiments import bench_common as common
 from unclip_jax.convert.diffusers_prior import convert_prior_state_dict, prior_from_diffusers_config
 from unclip_jax.diffusion.schedules import make_schedule
 from unclip_jax.sampling.decoder import DecoderChain, UpsamplerChain
-from unclip_jax.sampling.prior import make_prior_sampler
+from unclip_jax.sampling.prior import EncodedCaption, make_prior_sampler
 from unclip_jax.sampling.settings import DiffusionSettings
 
 MAX_STEPS = 64  # step counts up to this share each stage's compiled program
@@ -95,9 +95,7 @@ class OurCascade:
         image_embed, _ = self.prior(
             prior_params,
             prior_key,
-            text["embed"],
-            text["states"],
-            text["mask"],
+            EncodedCaption(text["embed"], text["states"], text["mask"]),
             schedule,
             guidance["prior"],
             self.normalizer,

@@ -67,7 +67,11 @@ from unclip_jax.data.embedding_shards import EmbeddingShards
 from unclip_jax.data.sources import open_source
 from unclip_jax.diffusion.schedules import make_schedule
 from unclip_jax.sampling.ar_prior import make_ar_prior_sampler
-from unclip_jax.sampling.prior import make_prior_sampler, rerank_by_dot_product
+from unclip_jax.sampling.prior import (
+    EncodedCaption,
+    make_prior_sampler,
+    rerank_by_dot_product,
+)
 from unclip_jax.train import ar_prior_task, prior_task, trainers
 
 RESULTS = Path(__file__).parent / "results" / "prior_learning" / "prior_learning.json"
@@ -307,9 +311,7 @@ class Samplers:
             z_i, _ = self.d_sampler(
                 self.d_params,
                 key,
-                z_t,
-                states,
-                mask,
+                EncodedCaption(z_t, states, mask),
                 self.schedule,
                 self.d_guidance,
                 self.normalizer,
@@ -329,7 +331,7 @@ class Samplers:
             z_i, _ = self.a_sampler(
                 self.a_params,
                 key,
-                *rows,
+                EncodedCaption(*rows),
                 dots,
                 self.quantizers.pca,
                 self.a_guidance,

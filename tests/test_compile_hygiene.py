@@ -20,7 +20,7 @@ from unclip_jax.diffusion.schedules import make_schedule
 from unclip_jax.models.prior import DiffusionPrior, EmbeddingNormalizer
 from unclip_jax.models.unet import decoder_from_config, upsampler_from_config
 from unclip_jax.sampling.decoder import DecoderChain, UpsamplerChain
-from unclip_jax.sampling.prior import make_prior_sampler
+from unclip_jax.sampling.prior import EncodedCaption, make_prior_sampler
 from unclip_jax.sampling.settings import DiffusionSettings
 
 B, DIM, LENGTH, SIZE, HIGH, MAX_STEPS = 2, 16, 6, 8, 16, 8
@@ -96,9 +96,7 @@ def cascade():
         image_embed, _ = samplers["prior"](
             prior_params,
             keys[0],
-            caption["embed"],
-            caption["states"],
-            caption["mask"],
+            EncodedCaption(caption["embed"], caption["states"], caption["mask"]),
             schedule,
             prior_scale,
             normalizer,

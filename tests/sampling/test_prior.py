@@ -43,7 +43,7 @@ def test_sampler_cached_equals_uncached_reranks_and_compiles_once(params):
     schedule = make_schedule("cosine", 1000, 6, max_steps=MAX_STEPS)
     cached = make_prior_sampler(MODEL, num_candidates=3)
     uncached = make_prior_sampler(MODEL, num_candidates=3, use_cache=False)
-    args = (params, jax.random.PRNGKey(1), *_caption(1), schedule, 3.0, normalizer)
+    args = (params, jax.random.PRNGKey(1), _caption(1), schedule, 3.0, normalizer)
     best, aux = cached(*args)
     best_uncached, aux_uncached = uncached(*args)
     np.testing.assert_allclose(aux["candidates"], aux_uncached["candidates"], atol=1e-5)
@@ -65,7 +65,7 @@ def test_sampler_cached_equals_uncached_reranks_and_compiles_once(params):
 
     # New captions, keys, scales and step counts reuse the one program.
     shorter = make_schedule("cosine", 1000, 4, max_steps=MAX_STEPS)
-    cached(params, jax.random.PRNGKey(2), *_caption(2), shorter, 1.5, normalizer)
+    cached(params, jax.random.PRNGKey(2), _caption(2), shorter, 1.5, normalizer)
     assert cached.compiled._cache_size() == 1
 
 
@@ -74,10 +74,10 @@ def test_sampler_rejects_bad_arguments(params):
     schedule = make_schedule("cosine", 1000, 4)
     sampler = make_prior_sampler(MODEL)
     with pytest.raises(ValueError, match="guidance_scale must be a finite number >= 0"):
-        sampler(params, jax.random.PRNGKey(0), *_caption(0), schedule, -1.0, normalizer)
+        sampler(params, jax.random.PRNGKey(0), _caption(0), schedule, -1.0, normalizer)
     null = (jnp.zeros(D), jnp.zeros((L, D)), jnp.ones(L, bool))
     with pytest.raises(ValueError, match=r"null .* exactly when"):
-        sampler(params, jax.random.PRNGKey(0), *_caption(0), schedule, 1.0, normalizer, null)
+        sampler(params, jax.random.PRNGKey(0), _caption(0), schedule, 1.0, normalizer, null)
     with pytest.raises(ValueError, match="num_candidates must be >= 1"):
         make_prior_sampler(MODEL, num_candidates=0)
     with pytest.raises(ValueError, match=r"var_type must be .* got 'learned_range'"):

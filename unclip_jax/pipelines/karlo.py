@@ -24,7 +24,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from unclip_jax.convert.karlo_checkpoint import KarloCheckpoint, load_karlo
-from unclip_jax.pipelines.protocol import EncodedCaption
 from unclip_jax.pipelines.stages import cache_size
 from unclip_jax.sampling.karlo import (
     KarloDecoderChain,
@@ -33,6 +32,7 @@ from unclip_jax.sampling.karlo import (
     karlo_chains,
     karlo_schedule,
 )
+from unclip_jax.sampling.prior import EncodedCaption
 from unclip_jax.text import tokenizer as tokenizer_lib
 
 Array = jax.Array

@@ -7,20 +7,14 @@ and `UnCLIP` refuses the operations that need them before any compute. Every arr
 has a leading batch axis B; each method runs one compiled program per batch shape.
 """
 
-from typing import Any, NamedTuple, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import jax
 import numpy as np
 
+from unclip_jax.sampling.prior import EncodedCaption
+
 Array = jax.Array
-
-
-class EncodedCaption(NamedTuple):
-    """A batch of captions as the prior reads them."""
-
-    text_embed: Array  # z_t [B, P]
-    token_states: Array  # [B, L, Dt]
-    mask: Array  # [B, L] bool
 
 
 class StepCounts(Protocol):

@@ -30,9 +30,8 @@ from unclip_jax.models.frozen_clip import FrozenCLIP
 from unclip_jax.models.prior import DiffusionPrior, EmbeddingNormalizer
 from unclip_jax.models.unet import decoder_from_config, upsampler_from_config
 from unclip_jax.pipelines import store
-from unclip_jax.pipelines.protocol import EncodedCaption
 from unclip_jax.sampling.decoder import DecoderChain, UpsamplerChain
-from unclip_jax.sampling.prior import make_prior_sampler
+from unclip_jax.sampling.prior import EncodedCaption, make_prior_sampler
 from unclip_jax.sampling.settings import DiffusionSettings
 from unclip_jax.text import tokenizer as tokenizer_lib
 
@@ -151,7 +150,7 @@ class PriorStage:
         z_i, _ = self._samplers[candidates](
             self.params,
             key,
-            *caption,
+            caption,
             self.diffusion.schedule_for(int(steps)),
             per_row,
             self.normalizer,

@@ -42,7 +42,7 @@ from unclip_jax.pipelines.image_operations import ImageOperations
 from unclip_jax.pipelines.images import (
     to_uint8,
 )
-from unclip_jax.pipelines.protocol import EncodedCaption, ImageEncoder
+from unclip_jax.pipelines.protocol import ImageEncoder
 from unclip_jax.pipelines.stages import (
     DecoderStage,
     PriorStage,
@@ -50,6 +50,7 @@ from unclip_jax.pipelines.stages import (
     UpsamplerStage,
     clip_scores,
 )
+from unclip_jax.sampling.prior import EncodedCaption
 from unclip_jax.sampling.settings import check_guidance_scale
 
 Array = jax.Array

@@ -12,15 +12,15 @@ from unclip_jax.models.pca_quantizer import PCAQuantizer
 from unclip_jax.models.prior import check_null_given
 from unclip_jax.sampling import autoregressive
 from unclip_jax.sampling.checked import CheckedProgram
-from unclip_jax.sampling.prior import captioned_and_null
+from unclip_jax.sampling.prior import EncodedCaption, captioned_and_null
 from unclip_jax.sampling.settings import check_guidance_scale
 
 Array = jax.Array
 
 
 def make_ar_prior_sampler(model: ARPrior) -> CheckedProgram:
-    """A compiled `sample(params, key, text_embed, text_tokens, text_mask, dot_bucket, quantizer,
-    guidance_scale, temperature, top_p, null=None) -> (z_i [B, D], codes [B, K])`.
+    """A compiled `sample(params, key, caption, dot_bucket, quantizer, guidance_scale, temperature,
+    top_p, null=None) -> (z_i [B, D], codes [B, K])`; `caption` an `EncodedCaption`.
 
     One program per batch shape: new captions, keys and settings do not recompile. `null` is the
     empty caption's (embedding [Dz], tokens [L, Dt], mask [L]) for "empty_caption" models.
@@ -29,9 +29,7 @@ def make_ar_prior_sampler(model: ARPrior) -> CheckedProgram:
     def sample(
         params,
         key: Array,
-        text_embed: Array,
-        text_tokens: Array,
-        text_mask: Array,
+        caption: EncodedCaption,
         dot_bucket: Array,
         quantizer: PCAQuantizer,
         guidance_scale: float | Array = 1.0,
@@ -39,7 +37,7 @@ def make_ar_prior_sampler(model: ARPrior) -> CheckedProgram:
         top_p: float | Array = 1.0,
         null=None,
     ) -> tuple[Array, Array]:
-        doubled, drop = captioned_and_null(text_embed, text_tokens, text_mask, null)
+        doubled, drop = captioned_and_null(*caption, null)
         variables = {"params": params}
         dots = jnp.concatenate([dot_bucket, dot_bucket], axis=0)
         logits, cache = model.apply(variables, dots, *doubled, drop, method=model.encode_prefix)

@@ -7,12 +7,14 @@ batch per step and guides the predicted clean embedding, as Karlo does. The capt
 and values are computed once per call (`DiffusionPrior.encode_prefix`), not once per step.
 
     sample = make_prior_sampler(model, num_candidates=2)
-    z_i, aux = sample(params, key, text_embed, tokens, mask, schedule, 4.0, normalizer)
+    z_i, aux = sample(params, key, EncodedCaption(z_t, states, mask), schedule, 4.0, normalizer)
 
 `schedule` is a `diffusion.schedules.Schedule` (e.g. `make_schedule("cosine", 1000, 64,
 max_steps=...)`): every step count up to its padded length reuses the one compiled program, and so
 do new captions, keys and guidance scales.
 """
+
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +31,16 @@ from unclip_jax.sampling.checked import CheckedProgram
 from unclip_jax.sampling.settings import check_guidance_scale
 
 Array = jax.Array
+
+
+class EncodedCaption(NamedTuple):
+    """A batch of captions as the priors read them."""
+
+    text_embed: Array  # z_t [B, Dz]
+    token_states: Array  # [B, L, Dt]
+    mask: Array  # [B, L] bool
+
+
 # (null text embedding [Dz], null caption tokens [L, Dt], null mask [L]): the empty caption's
 # encoding, for priors with null_conditioning="empty_caption".
 NullCaption = tuple[Array, Array, Array]
@@ -70,11 +82,12 @@ def make_prior_sampler(
     clip: str = "none",  # or "static", "dynamic" (on the normalised x0)
     use_cache: bool = True,  # False: recompute the caption prefix every step
 ) -> CheckedProgram:
-    """A compiled `sample(params, key, text_embed, text_tokens, text_mask, schedule, guidance_scale,
-    normalizer, null=None) -> (z_i [B, D], {"candidates": [B, N, D], "scores": [B, N]})`.
+    """A compiled `sample(params, key, caption, schedule, guidance_scale, normalizer, null=None)
+    -> (z_i [B, D], {"candidates": [B, N, D], "scores": [B, N]})`.
 
-    text_embed: [B, Dz], text_tokens: [B, L, Dt], text_mask: [B, L] bool; `null` is required
-    when the model's null conditioning is the empty caption, and must be None otherwise.
+    `caption`: an `EncodedCaption` (z_t [B, Dz], token states [B, L, Dt], mask [B, L]); `null`
+    is required when the model's null conditioning is the empty caption, and must be None
+    otherwise.
     """
     if num_candidates < 1:
         raise ValueError(f"num_candidates must be >= 1, got {num_candidates}")
@@ -86,19 +99,17 @@ def make_prior_sampler(
     def sample(
         params,
         key: Array,
-        text_embed: Array,
-        text_tokens: Array,
-        text_mask: Array,
+        caption: EncodedCaption,
         schedule: Schedule,
         guidance_scale: float | Array,
         normalizer: EmbeddingNormalizer,
         null: NullCaption | None = None,
     ) -> tuple[Array, dict[str, Array]]:
+        text_embed = caption[0]
         batch = text_embed.shape[0]
         rows = batch * num_candidates
-        repeat = lambda a: jnp.repeat(a, num_candidates, axis=0)
-        caption = (repeat(text_embed), repeat(text_tokens), repeat(text_mask))
-        doubled, drop = captioned_and_null(*caption, null)
+        repeated = (jnp.repeat(a, num_candidates, axis=0) for a in caption)
+        doubled, drop = captioned_and_null(*repeated, null)
         variables = {"params": params}
 
         if use_cache:

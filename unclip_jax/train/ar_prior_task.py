@@ -24,13 +24,9 @@ import numpy as np
 from flax import struct
 
 from unclip_jax.data.embedding_shards import EmbeddingShards
+from unclip_jax.models import pca_quantizer
 from unclip_jax.models.ar_prior import ARPrior, ar_prior_loss
-from unclip_jax.models.pca_quantizer import (
-    PCAQuantizer,
-    UniformQuantizer,
-    fit_pca_quantizer,
-    fit_uniform_quantizer,
-)
+from unclip_jax.models.pca_quantizer import PCAQuantizer, UniformQuantizer
 from unclip_jax.models.prior import check_null_given, substitute_null
 from unclip_jax.sampling.prior import NullCaption
 from unclip_jax.train import loop, prior_task
@@ -76,9 +72,11 @@ def fit_quantizers(
     check_probability("sample_dot_quantile", sample_dot_quantile)
     image = np.asarray(unit(jnp.asarray(image_embeddings, jnp.float32)))
     text = np.asarray(unit(jnp.asarray(text_embeddings, jnp.float32)))
-    pca = fit_pca_quantizer(image, num_components, variance_fraction, num_buckets, quantile)
+    pca = pca_quantizer.fit_pca_quantizer(
+        image, num_components, variance_fraction, num_buckets, quantile
+    )
     cosines = np.sum(image * text, axis=-1)
-    dot = fit_uniform_quantizer(cosines[:, None], num_dot_buckets)
+    dot = pca_quantizer.fit_uniform_quantizer(cosines[:, None], num_dot_buckets)
     target = np.quantile(cosines, sample_dot_quantile)
     bucket = dot.encode(jnp.asarray([[target]], jnp.float32))[0, 0]
     return ARQuantizers(pca=pca, dot=dot, sample_dot_bucket=jnp.asarray(bucket, jnp.int32))

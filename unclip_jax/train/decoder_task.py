@@ -133,26 +133,28 @@ class DecoderTask(Task):
         x0 = resize_images(batch["image"], self.image_size)  # [B, s, s, 3]
         size = x0.shape[0]
         noise_key, image_key, caption_key, dropout_key = jax.random.split(key, 4)
-        index, noise, x_t = denoising.noised_batch(self.schedule, noise_key, x0)
         caption = self.caption_inputs(batch)
+        image_embed = self.image_embedding(batch)
         drop_image = drop_caption = None
         if train:
             drop_image = jax.random.bernoulli(image_key, self.image_drop_prob, (size,))
             if caption:
                 drop_caption = jax.random.bernoulli(caption_key, self.caption_drop_prob, (size,))
-        output = self.model.apply(
-            {"params": params},
-            x_t,
-            self.schedule.timesteps[index],
-            self.image_embedding(batch),
-            drop_image=drop_image,
-            drop_caption=drop_caption,
-            deterministic=not train,
-            rngs={"dropout": dropout_key} if train else None,
-            **caption,
-        )
+
+        def denoise(x_t: Array, t: Array) -> Array:
+            return self.model.apply(
+                {"params": params},
+                x_t,
+                t,
+                image_embed,
+                drop_image=drop_image,
+                drop_caption=drop_caption,
+                **denoising.dropout(train, dropout_key),
+                **caption,
+            )
+
         return denoising.image_loss(
-            self.schedule, output, x0, x_t, index, noise, self.mean_type, self.var_type
+            self.schedule, noise_key, x0, denoise, self.mean_type, self.var_type
         )
 
     def sample(self, params: Params, key: Array, num: int) -> Array | None:

@@ -1,6 +1,8 @@
 """The denoising objective the diffusion stages (prior, decoder, upsamplers) share: a batch noised
 at random timesteps, and the per-example loss terms reduced to a loss and its metrics."""
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 
@@ -21,24 +23,23 @@ def noised_batch(schedule: Schedule, key: Array, x0: Array) -> tuple[Array, Arra
 
 def image_loss(
     schedule: Schedule,
-    output: Array,  # [B, H, W, 3] (or 6 with a learned variance)
-    x0: Array,
-    x_t: Array,
-    index: Array,
-    noise: Array,
+    key: Array,
+    x0: Array,  # [B, H, W, 3]
+    denoise: Callable[[Array, Array], Array],
     mean_type: str,
     var_type: str,
 ) -> tuple[Array, Metrics]:
-    """(mean loss, {"mse", and "vlb" with a learned variance}) of an image denoiser's output."""
+    """(mean loss, {"mse", and "vlb" with a learned variance}) of an image denoiser
+    `denoise(x_t, timesteps [B]) -> [B, H, W, 3 or 6]` on x0 noised at random steps."""
+    index, noise, x_t = noised_batch(schedule, key, x0)
+    output = denoise(x_t, schedule.timesteps[index]).astype(jnp.float32)
     terms = losses.diffusion_loss(
-        schedule,
-        output.astype(jnp.float32),
-        x0,
-        x_t,
-        index,
-        noise,
-        mean_type=mean_type,
-        var_type=var_type,
+        schedule, output, x0, x_t, index, noise, mean_type=mean_type, var_type=var_type
     )
     metrics = {name: jnp.mean(terms[name]) for name in ("mse", "vlb") if name in terms}
     return jnp.mean(terms["loss"]), metrics
+
+
+def dropout(train: bool, key: Array) -> dict:
+    """A module's `apply` keywords: dropout from `key` when training, none at evaluation."""
+    return {"deterministic": not train, "rngs": {"dropout": key} if train else None}

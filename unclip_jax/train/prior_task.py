@@ -36,7 +36,7 @@ from unclip_jax.models.prior import (
     check_null_given,
     substitute_null,
 )
-from unclip_jax.sampling.prior import NullCaption, make_prior_sampler
+from unclip_jax.sampling.prior import EncodedCaption, NullCaption, make_prior_sampler
 from unclip_jax.train import denoising, loop
 from unclip_jax.train.state import TrainState
 from unclip_jax.train.task import Batch, Metrics, Params, Task, check_probability
@@ -193,9 +193,7 @@ class DiffusionPriorTask(Task):
         z_i, _ = self.sampler(
             params,
             jax.random.fold_in(key, 1),
-            batch["text_embedding"],
-            batch["token_states"],
-            batch["text_mask"],
+            EncodedCaption(batch["text_embedding"], batch["token_states"], batch["text_mask"]),
             self.sample_schedule,
             self.guidance_scale,
             self.normalizer,

@@ -135,18 +135,13 @@ class UpsamplerTask(Task):
         low, level = self.conditioning(cond_key, high)
         upsampled = bicubic_resize(low, high.shape[1:3], antialias=True)  # [B, H, H, 3]
         x0, cond = random_crops(crop_key, (high, upsampled), self.crop_size)
-        index, noise, x_t = denoising.noised_batch(self.schedule, noise_key, x0)
-        output = self.model.apply(
-            {"params": params},
-            x_t,
-            cond,
-            self.schedule.timesteps[index],
-            level,
-            deterministic=not train,
-            rngs={"dropout": dropout_key} if train else None,
-        )
+        options = denoising.dropout(train, dropout_key)
+
+        def denoise(x_t: Array, t: Array) -> Array:
+            return self.model.apply({"params": params}, x_t, cond, t, level, **options)
+
         return denoising.image_loss(
-            self.schedule, output, x0, x_t, index, noise, self.mean_type, self.var_type
+            self.schedule, noise_key, x0, denoise, self.mean_type, self.var_type
         )
 
     def sample(self, params: Params, key: Array, num: int) -> Array | None:
