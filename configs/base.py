@@ -8,9 +8,29 @@ field can be overridden on the command line:
 `unclip train --config configs/X.py --workdir DIR --config.optimizer.peak_lr=3e-4`.
 """
 
+import dataclasses
+from typing import Any
+
 import ml_collections
 
 from unclip_jax import sharding
+
+
+@dataclasses.dataclass(frozen=True)
+class Deviation:
+    """One place where a paper config (`configs/*_paper.py`, module-level `DEVIATIONS`) departs
+    from Ramesh et al. 2022 (Table 3 and §2), checked by `tests/test_paper_configs.py`.
+
+    `key` is a dotted path in the config that `get_config()` returns and `ours` its exact value.
+    A choice fixed in code rather than in the config has `key=""` and names that code in `code`:
+    `"module:function(parameter)"` (`ours` is that parameter's default) or `"module:name"`.
+    """
+
+    key: str  # e.g. "model.num_tokens"; "" when the choice is made in code
+    paper: Any  # the paper's value, or a short description of it
+    ours: Any  # the config's value at `key` (or the code's default, see `code`)
+    why: str
+    code: str = ""  # "module:function(parameter)" or "module:name", with key=""
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -37,6 +37,22 @@ import ml_collections
 
 from configs import base, decoder_demo
 
+# Where this config departs from the paper (Table 3, decoder column, and §2.1); the U-Net and
+# caption-transformer sizes, the cosine schedule, 250 DDPM steps with the learned variance and
+# the 10% / 50% condition drops are the paper's.
+DEVIATIONS = [
+    base.Deviation(
+        key="",
+        code="unclip_jax.train.decoder_task:load_conditioning",
+        paper="GLIDE's caption tokens: its own BPE, 256-token context",
+        ours="the tokenizer saved with the CLIP checkpoint (CLIP's BPE, its 77-token context)",
+        why="The caption transformer (256 positions, 50257 embedding rows) reads the ids of the "
+        "tokenizer stored in `clip_dir`, so captions past CLIP's 77 tokens are cut and the "
+        "later positions and rows above CLIP's 49408 are never used; GLIDE's vocabulary is not "
+        "available offline.",
+    ),
+]
+
 
 def _model() -> ml_collections.ConfigDict:
     """GLIDE's 64×64 U-Net and caption transformer, conditioned on the CLIP image embedding."""

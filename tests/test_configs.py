@@ -17,8 +17,9 @@ from unclip_jax.train import trainers
 CONFIG_DIR = Path(__file__).parents[1] / "configs"
 CONFIGS = sorted(CONFIG_DIR.glob("*.py"))
 PAPER = [p for p in CONFIGS if p.stem.endswith("_paper")]
-# Each paper config's trainer (Ramesh et al. 2022: prior, decoder, two upsamplers).
+# Each paper config's trainer (Ramesh et al. 2022: the two priors, decoder, two upsamplers).
 PAPER_TRAINERS = {
+    "ar_prior_paper": "ar_prior",
     "prior_paper": "diffusion_prior",
     "decoder_paper": "decoder",
     "upsampler256_paper": "upsampler",

@@ -59,7 +59,7 @@ def smoke_task(clip_dir):
 
 
 def test_registered_as_decoder_trainer():
-    assert trainers.get_trainer("decoder") is decoder_task.train_and_evaluate
+    assert trainers.get_trainer("decoder").__wrapped__ is decoder_task.train_and_evaluate
 
 
 def test_bf16_smoke_run_through_the_loop(tmp_path, clip_dir):

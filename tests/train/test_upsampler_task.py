@@ -23,7 +23,7 @@ rendered = functools.partial(task_helpers.rendered, "large_64px")  # (split, cou
 
 
 def test_registered_as_upsampler_trainer():
-    assert trainers.get_trainer("upsampler") is upsampler_task.train_and_evaluate
+    assert trainers.get_trainer("upsampler").__wrapped__ is upsampler_task.train_and_evaluate
 
 
 def test_smoke_run_through_the_loop(tmp_path):

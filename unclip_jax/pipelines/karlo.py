@@ -118,7 +118,7 @@ class KarloPriorStage:
     default_candidates = 1  # Karlo keeps its one sample
 
     def __init__(self, checkpoint: KarloCheckpoint, chain: KarloPriorChain, null: NullInputs):
-        self.chain, self.scheduler = chain, chain.scheduler
+        self.chain, self.model, self.scheduler = chain, chain.model, chain.scheduler
         self.params = {"model": checkpoint.params["prior"], "null": null}
         self.diffusion = KarloSampling.of(checkpoint, "prior")
         self.default_guidance = float(checkpoint.sampling["prior"]["guidance_scale"])
@@ -155,7 +155,7 @@ class KarloDecoderStage:
     accepts_fed_noise = True
 
     def __init__(self, checkpoint: KarloCheckpoint, chain: KarloDecoderChain, null: NullInputs):
-        self.chain, self.scheduler = chain, chain.scheduler
+        self.chain, self.model, self.scheduler = chain, chain.model, chain.scheduler
         self.image_size = int(checkpoint.decoder_size)
         self.shape = (self.image_size, self.image_size, 3)
         self.params = {"model": checkpoint.params["decoder"], "null": null}
@@ -207,7 +207,7 @@ class KarloSuperResStage:
     accepts_fed_noise = True
 
     def __init__(self, checkpoint: KarloCheckpoint, chain: KarloSuperResChain):
-        self.chain, self.scheduler = chain, chain.scheduler
+        self.chain, self.model, self.scheduler = chain, chain.model, chain.scheduler
         self.low_res = int(checkpoint.decoder_size)
         self.high_res = int(checkpoint.super_res_size)
         self.shape = (self.high_res, self.high_res, 3)
