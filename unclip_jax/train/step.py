@@ -134,7 +134,9 @@ def train_step(
     grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    finite = all_finite(loss, grads, params, opt_state)
+    # The updates are NaN or inf wherever the new parameters or moments would be (a NaN learning
+    # rate, an overflowing moment): checking them is the parameter-sized check, not the 3× one.
+    finite = all_finite(loss, grads, updates)
     applied = state.step - state.nonfinite_total  # updates applied so far
     ema = update_ema(
         state.ema_params, params, ema_decay(applied, config.ema_decay, config.ema_warmup)
