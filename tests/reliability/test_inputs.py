@@ -5,6 +5,8 @@ or compiled, and every file saved before the call unchanged."""
 
 import subprocess
 import sys
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -41,217 +43,185 @@ def _bomb(p, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # a.png has 256 pixels
 
 
-# id -> (argv of p, exit code, texts the error line names, setup(p, monkeypatch) or None)
+class Case(NamedTuple):
+    argv: Callable  # p -> the command line
+    code: int  # the exit code
+    named: Callable  # p -> the texts the error line names
+    setup: Callable | None = None  # (p, monkeypatch) -> None, before the call
+
+
 CASES = {
-    "generate-prior-guidance-inf": (
+    "generate-prior-guidance-inf": Case(
         lambda p: ["generate", P, "--prior_guidance=inf", _ck(p), _out(p)],
         2,
         lambda p: ["--prior_guidance=inf"],
-        None,
     ),
-    "generate-decoder-guidance-nan": (
+    "generate-decoder-guidance-nan": Case(
         lambda p: ["generate", P, "--decoder_guidance=nan", _ck(p), _out(p)],
         2,
         lambda p: ["--decoder_guidance=nan"],
-        None,
     ),
-    "generate-decoder-guidance-minus-inf": (
+    "generate-decoder-guidance-minus-inf": Case(
         lambda p: ["generate", P, "--decoder_guidance=-inf", _ck(p), _out(p)],
         2,
         lambda p: ["--decoder_guidance=-inf"],
-        None,
     ),
-    "generate-seed-2**63": (
+    "generate-seed-2**63": Case(
         lambda p: ["generate", P, f"--seed={2**63}", _ck(p), _out(p)],
         2,
         lambda p: [f"--seed={2**63}"],
-        None,
     ),
-    "generate-seed-negative": (
-        lambda p: ["generate", P, "--seed=-1", _ck(p), _out(p)],
-        2,
-        lambda p: ["--seed=-1"],
-        None,
+    "generate-seed-negative": Case(
+        lambda p: ["generate", P, "--seed=-1", _ck(p), _out(p)], 2, lambda p: ["--seed=-1"]
     ),
-    "generate-non-utf8-prompt": (
+    "generate-non-utf8-prompt": Case(
         lambda p: ["generate", "\udcffred", f"--checkpoint={p['pipeline']}", _out(p)],
         1,
         lambda p: ["'\\udcffred'", "UTF-8"],
-        None,
     ),
-    "generate-out-is-a-file": (
-        lambda p: ["generate", P, _ck(p), f"--out={p['file']}"],
-        1,
-        lambda p: [str(p["file"])],
-        None,
+    "generate-out-is-a-file": Case(
+        lambda p: ["generate", P, _ck(p), f"--out={p['file']}"], 1, lambda p: [str(p["file"])]
     ),
-    "generate-num-images-0": (
+    "generate-num-images-0": Case(
         lambda p: ["generate", P, "--num_images=0", _ck(p), _out(p)],
         1,
         lambda p: ["--num_images", "0"],
-        None,
     ),
-    "variations-text-file": (
+    "variations-text-file": Case(
         lambda p: ["variations", str(p["file"]), _ck(p), _out(p)],
         1,
         lambda p: [str(p["file"]), "not a readable image"],
-        None,
     ),
-    "variations-float-image": (
+    "variations-float-image": Case(
         lambda p: ["variations", str(_image(p, "F", np.float32, "f.tiff")), _ck(p), _out(p)],
         1,
         lambda p: [str(p["root"] / "f.tiff"), "mode 'F'"],
-        None,
     ),
-    "variations-missing-image": (
+    "variations-missing-image": Case(
         lambda p: ["variations", str(p["root"] / "nope.png"), _ck(p), _out(p)],
         1,
         lambda p: [str(p["root"] / "nope.png")],
-        None,
     ),
-    "variations-count-0": (
+    "variations-count-0": Case(
         lambda p: ["variations", str(p["a"]), "--num_variations=0", _ck(p), _out(p)],
         1,
         lambda p: ["--num_variations", "0"],
-        None,
     ),
-    "variations-decoder-guidance-inf": (
+    "variations-decoder-guidance-inf": Case(
         lambda p: ["variations", str(p["a"]), "--decoder_guidance=inf", _ck(p), _out(p)],
         2,
         lambda p: ["--decoder_guidance=inf"],
-        None,
     ),
-    "variations-decompression-bomb": (
+    "variations-decompression-bomb": Case(
         lambda p: ["variations", str(p["a"]), _ck(p), _out(p)],
         1,
         lambda p: [str(p["a"]), "decompression-bomb"],
-        _bomb,
+        setup=_bomb,
     ),
-    "interpolate-one-frame": (
+    "interpolate-one-frame": Case(
         lambda p: ["interpolate", str(p["a"]), str(p["b"]), "--frames=1", _ck(p), _out(p)],
         1,
         lambda p: ["--frames", "1"],
-        None,
     ),
-    "interpolate-seed-2**64": (
+    "interpolate-seed-2**64": Case(
         lambda p: ["interpolate", str(p["a"]), str(p["b"]), f"--seed={2**64}", _ck(p), _out(p)],
         2,
         lambda p: [f"--seed={2**64}"],
-        None,
     ),
-    "interpolate-int32-image": (
+    "interpolate-int32-image": Case(
         lambda p: ["interpolate", str(p["a"]), str(_image(p, "I", np.int32, "i.tiff")), _ck(p)],
         1,
         lambda p: [str(p["root"] / "i.tiff"), "mode 'I'"],
-        None,
     ),
-    "textdiff-theta-nan": (
+    "textdiff-theta-nan": Case(
         lambda p: ["textdiff", str(p["a"]), "--from=a", "--to=b", "--thetas=0,nan", _ck(p)],
         1,
         lambda p: ["--thetas", "nan"],
-        None,
     ),
-    "textdiff-theta-inf": (
+    "textdiff-theta-inf": Case(
         lambda p: ["textdiff", str(p["a"]), "--from=a", "--to=b", "--thetas=inf", _ck(p)],
         1,
         lambda p: ["--thetas", "inf"],
-        None,
     ),
-    "textdiff-non-utf8-caption": (
+    "textdiff-non-utf8-caption": Case(
         lambda p: ["textdiff", str(p["a"]), "--from=a", "--to=\udcfe", _ck(p), _out(p)],
         1,
         lambda p: ["'\\udcfe'", "UTF-8"],
-        None,
     ),
-    "textdiff-upsampler-steps-0": (
+    "textdiff-upsampler-steps-0": Case(
         lambda p: ["textdiff", str(p["a"]), "--from=a", "--to=b", "--upsampler_steps=0", _ck(p)],
         1,
         lambda p: ["--upsampler_steps", "0"],
-        None,
     ),
-    "eval-captions-invalid-json": (
+    "eval-captions-invalid-json": Case(
         lambda p: ["eval", f"--images={p['images']}"],
         1,
         lambda p: [str(p["images"] / "captions.json"), "not valid JSON"],
-        _captions('{"000_00.png": '),
+        setup=_captions('{"000_00.png": '),
     ),
-    "eval-captions-a-list": (
+    "eval-captions-a-list": Case(
         lambda p: ["eval", f"--images={p['images']}"],
         1,
         lambda p: [str(p["images"] / "captions.json"), "list"],
-        _captions('["000_00.png"]'),
+        setup=_captions('["000_00.png"]'),
     ),
-    "eval-captions-empty": (
+    "eval-captions-empty": Case(
         lambda p: ["eval", f"--images={p['images']}"],
         1,
         lambda p: [str(p["images"] / "captions.json"), "no images"],
-        _captions("{}"),
+        setup=_captions("{}"),
     ),
-    "eval-caption-not-a-string": (
+    "eval-caption-not-a-string": Case(
         lambda p: ["eval", f"--images={p['images']}"],
         1,
         lambda p: [str(p["images"] / "captions.json"), "'000_00.png'", "3"],
-        _captions('{"000_00.png": 3}'),
+        setup=_captions('{"000_00.png": 3}'),
     ),
-    "eval-decoder-guidance-inf": (
+    "eval-decoder-guidance-inf": Case(
         lambda p: ["eval", f"--images={p['images']}", "--decoder_guidance=inf"],
         2,
         lambda p: ["--decoder_guidance=inf"],
-        None,
     ),
-    "embed-shard-size-0": (
-        lambda p: _embed(p, _out(p), "--shard_size=0"),
-        1,
-        lambda p: ["--shard_size", "0"],
-        None,
+    "embed-shard-size-0": Case(
+        lambda p: _embed(p, _out(p), "--shard_size=0"), 1, lambda p: ["--shard_size", "0"]
     ),
-    "embed-batch-size-negative": (
-        lambda p: _embed(p, _out(p), "--batch_size=-1"),
-        1,
-        lambda p: ["--batch_size", "-1"],
-        None,
+    "embed-batch-size-negative": Case(
+        lambda p: _embed(p, _out(p), "--batch_size=-1"), 1, lambda p: ["--batch_size", "-1"]
     ),
-    "embed-clip-config-invalid-json": (
+    "embed-clip-config-invalid-json": Case(
         lambda p: _embed(p, _out(p)),
         1,
         lambda p: [str(p["clip"] / "clip_config.json"), "not valid JSON"],
-        None,
     ),
-    "embed-out-under-a-file": (
+    "embed-out-under-a-file": Case(
         lambda p: _embed(p, f"--out={p['file'] / 'emb'}"),
         1,
         lambda p: [str(p["file"] / "emb"), "not writable"],
-        None,
     ),
-    "convert-clip-out-is-a-file": (
+    "convert-clip-out-is-a-file": Case(
         lambda p: ["convert-clip", f"--hf-dir={p['root'] / 'hf'}", f"--out={p['file']}"],
         1,
         lambda p: [str(p["file"])],
-        None,
     ),
-    "convert-clip-out-under-a-file": (
+    "convert-clip-out-under-a-file": Case(
         lambda p: ["convert-clip", f"--hf-dir={p['root'] / 'hf'}", f"--out={p['file'] / 'c'}"],
         1,
         lambda p: [str(p["file"] / "c"), "not writable"],
-        None,
     ),
-    "convert-karlo-out-is-a-file": (
+    "convert-karlo-out-is-a-file": Case(
         lambda p: ["convert-karlo", f"--diffusers-dir={p['root'] / 'k'}", f"--out={p['file']}"],
         1,
         lambda p: [str(p["file"])],
-        None,
     ),
-    "convert-karlo-out-under-a-file": (
+    "convert-karlo-out-under-a-file": Case(
         lambda p: ["convert-karlo", f"--diffusers-dir={p['root']}", f"--out={p['file'] / 'k'}"],
         1,
         lambda p: [str(p["file"] / "k"), "not writable"],
-        None,
     ),
-    "convert-karlo-out-holds-other-files": (
+    "convert-karlo-out-holds-other-files": Case(
         lambda p: ["convert-karlo", f"--diffusers-dir={p['root']}", f"--out={p['earlier']}"],
         1,
         lambda p: [str(p["earlier"]), "not a Karlo checkpoint"],
-        None,
     ),
 }
 
