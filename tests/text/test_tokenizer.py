@@ -2,11 +2,15 @@
 saving and loading by kind, and agreement with Hugging Face's own CLIP tokenizer."""
 
 import json
+import os
+import subprocess
+import sys
+from collections import Counter
 
 import numpy as np
 import pytest
 
-from unclip_jax.text.bpe import train_bpe
+from unclip_jax.text.bpe import TOKENIZER_FILE, learn_merges, train_bpe
 from unclip_jax.text.tokenizer import CaptionTruncatedWarning, CLIPTokenizer, load_tokenizer
 
 CAPTIONS = [
@@ -131,3 +135,24 @@ def test_non_utf8_text_is_named(clip_tokenizer):
     for tokenizer in (clip_tokenizer, train_bpe(CAPTIONS, 64, 8)):
         with pytest.raises(ValueError, match=r"'caf\\udce9' is not valid UTF-8"):
             tokenizer(["a red circle", "caf\udce9"])
+
+
+def test_bpe_merges_take_the_most_frequent_pair_and_break_ties_by_order():
+    merges = learn_merges(Counter({"abab": 3, "cd": 3, "ce": 1, "e": 5}), 4)
+    # "abab" is a b a b</w>: (a, b), (b, a), (a, b</w>) and (c, d</w>) tie at 3, (c, e</w>) has 1
+    assert merges == [("a", "b"), ("a", "b</w>"), ("ab", "ab</w>"), ("c", "d</w>")]
+
+
+def test_bpe_training_gives_the_same_tokenizer_in_every_process(tmp_path):
+    """Python's string hashing differs between processes; the trained vocabulary must not."""
+    script = (
+        "import sys; from unclip_jax.text.bpe import train_bpe; "
+        f"train_bpe({CAPTIONS!r} * 3, 64, 8).save(sys.argv[1])"
+    )
+    files = []
+    for seed in ("1", "2", "3"):
+        out = tmp_path / seed
+        env = {**os.environ, "PYTHONHASHSEED": seed, "JAX_PLATFORMS": "cpu"}
+        subprocess.run([sys.executable, "-c", script, str(out)], check=True, env=env, timeout=120)
+        files.append((out / TOKENIZER_FILE).read_bytes())
+    assert files[0] == files[1] == files[2]

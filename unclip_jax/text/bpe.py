@@ -1,12 +1,16 @@
-"""A byte-pair encoding trained on the training captions (Hugging Face `tokenizers`), for data
-sets with no CLIP vocabulary such as the synthetic shapes set.
+"""A byte-pair encoding trained on the training captions (merges learned here, deterministically;
+encoded by Hugging Face `tokenizers`), for data sets with no CLIP vocabulary such as the synthetic
+shapes set.
 
 Lower-cased, split on whitespace and punctuation, words end in "</w>" as in CLIP's BPE. Ids 0-3
 are padding, start-of-text, end-of-text and unknown (characters unseen in training); every
 sequence is `[sot, ..., eot]`, so the text tower pools at the first end-of-text (pooling "eos").
 """
 
+import heapq
+import itertools
 import pathlib
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -54,24 +58,80 @@ class BPETokenizer:
         return cls(Backend.from_file(str(file)), context_length)
 
 
+def _words(captions: Iterable[str], backend) -> Counter:
+    """Word counts of the captions, normalised and split as the tokenizer will split them."""
+    counts: Counter = Counter()
+    for caption in captions:
+        text = backend.normalizer.normalize_str(caption)
+        counts.update(word for word, _ in backend.pre_tokenizer.pre_tokenize_str(text))
+    return counts
+
+
+def learn_merges(word_counts: Counter, num_merges: int) -> list[tuple[str, str]]:
+    """Up to `num_merges` BPE merges of the words' symbols (characters, the last one ending in
+    "</w>"), the most frequent pair first; ties go to the lexicographically first pair, so the same
+    captions always give the same merges."""
+    words = [[*w[:-1], w[-1] + _SUFFIX] for w in word_counts]
+    counts = list(word_counts.values())
+    pairs: Counter = Counter()
+    where: dict[tuple[str, str], set[int]] = defaultdict(set)
+    for index, symbols in enumerate(words):
+        for pair in itertools.pairwise(symbols):
+            pairs[pair] += counts[index]
+            where[pair].add(index)
+    heap = [(-count, pair) for pair, count in pairs.items()]
+    heapq.heapify(heap)
+    merges: list[tuple[str, str]] = []
+    while heap and len(merges) < num_merges:
+        count, pair = heapq.heappop(heap)
+        if -count != pairs[pair] or not count:  # stale entry
+            continue
+        merges.append(pair)
+        for index in sorted(where.pop(pair, ())):
+            symbols, merged = words[index], []
+            for left, right in itertools.pairwise(symbols):
+                pairs[(left, right)] -= counts[index]
+            k = 0
+            while k < len(symbols):
+                if k + 1 < len(symbols) and (symbols[k], symbols[k + 1]) == pair:
+                    merged.append(symbols[k] + symbols[k + 1])
+                    k += 2
+                else:
+                    merged.append(symbols[k])
+                    k += 1
+            words[index] = merged
+            for new_pair in itertools.pairwise(merged):
+                pairs[new_pair] += counts[index]
+                where[new_pair].add(index)
+                heapq.heappush(heap, (-pairs[new_pair], new_pair))
+        pairs.pop(pair, None)
+    return merges
+
+
 def train_bpe(
     captions: Iterable[str], vocab_size: int = 256, context_length: int = 32
 ) -> BPETokenizer:
-    """A BPE with at most `vocab_size` tokens (special tokens included) learned from captions."""
+    """A BPE with at most `vocab_size` tokens (special tokens and every symbol of the captions
+    included) learned from captions; the same captions always give the same tokenizer."""
     from tokenizers import Tokenizer as Backend
-    from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
+    from tokenizers import decoders, models, normalizers, pre_tokenizers
 
     if vocab_size < len(SPECIAL_TOKENS) + 1:
         raise ValueError(f"vocab_size must be > {len(SPECIAL_TOKENS)}, got {vocab_size}")
-    backend = Backend(models.BPE(unk_token=UNK, end_of_word_suffix=_SUFFIX))
-    backend.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Lowercase()])
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    backend.decoder = decoders.BPEDecoder(suffix=_SUFFIX)
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=list(SPECIAL_TOKENS),
-        end_of_word_suffix=_SUFFIX,
-        show_progress=False,
+    empty = Backend(models.BPE(unk_token=UNK))
+    empty.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Lowercase()])
+    empty.pre_tokenizer = pre_tokenizers.Whitespace()
+    word_counts = _words(captions, empty)
+    alphabet = sorted({c for w in word_counts for c in w})
+    endings = sorted({w[-1] + _SUFFIX for w in word_counts})
+    symbols = [*SPECIAL_TOKENS, *alphabet, *endings]
+    merges = learn_merges(word_counts, max(vocab_size - len(symbols), 0))
+    vocab = {token: index for index, token in enumerate([*symbols, *(a + b for a, b in merges)])}
+    backend = Backend(
+        models.BPE(vocab=vocab, merges=merges, unk_token=UNK, end_of_word_suffix=_SUFFIX)
     )
-    backend.train_from_iterator(captions, trainer)
+    backend.normalizer = empty.normalizer
+    backend.pre_tokenizer = empty.pre_tokenizer
+    backend.decoder = decoders.BPEDecoder(suffix=_SUFFIX)
+    backend.add_special_tokens(list(SPECIAL_TOKENS))
     return BPETokenizer(backend, context_length)
