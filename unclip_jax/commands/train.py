@@ -71,10 +71,9 @@ def main(argv: list[str]) -> None:
     except Preempted as preempted:
         print(f"unclip train: {preempted}", file=sys.stderr)
         sys.exit(PREEMPTED_EXIT_CODE)
-    except (FileNotFoundError, NotADirectoryError):
-        raise
-    except (OSError, FloatingPointError) as error:
-        # A full disk, a path made unwritable, too many non-finite steps: one line, exit 1.
+    except FloatingPointError as error:
+        # Too many non-finite steps: one line, exit 1 (a full disk or an unwritable path, an
+        # OSError, is named by the dispatcher as `PATH: reason`).
         raise ValueError(str(error)) from None
 
 
