@@ -10,12 +10,18 @@ import sys
 
 from absl import app, flags
 
+from unclip_jax import console
+
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("unclip_jax.commands.train", "train one stage: --config configs/X.py --workdir DIR"),
     "convert-clip": (
         "unclip_jax.commands.convert_clip",
         "Hugging Face CLIP directory -> CLIP checkpoint: --hf-dir DIR --out DIR",
+    ),
+    "convert-dvae": (
+        "unclip_jax.commands.convert_dvae",
+        "OpenAI dall_e dVAE -> checkpoint: --encoder FILE --decoder FILE --out DIR",
     ),
     "convert-karlo": (
         "unclip_jax.commands.convert_karlo",
@@ -118,6 +124,7 @@ def run(argv: list[str] | None = None) -> None:
         sys.exit(0)
 
     def main(sub_argv: list[str]) -> None:
+        console.configure(flags.FLAGS.log_level)
         try:
             module.main(sub_argv)
         except (ValueError, OSError) as error:
