@@ -11,6 +11,7 @@ from PIL import Image
 from tensorboardX.proto import event_pb2
 
 from unclip_jax import sharding
+from unclip_jax.storage import run_record
 from unclip_jax.train import loop
 
 
@@ -98,6 +99,14 @@ def test_loop_logs_evaluates_and_draws_samples(tmp_path):
     grid = np.asarray(Image.open(tmp_path / "samples" / "step_4.png"))
     assert grid.shape == (8, 8, 3) and grid.dtype == np.uint8 and grid.std() > 0
     assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == [1, 2, 3, 4]
+    (record,) = run_record.read_records(tmp_path)
+    assert record["config"]["train"]["total_steps"] == 4
+    assert record["devices"]["count"] == 8 and record["versions"]["jax"]
+
+    longer = tiny_config(total_steps=5)
+    loop.train_and_evaluate(longer, tmp_path, tiny_task.TinyTask(), tiny_task.TinyIterator(16))
+    records = run_record.read_records(tmp_path)  # the resumed run appended its own
+    assert [r["config"]["train"]["total_steps"] for r in records] == [4, 5]
 
 
 def test_nonfinite_steps_in_a_row_stop_the_run(tmp_path):

@@ -1,8 +1,13 @@
 """Reading the JSON files of checkpoints, pipeline directories and converted weights: every error
-is one line naming the file (and, where given, the component it belongs to)."""
+is one line naming the file (and, where given, the component it belongs to); and configs and
+numpy values as plain JSON."""
 
 import json
 import pathlib
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
 
 
 def read_json(path: str | pathlib.Path, component: str | None = None) -> dict:
@@ -18,4 +23,17 @@ def read_json(path: str | pathlib.Path, component: str | None = None) -> dict:
         raise ValueError(f"{prefix}{path} is not valid JSON: {error}") from None
     if not isinstance(value, dict):
         raise ValueError(f"{prefix}{path} must hold a JSON object, not a {type(value).__name__}")
+    return value
+
+
+def jsonable(value: Any) -> Any:
+    """ConfigDict / mapping / tuple / numpy values as plain JSON types (dicts, lists, scalars)."""
+    if hasattr(value, "to_dict"):
+        value = value.to_dict()
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
     return value

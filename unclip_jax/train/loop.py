@@ -25,6 +25,7 @@ from absl import logging
 from tqdm import tqdm
 
 from unclip_jax import sharding
+from unclip_jax.storage import run_record
 from unclip_jax.train import checkpoints as checkpoints_lib
 from unclip_jax.train import images as images_lib
 from unclip_jax.train import optimizer as optimizer_lib
@@ -119,6 +120,8 @@ def train_and_evaluate(
     """
     workdir = run_config.check_workdir(workdir)
     run_config.check_config(config)
+    if jax.process_index() == 0:
+        run_record.append_record(workdir, run_record.run_record(config))
     loop = LoopConfig.from_config(config)
     mesh = sharding.make_mesh(dict(config.mesh))
     rules = sharding.normalize_rules(config.sharding.rules)
