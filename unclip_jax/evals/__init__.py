@@ -1,1 +1,1 @@
-"""Evaluation: the shapes oracle, CLIP score."""
+"""Evaluation: the shapes oracle, CLIP score, diversity, Fréchet distance, bootstrap intervals."""
