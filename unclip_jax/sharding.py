@@ -38,6 +38,7 @@ HEIGHT = "height"
 WIDTH = "width"
 CHANNELS = "channels"  # activation channels
 JOINT_EMBED = "joint_embed"  # the shared image-text embedding space (CLIP projections)
+LAYERS = "layers"  # the stacked layers of a scanned block
 
 # Logical names of the activations that models constrain at block boundaries (`constrain`).
 TOKENS = (BATCH, LENGTH, EMBED)  # transformer states [B, L, D]
@@ -66,6 +67,7 @@ DEFAULT_RULES: Rules = (
     (WIDTH, None),
     (CHANNELS, TENSOR),
     (JOINT_EMBED, None),
+    (LAYERS, None),
 )
 
 

@@ -1,0 +1,295 @@
+"""The transformer of DALL·E (Ramesh et al. 2021): one decoder-only stream over the caption's BPE
+tokens and the dVAE's image codes, with sparse attention among image tokens.
+
+The sequence is L text positions then the image codes in raster order of an n×n grid (N = n²):
+
+    [t_0 … t_{L−1}, c_0 … c_{N−2}]    (S = L + N − 1 positions)
+
+Position p predicts the token at p + 1: text positions predict the next text token, position L − 1
+predicts c_0, position L + j predicts c_{j+1}. Caption positions past its end hold a padding token
+of their own for each of the L positions (id `text_vocab_size + p`), so the text needs no
+attention mask. Text tokens carry a learned position embedding; image codes a row and a column
+embedding.
+
+Attention is causal. Every position attends to every text position at or before it, in every
+layer. Among image positions, a query holding code a attends to the image position holding code
+b ≤ a when the layer's mask allows (r(x), c(x) the row and column of code x in the grid):
+
+- `dense`: always;
+- `row`: a − b < n (the last n codes: the query's row so far and the end of the row above);
+- `column`: (a − b) mod n = 0 (the same column);
+- `conv` (kernel k, odd): r(a) − r(b) ≤ k // 2 and |c(a) − c(b)| ≤ k // 2.
+
+The paper's pattern (its appendix B.1) gives layer i (from 0) the column mask when
+(i − 2) mod 4 = 0, the row mask otherwise, and the last layer the convolutional mask; `pattern=
+"dense"` gives every layer the dense mask (the ablation; "row", "column" and "conv" likewise).
+The layers run under `nn.scan` (one compiled block, the mask picked by layer index) with
+optional rematerialisation.
+
+One `__call__` serves training (all positions at once) and cached decoding: the new tokens'
+keys and values are written into a buffer of all S positions at `start`, and the queries attend
+over the buffer (positions not yet written are excluded by causality).
+
+    model = DalleTransformer(DalleConfig(...))
+    text_logits, image_logits = model.apply(v, text_ids, text_mask, codes)  # teacher forcing
+"""
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from unclip_jax.nn.attention import IN_NAMES, OUT_NAMES
+from unclip_jax.nn.embedding import position_embedding, token_embedding
+from unclip_jax.nn.linear import dense
+from unclip_jax.nn.norm import layer_norm
+from unclip_jax.sharding import EMBED, LAYERS, MLP, PER_HEAD, TOKENS, VOCAB, constrain, remat
+
+Array = jax.Array
+MASKS = ("dense", "row", "column", "conv")
+PATTERNS = ("sparse", *MASKS)  # the paper's layer schedule, or one mask in every layer
+TEXT_LOSS_WEIGHT, IMAGE_LOSS_WEIGHT = 1 / 8, 7 / 8  # the paper's weighting of the two losses
+
+
+@dataclasses.dataclass(frozen=True)
+class DalleConfig:
+    """The paper's 12B model by default (64 layers, 62 heads of 64, width 3968; 256 BPE tokens
+    of a 16,384 vocabulary; 32×32 codes of 8192)."""
+
+    text_vocab_size: int = 16384
+    text_length: int = 256
+    image_vocab_size: int = 8192
+    grid: int = 32  # n: the dVAE's codes per side
+    width: int = 3968
+    depth: int = 64
+    num_heads: int = 62
+    head_dim: int = 64
+    mlp_ratio: int = 4
+    pattern: str = "sparse"  # one of PATTERNS
+    conv_kernel: int = 11  # k of the convolutional mask (paper appendix B.1, Figure 11)
+    remat_policy: str = "none"  # a key of sharding.REMAT_POLICIES
+
+    def __post_init__(self):
+        if self.pattern not in PATTERNS:
+            raise ValueError(f"pattern must be one of {PATTERNS}, got {self.pattern!r}")
+        if self.conv_kernel < 1 or self.conv_kernel % 2 == 0:
+            raise ValueError(f"conv_kernel must be an odd number >= 1, got {self.conv_kernel}")
+        for name in ("text_length", "grid", "depth", "num_heads", "head_dim", "width"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    @classmethod
+    def from_dict(cls, fields: Mapping[str, Any]) -> "DalleConfig":
+        fields = fields.to_dict() if hasattr(fields, "to_dict") else dict(fields)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(fields) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown DALL·E model fields {unknown}; expected some of {sorted(known)}"
+            )
+        return cls(**fields)
+
+    @property
+    def num_codes(self) -> int:  # N
+        return self.grid * self.grid
+
+    @property
+    def length(self) -> int:  # S: the positions the model is fed
+        return self.text_length + self.num_codes - 1
+
+    def layer_masks(self) -> list[str]:
+        """The mask of each layer, a key of MASKS."""
+        if self.pattern != "sparse":
+            return [self.pattern] * self.depth
+        masks = ["column" if (i - 2) % 4 == 0 else "row" for i in range(self.depth)]
+        masks[-1] = "conv"
+        return masks
+
+
+def image_mask(kind: str, grid: int, kernel: int = 11) -> np.ndarray:
+    """[N, N] bool: may the query holding code a attend to the position holding code b."""
+    a = np.arange(grid * grid)[:, None]
+    b = np.arange(grid * grid)[None, :]
+    causal = b <= a
+    if kind == "dense":
+        return causal
+    if kind == "row":
+        return causal & (a - b < grid)
+    if kind == "column":
+        return causal & ((a - b) % grid == 0)
+    if kind == "conv":
+        half = kernel // 2
+        rows, cols = a // grid - b // grid, np.abs(a % grid - b % grid)
+        return causal & (rows <= half) & (cols <= half)
+    raise ValueError(f"mask must be one of {MASKS}, got {kind!r}")
+
+
+def sequence_masks(config: DalleConfig) -> np.ndarray:
+    """[len(MASKS), S, S] bool over the fed positions: causal text, every text position visible
+    to every later position, image positions by `image_mask` (position L + j holds code j)."""
+    text, length = config.text_length, config.length
+    causal = np.tril(np.ones((length, length), bool))
+    masks = []
+    for kind in MASKS:
+        mask = causal.copy()
+        codes = image_mask(kind, config.grid, config.conv_kernel)[: length - text, : length - text]
+        mask[text:, text:] = codes
+        masks.append(mask)
+    return np.stack(masks)
+
+
+class DalleBlock(nn.Module):
+    """Pre-LayerNorm block: h + attn(LN(h)), then h + MLP(LN(h)) (GELU); the new tokens' keys
+    and values written into the layer's buffer at `start`."""
+
+    config: DalleConfig
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, h: Array, layer: tuple[Array, Array, Array], start: Array, masks: Array):
+        """h: [B, T, W] at positions start … start + T − 1; layer: (mask index [], keys, values
+        [B, S, H, Dh]); masks [len(MASKS), S, S]. Returns (h, (keys, values))."""
+        mask_index, keys, values = layer
+        cfg, common = self.config, dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        heads = (cfg.num_heads, cfg.head_dim)
+        normed = layer_norm(name="norm_attn", **common)(h)
+
+        def project(name: str) -> Array:  # [B, T, H, Dh]
+            return constrain(dense(heads, IN_NAMES, name=name, **common)(normed), PER_HEAD)
+
+        query = project("query")
+        keys = jax.lax.dynamic_update_slice_in_dim(
+            keys, project("key").astype(keys.dtype), start, 1
+        )
+        values = jax.lax.dynamic_update_slice_in_dim(
+            values, project("value").astype(values.dtype), start, 1
+        )
+        rows = jax.lax.dynamic_slice_in_dim(masks[mask_index], start, h.shape[1], axis=0)
+        attended = jax.nn.dot_product_attention(
+            query, keys.astype(query.dtype), values.astype(query.dtype), mask=rows[None, None]
+        )
+        h = h + dense(cfg.width, OUT_NAMES, name="out", **common)(attended)
+        h = constrain(h, TOKENS)
+        hidden = dense(cfg.mlp_ratio * cfg.width, (EMBED, MLP), name="mlp_in", **common)(
+            layer_norm(name="norm_mlp", **common)(h)
+        )
+        h = h + dense(cfg.width, (MLP, EMBED), name="mlp_out", **common)(nn.gelu(hidden))
+        return constrain(h, TOKENS), (keys, values)
+
+
+class DalleTransformer(nn.Module):
+    """Logits of the next text token at text positions and of the next image code after them."""
+
+    config: DalleConfig
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    def setup(self):
+        cfg, common = self.config, dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        text_tokens = cfg.text_vocab_size + cfg.text_length  # and a padding token per position
+        self.text_embed = token_embedding(text_tokens, cfg.width, name="text_embed", **common)
+        self.text_positions = position_embedding(self, cfg.text_length, cfg.width, 0.01, "text_pos")
+        self.image_embed = token_embedding(
+            cfg.image_vocab_size, cfg.width, name="image_embed", **common
+        )
+        self.rows = position_embedding(self, cfg.grid, cfg.width, 0.01, "row_embed")
+        self.columns = position_embedding(self, cfg.grid, cfg.width, 0.01, "column_embed")
+        block = remat(DalleBlock, cfg.remat_policy)
+        self.layers = nn.scan(
+            block,
+            variable_axes={"params": 0},
+            split_rngs={"params": True},
+            in_axes=(0, nn.broadcast, nn.broadcast),
+            length=cfg.depth,
+            metadata_params={nn.PARTITION_NAME: LAYERS},
+        )(cfg, name="layers", **common)
+        self.norm_out = layer_norm(name="norm_out", **common)
+        self.text_head = dense(text_tokens, (EMBED, VOCAB), name="text_head", **common)
+        self.image_head = dense(cfg.image_vocab_size, (EMBED, VOCAB), name="image_head", **common)
+        self.mask_ids = jnp.asarray([MASKS.index(m) for m in cfg.layer_masks()], jnp.int32)
+        self.masks = jnp.asarray(sequence_masks(cfg))
+
+    def text_inputs(self, text_ids: Array, text_mask: Array) -> Array:  # [B, L] -> [B, L, W]
+        ids = padded_text(self.config, text_ids, text_mask)
+        return self.text_embed(ids) + jnp.asarray(self.text_positions, self.dtype)
+
+    def image_inputs(self, codes: Array, first: int | Array = 0) -> Array:
+        """Codes [B, T] at code indices first … first + T − 1 → [B, T, W]."""
+        index = first + jnp.arange(codes.shape[1])
+        positions = self.rows[index // self.config.grid] + self.columns[index % self.config.grid]
+        return self.image_embed(jnp.asarray(codes, jnp.int32)) + jnp.asarray(positions, self.dtype)
+
+    def empty_cache(self, batch: int) -> tuple[Array, Array]:
+        """Key and value buffers [depth, B, S, H, Dh] in the compute dtype."""
+        cfg = self.config
+        shape = (cfg.depth, batch, cfg.length, cfg.num_heads, cfg.head_dim)
+        return jnp.zeros(shape, self.dtype), jnp.zeros(shape, self.dtype)
+
+    def run(self, h: Array, start: Array, cache: tuple[Array, Array]):
+        """The layers over h [B, T, W] at positions start …: (final states, cache)."""
+        h, cache = self.layers(h, (self.mask_ids, *cache), start, self.masks)
+        return self.norm_out(h), cache
+
+    def __call__(
+        self, text_ids: Array, text_mask: Array, codes: Array
+    ) -> tuple[Array, Array]:  # ([B, L − 1, Vt + L], [B, N, Vi]) float32
+        """Teacher forcing: text [B, L] with its mask, codes [B, N]."""
+        cfg = self.config
+        if codes.shape[1:] != (cfg.num_codes,):
+            raise ValueError(f"codes must be [B, {cfg.num_codes}], got {codes.shape}")
+        h = jnp.concatenate(
+            [self.text_inputs(text_ids, text_mask), self.image_inputs(codes[:, :-1])], axis=1
+        )
+        h, _ = self.run(h, jnp.int32(0), self.empty_cache(h.shape[0]))
+        text, image = h[:, : cfg.text_length - 1], h[:, cfg.text_length - 1 :]
+        return (
+            self.text_head(text).astype(jnp.float32),
+            self.image_head(image).astype(jnp.float32),
+        )
+
+    def prefill(
+        self, text_ids: Array, text_mask: Array, codes: Array | None = None
+    ) -> tuple[Array, tuple[Array, Array]]:
+        """The caption (and the first K codes [B, K], for completion) encoded at once: the logits
+        of the next code [B, Vi] and the cache."""
+        h = self.text_inputs(text_ids, text_mask)
+        if codes is not None and codes.shape[1]:
+            h = jnp.concatenate([h, self.image_inputs(codes)], axis=1)
+        h, cache = self.run(h, jnp.int32(0), self.empty_cache(h.shape[0]))
+        return self.image_head(h[:, -1]).astype(jnp.float32), cache
+
+    def decode_step(
+        self, cache: tuple[Array, Array], code: Array, index: Array
+    ) -> tuple[Array, tuple[Array, Array]]:
+        """Feed code `index` [B]; the logits of code index + 1 [B, Vi] and the new cache."""
+        h = self.image_inputs(code[:, None], index)
+        h, cache = self.run(h, self.config.text_length + index, cache)
+        return self.image_head(h[:, 0]).astype(jnp.float32), cache
+
+
+def dalle_loss(
+    text_logits: Array, image_logits: Array, text_targets: Array, codes: Array
+) -> tuple[Array, dict[str, Array]]:
+    """1/8 × mean text cross-entropy + 7/8 × mean image cross-entropy (the paper's weights).
+
+    text_logits [B, L − 1, Vt + L] against text_targets [B, L − 1] (ids with padding mapped, as
+    `padded_text` gives them); image_logits [B, N, Vi] against codes [B, N]."""
+    text = optax.softmax_cross_entropy_with_integer_labels(text_logits, text_targets).mean()
+    image = optax.softmax_cross_entropy_with_integer_labels(image_logits, codes).mean()
+    loss = TEXT_LOSS_WEIGHT * text + IMAGE_LOSS_WEIGHT * image
+    return loss, {"text_loss": text, "image_loss": image}
+
+
+def padded_text(config: DalleConfig, text_ids: Array, text_mask: Array) -> Array:
+    """[B, L] ids with each padded position's own padding token (the model's inputs; [:, 1:] are
+    its text targets)."""
+    if text_ids.shape[1:] != (config.text_length,):
+        raise ValueError(f"text must be [B, {config.text_length}], got {text_ids.shape}")
+    padding = config.text_vocab_size + jnp.arange(config.text_length)
+    return jnp.where(text_mask, jnp.asarray(text_ids, jnp.int32), padding[None])
