@@ -9,10 +9,14 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: venv lint format test test-slow demo clean
 
+# OpenAI's dall_e 0.1 (the dVAE parity tests) declares torchvision, mypy and blobfile as
+# requirements but imports only torch, numpy, attrs and requests (all in the test extra): an extra
+# cannot be installed with --no-deps, so it is installed on its own without its dependencies.
 $(STAMP): setup.py constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test]'
+	$(BIN)/python -m pip install -q --no-deps -c constraints.txt dall-e==0.1
 	touch $(STAMP)
 
 venv: $(STAMP)

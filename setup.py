@@ -31,6 +31,9 @@ setup(
         "test": [
             "torch==2.13.0",
             "diffusers>=0.35,<0.43",
+            # imported by OpenAI's dall_e (installed --no-deps by the Makefile: dVAE parity tests)
+            "attrs>=22",
+            "requests>=2.25,<3",
             "pytest>=8,<10",
             "pytest-xdist>=3.6,<4",
             "ruff>=0.15,<0.18",

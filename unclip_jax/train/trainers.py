@@ -20,6 +20,7 @@ TRAINERS: dict[str, str] = {
     "clip": "unclip_jax.train.clip_task:train_and_evaluate",
     "decoder": "unclip_jax.train.decoder_task:train_and_evaluate",
     "upsampler": "unclip_jax.train.upsampler_task:train_and_evaluate",
+    "dvae": "unclip_jax.train.dvae_task:train_and_evaluate",
 }
 
 Trainer = Callable[[ml_collections.ConfigDict, str], None]

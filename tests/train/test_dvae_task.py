@@ -1,0 +1,101 @@
+"""dVAE task: a smoke run through the registered "dvae" trainer (real loop, image folder source,
+exported checkpoint), the relaxation schedules' values, the KL and perplexity of uniform codes,
+and the step-numbered batches' state."""
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import task_helpers
+from PIL import Image
+
+from unclip_jax.convert import dvae as dvae_checkpoint
+from unclip_jax.train import dvae_task, trainers
+
+smoke_config = functools.partial(task_helpers.config_file, "dvae_shapes", "smoke")
+
+
+def test_registered_as_dvae_trainer():
+    assert trainers.get_trainer("dvae").__wrapped__ is dvae_task.train_and_evaluate
+
+
+def test_smoke_run_through_the_registered_trainer(tmp_path):
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for index in range(32):
+        pixels = rng.integers(0, 256, size=(16, 16, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{index:02d}.png")
+        (folder / f"{index:02d}.txt").write_text(f"picture {index}\n")
+    config = smoke_config()
+    config.data.update(source=f"folder_captions:{folder}", data_dir=str(tmp_path / "tfds"))
+    config.data.update(validation_fraction=0.5, eval_split="validation")
+    workdir = tmp_path / "work"
+    state = trainers.get_trainer("dvae")(config, str(workdir))
+    assert int(state.step) == 2 and int(state.nonfinite_total) == 0
+    leaves = jax.tree.leaves(nn.unbox(state.params))
+    assert all(np.isfinite(np.asarray(x)).all() for x in leaves)
+    grid = np.asarray(Image.open(workdir / "samples" / "step_2.png"))
+    assert grid.shape[:2] == (16, 32)  # two 16 px reconstructions
+    exported_config, variables = dvae_checkpoint.load_dvae(workdir / dvae_task.EXPORT_DIR)
+    assert exported_config.vocab_size == 16 and exported_config.group_count == 2
+    ema = jax.device_get(nn.unbox(state.ema_params))
+    np.testing.assert_array_equal(
+        variables["decoder"]["params"]["input"]["kernel"], ema["decoder"]["input"]["kernel"]
+    )
+
+
+def test_schedules_follow_the_paper():
+    schedule = dvae_task.RelaxationSchedule()
+    steps = jnp.asarray([0, 2_500, 5_000, 10_000])
+    np.testing.assert_allclose(schedule.beta(steps), [0.0, 3.3, 6.6, 6.6], atol=1e-5)
+    steps = jnp.asarray([0, 75_000, 150_000, 1_000_000])
+    np.testing.assert_allclose(
+        schedule.temperature(steps), [1.0, (1 + 1 / 16) / 2, 1 / 16, 1 / 16], atol=1e-6
+    )
+    np.testing.assert_allclose(dvae_task.cosine_ramp(jnp.asarray(5), 2.0, 1.0, 0), 1.0)
+    with pytest.raises(ValueError, match=r"temperature_end must be > 0, got 0\.0"):
+        dvae_task.RelaxationSchedule(temperature_end=0.0)
+
+
+def test_uniform_codes_have_zero_kl_and_full_perplexity():
+    task = dvae_task.build_task(smoke_config(), None)
+    params = nn.unbox(jax.jit(task.init, static_argnums=1)(jax.random.key(0), None))
+    params["encoder"]["output"] = jax.tree.map(jnp.zeros_like, params["encoder"]["output"])
+    images = jax.random.uniform(jax.random.key(1), (2, 16, 16, 3), minval=-1, maxval=1)
+    batch = {"image": images, "step": jnp.full((2,), 1, jnp.int32)}
+    loss_fn = jax.jit(task.loss, static_argnames="train")
+    loss, metrics = loss_fn(params, batch, jax.random.key(2), train=True)
+    assert abs(float(metrics["kl_per_code"])) < 1e-5
+    np.testing.assert_allclose(metrics["perplexity"], 16.0, rtol=1e-5)
+    np.testing.assert_allclose(loss, metrics["nll_per_dim"], atol=1e-6)
+    _, hard = loss_fn(params, {"image": images}, jax.random.key(2), train=False)
+    np.testing.assert_allclose(hard["beta"], 6.6, rtol=1e-6)
+
+
+def test_numbered_batches_resume_their_count():
+    class Batches:
+        def __init__(self):
+            self.position = 0
+
+        def __next__(self):
+            self.position += 1
+            return {"image": np.zeros((3, 4, 4, 3), np.float32)}
+
+        def get_state(self):
+            return {"position": self.position}
+
+        def set_state(self, state):
+            self.position = state["position"]
+
+    numbered = dvae_task.NumberedBatches(Batches())
+    assert [int(next(numbered)["step"][0]) for _ in range(3)] == [0, 1, 2]
+    state = numbered.get_state()
+    resumed = dvae_task.NumberedBatches(Batches())
+    resumed.set_state(state)
+    batch = next(resumed)
+    np.testing.assert_array_equal(batch["step"], [3, 3, 3])
+    assert resumed.batches.position == 4
