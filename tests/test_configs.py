@@ -17,13 +17,16 @@ from unclip_jax.train import trainers
 CONFIG_DIR = Path(__file__).parents[1] / "configs"
 CONFIGS = sorted(CONFIG_DIR.glob("*.py"))
 PAPER = [p for p in CONFIGS if p.stem.endswith("_paper")]
-# Each paper config's trainer (Ramesh et al. 2022: the two priors, decoder, two upsamplers).
+# Each paper config's trainer (Ramesh et al. 2022: the two priors, decoder, two upsamplers;
+# Ramesh et al. 2021: the dVAE and the transformer of DALL·E).
 PAPER_TRAINERS = {
     "ar_prior_paper": "ar_prior",
     "prior_paper": "diffusion_prior",
     "decoder_paper": "decoder",
     "upsampler256_paper": "upsampler",
     "upsampler1024_paper": "upsampler",
+    "dvae_paper": "dvae",
+    "dalle_paper": "dalle",
 }
 
 
@@ -63,10 +66,10 @@ def test_paper_config_names_its_trainer_and_smoke_shrinks_it(path):
     assert full.trainer == small.trainer == PAPER_TRAINERS[path.stem]
     trainers.get_trainer(full.trainer)  # importable
     assert full.model.dtype == "bfloat16" and small.model.dtype == "float32"
-    assert full.train.total_steps >= 600_000 and full.train.batch_size >= 512
+    assert full.train.total_steps >= 400_000 and full.train.batch_size >= 512  # DALL·E: 430k
     assert small.train.total_steps <= 10 and small.train.batch_size <= 8
     assert small.optimizer.peak_lr == full.optimizer.peak_lr
-    width = "width" if "width" in full.model else "unet"
+    width = next(k for k in ("width", "unet", "n_hid") if k in full.model)
     assert small.model[width] != full.model[width]
     with pytest.raises(ValueError, match="'' or 'smoke', got 'tiny'"):
         importlib.import_module(f"configs.{path.stem}").get_config("tiny")

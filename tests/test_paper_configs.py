@@ -1,15 +1,17 @@
-"""The paper configs say where they depart from Ramesh et al. 2022, and their sizes are Table 3's.
+"""The paper configs say where they depart from their papers (Ramesh et al. 2022; for DALL·E's
+dVAE and transformer, Ramesh et al. 2021), and their sizes are the papers'.
 
 Every `configs/*_paper.py` has a module-level `DEVIATIONS` list of `base.Deviation`: the named
 config key holds exactly the stated "ours" (or, for a choice made in code, the named code exists
 and its parameter's default is "ours"). Each model, built by its training task from the config
-as `unclip train` builds it, has within 10% of Table 3's parameter count (`jax.eval_shape` of the
+as `unclip train` builds it, has within 10% of the paper's parameter count (`jax.eval_shape` of the
 task's init: shapes only, nothing allocated).
 """
 
 import importlib
 import inspect
 import re
+import types
 from pathlib import Path
 
 import jax
@@ -29,6 +31,9 @@ TABLE_3_PARAMS = {
     "upsampler256_paper": 700e6,
     "upsampler1024_paper": 300e6,
 }
+# DALL·E (2021): the transformer's 12B; the dVAE as OpenAI released it (dall_e 0.1).
+DALLE_PARAMS = {"dvae_paper": 97.6e6, "dalle_paper": 12e9}
+PAPER_PARAMS = {**TABLE_3_PARAMS, **DALLE_PARAMS}
 CODE = re.compile(r"^(?P<module>[\w.]+):(?P<name>[\w.]+)(\((?P<parameter>\w+)\))?$")
 
 
@@ -52,8 +57,8 @@ def _deviations() -> list:
     ]
 
 
-def test_every_paper_config_has_deviations_and_a_table_3_size():
-    assert sorted(TABLE_3_PARAMS) == PAPER
+def test_every_paper_config_has_deviations_and_a_paper_size():
+    assert sorted(PAPER_PARAMS) == PAPER
     for name in PAPER:
         deviations = getattr(_module(name), "DEVIATIONS", None)
         assert isinstance(deviations, list), f"{name} has no module-level DEVIATIONS list"
@@ -139,7 +144,36 @@ def _upsampler_task(config):
     return upsampler_task.build_task(config), dict(image=_spec(1, 8, 8, 3))
 
 
+def _dvae_task(config):
+    from unclip_jax.train import dvae_task
+
+    size = config.data.image_size
+    return dvae_task.build_task(config, None), dict(image=_spec(1, size, size, 3))
+
+
+def _dalle_task(config):
+    """The transformer over the paper dVAE's codes (its parameters are never read)."""
+    from configs import dvae_paper
+    from unclip_jax.models.dvae import DVAEConfig, FrozenDVAE
+    from unclip_jax.train import dalle_task
+
+    fields = {k: v for k, v in dvae_paper.get_config().model.items() if k != "dtype"}
+    tokenizer = types.SimpleNamespace(
+        vocab_size=config.tokenizer.vocab_size, context_length=config.tokenizer.context_length
+    )
+    task = dalle_task.build_task(config, tokenizer, FrozenDVAE(DVAEConfig(**fields)))
+    length, size = config.tokenizer.context_length, config.data.image_size
+    example = dict(
+        image=_spec(1, size, size, 3),
+        tokens=_spec(1, length, dtype=jnp.int32),
+        mask=_spec(1, length, dtype=jnp.bool_),
+    )
+    return task, example
+
+
 TASKS = {
+    "dvae": _dvae_task,
+    "dalle": _dalle_task,
     "ar_prior": _ar_prior_task,
     "diffusion_prior": _prior_task,
     "decoder": _decoder_task,
@@ -148,10 +182,10 @@ TASKS = {
 
 
 @pytest.mark.parametrize("name", PAPER)
-def test_parameter_count_is_table_3s(name):
+def test_parameter_count_is_the_papers(name):
     config = _module(name).get_config()
     task, example = TASKS[config.trainer](config)
     shapes = jax.eval_shape(task.init, jax.random.key(0), example)
     count = sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(shapes))
-    target = TABLE_3_PARAMS[name]
-    assert abs(count - target) / target < 0.1, f"{name}: {count / 1e6:.0f}M, Table 3 {target:.2g}"
+    target = PAPER_PARAMS[name]
+    assert abs(count - target) / target < 0.1, f"{name}: {count / 1e6:.0f}M, paper {target:.2g}"

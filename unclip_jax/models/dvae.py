@@ -15,10 +15,13 @@ The layout follows OpenAI's released `dall_e` package so that its weights port e
 """
 
 import dataclasses
+import math
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax import struct
 
 from unclip_jax.models.unet_blocks import upsample
 from unclip_jax.nn.linear import conv
@@ -254,3 +257,33 @@ def count_params(config: DVAEConfig) -> dict[str, int]:
         shapes = jax.eval_shape(module.init, key, x)
         counts[name] = sum(leaf.size for leaf in jax.tree.leaves(nn.unbox(shapes)))
     return counts
+
+
+@struct.dataclass
+class FrozenDVAE:
+    """A trained dVAE used only to encode and decode (DALL·E's transformer reads and writes its
+    codes): pure methods, parameters as the pytree's leaves, so callers pass it to their jitted
+    programs as an argument."""
+
+    config: DVAEConfig = struct.field(pytree_node=False)
+    encoder_params: Any = None
+    decoder_params: Any = None
+
+    def encode(self, images: Array) -> Array:
+        """images [B, H, W, C] in [-1, 1] → codes [B, h·w] int32 in raster order."""
+        unit = (jnp.asarray(images, jnp.float32) + 1.0) / 2.0
+        codes = DVAEEncoder(self.config).apply(
+            {"params": self.encoder_params}, unit, method=DVAEEncoder.encode
+        )
+        return jax.lax.stop_gradient(codes.reshape(codes.shape[0], -1))
+
+    def decode(self, codes: Array) -> Array:
+        """codes [B, h·w] (a square grid, raster order) → images [B, H, W, C] in [-1, 1]."""
+        side = math.isqrt(codes.shape[1])
+        if side * side != codes.shape[1]:
+            raise ValueError(f"codes must fill a square grid, got {codes.shape[1]} per image")
+        grid = jnp.asarray(codes, jnp.int32).reshape(codes.shape[0], side, side)
+        images = DVAEDecoder(self.config).apply(
+            {"params": self.decoder_params}, grid, method=DVAEDecoder.decode
+        )
+        return images * 2.0 - 1.0

@@ -25,10 +25,9 @@ from unclip_jax.convert import hf_clip
 from unclip_jax.data import input_pipeline, preprocess, shapes_render
 from unclip_jax.models.clip import CLIP, CLIPConfig, clip_config, normalize
 from unclip_jax.models.clip_preprocessing import clip_preprocess
-from unclip_jax.text import bpe
-from unclip_jax.text import tokenizer as tokenizer_lib
 from unclip_jax.train import loop
 from unclip_jax.train.contrastive import contrastive_loss, same_caption
+from unclip_jax.train.run_tokenizer import run_tokenizer
 from unclip_jax.train.task import Batch, Metrics, Params, Task
 
 TOKENIZER_DIR = hf_clip.TOKENIZER_DIR
@@ -122,28 +121,12 @@ class CLIPTask(Task):
         return {"retrieval_top1": jnp.mean((best == batch["target"]).astype(jnp.float32))}
 
 
-def _text(value) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def _tokenizer(config: ml_collections.ConfigDict, workdir: pathlib.Path, source: Sequence):
     """The run's tokenizer: reloaded on resume, else the fine-tuned CLIP's, else a BPE trained on
-    the captions of the first `config.tokenizer.train_examples` training examples."""
-    saved = workdir / TOKENIZER_DIR
-    if (saved / tokenizer_lib.META_FILE).is_file():
-        return tokenizer_lib.load_tokenizer(saved)
-    if config.init_from:
-        tokenizer = tokenizer_lib.load_tokenizer(pathlib.Path(config.init_from) / TOKENIZER_DIR)
-    else:
-        count = min(len(source), config.tokenizer.train_examples)
-        captions = [_text(c) for i in range(count) for c in source[i]["captions"]]
-        captions += shapes_candidates() if config.data.source.startswith("shapes") else []
-        tokenizer = bpe.train_bpe(
-            captions, config.tokenizer.vocab_size, config.tokenizer.context_length
-        )
-    if jax.process_index() == 0:
-        tokenizer.save(saved)
-    return tokenizer
+    the training captions (and, on the shapes set, every single-object caption)."""
+    given = pathlib.Path(config.init_from) / TOKENIZER_DIR if config.init_from else None
+    extra = shapes_candidates() if config.data.source.startswith("shapes") else []
+    return run_tokenizer(config.tokenizer, workdir / TOKENIZER_DIR, source, given, extra)
 
 
 def _model_config(config: ml_collections.ConfigDict, tokenizer) -> CLIPConfig:

@@ -21,6 +21,7 @@ TRAINERS: dict[str, str] = {
     "decoder": "unclip_jax.train.decoder_task:train_and_evaluate",
     "upsampler": "unclip_jax.train.upsampler_task:train_and_evaluate",
     "dvae": "unclip_jax.train.dvae_task:train_and_evaluate",
+    "dalle": "unclip_jax.train.dalle_task:train_and_evaluate",
 }
 
 Trainer = Callable[[ml_collections.ConfigDict, str], None]
