@@ -25,6 +25,7 @@ import numpy as np
 from flax import traverse_util
 
 from unclip_jax.models.dvae import DVAEConfig, DVAEDecoder, DVAEEncoder
+from unclip_jax.storage import checkpoints
 from unclip_jax.storage.checkpoints import read_params, write_params
 from unclip_jax.storage.json_files import read_json
 
@@ -275,14 +276,8 @@ def load_openai_dvae(
 
 
 def check_save_target(directory: str | pathlib.Path) -> pathlib.Path:
-    """Where `save_dvae` may write: a new or empty directory, or an earlier dVAE checkpoint
-    (which it replaces); ValueError naming anything else. Checked before converting too."""
-    path = pathlib.Path(directory).absolute()
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"{path} exists and is not a directory")
-    if path.exists() and any(path.iterdir()) and not (path / CONFIG_FILE).is_file():
-        raise ValueError(f"{path} exists and is not a dVAE checkpoint; not overwriting it")
-    return path
+    """Where `save_dvae` may write: new, empty, or an earlier dVAE checkpoint (it replaces it)."""
+    return checkpoints.check_save_target(directory, CONFIG_FILE, "dVAE")
 
 
 def save_dvae(

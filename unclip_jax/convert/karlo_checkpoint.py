@@ -23,6 +23,7 @@ from unclip_jax.diffusion.karlo import KarloScheduler
 from unclip_jax.models.clip import TextConfig, TextTransformer
 from unclip_jax.models.prior import DiffusionPrior, EmbeddingNormalizer
 from unclip_jax.models.unet import Decoder, UNetConfig, Upsampler
+from unclip_jax.storage import checkpoints
 from unclip_jax.storage.json_files import read_json
 
 Params = dict[str, Any]
@@ -158,14 +159,8 @@ def _stage_trees(checkpoint: KarloCheckpoint) -> dict[str, Params]:
 
 
 def check_save_target(directory: str | pathlib.Path) -> pathlib.Path:
-    """Where `save_karlo` may write: a new or empty directory, or an earlier Karlo checkpoint
-    (which it replaces); ValueError naming anything else. Checked before converting too."""
-    path = pathlib.Path(directory).absolute()
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"{path} exists and is not a directory")
-    if path.exists() and any(path.iterdir()) and not (path / CONFIG_FILE).is_file():
-        raise ValueError(f"{path} exists and is not a Karlo checkpoint; not overwriting it")
-    return path
+    """Where `save_karlo` may write: new, empty, or an earlier Karlo checkpoint (it replaces it)."""
+    return checkpoints.check_save_target(directory, CONFIG_FILE, "Karlo")
 
 
 def save_karlo(checkpoint: KarloCheckpoint, directory: str | pathlib.Path) -> None:

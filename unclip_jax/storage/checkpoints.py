@@ -102,3 +102,15 @@ def restore_ema_params(
     `shardings`: a tree of shardings matching the parameters; default: numpy arrays on the host.
     """
     return read_params(resolve_step_dir(path, step) / EMA, shardings)
+
+
+def check_save_target(directory: str | Path, marker: str, kind: str) -> Path:
+    """Where a converter may write a `kind` checkpoint: a new or empty directory, or an earlier
+    one of that kind (holding `marker`, which the write replaces); ValueError naming anything
+    else. Converters check it before converting too."""
+    path = Path(directory).absolute()
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{path} exists and is not a directory")
+    if path.exists() and any(path.iterdir()) and not (path / marker).is_file():
+        raise ValueError(f"{path} exists and is not a {kind} checkpoint; not overwriting it")
+    return path
