@@ -48,17 +48,19 @@ class DalleTask(Task):
         dvae: FrozenDVAE,
         sample_captions: dict[str, np.ndarray] | None = None,
     ):
-        side = model.config.grid * dvae.config.downsample_factor
         if dvae.config.vocab_size != model.config.image_vocab_size:
             raise ValueError(
                 f"the dVAE has {dvae.config.vocab_size} codes, the model's image vocabulary "
                 f"{model.config.image_vocab_size}"
             )
-        self.model = model
-        self.dvae = dvae
-        self.image_size = side
+        self.model, self.dvae = model, dvae
         self.sample_captions = sample_captions
         self.sampler = make_dalle_sampler(model) if sample_captions is not None else None
+
+    @property
+    def image_size(self) -> int:
+        """The side of the images whose codes fill the model's grid."""
+        return self.model.config.grid * self.dvae.config.downsample_factor
 
     def codes(self, images: Array) -> Array:  # [B, S, S, 3] -> [B, N]
         if images.shape[1:3] != (self.image_size, self.image_size):
