@@ -30,6 +30,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             train_steps=1000,
             sample_steps=64,
             prediction="x0",
+            # the sampling steps' variance: or "fixed_large", "analytic" (Analytic-DPM: the
+            # trainer then writes the prior's Γ table at the end of training)
+            variance="fixed_small",
             loss_weight="min_snr",  # or "uniform"
             snr_gamma=20.0,
         )

@@ -93,7 +93,8 @@ def test_vlb_is_zero_for_the_true_posterior_mean_and_variance():
     x_t = gaussian.q_sample(schedule, x0, index, noise)
     # ε output that implies the true x0, with v = −1 (variance β̃ = the posterior's).
     output = jnp.concatenate([noise, -jnp.ones_like(noise)], axis=-1)
-    step = gaussian.p_mean_variance(schedule, output, x_t, index, var_type="learned_range")
+    options = gaussian.ReverseOptions(var_type="learned_range")
+    step = gaussian.p_mean_variance(schedule, output, x_t, index, options)
     np.testing.assert_allclose(
         np.asarray(losses.vlb_terms(schedule, step, x0, x_t, index)), 0.0, atol=1e-4
     )

@@ -1,4 +1,5 @@
-"""Prior sampling: reranking, the cached prefix against the uncached chain, one compiled program."""
+"""Prior sampling: reranking, the cached prefix against the uncached chain, one compiled program,
+the analytic variance."""
 
 import flax.linen as nn
 import jax
@@ -6,9 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from unclip_jax.diffusion.schedules import make_schedule
+from unclip_jax.diffusion.analytic import AnalyticTable
+from unclip_jax.diffusion.schedules import make_betas, make_schedule
 from unclip_jax.models.prior import DiffusionPrior, EmbeddingNormalizer
 from unclip_jax.sampling.prior import make_prior_sampler, rerank_by_dot_product
+from unclip_jax.sampling.settings import DiffusionSettings
 
 B, D, L, MAX_STEPS = 2, 8, 4, 12
 MODEL = DiffusionPrior(embed_dim=D, num_tokens=L, width=32, depth=2, num_heads=4)
@@ -82,3 +85,31 @@ def test_sampler_rejects_bad_arguments(params):
         make_prior_sampler(MODEL, num_candidates=0)
     with pytest.raises(ValueError, match=r"var_type must be .* got 'learned_range'"):
         make_prior_sampler(MODEL, var_type="learned_range")
+
+
+def test_analytic_variance_chain(params):
+    """The prior's chain with Analytic-DPM's variance: a schedule without the Γ table is refused
+    before compiling; Γ ≡ 1 reduces it to fixed-small's chain; a table of Gaussian data's Γ
+    (s = 1: Γ_t = β̄_t) samples other candidates; step counts share the one program."""
+    normalizer = EmbeddingNormalizer.create("unit_norm", D)
+    settings = DiffusionSettings(prediction="x0", variance="analytic", max_steps=MAX_STEPS)
+    sampler = make_prior_sampler(MODEL, num_candidates=2, var_type="analytic")
+    args = (params, jax.random.PRNGKey(3), _caption(3))
+    with pytest.raises(ValueError, match=r"^var_type 'analytic' needs a schedule made with"):
+        sampler(*args, settings.schedule_for(6), 2.0, normalizer)
+    assert sampler.compiled._cache_size() == 0
+
+    ones = AnalyticTable(np.ones(1000), 1.0, 1)
+    _, aux = sampler(*args, settings.schedule_for(6, ones), 2.0, normalizer)
+    fixed = make_prior_sampler(MODEL, num_candidates=2)
+    _, aux_fixed = fixed(
+        *args, make_schedule("cosine", 1000, 6, max_steps=MAX_STEPS), 2.0, normalizer
+    )
+    np.testing.assert_allclose(aux["candidates"], aux_fixed["candidates"], rtol=1e-5, atol=1e-6)
+
+    alphas_cumprod = np.cumprod(1.0 - make_betas("cosine", 1000))
+    gaussian_table = AnalyticTable(1.0 - alphas_cumprod, 1.0, 1)
+    _, aux_gaussian = sampler(*args, settings.schedule_for(4, gaussian_table), 2.0, normalizer)
+    assert np.abs(np.asarray(aux_gaussian["candidates"] - aux["candidates"])).max() > 1e-3
+    assert np.isfinite(np.asarray(aux_gaussian["candidates"])).all()
+    assert sampler.compiled._cache_size() == 1

@@ -2,8 +2,10 @@
 
 import math
 
+import numpy as np
 import pytest
 
+from unclip_jax.diffusion.analytic import AnalyticTable
 from unclip_jax.sampling.settings import DiffusionSettings, check_eta, check_guidance_scale
 
 
@@ -50,3 +52,22 @@ def test_eta_must_be_finite_and_non_negative(eta):
     with pytest.raises(ValueError, match="eta must be"):
         check_eta(eta)
     assert check_guidance_scale(0) == 0.0 and check_eta(1) == 1.0
+
+
+def test_variance_of_a_fixed_variance_stage():
+    assert DiffusionSettings().var_type == "fixed_small"
+    assert DiffusionSettings(variance="analytic").var_type == "analytic"
+    assert DiffusionSettings(variance="fixed_large").var_type == "fixed_large"
+    with pytest.raises(ValueError, match=r"variance must be one of .* got 'learned_range'"):
+        DiffusionSettings(variance="learned_range")
+    with pytest.raises(ValueError, match=r"'analytic' is for fixed-variance models; .* learned"):
+        DiffusionSettings(variance="analytic", learned_variance=True)
+
+
+def test_schedule_for_takes_the_stage_gamma_table():
+    settings = DiffusionSettings(train_steps=100, variance="analytic", max_steps=10)
+    table = AnalyticTable(np.full(100, 0.5), 1.0, 8)
+    schedule = settings.schedule_for(5, table)
+    assert schedule.x0_variance.shape == (10,) and settings.schedule_for(5).x0_variance is None
+    with pytest.raises(ValueError, match="Γ table has 99 entries; the stage has train_steps=100"):
+        settings.schedule_for(5, AnalyticTable(np.full(99, 0.5), 1.0, 8))

@@ -2,6 +2,7 @@
 on a fixed batch, caption dropout to the null conditioning, normalisers saved with the run."""
 
 import importlib
+import json
 
 import flax.linen as nn
 import jax
@@ -11,6 +12,7 @@ import pytest
 import task_helpers
 
 from unclip_jax.data.embedding_shards import EmbeddingShardWriter
+from unclip_jax.diffusion.analytic import AnalyticTable
 from unclip_jax.diffusion.schedules import make_schedule
 from unclip_jax.models.prior import DiffusionPrior, EmbeddingNormalizer
 from unclip_jax.train import prior_task, trainers
@@ -44,9 +46,12 @@ def smoke_config(train_dir, eval_dir):
 
 
 def test_one_step_through_the_loop(tmp_path):
+    """The demo config sampling with the analytic variance: one step, the normaliser, and the Γ
+    table the trainer ends with."""
     fields = write_shards(tmp_path / "train")
     write_shards(tmp_path / "eval", count=8, seed=1)
     config = smoke_config(tmp_path / "train", tmp_path / "eval")
+    config.diffusion.variance = "analytic"
     workdir = tmp_path / "work"
     state = trainers.get_trainer(config.trainer)(config, str(workdir))
     assert int(state.step) == 1
@@ -59,6 +64,24 @@ def test_one_step_through_the_loop(tmp_path):
     image = np.asarray(fields["image_embedding"], np.float64)
     np.testing.assert_allclose(saved.mean, image.mean(0), atol=1e-4)
     np.testing.assert_allclose(saved.std, image.std(0), rtol=1e-4)
+    check_gamma_table(config, workdir, state.ema_params)
+
+
+def check_gamma_table(config, workdir, ema_params):
+    """The saved Γ table is the EMA prior's estimate on the first training batch, as a plain
+    jitted call of the task computes it; where ᾱ → 0 the x0 prediction's ε is x_t, so Γ ≈ 1."""
+    table = AnalyticTable.from_dict(json.loads((workdir / prior_task.ANALYTIC_FILE).read_text()))
+    assert table.train_steps == 1000 and table.examples == config.train.batch_size
+    assert abs(table.eps_sq_norm[-1] - 1.0) < 0.3
+    normalizer = prior_task.load_normalizer(workdir / prior_task.NORMALIZER_FILE)
+    task = prior_task.build_task(config, normalizer)
+    data = prior_task.train_batches(config)
+    batch = next(data)
+    data.close()
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.key(config.seed), 2), 0)
+    eps_sq_norm, variance = jax.jit(task.analytic_statistics)(ema_params, batch, key)
+    np.testing.assert_allclose(table.eps_sq_norm, np.asarray(eps_sq_norm), rtol=1e-5)
+    np.testing.assert_allclose(table.data_variance, float(variance), rtol=1e-5)
 
 
 def test_batches_read_shards_and_cast(tmp_path):

@@ -2,10 +2,12 @@
 
 x_i = √ᾱ_i x0 + √(1 − ᾱ_i) ε. Indices i address a `Schedule` (possibly respaced). Models predict
 ε, x0, or v = √ᾱ ε − √(1 − ᾱ) x0 (Salimans & Ho 2022), and either use a fixed variance or learn
-it as an interpolation between β̃ and β in the log domain (Nichol & Dhariwal 2021, eq. 15).
-All arithmetic is float32.
+it as an interpolation between β̃ and β in the log domain (Nichol & Dhariwal 2021, eq. 15),
+or take Analytic-DPM's optimal variance (Bao et al. 2022) from the schedule's `x0_variance`,
+which a model's Γ table implies. All arithmetic is float32.
 """
 
+import dataclasses
 from collections.abc import Callable
 
 import jax
@@ -101,6 +103,44 @@ def check_clipping(clip: str) -> None:
         raise ValueError(f"clip must be one of {sorted(CLIPPING)}, got {clip!r}")
 
 
+def analytic_variance(schedule: Schedule, index: Array, lambda_sq: Array | None = None) -> Array:
+    """Analytic-DPM's optimal variance of the step from index `index` (any shape) of a possibly
+    respaced chain (Bao et al. 2022, Theorem 1 with the estimate of eq. 8):
+
+        σ*² = λ² + (√(β̄_i/α_i) − √(β̄_{i−1} − λ²))² (1 − Γ_i) = λ² + c² · v_i,
+
+    β̄ = 1 − ᾱ, α_i = ᾱ_i/ᾱ_{i−1}, for the step whose mean is √ᾱ_{i−1} x̂0 + √(β̄_{i−1} − λ²) ε̂ and
+    whose forward posterior has variance λ² (default β̃_i, DDPM's; η²β̃_i for DDIM). Written with
+    c, that mean's coefficient of x0, and v_i = β̄_i (1 − Γ_i)/ᾱ_i = E Var(x0 | x_i)/d, the
+    schedule's `x0_variance` (from the model's Γ table, clipped to Theorem 2's bounds), because
+    1 − Γ_i is lost in float32 where ᾱ_i is small.
+    """
+    if schedule.x0_variance is None:
+        raise ValueError(
+            "var_type 'analytic' needs a schedule made with the model's Γ table: "
+            "make_schedule(..., eps_sq_norm=Γ), which sets its x0_variance"
+        )
+    x0_variance = jnp.take(schedule.x0_variance, index)
+    if lambda_sq is None:
+        coef = jnp.take(schedule.posterior_mean_coef1, index)
+        return jnp.take(schedule.posterior_variance, index) + coef**2 * x0_variance
+    alpha_bar = jnp.take(schedule.alphas_cumprod, index)
+    alpha_bar_prev = jnp.take(schedule.alphas_cumprod_prev, index)
+    # β̄_i and β̄_{i−1} from the host's float64 tables (1 − ᾱ loses digits in float32 near 1).
+    one_minus = jnp.square(jnp.take(schedule.sqrt_one_minus_alphas_cumprod, index))
+    previous = jnp.take(schedule.sqrt_one_minus_alphas_cumprod, jnp.maximum(index - 1, 0))
+    one_minus_prev = jnp.where(index > 0, jnp.square(previous), 0.0)
+    lambda_sq_kept = jnp.minimum(lambda_sq, one_minus_prev)  # the mean's ε weight ≥ 0
+    # c = √ᾱ_{i−1} − √(β̄_{i−1} − λ²) √(ᾱ_i/β̄_i), as (a² − b²)/(a + b) with ᾱ_{i−1} − ᾱ_i =
+    # ᾱ_{i−1} β_i: no cancellation where steps are short.
+    root_sum = jnp.sqrt(alpha_bar_prev) + jnp.sqrt(
+        (one_minus_prev - lambda_sq_kept) * alpha_bar / one_minus
+    )
+    difference = alpha_bar_prev * jnp.take(schedule.betas, index) + lambda_sq_kept * alpha_bar
+    coef = difference / (one_minus * root_sum)
+    return lambda_sq + coef**2 * x0_variance
+
+
 def _fixed_small(schedule, index, x_t, variance_output):
     log_variance = extract(schedule.posterior_log_variance_clipped, index, x_t)
     return jnp.broadcast_to(log_variance, x_t.shape)
@@ -119,16 +159,40 @@ def _learned_range(schedule, index, x_t, variance_output):
     return fraction * max_log + (1.0 - fraction) * min_log
 
 
+def _analytic(schedule, index, x_t, variance_output):
+    # Floored: at index 0 (where samplers add no noise) σ*² may be 0.
+    variance = jnp.maximum(analytic_variance(schedule, index), 1e-20)
+    log_variance = jnp.log(variance).reshape(index.shape + (1,) * (x_t.ndim - index.ndim))
+    return jnp.broadcast_to(log_variance, x_t.shape)
+
+
 VARIANCES: dict[str, Callable[[Schedule, Array, Array, Array | None], Array]] = {
     "fixed_small": _fixed_small,
     "fixed_large": _fixed_large,
     "learned_range": _learned_range,
+    "analytic": _analytic,  # reads the schedule's x0_variance
 }
 
 
 def check_variance(var_type: str) -> None:
     if var_type not in VARIANCES:
         raise ValueError(f"variance type must be one of {sorted(VARIANCES)}, got {var_type!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ReverseOptions:
+    """How a model output defines the reverse step, checked once when made (before anything is
+    traced); the samplers take its fields as keyword arguments."""
+
+    mean_type: str = "eps"  # what the mean channels predict: or "x0", "v"
+    var_type: str = "fixed_small"  # or "fixed_large", "learned_range", "analytic"
+    clip: str = "none"  # clipping of the predicted x0: or "static", "dynamic"
+    clip_percentile: float = 0.995  # the quantile of |x0| that "dynamic" scales to 1
+
+    def __post_init__(self):
+        check_prediction(self.mean_type)
+        check_variance(self.var_type)
+        check_clipping(self.clip)
 
 
 def output_channels(channels: int, var_type: str) -> int:
@@ -160,26 +224,35 @@ def split_output(model_output: Array, x_t: Array, var_type: str) -> tuple[Array,
     return model_output, None
 
 
+def predicted_eps(
+    schedule: Schedule, x_t: Array, index: Array, mean_output: Array, mean_type: str
+) -> Array:
+    """The ε that the mean channels imply (unclipped; ε-models' own output unchanged)."""
+    mean_output = mean_output.astype(jnp.float32)
+    if mean_type == "eps":
+        return mean_output
+    return eps_from_x0(
+        schedule, x_t, index, PREDICTIONS[mean_type](schedule, x_t, index, mean_output)
+    )
+
+
 def p_mean_variance(
     schedule: Schedule,
     model_output: Array,
     x_t: Array,
     index: Array,
-    *,
-    mean_type: str = "eps",
-    var_type: str = "fixed_small",
-    clip: str = "none",
-    clip_percentile: float = 0.995,
+    options: ReverseOptions,
 ) -> ReverseStep:
     """The reverse step implied by a model output at x_t (index [B])."""
-    mean_output, variance_output = split_output(model_output, x_t, var_type)
+    mean_output, variance_output = split_output(model_output, x_t, options.var_type)
     mean_output = mean_output.astype(jnp.float32)
-    pred_x0 = PREDICTIONS[mean_type](schedule, x_t, index, mean_output)
-    pred_x0 = CLIPPING[clip](pred_x0, clip_percentile)
+    pred_x0 = PREDICTIONS[options.mean_type](schedule, x_t, index, mean_output)
+    pred_x0 = CLIPPING[options.clip](pred_x0, options.clip_percentile)
     mean, _ = q_posterior(schedule, pred_x0, x_t, index)
+    log_variance = VARIANCES[options.var_type](schedule, index, x_t, variance_output)
     return ReverseStep(
         mean=mean,
-        log_variance=VARIANCES[var_type](schedule, index, x_t, variance_output),
+        log_variance=log_variance,
         pred_x0=pred_x0,
         pred_eps=eps_from_x0(schedule, x_t, index, pred_x0),
     )

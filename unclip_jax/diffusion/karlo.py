@@ -184,5 +184,5 @@ class KarloScheduler:
             self.clip_output(model_output, x_t, t),
             x_t,
             index,
-            **self.sampler_kwargs(),
+            gaussian.ReverseOptions(**self.sampler_kwargs()),
         )

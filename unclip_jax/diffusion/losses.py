@@ -115,9 +115,8 @@ def diffusion_loss(
     losses = {"mse": mse, "loss": mse}
     if variance_output is not None:
         frozen = jnp.concatenate([jax.lax.stop_gradient(mean_output), variance_output], axis=-1)
-        step = gaussian.p_mean_variance(
-            schedule, frozen, x_t, index, mean_type=mean_type, var_type=var_type
-        )
+        options = gaussian.ReverseOptions(mean_type=mean_type, var_type=var_type)
+        step = gaussian.p_mean_variance(schedule, frozen, x_t, index, options)
         steps = schedule.num_steps if num_train_steps is None else num_train_steps
         vlb = vlb_terms(schedule, step, x0, x_t, index)
         losses["vlb"] = vlb

@@ -10,6 +10,7 @@ schedule index i) to reproduce another implementation's chain or to propagate mo
 """
 
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -27,21 +28,17 @@ def _step_noise(key: Array | None, noise: Array | None, index: Array, x: Array) 
     return jax.random.normal(jax.random.fold_in(key, index), x.shape, jnp.float32)
 
 
-def _options(mean_type: str, var_type: str, clip: str, clip_percentile: float = 0.995) -> dict:
-    """The checked keyword arguments of `gaussian.p_mean_variance`."""
-    gaussian.check_prediction(mean_type)
-    gaussian.check_variance(var_type)
-    gaussian.check_clipping(clip)
-    return dict(mean_type=mean_type, var_type=var_type, clip=clip, clip_percentile=clip_percentile)
-
-
 def _reverse_step(
-    denoise: DenoiseFn, schedule: Schedule, index: Array, x: Array, **options
+    denoise: DenoiseFn,
+    schedule: Schedule,
+    index: Array,
+    x: Array,
+    options: gaussian.ReverseOptions,
 ) -> gaussian.ReverseStep:
     """The model's reverse step at schedule index `index` (scalar) for the whole batch x: [B, …]."""
     batch_index = jnp.full((x.shape[0],), index, jnp.int32)
     output = denoise(x, schedule.timesteps[batch_index])
-    return gaussian.p_mean_variance(schedule, output, x, batch_index, **options)
+    return gaussian.p_mean_variance(schedule, output, x, batch_index, options)
 
 
 def _reverse_loop(schedule: Schedule, x_T: Array, body: Callable[[Array, Array], Array]) -> Array:
@@ -60,19 +57,20 @@ def ddpm_sample(
     x_T: Array,
     key: Array | None = None,
     *,
-    mean_type: str = "eps",
-    var_type: str = "fixed_small",
-    clip: str = "none",
-    clip_percentile: float = 0.995,
     noise: Array | None = None,
+    **options: Any,
 ) -> Array:
-    """Ancestral sampling x_{i−1} = μ_θ(x_i) + σ_i z, no noise at i = 0. x_T: [B, …] → x0."""
-    options = _options(mean_type, var_type, clip, clip_percentile)
+    """Ancestral sampling x_{i−1} = μ_θ(x_i) + σ_i z, no noise at i = 0. x_T: [B, …] → x0.
+
+    `options`: the fields of `gaussian.ReverseOptions` (mean_type, var_type, clip,
+    clip_percentile); var_type="analytic" reads the schedule's `x0_variance`.
+    """
+    options = gaussian.ReverseOptions(**options)
     if key is None and noise is None:
         raise ValueError("ddpm_sample needs a key or explicit per-step noise")
 
     def body(index, x):
-        step = _reverse_step(denoise, schedule, index, x, **options)
+        step = _reverse_step(denoise, schedule, index, x, options)
         z = _step_noise(key, noise, index, x)
         std = jnp.where(index > 0, jnp.exp(0.5 * step.log_variance), 0.0)
         return step.mean + std * z
@@ -87,20 +85,20 @@ def ddim_sample(
     key: Array | None = None,
     *,
     eta: float | Array = 0.0,
-    mean_type: str = "eps",
-    var_type: str = "fixed_small",
-    clip: str = "none",
-    clip_percentile: float = 0.995,
     noise: Array | None = None,
+    **options: Any,
 ) -> Array:
     """DDIM (Song et al. 2021, eq. 12): deterministic at η = 0, DDPM-like variance at η = 1.
 
-    Learned-variance channels, if any, are ignored. x_T: [B, …] → x0.
+    The mean's ε weight is √(1 − ᾱ_{i−1} − λ²) with λ² = η²β̃_i, and so is the noise's variance,
+    except with var_type="analytic": then Analytic-DDIM's optimal variance for that mean (Bao et
+    al. 2022), which adds noise even at η = 0 (none without a key or noise). Learned-variance
+    channels, if any, are ignored. `options` as in `ddpm_sample`. x_T: [B, …] → x0.
     """
-    options = _options(mean_type, var_type, clip, clip_percentile)
+    options = gaussian.ReverseOptions(**options)
 
     def body(index, x):
-        step = _reverse_step(denoise, schedule, index, x, **options)
+        step = _reverse_step(denoise, schedule, index, x, options)
         alpha_bar = schedule.alphas_cumprod[index]
         alpha_bar_prev = schedule.alphas_cumprod_prev[index]
         sigma = (
@@ -114,6 +112,8 @@ def ddim_sample(
         )
         if key is None and noise is None:
             return mean
+        if options.var_type == "analytic":
+            sigma = jnp.sqrt(gaussian.analytic_variance(schedule, index, sigma**2))
         z = _step_noise(key, noise, index, x)
         return mean + jnp.where(index > 0, sigma, 0.0) * z
 
@@ -138,7 +138,8 @@ def ddim_invert(
     fixed-point iteration re-evaluates it at the current estimate of x_i (one more model call).
     x0: [B, …] → x_T: [B, …].
     """
-    _options(mean_type, var_type, "none")
+    gaussian.check_prediction(mean_type)
+    gaussian.check_variance(var_type)
     if fixed_point_iterations < 0:
         raise ValueError(f"fixed_point_iterations must be >= 0, got {fixed_point_iterations}")
 

@@ -153,16 +153,37 @@ class Schedule:
     large_log_variance: jax.Array  # [N] log β_i, with β̃_1 at i = 0 (keeps the last step finite)
     timesteps: jax.Array  # [N] int32, original timestep of index i
     num_steps: jax.Array  # [] int32, S
+    # [N] E Var(x0 | x_i)/d implied by a model's Γ table, for var_type="analytic"; else None.
+    x0_variance: jax.Array | None = None
 
     @property
     def max_steps(self) -> int:
         return self.betas.shape[0]
 
 
+def implied_x0_variance(
+    alphas_cumprod: np.ndarray, eps_sq_norm: np.ndarray, data_variance: float | None = None
+) -> np.ndarray:
+    """E Var(x0 | x_t)/d = β̄_t (1 − Γ_t)/ᾱ_t, the mean posterior variance of x0 that a model's
+    Γ_t = E‖ε_θ(x_t, t)‖²/d implies (Tweedie: E‖E[ε | x_t]‖²/d = 1 − ᾱ_t E Var(x0 | x_t)/(β̄_t d)),
+    clipped to Analytic-DPM's bounds (Bao et al. 2022, Theorem 2: 0 ≤ 1 − Γ ≤ 1) and, given the
+    data's mean per-dimension variance, to it (E Var(x0 | x_t) ≤ Var(x0)): where ᾱ_t → 0 a Monte
+    Carlo Γ cannot resolve 1 − Γ and only that bound keeps the variance finite. [S] float64.
+    """
+    alphas_cumprod = np.asarray(alphas_cumprod, np.float64)
+    ratio = (1.0 - alphas_cumprod) / alphas_cumprod
+    upper = ratio if data_variance is None else np.minimum(ratio, data_variance)
+    return np.clip(ratio * (1.0 - np.asarray(eps_sq_norm, np.float64)), 0.0, upper)
+
+
 def build_schedule(
-    betas: np.ndarray, timesteps: np.ndarray | None = None, max_steps: int | None = None
+    betas: np.ndarray,
+    timesteps: np.ndarray | None = None,
+    max_steps: int | None = None,
+    x0_variance: np.ndarray | None = None,
 ) -> Schedule:
-    """A `Schedule` from β (float64 [S]); `timesteps` default to 0 … S−1; padded to `max_steps`."""
+    """A `Schedule` from β (float64 [S]); `timesteps` default to 0 … S−1; padded to `max_steps`;
+    `x0_variance` [S] (`implied_x0_variance` at the kept timesteps) for the analytic variance."""
     betas = np.asarray(betas, dtype=np.float64)
     steps = betas.shape[0]
     timesteps = np.arange(steps) if timesteps is None else np.asarray(timesteps)
@@ -199,10 +220,13 @@ def build_schedule(
         name: jnp.asarray(np.pad(table, (0, pad), mode="edge"), dtype=jnp.float32)
         for name, table in tables.items()
     }
+    if x0_variance is not None:
+        x0_variance = jnp.asarray(np.pad(x0_variance, (0, pad), mode="edge"), dtype=jnp.float32)
     return Schedule(
         **arrays,
         timesteps=jnp.asarray(np.pad(timesteps, (0, pad), mode="edge"), dtype=jnp.int32),
         num_steps=jnp.asarray(steps, dtype=jnp.int32),
+        x0_variance=x0_variance,
     )
 
 
@@ -211,13 +235,31 @@ def make_schedule(
     num_train_steps: int,
     spacing: str | int | Sequence[int] | None = None,
     max_steps: int | None = None,
+    eps_sq_norm: np.ndarray | None = None,
+    data_variance: float | None = None,
 ) -> Schedule:
     """The named schedule of `num_train_steps`, respaced by `spacing` (None: all steps).
 
     `max_steps` pads the tables so that every step count up to it shares one compiled sampler.
+    `eps_sq_norm` [T], a model's Γ per training timestep (with `data_variance`, see
+    `implied_x0_variance`), fills `x0_variance` at the kept timesteps for var_type="analytic".
     """
     betas = make_betas(name, num_train_steps)
+    kept = (
+        np.arange(num_train_steps) if spacing is None else space_timesteps(num_train_steps, spacing)
+    )
+    x0_variance = None
+    if eps_sq_norm is not None:
+        eps_sq_norm = np.asarray(eps_sq_norm, np.float64)
+        if eps_sq_norm.shape != (num_train_steps,):
+            raise ValueError(
+                f"eps_sq_norm must hold one Γ per training timestep, [{num_train_steps}], got "
+                f"shape {eps_sq_norm.shape}"
+            )
+        alphas_cumprod = np.cumprod(1.0 - betas)[kept]
+        x0_variance = implied_x0_variance(alphas_cumprod, eps_sq_norm[kept], data_variance)
     if spacing is None:
-        return build_schedule(betas, max_steps=max_steps)
-    kept = space_timesteps(num_train_steps, spacing)
-    return build_schedule(respaced_betas(betas, kept), timesteps=kept, max_steps=max_steps)
+        return build_schedule(betas, max_steps=max_steps, x0_variance=x0_variance)
+    return build_schedule(
+        respaced_betas(betas, kept), timesteps=kept, max_steps=max_steps, x0_variance=x0_variance
+    )

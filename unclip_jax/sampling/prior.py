@@ -28,7 +28,7 @@ from unclip_jax.models.prior import (
     substitute_null,
 )
 from unclip_jax.sampling.checked import CheckedProgram
-from unclip_jax.sampling.settings import check_guidance_scale
+from unclip_jax.sampling.settings import FIXED_VARIANCES, check_guidance_scale
 
 Array = jax.Array
 
@@ -78,7 +78,7 @@ def make_prior_sampler(
     *,
     num_candidates: int = 2,
     sampler: str = "ddpm",  # or "ddim"
-    var_type: str = "fixed_small",  # or "fixed_large" (DDPM's step variance)
+    var_type: str = "fixed_small",  # or "fixed_large" (β), "analytic" (Analytic-DPM, Bao 2022)
     clip: str = "none",  # or "static", "dynamic" (on the normalised x0)
     use_cache: bool = True,  # False: recompute the caption prefix every step
 ) -> CheckedProgram:
@@ -87,14 +87,16 @@ def make_prior_sampler(
 
     `caption`: an `EncodedCaption` (z_t [B, Dz], token states [B, L, Dt], mask [B, L]); `null`
     is required when the model's null conditioning is the empty caption, and must be None
-    otherwise.
+    otherwise. var_type="analytic" needs a schedule made with the prior's Γ table
+    (`DiffusionSettings.schedule_for(steps, analytic)`): its x0_variance gives every step's
+    variance inside the one program.
     """
     if num_candidates < 1:
         raise ValueError(f"num_candidates must be >= 1, got {num_candidates}")
     if sampler not in samplers.SAMPLERS:
         raise ValueError(f"sampler must be one of {sorted(samplers.SAMPLERS)}, got {sampler!r}")
-    if var_type not in ("fixed_small", "fixed_large"):
-        raise ValueError(f"var_type must be 'fixed_small' or 'fixed_large', got {var_type!r}")
+    if var_type not in FIXED_VARIANCES:
+        raise ValueError(f"var_type must be one of {FIXED_VARIANCES}, got {var_type!r}")
 
     def sample(
         params,
@@ -133,5 +135,10 @@ def make_prior_sampler(
         if not isinstance(arguments["guidance_scale"], jax.Array):
             check_guidance_scale(arguments["guidance_scale"])
         check_null_given(arguments["null"], model.null_conditioning)
+        if var_type == "analytic" and arguments["schedule"].x0_variance is None:
+            raise ValueError(
+                "var_type 'analytic' needs a schedule made with the prior's Γ table "
+                "(DiffusionSettings.schedule_for(steps, analytic))"
+            )
 
     return CheckedProgram(sample, jax.jit(sample), check)

@@ -8,7 +8,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from unclip_jax.diffusion import gaussian, samplers
+from unclip_jax.diffusion.analytic import AnalyticTable
 from unclip_jax.diffusion.schedules import SCHEDULES, Schedule, make_schedule
+
+FIXED_VARIANCES = ("fixed_small", "fixed_large", "analytic")  # DiffusionSettings.variance
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,6 +23,9 @@ class DiffusionSettings:
     sample_steps: int = 50  # the stage's default number of sampling steps
     prediction: str = "eps"  # or "x0", "v"
     learned_variance: bool = False  # the model also outputs Σ's interpolation (hybrid loss)
+    # A fixed-variance model's step variance: or "fixed_large" (β), "analytic" (Analytic-DPM,
+    # Bao et al. 2022: needs the stage's Γ table); a learned-variance model uses its own Σ.
+    variance: str = "fixed_small"
     sampler: str = "ddim"  # or "ddpm" (ancestral steps, with the learned Σ where there is one)
     clip: str = "static"  # clipping of the predicted x0: or "none", "dynamic"
     max_steps: int | None = None  # step counts up to this share one program; None: train_steps
@@ -37,6 +43,13 @@ class DiffusionSettings:
             raise ValueError(f"max_steps must be in [1, {self.train_steps}], got {self.max_steps}")
         gaussian.check_prediction(self.prediction)
         gaussian.check_clipping(self.clip)
+        if self.variance not in FIXED_VARIANCES:
+            raise ValueError(f"variance must be one of {FIXED_VARIANCES}, got {self.variance!r}")
+        if self.learned_variance and self.variance != "fixed_small":
+            raise ValueError(
+                f"variance {self.variance!r} is for fixed-variance models; this stage has "
+                "learned_variance=True and samples with its learned Σ"
+            )
 
     @classmethod
     def from_dict(cls, section: Mapping[str, Any]) -> "DiffusionSettings":
@@ -48,7 +61,8 @@ class DiffusionSettings:
 
     @property
     def var_type(self) -> str:
-        return "learned_range" if self.learned_variance else "fixed_small"
+        """The `gaussian.VARIANCES` name the stage samples with."""
+        return "learned_range" if self.learned_variance else self.variance
 
     @property
     def eta(self) -> float:
@@ -62,11 +76,26 @@ class DiffusionSettings:
     def output_channels(self, channels: int = 3) -> int:
         return gaussian.output_channels(channels, self.var_type)
 
-    def schedule_for(self, steps: int | str | Any) -> Schedule:
-        """The schedule respaced to `steps`, padded to `padded_steps` (one program for all)."""
+    def schedule_for(
+        self, steps: int | str | Any, analytic: AnalyticTable | None = None
+    ) -> Schedule:
+        """The schedule respaced to `steps`, padded to `padded_steps` (one program for all);
+        with `analytic`, the model's Γ table, it holds the analytic variance's x0_variance."""
         if isinstance(steps, int) and not 1 <= steps <= self.padded_steps:
             raise ValueError(f"steps must be in [1, {self.padded_steps}], got {steps}")
-        return make_schedule(self.schedule, self.train_steps, steps, max_steps=self.padded_steps)
+        if analytic is not None and analytic.train_steps != self.train_steps:
+            raise ValueError(
+                f"the Γ table has {analytic.train_steps} entries; the stage has "
+                f"train_steps={self.train_steps}"
+            )
+        return make_schedule(
+            self.schedule,
+            self.train_steps,
+            steps,
+            max_steps=self.padded_steps,
+            eps_sq_norm=None if analytic is None else analytic.eps_sq_norm,
+            data_variance=None if analytic is None else analytic.data_variance,
+        )
 
 
 def check_guidance_scale(scale: Any, name: str = "guidance_scale") -> float:

@@ -4,6 +4,9 @@ Each step noises the (normalised) image embedding to a uniform timestep of a 100
 schedule, and the prior predicts the clean embedding from it, the caption's token states and its
 text embedding; the loss is the MSE on x0. The caption is replaced by the model's null
 conditioning with probability `text_drop_prob` (10%), for classifier-free guidance at sampling.
+A config that samples with `diffusion.variance="analytic"` (Analytic-DPM, as Table 3's prior) has
+the prior's Γ table estimated with the final EMA parameters on training batches and saved in the
+workdir beside the normaliser, from where the pipeline export carries both into the prior stage.
 
 Batches (host-local numpy, the names of the embedding shards written by `unclip embed`):
 
@@ -27,8 +30,9 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from unclip_jax import sharding
 from unclip_jax.data.embedding_shards import EmbeddingShards, embedding_iterator
-from unclip_jax.diffusion import losses
+from unclip_jax.diffusion import analytic, losses
 from unclip_jax.diffusion.schedules import Schedule, make_schedule
 from unclip_jax.models.prior import (
     DiffusionPrior,
@@ -37,13 +41,16 @@ from unclip_jax.models.prior import (
     substitute_null,
 )
 from unclip_jax.sampling.prior import EncodedCaption, NullCaption, make_prior_sampler
+from unclip_jax.sampling.settings import DiffusionSettings
 from unclip_jax.train import denoising, loop
+from unclip_jax.train import step as step_lib
 from unclip_jax.train.state import TrainState
 from unclip_jax.train.task import Batch, Metrics, Params, Task, check_probability
 
 Array = jax.Array
 BATCH_FIELDS = ("image_embedding", "text_embedding", "token_states", "text_mask")
 NORMALIZER_FILE = "embedding_normalizer.json"
+ANALYTIC_FILE = analytic.TABLE_FILE  # the Γ table, beside the normaliser
 
 
 def cast_batch(
@@ -184,6 +191,20 @@ class DiffusionPriorTask(Task):
         )
         loss = jnp.mean(terms["loss"])
         return loss, {"x0_cosine": jnp.mean(cosine(prediction, x0))}
+
+    def analytic_statistics(self, params: Params, batch: Batch, key: Array) -> tuple[Array, Array]:
+        """(Γ [T], data variance []) of the prior on one batch (`analytic.estimate`): its ε,
+        converted from its x0 prediction with each row's own caption, at every training timestep
+        of the normalised image embeddings."""
+        x0 = self.normalizer.normalize(batch["image_embedding"])
+        caption, _ = self._conditioning(batch, None)
+        variables, model = {"params": params}, self.model
+        if model.causal:  # the caption prefix once, not once per timestep
+            cache = model.apply(variables, *caption, method=model.encode_prefix)
+            denoise = lambda x, t: model.apply(variables, cache, x, t, method=model.step)
+        else:
+            denoise = lambda x, t: model.apply(variables, x, t, *caption)
+        return analytic.estimate(denoise, self.schedule, x0, key, mean_type="x0")
 
     def evaluate(self, params: Params, batch: Batch, key: Array) -> Metrics:
         loss, metrics = self.loss(params, batch, key, train=False)
@@ -384,10 +405,47 @@ def train_batches(config: ml_collections.ConfigDict):
     )
 
 
+def write_analytic_table(
+    config: ml_collections.ConfigDict,
+    task: DiffusionPriorTask,
+    params: Params,
+    workdir: Path,
+    num_batches: int = 1,
+) -> analytic.AnalyticTable:
+    """Estimates the prior's Γ table with `params` on the first `num_batches` training batches
+    (one jitted program each, sharded as the train step) and saves it as `ANALYTIC_FILE`."""
+    mesh = sharding.make_mesh(dict(config.mesh))
+    rules = sharding.normalize_rules(config.sharding.rules)
+    estimate = step_lib.ShardedStep(
+        jax.jit(task.analytic_statistics, out_shardings=sharding.replicated(mesh)), mesh, rules
+    )
+    key = jax.random.fold_in(jax.random.key(config.seed), 2)  # apart from init/train/eval's
+    data = train_batches(config)
+    try:
+        tables = [
+            jax.device_get(
+                estimate(params, step_lib.to_global(next(data), mesh), jax.random.fold_in(key, i))
+            )
+            for i in range(num_batches)
+        ]
+    finally:
+        data.close()
+    table = analytic.AnalyticTable.mean(tables, rows=config.train.batch_size)
+    if jax.process_index() == 0:
+        (workdir / ANALYTIC_FILE).write_text(json.dumps(table.to_dict()))
+    logging.info("Γ table of %d examples per timestep saved in %s", table.examples, workdir)
+    return table
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
-    """Trains the diffusion prior of `config` on `config.data.train_dir` (embedding shards)."""
+    """Trains the diffusion prior of `config` on `config.data.train_dir` (embedding shards),
+    then, for `diffusion.variance="analytic"`, writes its Γ table (`write_analytic_table`)."""
     workdir = Path(workdir).absolute()
+    settings = DiffusionSettings.from_dict(config.diffusion)  # checked before training
     train_data = train_batches(config)
     normalizer = workdir_normalizer(config.embedding_norm, config.data.train_dir, workdir)
     task = build_task(config, normalizer)
-    return loop.train_and_evaluate(config, workdir, task, train_data, eval_batches(config))
+    state = loop.train_and_evaluate(config, workdir, task, train_data, eval_batches(config))
+    if settings.var_type == "analytic":
+        write_analytic_table(config, task, state.ema_params, workdir)
+    return state
