@@ -1,5 +1,7 @@
 """The autoregressive prior at demo scale, beside `prior_demo.py`: a 2-layer, 64-wide causal
-transformer over the PCA codes of a small CLIP's 64-d image embeddings (captioned shapes).
+transformer over the PCA codes of a small CLIP's 64-d image embeddings (captioned shapes), each
+component in 64 buckets rather than the paper's 1024 (`ar_prior_paper.py`), which a tiny model
+learns too slowly from 20k images. The demo trains it as a pipeline stage (`configs/demo.py`).
 
     unclip train --config=configs/ar_prior_demo.py --workdir=workdirs/ar_prior_demo \
         --config.data.train_dir=embeddings/train --config.data.eval_dir=embeddings/test
@@ -26,13 +28,24 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             num_buckets=64,  # the paper's 1024 learn too slowly from 20k images
             num_dot_buckets=32,
             quantile=0.0,  # clip this fraction of outliers at each end of a component's range
-            # Sampling conditions on the bucket of this quantile of the training z_i·z_t: the paper
-            # asks for a high one (fidelity); the median keeps the distribution of embeddings.
+            # The bucket of this quantile of the training z_i·z_t, which dot_sampling="quantile"
+            # conditions every sample on.
             sample_dot_quantile=0.5,
         )
     )
-    config.guidance = ml_collections.ConfigDict(dict(text_drop_prob=0.1, scale=1.0))
-    config.sampling = ml_collections.ConfigDict(dict(temperature=1.0, top_p=1.0))
+    # candidates: samples per caption, the largest z_i·z_t kept (1: none; the paper reranks the
+    # diffusion prior's samples only).
+    config.guidance = ml_collections.ConfigDict(dict(text_drop_prob=0.1, scale=1.0, candidates=1))
+    config.sampling = ml_collections.ConfigDict(
+        dict(
+            temperature=1.0,
+            top_p=1.0,
+            # The z_i·z_t token: "top_half" draws it per sample from the training distribution
+            # restricted to the buckets at or above the median's (§2.1); "quantile" fixes it at
+            # the bucket of quantizer.sample_dot_quantile.
+            dot_sampling="top_half",
+        )
+    )
     config.data = ml_collections.ConfigDict(dict(train_dir="", eval_dir="", null_caption=""))
     config.eval = ml_collections.ConfigDict(dict(batch_size=256, num_batches=4))
 

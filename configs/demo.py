@@ -11,13 +11,13 @@ second CLIP trained from another seed, used only for the CLIP score.
 
 import ml_collections
 
-from configs import base, clip_shapes, decoder_demo, prior_demo, upsampler_demo
+from configs import ar_prior_demo, base, clip_shapes, decoder_demo, prior_demo, upsampler_demo
 
 SOURCE = base.SHAPES_SOURCE
 
 
 def _stage_configs(config: ml_collections.ConfigDict, stage_arg: str | None) -> None:
-    """The five trained stages, each its own stage config, all reading the demo's data."""
+    """The six trained stages, each its own stage config, all reading the demo's data."""
     config.clip = clip_shapes.get_config(stage_arg)
     config.clip.data.source = SOURCE
     config.score_clip = clip_shapes.get_config(stage_arg)
@@ -30,6 +30,9 @@ def _stage_configs(config: ml_collections.ConfigDict, stage_arg: str | None) -> 
     config.prior = prior_demo.get_config(stage_arg)
     # The prior reads the CLIP tokenizer's full context of token states.
     config.prior.model.num_tokens = config.clip.tokenizer.context_length
+    # The autoregressive prior (§2.1), on the same embeddings; `unclip generate --prior ar`.
+    config.ar_prior = ar_prior_demo.get_config(stage_arg)
+    config.ar_prior.model.num_tokens = config.clip.tokenizer.context_length
     config.decoder = decoder_demo.get_config(stage_arg)
     config.upsampler = upsampler_demo.get_config(stage_arg)
 
@@ -58,6 +61,7 @@ def _eval() -> ml_collections.ConfigDict:
             num_binding=64,  # two-object samples (reported, not gated)
             num_variation_sources=64,
             variations_per_source=4,
+            variation_etas=(0.0, 0.5, 1.0),  # DDIM η of variations from the inverted x_T
             num_interpolations=32,
             interpolation_frames=5,
             num_text_diffs=32,
@@ -74,6 +78,7 @@ def _shrink_figures(config: ml_collections.ConfigDict) -> None:
         num_binding=4,
         num_variation_sources=2,
         variations_per_source=2,
+        variation_etas=(0.0,),
         num_interpolations=2,
         interpolation_frames=2,
         num_text_diffs=2,

@@ -1,6 +1,7 @@
-"""A pipeline directory of tiny random stages: CLIP (32 px, 16-d), prior, 8 px decoder with a
-CLIP-token caption, 8→16 upsampler. Used by the pipeline and command tests; its stage configs and
-`random_params` also serve the sampling and compile-hygiene tests."""
+"""A pipeline directory of tiny random stages: CLIP (32 px, 16-d), prior (and, when asked, an
+autoregressive prior), 8 px decoder with a CLIP-token caption, 8→16 upsampler. Used by the
+pipeline and command tests; its stage configs and `random_params` also serve the sampling and
+compile-hygiene tests."""
 
 import dataclasses
 from pathlib import Path
@@ -11,7 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from unclip_jax.convert import hf_clip
+from unclip_jax.models.ar_prior import ARPrior
 from unclip_jax.models.clip import CLIP, clip_config
+from unclip_jax.models.pca_quantizer import ARQuantizers, fit_quantizers
 from unclip_jax.models.prior import DiffusionPrior
 from unclip_jax.models.unet import decoder_from_config, upsampler_from_config
 from unclip_jax.pipelines import store
@@ -72,8 +75,47 @@ def random_params(module: nn.Module, *args, seed: int | None = None, **kwargs):
     return jax.tree.unflatten(tree, values)
 
 
-def build(directory: Path) -> Path:
-    """Writes the tiny pipeline into `directory` and returns it."""
+AR_PRIOR_MODEL = dict(
+    num_codes=4,
+    num_buckets=16,
+    num_dot_buckets=8,
+    text_embed_dim=16,
+    token_dim=32,
+    num_tokens=CONTEXT,
+    width=16,
+    depth=1,
+    num_heads=2,
+)
+AR_SAMPLING = dict(
+    guidance_scale=2.0, candidates=1, temperature=1.0, top_p=1.0, dot_sampling="top_half"
+)
+
+
+def ar_quantizers(count: int = 256, seed: int = 0) -> ARQuantizers:
+    """Quantizers of AR_PRIOR_MODEL's sizes, fitted on random 16-d pairs (z_i near z_t)."""
+    rng = np.random.default_rng(seed)
+    text = rng.normal(size=(count, 16))
+    image = 3.0 * (text + rng.normal(size=(count, 16)))
+    sizes = {k: AR_PRIOR_MODEL[k] for k in ("num_buckets", "num_dot_buckets")}
+    return fit_quantizers(image, text, num_components=AR_PRIOR_MODEL["num_codes"], **sizes)
+
+
+def ar_prior_stage() -> tuple[dict, dict, ARQuantizers]:
+    """(stage.json settings, random parameters, quantizers) of a tiny AR prior stage."""
+    model = ARPrior(**AR_PRIOR_MODEL)
+    params = random_params(
+        model,
+        jnp.zeros((1, model.num_codes), jnp.int32),
+        jnp.zeros((1,), jnp.int32),
+        jnp.zeros((1, 16)),
+        jnp.zeros((1, CONTEXT, 32)),
+        jnp.ones((1, CONTEXT), bool),
+    )
+    return {"model": AR_PRIOR_MODEL, "sampling": AR_SAMPLING}, params, ar_quantizers()
+
+
+def build(directory: Path, *, ar_prior: bool = False, diffusion_prior: bool = True) -> Path:
+    """Writes the tiny pipeline into `directory` (with the priors asked for) and returns it."""
     tokenizer = bpe.train_bpe(CAPTIONS, vocab_size=64, context_length=CONTEXT)
     base = clip_config("tiny")
     config = dataclasses.replace(
@@ -126,7 +168,10 @@ def build(directory: Path) -> Path:
                 "normalizer": {"kind": "unit_norm", "mean": None, "std": None},
             },
             prior_params,
-        ),
+        )
+        if diffusion_prior
+        else None,
+        ar_prior=ar_prior_stage() if ar_prior else None,
         decoder=(
             {
                 "image_size": 8,

@@ -136,7 +136,9 @@ def test_sampler_top_p_tiny_is_greedy(params):
     quantizer = fit_pca_quantizer(_embeddings(500), num_components=K, num_buckets=V)
     caption, dots, scale = _caption(4), jnp.array([7, 7]), 2.0
     sampler = make_ar_prior_sampler(MODEL)
-    z, codes = sampler(params, jax.random.PRNGKey(5), caption, dots, quantizer, scale, 1.0, 1e-9)
+    z, aux = sampler(params, jax.random.PRNGKey(5), caption, dots, quantizer, scale, 1.0, 1e-9)
+    codes = aux["codes"][:, 0]  # the one candidate per caption
+    np.testing.assert_array_equal(aux["dot_buckets"][:, 0], dots)  # given buckets are kept
     # Greedy decoding by repeated teacher-forced forwards with guidance on the logits.
     apply = jax.jit(MODEL.apply)
     greedy = jnp.zeros((B, K), jnp.int32)
@@ -159,6 +161,7 @@ def test_sampler_top_p_tiny_is_greedy(params):
     # Other keys and settings reuse the program; full nucleus sampling varies with the key.
     other = sampler(params, jax.random.PRNGKey(6), caption, dots, quantizer, 1.0, 1.0, 1.0)[1]
     again = sampler(params, jax.random.PRNGKey(7), caption, dots, quantizer, 1.0, 1.0, 1.0)[1]
+    other, again = other["codes"], again["codes"]
     assert np.any(np.asarray(other) != np.asarray(again))
     assert sampler.compiled._cache_size() == 1
     with pytest.raises(ValueError, match="top_p must be in"):

@@ -125,14 +125,16 @@ def test_unreadable_images_are_refused(tmp_path):
 
 def test_variations_and_interpolation_share_the_decoder_noise(pipe, first):
     image = pipeline_images.to_uint8(first["images"][0])
-    variations = pipe.variations(image, n=4, seed=1)
+    variations = pipe.variations(image, n=4, seed=1, x_T="random")
     assert variations.shape == (4, 16, 16, 3)
     assert len({v.tobytes() for v in variations}) == 4
-    frames = pipe.interpolate(image, pipeline_images.to_uint8(first["images"][2]), n=4, seed=1)
+    other = pipeline_images.to_uint8(first["images"][2])
+    frames = pipe.interpolate(image, other, n=4, seed=1, x_T="random")
     # Frame 0 decodes z_a with noise row 0, as the first variation does.
     assert np.abs(frames[0].astype(int) - variations[0].astype(int)).max() <= 1
-    same = pipe.interpolate(image, image, n=4, seed=1)
-    assert np.abs(same.astype(int) - same[:1].astype(int)).max() <= 1
+    for x_T in ("random", "inverted"):
+        same = pipe.interpolate(image, image, n=4, seed=1, x_T=x_T)
+        assert np.abs(same.astype(int) - same[:1].astype(int)).max() <= 1
 
 
 def test_text_diff(pipe, first):

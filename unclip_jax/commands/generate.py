@@ -4,7 +4,9 @@ PNGs (`<prompt index>_<image index>.png`), a captioned grid (`grid.png`, one row
 
 `--checkpoint` is a pipeline directory or a converted Karlo checkpoint (`unclip convert-karlo`);
 steps, guidance scales and prior candidates not given are the checkpoint's (Karlo's: prior 25
-steps at guidance 4, decoder 25 at 8, super-res 7).
+steps at guidance 4, decoder 25 at 8, super-res 7). `--prior` picks the diffusion prior or the
+autoregressive one (§2.1; its steps are its code count) where the directory holds both; one it
+does not hold is an error naming the directory and the priors it has.
 
 An empty prompt ("") is unconditional; a prompt longer than the tokenizer's context is truncated
 with a warning. Arguments are checked, and the output directory tested for writing, before
@@ -34,6 +36,13 @@ flags.DEFINE_integer(
     "z_i samples per image; the largest z_i·z_t is kept (default: the stage's).",
 )
 flags.DEFINE_integer("rerank", 1, "Final images per image; the largest CLIP score is kept.")
+flags.DEFINE_enum(
+    "prior",
+    None,
+    ["diffusion", "ar"],
+    "Which prior of the checkpoint samples z_i: 'diffusion' or 'ar' (autoregressive, §2.1; "
+    "default: the diffusion prior where the checkpoint holds one).",
+)
 
 
 def main(argv: list[str]) -> None:
@@ -52,7 +61,7 @@ def main(argv: list[str]) -> None:
     for name in ("num_images", "prior_candidates", "rerank"):
         if FLAGS[name].value is not None:
             arguments.check_count(f"--{name}", FLAGS[name].value)
-    out, pipe = common.open_run()
+    out, pipe = _open_run()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         images = pipe.generate(
@@ -78,6 +87,19 @@ def main(argv: list[str]) -> None:
     files["captions.json"] = json.dumps(captions, indent=1)
     common.write_results(out, files)
     print(f"wrote {len(images)} images and grid.png to {out}")
+
+
+def _open_run():
+    """`common.open_run` with the prior of `--prior`: (the checked `--out`, the pipeline)."""
+    from unclip_jax.pipelines import outputs
+    from unclip_jax.pipelines.unclip import UnCLIP
+
+    out = outputs.check_output_dir(FLAGS.out, overwrite=FLAGS.overwrite)
+    outputs.enable_compilation_cache(FLAGS.compilation_cache)
+    if not FLAGS.checkpoint:
+        raise ValueError("--checkpoint must name a pipeline directory")
+    options = dict(prior=FLAGS.prior, num_devices=FLAGS.num_devices, progress=True)
+    return out, UnCLIP.load(FLAGS.checkpoint, **options)
 
 
 if __name__ == "__main__":

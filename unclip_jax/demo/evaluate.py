@@ -2,10 +2,13 @@
 
 Gates of the pipeline issue, all read by the shapes oracle on fresh seeds:
 - text → image: colour and colour+shape accuracy of single-object captions "a {colour} {shape}";
+  the same through the autoregressive prior (§2.1; reported beside them as `ar_prior_*`);
   binding accuracy of two-object captions (reported only: the demo data has one object);
-- variations of held-out images keep the source's colour and shape, and differ from each other;
+- variations of held-out images (from their DDIM inversions, §3.1) keep the source's colour and
+  shape, and differ from each other; reported beside them: keep-rate and spread per η and for
+  fresh noise, and the unguided η = 0 reconstruction's MSE against a fresh-noise variation's;
 - interpolations between two held-out images of different colours read as A's colour at the
-  first frame and B's at the last;
+  first frame and B's at the last; reported: the unguided end frames' MSE to A and B;
 - text diffs "a red {shape}" → "a blue {shape}" of red held-out images read blue, same shape;
 - CLIP score under the independently seeded CLIP, and layout diversity against the data.
 """
@@ -23,10 +26,12 @@ from absl import logging
 
 from unclip_jax.data import shapes_render
 from unclip_jax.data.sources import open_source
-from unclip_jax.evals import demo_metrics
+from unclip_jax.evals import demo_metrics, diversity
 from unclip_jax.evals.clip_score import CLIPScorer
 from unclip_jax.pipelines.arguments import DecoderOptions, GenerateOptions
-from unclip_jax.pipelines.images import captioned_grid
+from unclip_jax.pipelines.image_operations import VARIATION_ETA
+from unclip_jax.pipelines.images import as_image, captioned_grid, center_square, resize
+from unclip_jax.pipelines.store import prior_kinds
 from unclip_jax.pipelines.unclip import UnCLIP
 from unclip_jax.train.images import save_png
 
@@ -115,6 +120,26 @@ def oracle_accuracy(images: np.ndarray, captions: list[str]) -> dict:
     }
 
 
+def ar_prior_figures(pipeline_dir: Path, captions: list[str], seed: int, decode: dict) -> dict:
+    """Oracle colour and colour+shape accuracy of `captions` sampled through the pipeline's
+    autoregressive prior, with the decoder settings and seed of the diffusion prior's figures
+    and the AR stage's own steps, guidance and candidates; {} where it holds no AR prior."""
+    if "ar" not in prior_kinds(pipeline_dir):
+        logging.info("%s holds no autoregressive prior: no ar_prior figures", pipeline_dir)
+        return {}
+    pipe = UnCLIP.load(pipeline_dir, prior="ar", progress=True)
+    images = pipe.generate(captions, 1, seed=seed, **decode)
+    settings = pipe.prior.settings
+    return {f"ar_prior_{k}": v for k, v in oracle_accuracy(images, captions).items()} | {
+        "ar_prior_sampling": {
+            "guidance_scale": settings.guidance_scale,
+            "candidates": settings.candidates,
+            "dot_sampling": settings.dot_sampling,
+            "codes": pipe.prior.model.num_codes,
+        }
+    }
+
+
 def mean_clip_score(scorer: CLIPScorer, images: np.ndarray, captions: list[str]) -> float:
     """Mean CLIP score of images against their captions."""
     return float(np.mean(scorer(images, captions)))
@@ -139,44 +164,103 @@ def layout_diversity(images: np.ndarray, captions: list[str], data: list[dict]) 
     return None if np.isnan(diversity) else diversity
 
 
-def variation_figures(
-    pipe: UnCLIP, sources: list[dict], per_source: int, seed: int, decode: dict
+def _mse_to_sources(images: np.ndarray, sources: list[np.ndarray]) -> float:
+    """Mean squared error in [0, 1] pixel units of images uint8 [N, S, S, 3] (the decoder's
+    resolution) to their sources, centre-squared and resized to S as the pipeline does."""
+    size = images.shape[1]
+    target = np.stack([resize(center_square(as_image(s)), size) for s in sources])
+    return float(np.mean(((images.astype(np.float64) - target) / 255.0) ** 2))
+
+
+def _variation_reads(
+    sources: list[dict], groups: np.ndarray, embed: Callable[[np.ndarray], np.ndarray]
 ) -> dict:
-    """Variations keep their source's colour and shape, and differ from each other."""
-    variations = pipe.variations_batch(
-        [d["image"] for d in sources], per_source, seed=seed, **decode
-    )
+    """Oracle keep-rate of colour and shape, share of sources whose variations all differ, and
+    spread (mean pairwise 1 − cos of `embed`'s embeddings, `evals.diversity`) of groups
+    uint8 [G, K, S, S, 3]."""
     kept = distinct = 0
-    for d, group in zip(sources, variations, strict=True):
+    for d, group in zip(sources, groups, strict=True):
         kept += sum(_reads(v, d["colour"], d["shape"]) for v in group)
         gaps = [
             np.abs(a.astype(int) - b.astype(int)).max() for a, b in itertools.combinations(group, 2)
         ]
-        distinct += min(gaps) > DISTINCT
+        distinct += bool(gaps) and min(gaps) > DISTINCT
+    spread = 0.0
+    if groups.shape[1] > 1:
+        z = embed(groups.reshape(-1, *groups.shape[2:])).reshape(*groups.shape[:2], -1)
+        spread = diversity.group_diversity(z).mean()["pairwise_distance"]
     return {
-        "variations_keep_colour_shape": kept / variations[:, :, 0, 0, 0].size,
-        "variations_all_distinct": distinct / len(sources),
+        "keep_colour_shape": kept / groups[:, :, 0, 0, 0].size,
+        "all_distinct": distinct / len(sources),
+        "spread": spread,
+    }
+
+
+def variation_figures(
+    pipe: UnCLIP,
+    sources: list[dict],
+    per_source: int,
+    seed: int,
+    decode: dict,
+    embed: Callable[[np.ndarray], np.ndarray],
+    etas: list[float],
+) -> dict:
+    """Variations (§3.1) from the sources' DDIM inversions at each η of `etas` and from fresh
+    noise: keep-rate, distinctness and spread (under `embed`, an independent CLIP); the gate
+    keys at the default η (VARIATION_ETA); and the unguided η = 0 reconstruction's MSE at the
+    decoder's resolution against an unguided fresh-noise variation's (the same settings but x_T)."""
+    images = [d["image"] for d in sources]
+    by_mode = {}
+    for eta in sorted({*etas, VARIATION_ETA}):
+        n = 1 if eta == 0 else per_source  # η = 0: n copies of one decode
+        groups = pipe.variations_batch(images, n, seed=seed, eta=eta, **decode)
+        by_mode[f"eta_{eta:g}"] = _variation_reads(sources, groups, embed)
+    fresh = pipe.variations_batch(images, per_source, seed=seed, x_T="random", **decode)
+    by_mode["fresh"] = _variation_reads(sources, fresh, embed)
+    default = by_mode[f"eta_{VARIATION_ETA:g}"]
+
+    unguided = {**decode, "decoder_guidance": 1.0, "upsample": False}
+    mse = _mse_to_sources(pipe.reconstruct_batch(images, seed, **unguided), images)
+    fresh_low = pipe.variations_batch(images, 1, seed, x_T="random", **unguided)[:, 0]
+    mse_fresh = _mse_to_sources(fresh_low, images)
+    return {
+        "variations_eta": VARIATION_ETA,
+        "variations_keep_colour_shape": default["keep_colour_shape"],
+        "variations_all_distinct": default["all_distinct"],
+        "variations_spread_vs_fresh": default["spread"] / max(by_mode["fresh"]["spread"], 1e-12),
+        "variations_by_mode": by_mode,
+        "reconstruction_mse": mse,
+        "reconstruction_mse_fresh": mse_fresh,
+        "reconstruction_mse_ratio": mse / max(mse_fresh, 1e-12),
     }
 
 
 def interpolation_figures(
     pipe: UnCLIP, data: list[dict], count: int, frames: int, seed: int, decode: dict
 ) -> dict:
-    """Interpolations between held-out images of different colours: A's colour, then B's."""
+    """Interpolations (§3.2, x_T slerped between the DDIM inversions, η = 0) between held-out
+    images of different colours read as A's colour, then B's; and the unguided end frames'
+    MSE at the decoder's resolution against those of a fixed random x_T."""
     pairs = [(a, b) for a, b in itertools.pairwise(data) if a["colour"] != b["colour"]]
     pairs = pairs[:count]
-    paths = pipe.interpolate_batch(
-        [a["image"] for a, _ in pairs],
-        [b["image"] for _, b in pairs],
-        frames,
-        seed=seed,
-        **decode,
-    )
+    images_a, images_b = [a["image"] for a, _ in pairs], [b["image"] for _, b in pairs]
+    paths = pipe.interpolate_batch(images_a, images_b, frames, seed=seed, **decode)
     good = sum(
         _reads(f[0], a["colour"]) and _reads(f[-1], b["colour"])
         for (a, b), f in zip(pairs, paths, strict=True)
     )
-    return {"interpolation_endpoints": good / len(pairs)}
+    unguided = {**decode, "decoder_guidance": 1.0, "upsample": False}
+    ends_sources = [image for pair in zip(images_a, images_b, strict=True) for image in pair]
+    mse = {}
+    for x_T in ("inverted", "random"):
+        ends = pipe.interpolate_batch(images_a, images_b, 2, seed, x_T=x_T, **unguided)
+        mse[x_T] = _mse_to_sources(ends.reshape(-1, *ends.shape[2:]), ends_sources)
+    return {
+        "interpolation_endpoints": good / len(pairs),
+        "interpolation_end_mse": mse["inverted"],
+        "interpolation_end_mse_fixed": mse["random"],
+        "interpolation_end_mse_ratio": mse["inverted"] / max(mse["random"], 1e-12),
+    }
 
 
 def text_diff_figures(
@@ -220,6 +304,9 @@ def evaluate(
         timings, "single", lambda: pipe.generate(captions, 1, seed=s.seed + 1, **generate)
     )
     figures |= oracle_accuracy(images, captions)
+    figures |= _timed(
+        timings, "ar_prior", lambda: ar_prior_figures(pipeline_dir, captions, s.seed + 1, decode)
+    )
     scorer = CLIPScorer(workdir / "score_clip" / "clip")
     figures["clip_score"] = mean_clip_score(scorer, images, captions)
     data = held_out(config, e.num_data_reference)
@@ -235,7 +322,15 @@ def evaluate(
     figures |= _timed(
         timings,
         "variations",
-        lambda: variation_figures(pipe, sources, e.variations_per_source, s.seed + 3, decode),
+        lambda: variation_figures(
+            pipe,
+            sources,
+            e.variations_per_source,
+            s.seed + 3,
+            decode,
+            scorer.embed_images,
+            list(e.variation_etas),
+        ),
     )
     figures |= _timed(
         timings,

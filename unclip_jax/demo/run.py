@@ -1,4 +1,4 @@
-"""The main job: build the shapes set, train CLIP → prior → decoder → upsampler, sample, score.
+"""The main job: build the shapes set, train CLIP → priors → decoder → upsampler, sample, score.
 
     python -m unclip_jax.demo --config configs/demo.py --workdir workdirs/demo --demo_out demo
 
@@ -6,8 +6,9 @@ Stages run in order through the registered trainers (`train/trainers.py`); each 
 finishes leaves `<workdir>/<stage>/DONE` (its wall-clock seconds), and a re-run skips it unless
 named in `--force` (or `--force=all`): a forced stage that finished starts afresh, its previous
 directory kept beside it as `<stage>.before-<time>`. A stage interrupted mid-training resumes from
-its last checkpoint. Then the stages are assembled into `<workdir>/pipeline` (`UnCLIP.load`-able)
-and the figures are written: `<out>/samples.png` (one row per prompt of `config.grid_prompts`) and
+its last checkpoint. Then the stages are assembled into `<workdir>/pipeline` (`UnCLIP.load`-able,
+with both priors: the diffusion prior by default, the autoregressive one with `prior="ar"`) and
+the figures are written: `<out>/samples.png` (one row per prompt of `config.grid_prompts`) and
 `<out>/metrics.json` (oracle accuracy, binding, CLIP score, diversity, variations,
 interpolations, text diffs, stage times and the machine's load).
 
@@ -43,7 +44,7 @@ def define_flags() -> None:
 
 
 DONE = "DONE"
-STAGES = ("data", "clip", "score_clip", "embeddings", "prior", "decoder", "upsampler")
+STAGES = ("data", "clip", "score_clip", "embeddings", "prior", "ar_prior", "decoder", "upsampler")
 
 
 def load_average() -> list[float]:
@@ -123,13 +124,14 @@ def stage_configs(config: ml_collections.ConfigDict, workdir: Path) -> dict:
     """Each trained stage's config, wired to the outputs of the stages before it."""
     data_dir = config.data_dir or None
     sections = {}
-    for name in ("clip", "score_clip", "prior", "decoder", "upsampler"):
+    for name in ("clip", "score_clip", "prior", "ar_prior", "decoder", "upsampler"):
         section = ml_collections.ConfigDict(config[name].to_dict())
         if "data" in section and "data_dir" in section.data:
             section.data.data_dir = data_dir
         sections[name] = section
-    sections["prior"].data.train_dir = str(workdir / "embeddings" / "train")
-    sections["prior"].data.eval_dir = str(workdir / "embeddings" / "test")
+    for prior in ("prior", "ar_prior"):  # both read the conditioning CLIP's embeddings
+        sections[prior].data.train_dir = str(workdir / "embeddings" / "train")
+        sections[prior].data.eval_dir = str(workdir / "embeddings" / "test")
     sections["decoder"].clip_dir = str(workdir / "clip" / "clip")
     return sections
 
@@ -149,6 +151,7 @@ def train_all(
         "score_clip": _train(sections["score_clip"]),
         "embeddings": _embed(config, workdir),
         "prior": _train(sections["prior"]),
+        "ar_prior": _train(sections["ar_prior"]),
         "decoder": _train(sections["decoder"]),
         "upsampler": _train(sections["upsampler"]),
     }
@@ -173,6 +176,7 @@ def export(config: ml_collections.ConfigDict, workdir: Path) -> Path:
         prior=(sections["prior"], workdir / "prior"),
         decoder=(sections["decoder"], workdir / "decoder"),
         upsamplers=[(sections["upsampler"], workdir / "upsampler")],
+        ar_prior=(sections["ar_prior"], workdir / "ar_prior"),
     )
 
 

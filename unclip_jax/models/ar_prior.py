@@ -11,6 +11,10 @@ sequence in one `lax.scan` with a key/value cache, guiding the logits of the cap
 null-caption half of the same batch (`sampling.ar_prior`).
 """
 
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -157,6 +161,20 @@ class ARPrior(nn.Module):
             values = values.at[i, :, position].set(v[:, 0].astype(values.dtype))
         valid = cache.valid.at[:, position].set(True)
         return self._head(h[:, 0]), DecodeCache(keys=keys, values=values, valid=valid)
+
+
+def ar_prior_from_config(fields: Mapping[str, Any], **more: Any) -> ARPrior:
+    """`ARPrior` from plain fields (a training config's `model` section and the quantizer's
+    counts, or a pipeline's stage.json), dtypes by name; a field it lacks is named."""
+    fields = {**dict(fields), **more}
+    for name in ("dtype", "param_dtype"):
+        if name in fields:
+            fields[name] = jnp.dtype(fields[name])
+    known = {f.name for f in dataclasses.fields(ARPrior)} - {"parent", "name"}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ValueError(f"ARPrior has no fields {unknown}")
+    return ARPrior(**fields)
 
 
 def ar_prior_loss(logits: Array, codes: Array) -> tuple[Array, dict[str, Array]]:

@@ -7,7 +7,13 @@ can run inside compiled code.
 
 Buckets are uniform over each component's fitted range [low, high]: a value inside the range is
 reconstructed within half a bucket, (high − low) / (2 · num_buckets); values outside are clipped.
+
+`ARQuantizers` holds what an AR prior is trained and sampled with: the PCA codes of the unit-norm
+image embedding, the buckets of z_i·z_t with their training histogram (sampling draws the token
+from its top half), and the training embeddings' mean norm (samples are decoded at that scale).
 """
+
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -122,3 +128,112 @@ def fit_pca_quantizer(
         explained_variance=jnp.asarray(variance[:num_components], jnp.float32),
         quantizer=fit_uniform_quantizer(coefficients, num_buckets, quantile),
     )
+
+
+def unit(z: Array) -> Array:  # [..., D] -> [..., D] with unit norm
+    z = jnp.asarray(z, jnp.float32)
+    return z * jax.lax.rsqrt(jnp.sum(z * z, axis=-1, keepdims=True) + 1e-12)
+
+
+class ARQuantizers(struct.PyTreeNode):
+    """The codes the AR prior predicts and the z_i·z_t token it is conditioned on."""
+
+    pca: PCAQuantizer  # unit-norm image embedding [D] -> K codes
+    dot: UniformQuantizer  # cosine(z_i, z_t), one channel -> bucket
+    sample_dot_bucket: Array  # [] int32, the bucket of `sample_dot_quantile` of the cosines
+    # [Vd] training pairs per z_i·z_t bucket; None in files written before it was kept.
+    dot_counts: Array | None = None
+    # [] mean norm of the training image embeddings; None (files before it): 1.
+    image_norm: Array | None = None
+
+    @property
+    def num_components(self) -> int:
+        return self.pca.num_components
+
+    def codes(self, image_embedding: Array) -> Array:  # [B, D] -> [B, K] int32
+        return self.pca.encode(unit(image_embedding))
+
+    def dot_bucket(self, image_embedding: Array, text_embedding: Array) -> Array:  # -> [B]
+        cosine = jnp.sum(unit(image_embedding) * unit(text_embedding), axis=-1)
+        return self.dot.encode(cosine[:, None])[:, 0]
+
+    def decode(self, codes: Array) -> Array:  # [..., K] int -> z_i [..., D] at the data's norm
+        z = self.pca.decode(codes)
+        return z if self.image_norm is None else z * self.image_norm
+
+
+def fit_quantizers(
+    image_embeddings: np.ndarray,  # [N, D]
+    text_embeddings: np.ndarray,  # [N, D]
+    *,
+    num_components: int | None = None,  # None: the fewest covering `variance_fraction`
+    variance_fraction: float = 0.99,
+    num_buckets: int = 1024,
+    num_dot_buckets: int = 64,
+    quantile: float = 0.0,
+    sample_dot_quantile: float = 0.9,
+) -> ARQuantizers:
+    """PCA + buckets on the unit-norm image embeddings; buckets of the cosines z_i·z_t and how
+    many training pairs fall in each."""
+    if not 0.0 <= sample_dot_quantile <= 1.0:
+        raise ValueError(f"sample_dot_quantile must be in [0, 1], got {sample_dot_quantile}")
+    image = np.asarray(unit(jnp.asarray(image_embeddings, jnp.float32)))
+    text = np.asarray(unit(jnp.asarray(text_embeddings, jnp.float32)))
+    pca = fit_pca_quantizer(image, num_components, variance_fraction, num_buckets, quantile)
+    cosines = np.sum(image * text, axis=-1)
+    dot = fit_uniform_quantizer(cosines[:, None], num_dot_buckets)
+    target = np.quantile(cosines, sample_dot_quantile)
+    bucket = dot.encode(jnp.asarray([[target]], jnp.float32))[0, 0]
+    buckets = np.asarray(dot.encode(jnp.asarray(cosines[:, None], jnp.float32)))[:, 0]
+    norms = np.linalg.norm(np.asarray(image_embeddings, np.float64), axis=-1)
+    return ARQuantizers(
+        pca=pca,
+        dot=dot,
+        sample_dot_bucket=jnp.asarray(bucket, jnp.int32),
+        dot_counts=jnp.asarray(np.bincount(buckets, minlength=num_dot_buckets), jnp.float32),
+        image_norm=jnp.asarray(norms.mean(), jnp.float32),
+    )
+
+
+def save_quantizers(quantizers: ARQuantizers, path: str | Path) -> None:
+    pca = quantizers.pca
+    optional = {
+        name: np.asarray(getattr(quantizers, name))
+        for name in ("dot_counts", "image_norm")
+        if getattr(quantizers, name) is not None
+    }
+    with open(path, "wb") as f:  # np.savez would append ".npz" to a path without it
+        np.savez(
+            f,
+            mean=np.asarray(pca.mean),
+            components=np.asarray(pca.components),
+            explained_variance=np.asarray(pca.explained_variance),
+            low=np.asarray(pca.quantizer.low),
+            high=np.asarray(pca.quantizer.high),
+            num_buckets=pca.num_buckets,
+            dot_low=np.asarray(quantizers.dot.low),
+            dot_high=np.asarray(quantizers.dot.high),
+            num_dot_buckets=quantizers.dot.num_buckets,
+            sample_dot_bucket=np.asarray(quantizers.sample_dot_bucket),
+            **optional,
+        )
+
+
+def load_quantizers(path: str | Path) -> ARQuantizers:
+    """The quantizers of `save_quantizers`; files without the histogram or the norm (written
+    before they were kept) load with None there."""
+    with np.load(path) as f:
+        a = {k: f[k] for k in f.files}
+    pca = PCAQuantizer(
+        mean=jnp.asarray(a["mean"]),
+        components=jnp.asarray(a["components"]),
+        explained_variance=jnp.asarray(a["explained_variance"]),
+        quantizer=UniformQuantizer(
+            jnp.asarray(a["low"]), jnp.asarray(a["high"]), int(a["num_buckets"])
+        ),
+    )
+    dot = UniformQuantizer(
+        jnp.asarray(a["dot_low"]), jnp.asarray(a["dot_high"]), int(a["num_dot_buckets"])
+    )
+    optional = {k: jnp.asarray(a[k], jnp.float32) for k in ("dot_counts", "image_norm") if k in a}
+    return ARQuantizers(pca, dot, jnp.asarray(a["sample_dot_bucket"], jnp.int32), **optional)

@@ -1,5 +1,6 @@
 """What `UnCLIP` asks of its stages, written down: the stages of a pipeline directory
-(`pipelines.stages`) and of a converted Karlo checkpoint (`pipelines.karlo`) both implement it.
+(`pipelines.stages`, the AR prior's `pipelines.ar_prior_stage`) and of a converted Karlo
+checkpoint (`pipelines.karlo`) all implement it.
 
 A stage that cannot do something does not have the method: a text encoder without an image
 encoder is not an `ImageEncoder`, a decoder without an inversion is not an `InvertibleDecoder`,
@@ -18,7 +19,9 @@ Array = jax.Array
 
 
 class StepCounts(Protocol):
-    """A stage's sampling step range (`sampling.settings.DiffusionSettings` or Karlo's)."""
+    """A stage's sampling step range (`sampling.settings.DiffusionSettings`, Karlo's, or an AR
+    prior's `CodeSteps`: its K codes, K steps exactly); the fewest is `min_steps` where given,
+    else 1."""
 
     sample_steps: int  # the default
     train_steps: int  # the most
@@ -49,8 +52,10 @@ class ImageEncoder(Protocol):
 
 @runtime_checkable
 class PriorStage(Protocol):
+    """A prior: the diffusion prior (§2.2), Karlo's, or the autoregressive one (§2.1)."""
+
     params: Any
-    diffusion: StepCounts
+    diffusion: StepCounts  # the range of `steps` (an AR prior: its code count, fixed)
     default_guidance: float
     default_candidates: int
     accepts_fed_noise: bool  # takes `latents` / `noise` keywords to replay another chain
@@ -59,9 +64,9 @@ class PriorStage(Protocol):
         self,
         key: Array,
         caption: EncodedCaption,
-        steps: int,
-        scales: Array,  # [B] guidance scale per caption
-        candidates: int,
+        steps: int,  # within `diffusion`'s range: denoising steps, or an AR prior's K codes
+        scales: Array,  # [B] guidance scale per caption (0: unconditional)
+        candidates: int,  # samples per caption, the one of largest z_i·z_t kept
         **fed: Array,
     ) -> Array:  # z_i [B, P]
         ...

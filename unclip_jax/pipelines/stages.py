@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from unclip_jax.convert import hf_clip
+from unclip_jax.diffusion.analytic import AnalyticTable
 from unclip_jax.models.clip import normalize
 from unclip_jax.models.frozen_clip import FrozenCLIP
 from unclip_jax.models.prior import DiffusionPrior, EmbeddingNormalizer
@@ -114,7 +115,8 @@ class TextImageEncoder:
 
 
 class PriorStage:
-    """The diffusion prior: `sample(key, z_t, states, mask, steps, scales, candidates)`."""
+    """The diffusion prior: `sample(key, z_t, states, mask, steps, scales, candidates)`, DDPM
+    steps with the stage's variance (variance "analytic": from its stage.json's Γ table)."""
 
     accepts_fed_noise = False  # fed x_T and per-step noise: Karlo's stages only
     default_guidance = 4.0
@@ -126,6 +128,7 @@ class PriorStage:
             self.model = _prior_model(settings["model"])
             self.diffusion = DiffusionSettings.from_dict(settings["diffusion"])
             self.normalizer = _normalizer(settings["normalizer"], self.model)
+            self.analytic = _analytic_table(settings, self.diffusion)
         if self.model.null_conditioning != "learned":
             raise ValueError(
                 f"{files.directory}: the pipeline samples priors with learned null conditioning; "
@@ -144,14 +147,17 @@ class PriorStage:
     ) -> Array:  # z_i [B, Dz]
         if candidates not in self._samplers:
             self._samplers[candidates] = make_prior_sampler(
-                self.model, num_candidates=candidates, sampler="ddpm"
+                self.model,
+                num_candidates=candidates,
+                sampler="ddpm",
+                var_type=self.diffusion.var_type,
             )
         per_row = jnp.repeat(jnp.asarray(scales, jnp.float32), candidates)[:, None]
         z_i, _ = self._samplers[candidates](
             self.params,
             key,
             caption,
-            self.diffusion.schedule_for(int(steps)),
+            self.diffusion.schedule_for(int(steps), self.analytic),
             per_row,
             self.normalizer,
         )
@@ -268,6 +274,21 @@ def _prior_model(fields: dict) -> DiffusionPrior:
     for name in ("dtype", "param_dtype"):
         fields[name] = jnp.dtype(fields.get(name, "float32"))
     return DiffusionPrior(**fields)
+
+
+def _analytic_table(settings: dict, diffusion: DiffusionSettings) -> AnalyticTable | None:
+    """The prior's Γ table ("analytic"), required when it samples with variance "analytic"."""
+    if "analytic" not in settings:
+        if diffusion.var_type == "analytic":
+            raise ValueError("variance 'analytic' needs the prior's Γ table ('analytic'), absent")
+        return None
+    table = AnalyticTable.from_dict(settings["analytic"])
+    if table.train_steps != diffusion.train_steps:
+        raise ValueError(
+            f"'analytic' holds Γ for {table.train_steps} timesteps; 'diffusion' has "
+            f"train_steps={diffusion.train_steps}"
+        )
+    return table
 
 
 def _normalizer(settings: dict, model: DiffusionPrior) -> EmbeddingNormalizer:

@@ -1,30 +1,38 @@
 """The directory an `UnCLIP` pipeline loads from: every stage, the tokenizer and their settings.
 
-    <dir>/unclip.json           {"format": 1, "upsamplers": N}
+    <dir>/unclip.json           {"format": 1, "upsamplers": N, "priors": ["prior", "ar_prior"]}
     <dir>/clip/                 the conditioning CLIP (`convert.hf_clip.save_clip`) + tokenizer/
     <dir>/prior/stage.json      {"model": DiffusionPrior fields, "diffusion": {...},
                                  "normalizer": {"kind", "mean", "std"}}
+    <dir>/ar_prior/stage.json   {"model": ARPrior fields, "sampling": {"guidance_scale",
+                                 "candidates", "temperature", "top_p", "dot_sampling"}}
+    <dir>/ar_prior/quantizers.npz  its PCA, code and z_i·z_t buckets (`models.pca_quantizer`)
     <dir>/decoder/stage.json    {"image_size", "model": Decoder section, "diffusion": {...}}
     <dir>/upsampler_<k>/stage.json  {"low_res", "high_res", "model": Upsampler section,
                                  "diffusion": {...}}
     <dir>/<stage>/params/       orbax checkpoint of the stage's (EMA) parameters
 
-`diffusion` sections take the training configs' names: schedule, train_steps, sample_steps,
-prediction ("eps", "x0", "v"), learned_variance. `export_pipeline` assembles the directory from
-stage workdirs (EMA parameters of their latest checkpoint) and their configs, writing to a
-temporary sibling first so that an interrupted export leaves nothing half-written.
+A directory holds the diffusion prior (prior/), the autoregressive one (ar_prior/, §2.1) or both,
+as "priors" lists; a manifest without "priors" (written before the AR prior was a stage) holds
+prior/ alone. `diffusion` sections take the training configs' names: schedule, train_steps,
+sample_steps, prediction ("eps", "x0", "v"), learned_variance. `export_pipeline` assembles the
+directory from stage workdirs (EMA parameters of their latest checkpoint) and their configs,
+writing to a temporary sibling first so that an interrupted export leaves nothing half-written.
 """
 
 import dataclasses
 import json
 import shutil
+import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from unclip_jax.sampling.settings import DiffusionSettings  # noqa: F401 (stage.json's "diffusion")
+from unclip_jax.diffusion import analytic
+from unclip_jax.models.pca_quantizer import ARQuantizers, load_quantizers, save_quantizers
+from unclip_jax.sampling.settings import DiffusionSettings
 from unclip_jax.storage.checkpoints import read_params, restore_ema_params, write_params
 from unclip_jax.storage.json_files import read_json
 
@@ -33,7 +41,10 @@ STAGE_FILE = "stage.json"
 PARAMS_DIR = "params"
 CLIP_DIR = "clip"
 TOKENIZER_DIR = "tokenizer"
-PRIOR, DECODER = "prior", "decoder"
+PRIOR, AR_PRIOR, DECODER = "prior", "ar_prior", "decoder"
+QUANTIZERS_FILE = "quantizers.npz"  # beside an AR prior's params
+# The priors a pipeline may hold, by the name `UnCLIP.load(prior=...)` and `--prior` take.
+PRIOR_KINDS = {"diffusion": PRIOR, "ar": AR_PRIOR}
 FORMAT = 1
 
 
@@ -60,8 +71,8 @@ def write_stage(directory: Path, settings: Mapping[str, Any], params: Any) -> No
     write_params(directory / PARAMS_DIR, params)
 
 
-def stage_names(num_upsamplers: int) -> list[str]:
-    return [CLIP_DIR, PRIOR, DECODER] + [upsampler_name(k) for k in range(num_upsamplers)]
+def stage_names(num_upsamplers: int, priors: Sequence[str] = (PRIOR,)) -> list[str]:
+    return [CLIP_DIR, *priors, DECODER] + [upsampler_name(k) for k in range(num_upsamplers)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,14 +90,16 @@ class PipelineFiles:
     """A pipeline directory as read, every file named in its errors."""
 
     clip_dir: Path
-    prior: StageFiles
+    prior: StageFiles  # the prior asked for (`prior_kind`)
     decoder: StageFiles
     upsamplers: list[StageFiles]
+    prior_kind: str = "diffusion"  # a key of PRIOR_KINDS
 
 
 # The sections each kind of stage.json holds.
 STAGE_SECTIONS = {
     PRIOR: ("model", "diffusion", "normalizer"),
+    AR_PRIOR: ("model", "sampling"),
     DECODER: ("image_size", "model", "diffusion"),
     "upsampler": ("low_res", "high_res", "model", "diffusion"),
 }
@@ -112,12 +125,10 @@ def check_pipeline_dir(directory: str | Path) -> tuple[Path, dict]:
     upsamplers = manifest.get("upsamplers", 0)
     if not isinstance(upsamplers, int) or isinstance(upsamplers, bool) or upsamplers < 0:
         raise ValueError(f"{path / MANIFEST}: upsamplers must be a count >= 0, got {upsamplers!r}")
-    for stage in stage_names(upsamplers):
-        required = (
-            ["clip_config.json", PARAMS_DIR, f"{TOKENIZER_DIR}/unclip_tokenizer.json"]
-            if stage == CLIP_DIR
-            else [STAGE_FILE, PARAMS_DIR]
-        )
+    for stage in stage_names(upsamplers, held_priors(path, manifest)):
+        required = [STAGE_FILE, PARAMS_DIR] + ([QUANTIZERS_FILE] if stage == AR_PRIOR else [])
+        if stage == CLIP_DIR:
+            required = ["clip_config.json", PARAMS_DIR, f"{TOKENIZER_DIR}/unclip_tokenizer.json"]
         missing = [name for name in required if not (path / stage / name).exists()]
         if missing:
             raise FileNotFoundError(
@@ -127,9 +138,54 @@ def check_pipeline_dir(directory: str | Path) -> tuple[Path, dict]:
     return path, manifest
 
 
+def held_priors(path: Path, manifest: dict) -> list[str]:
+    """The prior stage directories the manifest lists ("prior" where it lists none)."""
+    priors = manifest.get("priors", [PRIOR])
+    known = list(PRIOR_KINDS.values())
+    if (
+        not isinstance(priors, list)
+        or not priors
+        or not all(isinstance(name, str) for name in priors)
+        or len(set(priors)) != len(priors)
+        or not set(priors) <= set(known)
+    ):
+        raise ValueError(
+            f"{path / MANIFEST}: priors must be a list of distinct names among {known}, "
+            f"got {priors!r}"
+        )
+    return priors
+
+
+def prior_kinds(directory: str | Path) -> list[str]:
+    """The kinds of prior (keys of PRIOR_KINDS) a pipeline directory holds."""
+    return _held_kinds(*check_pipeline_dir(directory))
+
+
+def _held_kinds(path: Path, manifest: dict) -> list[str]:
+    held = held_priors(path, manifest)
+    return [kind for kind, stage in PRIOR_KINDS.items() if stage in held]
+
+
+def choose_prior(path: Path, manifest: dict, kind: str | None) -> str:
+    """The kind of prior to load (a key of PRIOR_KINDS): `kind`, or by default the diffusion
+    prior where the directory holds one; one error naming the directory and the priors it
+    holds when it lacks the one asked for."""
+    held = _held_kinds(path, manifest)
+    if kind is None:
+        return held[0]
+    if kind not in PRIOR_KINDS:
+        raise ValueError(f"prior must be one of {sorted(PRIOR_KINDS)}, got {kind!r}")
+    if kind not in held:
+        raise ValueError(
+            f"checkpoint directory {str(path)!r} holds no {kind!r} prior; it holds: "
+            f"{', '.join(map(repr, held))}"
+        )
+    return kind
+
+
 def read_stage(directory: Path, kind: str) -> StageFiles:
-    """One stage directory of `kind` (prior, decoder or upsampler), its stage.json checked to
-    hold that kind's sections."""
+    """One stage directory of `kind` (prior, ar_prior, decoder or upsampler), its stage.json
+    checked to hold that kind's sections."""
     stage_file = directory / STAGE_FILE
     settings = read_json(stage_file)
     missing = [name for name in STAGE_SECTIONS[kind] if name not in settings]
@@ -140,18 +196,32 @@ def read_stage(directory: Path, kind: str) -> StageFiles:
     return StageFiles(directory, settings, read_params(directory / PARAMS_DIR))
 
 
-def read_pipeline(directory: str | Path) -> PipelineFiles:
-    """Every stage of a pipeline directory (see the module docstring), checked as it is read."""
+def read_pipeline(directory: str | Path, prior: str | None = None) -> PipelineFiles:
+    """The stages of a pipeline directory (see the module docstring) with the prior of kind
+    `prior` ("diffusion" or "ar"; None: the diffusion prior where held), checked as they are
+    read; a prior the directory lacks is refused before any parameters are read."""
     path, manifest = check_pipeline_dir(directory)
+    kind = choose_prior(path, manifest, prior)
+    stage = PRIOR_KINDS[kind]
     return PipelineFiles(
         clip_dir=path / CLIP_DIR,
-        prior=read_stage(path / PRIOR, PRIOR),
+        prior=read_stage(path / stage, stage),
         decoder=read_stage(path / DECODER, DECODER),
         upsamplers=[
             read_stage(path / upsampler_name(k), "upsampler")
             for k in range(manifest.get("upsamplers", 0))
         ],
+        prior_kind=kind,
     )
+
+
+def read_ar_quantizers(stage: StageFiles) -> ARQuantizers:
+    """The quantizers beside an AR prior's parameters; a damaged file is one error naming it."""
+    path = stage.directory / QUANTIZERS_FILE
+    try:
+        return load_quantizers(path)
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
+        raise ValueError(f"{path}: not the AR prior's quantizers ({error})") from None
 
 
 def _config_section(config: Any, name: str, default: Any = None) -> Any:
@@ -159,11 +229,43 @@ def _config_section(config: Any, name: str, default: Any = None) -> Any:
 
 
 def prior_settings(config: Any, normalizer_file: Path) -> dict:
-    """stage.json of a diffusion prior from its training config and saved normaliser."""
-    return {
+    """stage.json of a diffusion prior from its training config and saved normaliser, with the
+    Γ table its trainer saved beside the normaliser ("analytic", `diffusion.analytic.TABLE_FILE`)
+    where there is one: a prior sampled with variance "analytic" needs it."""
+    settings = {
         "model": _config_section(config, "model"),
         "diffusion": _config_section(config, "diffusion"),
         "normalizer": read_json(normalizer_file),
+    }
+    table_file = Path(normalizer_file).with_name(analytic.TABLE_FILE)
+    if table_file.is_file():
+        settings["analytic"] = read_json(table_file)
+    elif DiffusionSettings.from_dict(settings["diffusion"]).var_type == "analytic":
+        raise FileNotFoundError(
+            f"{table_file} is missing: the prior samples with variance 'analytic' and its trainer "
+            "writes that Γ table at the end of training"
+        )
+    return settings
+
+
+def ar_prior_settings(config: Any, quantizers: ARQuantizers) -> dict:
+    """stage.json of an AR prior from its training config (`configs/ar_prior_demo.py`'s
+    sections) and the quantizers it was trained with (the code and bucket counts)."""
+    guidance, sampling = config.guidance, config.get("sampling", {})
+    return {
+        "model": {
+            **_config_section(config, "model"),
+            "num_codes": quantizers.pca.num_components,
+            "num_buckets": quantizers.pca.num_buckets,
+            "num_dot_buckets": quantizers.dot.num_buckets,
+        },
+        "sampling": {
+            "guidance_scale": float(guidance.get("scale", 1.0)),
+            "candidates": int(guidance.get("candidates", 1)),
+            "temperature": float(sampling.get("temperature", 1.0)),
+            "top_p": float(sampling.get("top_p", 1.0)),
+            "dot_sampling": str(sampling.get("dot_sampling", "top_half")),
+        },
     }
 
 
@@ -188,25 +290,35 @@ def write_pipeline(
     out_dir: str | Path,
     *,
     clip_dir: str | Path,
-    prior: tuple[dict, Any],
+    prior: tuple[dict, Any] | None = None,
     decoder: tuple[dict, Any],
     upsamplers: Sequence[tuple[dict, Any]] = (),
+    ar_prior: tuple[dict, Any, ARQuantizers] | None = None,
 ) -> Path:
-    """Writes a pipeline directory from (settings, params) per stage and a saved CLIP directory
-    (with its tokenizer/); atomic: a temporary sibling renamed at the end."""
+    """Writes a pipeline directory from (settings, params) per stage (the AR prior's with its
+    quantizers) and a saved CLIP directory (with its tokenizer/); at least one prior; atomic: a
+    temporary sibling renamed at the end."""
     out = Path(out_dir).absolute()
     clip_dir = Path(clip_dir)
     if not (clip_dir / TOKENIZER_DIR).is_dir():
         raise FileNotFoundError(f"CLIP directory {str(clip_dir)!r} has no {TOKENIZER_DIR}/")
+    priors = [name for name, stage in ((PRIOR, prior), (AR_PRIOR, ar_prior)) if stage]
+    if not priors:
+        raise ValueError("a pipeline needs a prior: give prior, ar_prior or both")
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     shutil.copytree(clip_dir, tmp / CLIP_DIR)
-    write_stage(tmp / PRIOR, *prior)
+    if prior:
+        write_stage(tmp / PRIOR, *prior)
+    if ar_prior:
+        write_stage(tmp / AR_PRIOR, *ar_prior[:2])
+        save_quantizers(ar_prior[2], tmp / AR_PRIOR / QUANTIZERS_FILE)
     write_stage(tmp / DECODER, *decoder)
     for index, upsampler in enumerate(upsamplers):
         write_stage(tmp / upsampler_name(index), *upsampler)
-    (tmp / MANIFEST).write_text(json.dumps({"format": FORMAT, "upsamplers": len(upsamplers)}))
+    manifest = {"format": FORMAT, "upsamplers": len(upsamplers), "priors": priors}
+    (tmp / MANIFEST).write_text(json.dumps(manifest))
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out
@@ -216,27 +328,36 @@ def export_pipeline(
     out_dir: str | Path,
     *,
     clip_dir: str | Path,
-    prior: tuple[Any, str | Path],
+    prior: tuple[Any, str | Path] | None = None,
     decoder: tuple[Any, str | Path],
     upsamplers: Sequence[tuple[Any, str | Path]] = (),
+    ar_prior: tuple[Any, str | Path] | None = None,
     normalizer_file: str = "embedding_normalizer.json",
+    quantizers_file: str = "ar_quantizers.npz",
 ) -> Path:
     """A pipeline directory from trained stages: (config, workdir) per stage, whose EMA
-    parameters are those of the workdir's latest complete checkpoint; the prior's workdir also
-    holds its embedding normaliser (`normalizer_file`)."""
+    parameters are those of the workdir's latest complete checkpoint; the diffusion prior's
+    workdir also holds its embedding normaliser (`normalizer_file`), the AR prior's its
+    quantizers (`quantizers_file`, `train/ar_prior_task.py`)."""
 
     def ema(workdir: str | Path) -> Any:
         return restore_ema_params(Path(workdir) / "checkpoints")
 
-    prior_config, prior_workdir = prior
+    diffusion = ar = None
+    if prior:
+        prior_config, prior_workdir = prior
+        settings = prior_settings(prior_config, Path(prior_workdir) / normalizer_file)
+        diffusion = (settings, ema(prior_workdir))
+    if ar_prior:
+        ar_config, ar_workdir = ar_prior
+        quantizers = load_quantizers(Path(ar_workdir) / quantizers_file)
+        ar = (ar_prior_settings(ar_config, quantizers), ema(ar_workdir), quantizers)
     decoder_config, decoder_workdir = decoder
     return write_pipeline(
         out_dir,
         clip_dir=clip_dir,
-        prior=(
-            prior_settings(prior_config, Path(prior_workdir) / normalizer_file),
-            ema(prior_workdir),
-        ),
+        prior=diffusion,
         decoder=(decoder_settings(decoder_config), ema(decoder_workdir)),
         upsamplers=[(upsampler_settings(c), ema(w)) for c, w in upsamplers],
+        ar_prior=ar,
     )

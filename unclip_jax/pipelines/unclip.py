@@ -3,13 +3,14 @@
     from unclip_jax.pipelines.unclip import UnCLIP
     images = UnCLIP.load("demo/pipeline").generate(["a red circle"], num_images_per_prompt=4)
 
-`UnCLIP.load(dir)` reads the directory of `pipelines.store` (CLIP + tokenizer, prior, decoder,
-upsamplers), or a converted Karlo checkpoint (`pipelines.karlo`: Karlo's samplers and defaults;
-no CLIP image encoder, so no variations, interpolations, text diffs or CLIP reranking). Work is
-cut into chunks of at most `max_batch` rows, each padded to a bucketed size (a power of two, a
-multiple of the device count) and sharded over the local devices, so every stage runs one
-compiled program per bucket: new prompts, seeds, guidance scales and step counts do not
-recompile (`compiled_programs()` counts them). The decoder's and upsamplers' initial latents
+`UnCLIP.load(dir, prior=...)` reads the directory of `pipelines.store` (CLIP + tokenizer, a prior,
+decoder, upsamplers; `prior="ar"` the autoregressive prior of §2.1 where the directory holds it,
+default the diffusion prior), or a converted Karlo checkpoint (`pipelines.karlo`: Karlo's samplers
+and defaults; no CLIP image encoder, so no variations, interpolations, text diffs or CLIP
+reranking). Work is cut into chunks of at most `max_batch` rows, each padded to a bucketed size
+(a power of two, a multiple of the device count) and sharded over the local devices, so every
+stage runs one compiled program per bucket: new prompts, seeds, guidance scales and step counts
+do not recompile (`compiled_programs()` counts them). The decoder's and upsamplers' initial latents
 are drawn per row from the seed and the row's index, so their deterministic (DDIM η = 0) chains
 do not depend on chunking, padding or the number of devices; the prior's samples and the noise
 of ancestral steps come from the chunk's key.
@@ -29,7 +30,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm import tqdm
 
 from unclip_jax.pipelines import karlo as karlo_stages
-from unclip_jax.pipelines import store
+from unclip_jax.pipelines import protocol, store
+from unclip_jax.pipelines.ar_prior_stage import ARPriorStage
 from unclip_jax.pipelines.arguments import (
     GenerateOptions,
     RunSettings,
@@ -51,11 +53,13 @@ from unclip_jax.pipelines.stages import (
     clip_scores,
 )
 from unclip_jax.sampling.prior import EncodedCaption
-from unclip_jax.sampling.settings import check_guidance_scale
+from unclip_jax.sampling.settings import check_eta, check_guidance_scale
 
 Array = jax.Array
 # Keys of the per-row noise streams (decoder, then upsamplers), apart from the chunk keys.
 NOISE_STREAM = 1 << 20
+# The prior stage of each kind a pipeline directory may hold (`store.PRIOR_KINDS`).
+PRIOR_STAGES = {"diffusion": PriorStage, "ar": ARPriorStage}
 
 
 def _noise_rows(key: Array, ids: Array, shape: tuple[int, ...]) -> Array:
@@ -69,7 +73,7 @@ class UnCLIP(ImageOperations):
     def __init__(
         self,
         clip: TextImageEncoder,
-        prior: PriorStage,
+        prior: protocol.PriorStage,
         decoder: DecoderStage,
         upsamplers: Sequence[UpsamplerStage] = (),
         *,
@@ -107,17 +111,25 @@ class UnCLIP(ImageOperations):
         self._noise = jax.jit(_noise_rows, static_argnums=2)
 
     @classmethod
-    def load(cls, directory: str | Path, **options: Any) -> "UnCLIP":
-        """The pipeline saved in `directory` (see `pipelines.store`), or a converted Karlo
-        checkpoint (`unclip convert-karlo`, see `pipelines.karlo`); options go to __init__."""
+    def load(cls, directory: str | Path, prior: str | None = None, **options: Any) -> "UnCLIP":
+        """The pipeline saved in `directory` (see `pipelines.store`) with its prior of kind
+        `prior` ("diffusion" or "ar"; None: the diffusion prior where the directory holds one),
+        or a converted Karlo checkpoint (`unclip convert-karlo`, see `pipelines.karlo`; a
+        diffusion prior); options go to __init__. A prior the directory lacks is one error
+        naming the directory and the priors it holds, before any parameters are read."""
         if karlo_stages.is_karlo_checkpoint(directory):
-            clip, prior, decoder, upsamplers = karlo_stages.load_karlo_stages(directory)
-            return cls(clip, prior, decoder, upsamplers, **options)
-        files = store.read_pipeline(directory)
+            if prior not in (None, "diffusion"):
+                raise ValueError(
+                    f"converted Karlo checkpoint {str(directory)!r} holds no {prior!r} prior; "
+                    "it holds: 'diffusion'"
+                )
+            clip, diffusion, decoder, upsamplers = karlo_stages.load_karlo_stages(directory)
+            return cls(clip, diffusion, decoder, upsamplers, **options)
+        files = store.read_pipeline(directory, prior)
         clip = TextImageEncoder(files.clip_dir)
         return cls(
             clip,
-            PriorStage(files.prior),
+            PRIOR_STAGES[files.prior_kind](files.prior),
             DecoderStage(files.decoder, clip.example_caption()),
             [UpsamplerStage(upsampler) for upsampler in files.upsamplers],
             **options,
@@ -200,9 +212,8 @@ class UnCLIP(ImageOperations):
             jax.random.fold_in(key, 1),
             **decoder_fed,
         )
-        for k, (upsampler, steps) in enumerate(
-            zip(self.upsamplers, chain.upsampler_steps, strict=True)
-        ):
+        for k, steps in enumerate(chain.upsampler_steps):  # () stops after the decoder
+            upsampler = self.upsamplers[k]
             up_fed = fed(store.upsampler_name(k))
             up_T = up_fed.pop("latents", None)
             if up_T is None:
@@ -232,6 +243,7 @@ class UnCLIP(ImageOperations):
         prior_candidates: int = 1,
         eta: float = 0.0,
         score: bool = False,
+        upsample: bool = True,  # False: no upsampler runs, images at the decoder's resolution
     ) -> RunSettings:
         """Checked settings (before anything is computed), defaults from the stages."""
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
@@ -246,6 +258,8 @@ class UnCLIP(ImageOperations):
             stage_steps("upsampler_steps", u.diffusion, s)
             for u, s in zip(self.upsamplers, upsampler_steps, strict=True)
         )
+        if not isinstance(upsample, (bool, np.bool_)):
+            raise ValueError(f"upsample must be True or False, got {upsample!r}")
         if decoder_guidance is None:
             decoder_guidance = self.decoder.default_guidance
         return RunSettings(
@@ -254,8 +268,8 @@ class UnCLIP(ImageOperations):
             prior_candidates=check_count("prior_candidates", prior_candidates),
             decoder_steps=stage_steps("decoder_steps", self.decoder.diffusion, decoder_steps),
             decoder_guidance=check_guidance_scale(decoder_guidance, "decoder_guidance"),
-            eta=eta,
-            upsampler_steps=up_steps,
+            eta=check_eta(eta),
+            upsampler_steps=up_steps if upsample else (),
             score=score,
         )
 
@@ -281,7 +295,9 @@ class UnCLIP(ImageOperations):
         """Fed initial latents and per-step noise as rows ("latents/<stage>", "noise/<stage>"),
         their stages and shapes checked before any compute."""
         stages: dict[str, Any] = {store.PRIOR: self.prior, store.DECODER: self.decoder}
-        shapes = {store.PRIOR: (self.prior.model.embed_dim,), store.DECODER: self.decoder.shape}
+        shapes: dict[str, tuple] = {store.DECODER: self.decoder.shape}
+        if self.prior.accepts_fed_noise:  # its fed latents are z_i rows; refused otherwise
+            shapes[store.PRIOR] = (self.prior.model.embed_dim,)
         steps = {store.PRIOR: chain.prior_steps, store.DECODER: chain.decoder_steps}
         for k, (upsampler, up_steps) in enumerate(
             zip(self.upsamplers, chain.upsampler_steps, strict=True)

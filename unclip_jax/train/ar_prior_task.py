@@ -5,8 +5,9 @@ The (unit-norm) image embedding is reduced by PCA and each component quantised i
 saved in the workdir (`ar_quantizers.npz`), so that a resumed run and the sampler decode with the
 same one. The prior is trained by teacher forcing with cross-entropy on the codes, conditioned on
 the caption tokens, the text embedding and the quantised cosine z_i·z_t; the caption is replaced
-by the null conditioning with probability `text_drop_prob` (10%). Sampling conditions on a high
-z_i·z_t: the bucket of the training cosines' `sample_dot_quantile`.
+by the null conditioning with probability `text_drop_prob` (10%). The quantizers keep the
+histogram of the training z_i·z_t buckets: sampling draws the token from its top half
+(`sampling/ar_prior.py`), or fixes it at the bucket of `sample_dot_quantile`.
 
 Batches are those of the diffusion prior (`prior_task.BATCH_FIELDS`).
 
@@ -14,19 +15,21 @@ Batches are those of the diffusion prior (`prior_task.BATCH_FIELDS`).
         --config.data.train_dir=embeddings/train --config.data.eval_dir=embeddings/test
 """
 
-import dataclasses
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from flax import struct
 
 from unclip_jax.data.embedding_shards import EmbeddingShards
-from unclip_jax.models import pca_quantizer
-from unclip_jax.models.ar_prior import ARPrior, ar_prior_loss
-from unclip_jax.models.pca_quantizer import PCAQuantizer, UniformQuantizer
+from unclip_jax.models.ar_prior import ARPrior, ar_prior_from_config, ar_prior_loss
+from unclip_jax.models.pca_quantizer import (
+    ARQuantizers,
+    fit_quantizers,
+    load_quantizers,
+    save_quantizers,
+)
 from unclip_jax.models.prior import check_null_given, substitute_null
 from unclip_jax.sampling.prior import NullCaption
 from unclip_jax.train import loop, prior_task
@@ -35,85 +38,6 @@ from unclip_jax.train.task import Batch, Metrics, Params, Task, check_probabilit
 
 Array = jax.Array
 QUANTIZERS_FILE = "ar_quantizers.npz"
-
-
-def unit(z: Array) -> Array:  # [..., D] -> [..., D] with unit norm
-    z = jnp.asarray(z, jnp.float32)
-    return z * jax.lax.rsqrt(jnp.sum(z * z, axis=-1, keepdims=True) + 1e-12)
-
-
-class ARQuantizers(struct.PyTreeNode):
-    """The codes the AR prior predicts and the z_i·z_t token it is conditioned on."""
-
-    pca: PCAQuantizer  # unit-norm image embedding [D] -> K codes
-    dot: UniformQuantizer  # cosine(z_i, z_t), one channel -> bucket
-    sample_dot_bucket: Array  # [] int32, the bucket sampling conditions on
-
-    def codes(self, image_embedding: Array) -> Array:  # [B, D] -> [B, K] int32
-        return self.pca.encode(unit(image_embedding))
-
-    def dot_bucket(self, image_embedding: Array, text_embedding: Array) -> Array:  # -> [B]
-        cosine = jnp.sum(unit(image_embedding) * unit(text_embedding), axis=-1)
-        return self.dot.encode(cosine[:, None])[:, 0]
-
-
-def fit_quantizers(
-    image_embeddings: np.ndarray,  # [N, D]
-    text_embeddings: np.ndarray,  # [N, D]
-    *,
-    num_components: int | None = None,  # None: the fewest covering `variance_fraction`
-    variance_fraction: float = 0.99,
-    num_buckets: int = 1024,
-    num_dot_buckets: int = 64,
-    quantile: float = 0.0,
-    sample_dot_quantile: float = 0.9,
-) -> ARQuantizers:
-    """PCA + buckets on the unit-norm image embeddings; buckets of the cosines z_i·z_t."""
-    check_probability("sample_dot_quantile", sample_dot_quantile)
-    image = np.asarray(unit(jnp.asarray(image_embeddings, jnp.float32)))
-    text = np.asarray(unit(jnp.asarray(text_embeddings, jnp.float32)))
-    pca = pca_quantizer.fit_pca_quantizer(
-        image, num_components, variance_fraction, num_buckets, quantile
-    )
-    cosines = np.sum(image * text, axis=-1)
-    dot = pca_quantizer.fit_uniform_quantizer(cosines[:, None], num_dot_buckets)
-    target = np.quantile(cosines, sample_dot_quantile)
-    bucket = dot.encode(jnp.asarray([[target]], jnp.float32))[0, 0]
-    return ARQuantizers(pca=pca, dot=dot, sample_dot_bucket=jnp.asarray(bucket, jnp.int32))
-
-
-def save_quantizers(quantizers: ARQuantizers, path: str | Path) -> None:
-    pca = quantizers.pca
-    np.savez(
-        path,
-        mean=np.asarray(pca.mean),
-        components=np.asarray(pca.components),
-        explained_variance=np.asarray(pca.explained_variance),
-        low=np.asarray(pca.quantizer.low),
-        high=np.asarray(pca.quantizer.high),
-        num_buckets=pca.num_buckets,
-        dot_low=np.asarray(quantizers.dot.low),
-        dot_high=np.asarray(quantizers.dot.high),
-        num_dot_buckets=quantizers.dot.num_buckets,
-        sample_dot_bucket=np.asarray(quantizers.sample_dot_bucket),
-    )
-
-
-def load_quantizers(path: str | Path) -> ARQuantizers:
-    with np.load(path) as f:
-        a = {k: f[k] for k in f.files}
-    pca = PCAQuantizer(
-        mean=jnp.asarray(a["mean"]),
-        components=jnp.asarray(a["components"]),
-        explained_variance=jnp.asarray(a["explained_variance"]),
-        quantizer=UniformQuantizer(
-            jnp.asarray(a["low"]), jnp.asarray(a["high"]), int(a["num_buckets"])
-        ),
-    )
-    dot = UniformQuantizer(
-        jnp.asarray(a["dot_low"]), jnp.asarray(a["dot_high"]), int(a["num_dot_buckets"])
-    )
-    return ARQuantizers(pca, dot, jnp.asarray(a["sample_dot_bucket"], jnp.int32))
 
 
 class ARPriorTask(Task):
@@ -175,23 +99,17 @@ class ARPriorTask(Task):
 
 def build_model(config: ml_collections.ConfigDict, quantizers: ARQuantizers) -> ARPrior:
     """`ARPrior` from `config.model`, with the code and bucket counts of the quantizers."""
-    fields = dict(config.model)
-    for name in ("dtype", "param_dtype"):
-        if name in fields:
-            fields[name] = jnp.dtype(fields[name])
-    sized = {"num_codes", "num_buckets", "num_dot_buckets"}
-    known = {f.name for f in dataclasses.fields(ARPrior)} - {"parent", "name"} - sized
-    unknown = set(fields) - known
-    if unknown:
+    sized = {"num_codes", "num_buckets", "num_dot_buckets"} & set(config.model)
+    if sized:
         raise ValueError(
-            f"config.model has fields {sorted(unknown)} that ARPrior lacks (code and bucket "
-            "counts come from config.quantizer)"
+            f"config.model has fields {sorted(sized)}: code and bucket counts come from "
+            "config.quantizer"
         )
-    return ARPrior(
+    return ar_prior_from_config(
+        config.model,
         num_codes=quantizers.pca.num_components,
         num_buckets=quantizers.pca.num_buckets,
         num_dot_buckets=quantizers.dot.num_buckets,
-        **fields,
     )
 
 
