@@ -24,9 +24,18 @@ def test_variations_interpolate_textdiff(unclip, pipeline_dir, images, tmp_path)
     )
     assert code == 0, err[-2000:]
     assert len(list((tmp_path / "v").glob("variation_*.png"))) == 4
+    # --eta=0 from the inverted x_T: every variation is the same reconstruction.
     code, _, err = unclip(
-        "interpolate", str(a), str(b), "--frames=4", ckpt, *STEPS, f"--out={tmp_path / 'i'}"
-    )
+        "variations", str(a), "--num_variations=2", "--eta=0", "--x_T=inverted", ckpt, *STEPS,
+        f"--out={tmp_path / 'v0'}",
+    )  # fmt: skip
+    assert code == 0, err[-2000:]
+    same = [np.asarray(Image.open(tmp_path / "v0" / f"variation_00{k}.png")) for k in (0, 1)]
+    np.testing.assert_array_equal(*same)
+    code, _, err = unclip(
+        "interpolate", str(a), str(b), "--frames=4", "--x_T=random", "--eta=0.5", ckpt, *STEPS,
+        f"--out={tmp_path / 'i'}",
+    )  # fmt: skip
     assert code == 0, err[-2000:]
     assert len(list((tmp_path / "i").glob("frame_*.png"))) == 4
     code, _, err = unclip(
@@ -72,3 +81,25 @@ def test_textdiff_needs_both_captions_and_valid_thetas(unclip, images, tmp_path)
         "textdiff", str(a), "--from=x", "--to=y", "--thetas=0,2", f"--out={tmp_path / 'o'}"
     )
     assert code != 0 and "--thetas must be numbers in [0, 1]" in err
+
+
+@pytest.mark.parametrize("command", ["variations", "interpolate"])
+@pytest.mark.parametrize(
+    "flag, expected",
+    [("--eta=-1", "--eta"), ("--eta=nan", "--eta=nan"), ("--x_T=fresh", "--x_T")],
+)
+def test_bad_eta_and_x_T_exit_2_before_loading(unclip, images, tmp_path, command, flag, expected):
+    # --checkpoint names no pipeline: a run that got as far as loading would fail with code 1.
+    paths = [str(p) for p in images][: 1 if command == "variations" else 2]
+    out = tmp_path / "never"
+    code, _, err = unclip(command, *paths, flag, f"--checkpoint={tmp_path}", f"--out={out}")
+    assert code == 2, err[-2000:]
+    assert "error in flags" in err and expected in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_eta_and_x_T_are_listed_only_by_their_commands(unclip):
+    for command, listed in (("variations", True), ("interpolate", True), ("textdiff", False)):
+        code, out, _ = unclip(command, "--help")
+        assert code == 0
+        assert ("--eta:" in out and "--x_T:" in out) == listed, out

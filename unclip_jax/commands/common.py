@@ -41,6 +41,27 @@ flags.DEFINE_float(
     "decoder_guidance", None, "Decoder classifier-free guidance scale (>= 0; default: the stage's)."
 )
 flags.DEFINE_integer("num_devices", None, "Local devices to shard the batch over (default: all).")
+# The flags of the commands that decode from a chosen x_T (variations, interpolate): defined
+# here once, listed only by those commands, which declare them key flags (IMAGE_OPERATION_FLAGS).
+_IMAGE_OPERATIONS = f"{__name__}.image_operations"
+flags.DEFINE_float(
+    "eta",
+    None,
+    "DDIM η of the decoder (>= 0; 0: deterministic, larger: more varied; default: variations "
+    "1.0 from an inverted x_T and 0 from a random one, interpolate 0).",
+    lower_bound=0.0,
+    module_name=_IMAGE_OPERATIONS,
+)
+flags.DEFINE_enum(
+    "x_T",
+    "inverted",
+    ["inverted", "random"],
+    "The decoder's starting latent: 'inverted', the DDIM inversion of the image(s) (§3.1–3.2; "
+    "at --eta=0 it reproduces them); 'random', a Gaussian draw (variations: one per variation; "
+    "interpolate: one for all frames).",
+    module_name=_IMAGE_OPERATIONS,
+)
+IMAGE_OPERATION_FLAGS = ("eta", "x_T")
 flags.DEFINE_string(
     "compilation_cache",
     str(Path.home() / ".cache" / "unclip_jax" / "xla"),
@@ -78,6 +99,14 @@ def decoder_options() -> dict[str, Any]:
     """The decoder and upsampler flags as `UnCLIP`'s `DecoderOptions`."""
     names = ("decoder_steps", "upsampler_steps", "decoder_guidance")
     return {name: FLAGS[name].value for name in names}
+
+
+def x_T_options() -> dict[str, Any]:
+    """--x_T and --eta (when given) as keywords of `variations` / `interpolate`."""
+    options = {"x_T": FLAGS.x_T}
+    if FLAGS.eta is not None:
+        options["eta"] = FLAGS.eta
+    return options
 
 
 def image_files(prefix: str, images: np.ndarray) -> dict[str, np.ndarray]:

@@ -67,7 +67,7 @@ class RunSettings:
     decoder_steps: int
     decoder_guidance: float
     eta: float
-    upsampler_steps: tuple[int, ...]
+    upsampler_steps: tuple[int, ...]  # one per upsampler run; () stops after the decoder
     score: bool
 
 
@@ -77,6 +77,22 @@ class DecoderOptions(TypedDict, total=False):
     decoder_steps: int | None
     upsampler_steps: int | Sequence[int] | None  # one for all upsamplers, or one each
     decoder_guidance: float | None  # >= 0 (1 = the conditional model)
+
+
+class ImageOptions(DecoderOptions, total=False):
+    """`DecoderOptions` of the image operations (§3), and where they stop."""
+
+    upsample: bool  # False: stop after the decoder, images at its resolution (default True)
+
+
+X_T_SOURCES = ("inverted", "random")  # where an image operation's decoder x_T comes from
+
+
+def check_x_T(x_T: str) -> str:
+    """A checked x_T source: "inverted" (the images' DDIM inversions) or "random" (a draw)."""
+    if x_T not in X_T_SOURCES:
+        raise ValueError(f"x_T must be one of {list(X_T_SOURCES)}, got {x_T!r}")
+    return x_T
 
 
 class GenerateOptions(DecoderOptions, total=False):
