@@ -62,6 +62,16 @@ flags.DEFINE_enum(
     module_name=_IMAGE_OPERATIONS,
 )
 IMAGE_OPERATION_FLAGS = ("eta", "x_T")
+
+
+def adopt_flags(module_name: str, image_operation: bool = False) -> None:
+    """List this module's flags (and, for an `image_operation`, --eta and --x_T) in the help of
+    the command `module_name` as its own."""
+    names = [f.name for f in flags.FLAGS.get_key_flags_for_module(__name__)]
+    for name in [*names, *(IMAGE_OPERATION_FLAGS if image_operation else ())]:
+        flags.FLAGS.register_key_flag_for_module(module_name, flags.FLAGS[name])
+
+
 flags.DEFINE_string(
     "compilation_cache",
     str(Path.home() / ".cache" / "unclip_jax" / "xla"),

@@ -10,9 +10,7 @@ from absl import app, flags
 from unclip_jax.commands import common
 
 FLAGS = flags.FLAGS
-flags.adopt_module_key_flags(common)
-for _name in common.IMAGE_OPERATION_FLAGS:
-    flags.declare_key_flag(_name)
+common.adopt_flags(__name__, image_operation=True)
 flags.DEFINE_integer("num_variations", 4, "How many variations.")
 
 

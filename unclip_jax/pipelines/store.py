@@ -28,13 +28,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from unclip_jax.diffusion import analytic
 from unclip_jax.models.pca_quantizer import ARQuantizers, load_quantizers, save_quantizers
 from unclip_jax.sampling.settings import DiffusionSettings
 from unclip_jax.storage.checkpoints import read_params, restore_ema_params, write_params
-from unclip_jax.storage.json_files import read_json
+from unclip_jax.storage.json_files import jsonable, read_json
 
 MANIFEST = "unclip.json"
 STAGE_FILE = "stage.json"
@@ -52,22 +50,9 @@ def upsampler_name(index: int) -> str:
     return f"upsampler_{index}"
 
 
-def _jsonable(value: Any) -> Any:
-    """ConfigDict / tuple / numpy values as plain JSON types."""
-    if hasattr(value, "to_dict"):
-        value = value.to_dict()
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
 def write_stage(directory: Path, settings: Mapping[str, Any], params: Any) -> None:
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / STAGE_FILE).write_text(json.dumps(_jsonable(settings), indent=2))
+    (directory / STAGE_FILE).write_text(json.dumps(jsonable(settings), indent=2))
     write_params(directory / PARAMS_DIR, params)
 
 
@@ -225,7 +210,7 @@ def read_ar_quantizers(stage: StageFiles) -> ARQuantizers:
 
 
 def _config_section(config: Any, name: str, default: Any = None) -> Any:
-    return _jsonable(config.get(name, default))
+    return jsonable(config.get(name, default))
 
 
 def prior_settings(config: Any, normalizer_file: Path) -> dict:
