@@ -137,10 +137,12 @@ class ImageOperations:
 
         x_T="inverted" (the paper's): each variation decodes the image's bipartite latent
         (z_i, x_T) with DDIM η and its own step noise; η = 0 reproduces the image (`reconstruct`)
-        n times, larger η varies it more. η defaults to VARIATION_ETA = 1.0 (as ancestral as
-        DDPM), which on the demo kept the source's colour and shape while spreading about as
-        widely as new noise does. x_T="random": variation k starts from noise row k of the seed,
-        η defaulting to 0 (a deterministic decode of each draw)."""
+        n times, larger η varies it more. η defaults to VARIATION_ETA = 1.0: the step noise of
+        ancestral (DDPM) sampling, the paper's decoder sampler, so that the variety comes from
+        the sampler the decoder is meant for while x_T still carries the image's layout (the
+        demo reports keep-rate and spread at η 0 / 0.5 / 1 to check it). x_T="random":
+        variation k starts from noise row k of the seed, η defaulting to 0 (a deterministic
+        decode of each draw, as before)."""
         return self.variations_batch([image], n, seed, eta=eta, x_T=x_T, **options)[0]
 
     def variations_batch(
