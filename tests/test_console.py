@@ -39,19 +39,24 @@ def test_library_info_is_kept_out_of_the_console_and_the_package_lines_are_not(r
     assert handler.filter(record(logging.WARNING, own))  # below `error`, but the package's
 
 
-def test_configure_replaces_the_last_setup_and_refuses_unknown_levels(restored, tmp_path):
+def test_configure_replaces_the_last_setup_and_refuses_unknown_levels(restored):
     handler = absl_logging.get_absl_handler()
     for _ in range(3):
-        console.configure("warning", tmp_path / "a" / console.LOG_FILE)
+        console.configure("warning")
     assert sum(isinstance(f, console._LibraryLevel) for f in handler.filters) == 1
-    logs = [
-        h
-        for h in logging.getLogger().handlers
-        if isinstance(h, logging.FileHandler) and h.baseFilename.endswith(console.LOG_FILE)
-    ]
-    assert len(logs) == 1
     with pytest.raises(ValueError, match=r"log_level must be one of .* got 'loud'"):
         console.configure("loud")
+
+
+def test_a_log_file_takes_every_level_inside_its_block_only(tmp_path):
+    path = tmp_path / "a" / console.LOG_FILE
+    library = logging.getLogger("orbax.test")
+    library.setLevel(logging.DEBUG)
+    with console.log_file(path):
+        library.debug("inside")
+    library.debug("after")
+    assert "DEBUG" in path.read_text() and "inside" in path.read_text()
+    assert "after" not in path.read_text()
 
 
 def test_a_training_run_is_quiet_and_its_log_file_holds_the_rest(tmp_path, cache_dir):

@@ -1,11 +1,16 @@
 """What a run prints: the package's own lines (one per stage, checkpoint or logged step), every
 warning and error, and progress bars; the INFO chatter of libraries (orbax, TFDS, absl) only with
-`--log_level=info`. With a log file (a workdir's `run.log`), every line of every level goes there.
+`--log_level=info`. While a log file is open (a workdir's `run.log`), every line of every level
+also goes there.
 
-    console.configure(FLAGS.log_level, log_file=Path(FLAGS.workdir) / console.LOG_FILE)
+    console.configure(FLAGS.log_level)
+    with console.log_file(workdir / console.LOG_FILE):
+        ...
 """
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 from absl import flags
@@ -37,31 +42,34 @@ class _LibraryLevel(logging.Filter):
         return Path(record.pathname).resolve().is_relative_to(PACKAGE_DIR)
 
 
-_installed: list[tuple[logging.Handler | logging.Filterer, object]] = []
+_installed: list[logging.Filter] = []
 
 
-def configure(level: str = "warning", log_file: Path | None = None) -> None:
-    """Library records below `level` leave the console; all records also go to `log_file` (its
-    folder made) when given. Calling it again replaces what the last call set up."""
+def configure(level: str = "warning") -> None:
+    """Library records below `level` leave the console. Calling it again replaces the last
+    call's setting."""
     if level not in LEVELS:
         raise ValueError(f"log_level must be one of {sorted(LEVELS)}, got {level!r}")
-    root = logging.getLogger()
-    for owner, item in _installed:
-        if isinstance(item, logging.Filter):
-            owner.removeFilter(item)
-        else:
-            root.removeHandler(item)
-            item.close()
-    _installed.clear()
     console = absl_logging.get_absl_handler()
-    library_filter = _LibraryLevel(LEVELS[level])
-    console.addFilter(library_filter)
-    _installed.append((console, library_filter))
-    if log_file is not None:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        to_file = logging.FileHandler(log_file, encoding="utf-8")
-        to_file.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s %(filename)s:%(lineno)d] %(message)s")
-        )
-        root.addHandler(to_file)
-        _installed.append((root, to_file))
+    for installed in _installed:
+        console.removeFilter(installed)
+    _installed[:] = [_LibraryLevel(LEVELS[level])]
+    console.addFilter(_installed[0])
+
+
+@contextlib.contextmanager
+def log_file(path: Path) -> Iterator[None]:
+    """Every record of every level also goes to `path` (appended; its folder made) inside the
+    block."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s %(filename)s:%(lineno)d] %(message)s")
+    )
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        handler.close()

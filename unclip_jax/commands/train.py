@@ -21,7 +21,6 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from unclip_jax import console
 from unclip_jax.commands.usage import check_usage
 from unclip_jax.train import trainers
 from unclip_jax.train.checkpoints import PREEMPTED_EXIT_CODE, Preempted
@@ -60,7 +59,6 @@ def load_config() -> ml_collections.ConfigDict:
 def main(argv: list[str]) -> None:
     check_usage(argv, "config", "workdir")
     config = load_config()
-    console.configure(FLAGS.log_level, Path(FLAGS.workdir) / console.LOG_FILE)
     train_and_evaluate = trainers.get_trainer(config.get("trainer", ""))
     if FLAGS.distributed:
         jax.distributed.initialize(

@@ -10,8 +10,9 @@ from unclip_jax.demo.run import define_flags, main
 
 def quiet_main(argv: list[str]) -> None:
     """`main` with the libraries' INFO lines kept out of the console and in the workdir's log."""
-    console.configure(flags.FLAGS.log_level, Path(flags.FLAGS.workdir) / console.LOG_FILE)
-    main(argv)
+    console.configure(flags.FLAGS.log_level)
+    with console.log_file(Path(flags.FLAGS.workdir) / console.LOG_FILE):
+        main(argv)
 
 
 define_flags()

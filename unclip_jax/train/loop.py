@@ -13,6 +13,7 @@ skipped, so the last good one stays the latest. A failed write (a full disk) rai
 naming its path at once; the last complete checkpoint stays.
 """
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -24,7 +25,7 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from unclip_jax import sharding
+from unclip_jax import console, sharding
 from unclip_jax.storage import run_record
 from unclip_jax.train import checkpoints as checkpoints_lib
 from unclip_jax.train import images as images_lib
@@ -120,8 +121,6 @@ def train_and_evaluate(
     """
     workdir = run_config.check_workdir(workdir)
     run_config.check_config(config)
-    if jax.process_index() == 0:
-        run_record.append_record(workdir, run_record.run_record(config))
     loop = LoopConfig.from_config(config)
     mesh = sharding.make_mesh(dict(config.mesh))
     rules = sharding.normalize_rules(config.sharding.rules)
@@ -136,6 +135,9 @@ def train_and_evaluate(
             f"train_data yields {local} examples per process × {jax.process_count()} processes, "
             f"but config.train.batch_size is {loop.batch_size}"
         )
+    chief = jax.process_index() == 0
+    if chief:  # every check passed: this run writes to the workdir
+        run_record.append_record(workdir, run_record.run_record(config))
     init_key, train_key, eval_key = jax.random.split(jax.random.key(config.seed), 3)
     setup = setup_lib.build(
         task,
@@ -172,7 +174,9 @@ def train_and_evaluate(
         checkpoints=checkpoints,
         logger=RunLog(workdir, jax.process_index() == 0),
     )
-    return run.train(state, train_data, pending, train_key, eval_data, hooks)
+    logged = console.log_file(workdir / console.LOG_FILE) if chief else contextlib.nullcontext()
+    with logged:
+        return run.train(state, train_data, pending, train_key, eval_data, hooks)
 
 
 @dataclasses.dataclass
