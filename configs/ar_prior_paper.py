@@ -33,16 +33,7 @@ from configs import ar_prior_demo, base
 # components of 1024 buckets, the z_i·z_t token drawn from the top half of its training
 # distribution (sampling.dot_sampling, by buckets: those at or above the median's), the 10%
 # caption drop and the optimiser column are the paper's.
-DEVIATIONS = [
-    base.Deviation(
-        key="model.num_tokens",
-        paper="the caption as 'encoded text' of a text encoder of the paper's (§2.1)",
-        ours=77,
-        why="The prefix holds the frozen CLIP text encoder's 77 token states (1024-d), as "
-        "Karlo's diffusion prior does, the same as `configs/prior_paper.py`; no caption encoder "
-        "is trained with the prior.",
-    ),
-]
+DEVIATIONS = [base.PRIOR_CAPTION_STATES]
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -33,6 +33,17 @@ class Deviation:
     code: str = ""  # "module:function(parameter)" or "module:name", with key=""
 
 
+# Both paper priors (diffusion and autoregressive) read the caption the same way.
+PRIOR_CAPTION_STATES = Deviation(
+    key="model.num_tokens",
+    paper="the caption as 'encoded text' of a text encoder of the paper's (§2.1)",
+    ours=77,
+    why="The prefix holds the frozen CLIP text encoder's 77 token states (1024-d), as Karlo's "
+    "prior does: `unclip embed` writes them beside z_t and no caption encoder is trained with "
+    "the prior.",
+)
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     del arg
     config = ml_collections.ConfigDict()

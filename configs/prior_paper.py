@@ -28,16 +28,7 @@ from configs import base, prior_demo
 # Where this config departs from the paper (Table 3, diffusion prior column, and §2.1); the
 # schedule (cosine, 1000 steps), the 64 sampling steps with the analytic variance, x0 prediction,
 # the 10% caption drop, two candidates ranked by z_i·z_t and the optimiser column are the paper's.
-DEVIATIONS = [
-    base.Deviation(
-        key="model.num_tokens",
-        paper="the caption as 'encoded text' of a text encoder of the paper's (§2.1)",
-        ours=77,
-        why="The prefix holds the frozen CLIP text encoder's 77 token states (1024-d), as "
-        "Karlo's prior does: `unclip embed` writes them beside z_t and no caption encoder is "
-        "trained with the prior.",
-    ),
-]
+DEVIATIONS = [base.PRIOR_CAPTION_STATES]
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

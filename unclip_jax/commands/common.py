@@ -79,23 +79,25 @@ flags.DEFINE_string(
 )
 
 
-def load_pipeline(checkpoint: str | None):
-    """The UnCLIP of `--checkpoint`, with progress bars."""
+def load_pipeline(checkpoint: str | None, **load_options: Any):
+    """The UnCLIP of `--checkpoint`, with progress bars; `load_options` are more keywords of
+    `UnCLIP.load` (e.g. `prior=`)."""
     if not checkpoint:
         raise ValueError("--checkpoint must name a pipeline directory")
     from unclip_jax.pipelines.unclip import UnCLIP
 
-    return UnCLIP.load(checkpoint, num_devices=FLAGS.num_devices, progress=True)
+    return UnCLIP.load(checkpoint, num_devices=FLAGS.num_devices, progress=True, **load_options)
 
 
-def open_run() -> tuple[Path, Any]:
-    """(the checked `--out` directory, the pipeline of `--checkpoint`), the compilation cache
-    turned on: what every sampling command does once its own flags are checked."""
+def open_run(**load_options: Any) -> tuple[Path, Any]:
+    """(the checked `--out` directory, the pipeline of `--checkpoint` loaded with
+    `load_options`), the compilation cache turned on: what every sampling command does once its
+    own flags are checked."""
     from unclip_jax.pipelines import outputs
 
     out = outputs.check_output_dir(FLAGS.out, overwrite=FLAGS.overwrite)
     outputs.enable_compilation_cache(FLAGS.compilation_cache)
-    return out, load_pipeline(FLAGS.checkpoint)
+    return out, load_pipeline(FLAGS.checkpoint, **load_options)
 
 
 def write_results(out: Path, files: dict[str, Any]) -> None:

@@ -61,7 +61,7 @@ def main(argv: list[str]) -> None:
     for name in ("num_images", "prior_candidates", "rerank"):
         if FLAGS[name].value is not None:
             arguments.check_count(f"--{name}", FLAGS[name].value)
-    out, pipe = _open_run()
+    out, pipe = common.open_run(prior=FLAGS.prior)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         images = pipe.generate(
@@ -87,19 +87,6 @@ def main(argv: list[str]) -> None:
     files["captions.json"] = json.dumps(captions, indent=1)
     common.write_results(out, files)
     print(f"wrote {len(images)} images and grid.png to {out}")
-
-
-def _open_run():
-    """`common.open_run` with the prior of `--prior`: (the checked `--out`, the pipeline)."""
-    from unclip_jax.pipelines import outputs
-    from unclip_jax.pipelines.unclip import UnCLIP
-
-    out = outputs.check_output_dir(FLAGS.out, overwrite=FLAGS.overwrite)
-    outputs.enable_compilation_cache(FLAGS.compilation_cache)
-    if not FLAGS.checkpoint:
-        raise ValueError("--checkpoint must name a pipeline directory")
-    options = dict(prior=FLAGS.prior, num_devices=FLAGS.num_devices, progress=True)
-    return out, UnCLIP.load(FLAGS.checkpoint, **options)
 
 
 if __name__ == "__main__":

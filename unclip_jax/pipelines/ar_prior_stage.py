@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from unclip_jax.models.ar_prior import ARPrior, ar_prior_from_config
 from unclip_jax.pipelines import store
 from unclip_jax.pipelines.arguments import check_count
-from unclip_jax.pipelines.stages import cache_size, check_params, reading
+from unclip_jax.pipelines.stages import cache_size, check_learned_null, check_params, reading
 from unclip_jax.sampling.ar_prior import DOT_SAMPLING, dot_log_probs, make_ar_prior_sampler
 from unclip_jax.sampling.prior import EncodedCaption
 from unclip_jax.sampling.settings import check_guidance_scale
@@ -91,11 +91,7 @@ class ARPriorStage:
                 f"{files.directory / store.QUANTIZERS_FILE}: (codes, buckets, dot buckets) "
                 f"= {sizes}; its stage.json's model has {model}"
             )
-        if self.model.null_conditioning != "learned":
-            raise ValueError(
-                f"{files.directory}: the pipeline samples priors with learned null conditioning; "
-                f"this one has {self.model.null_conditioning!r}"
-            )
+        check_learned_null(files, self.model.null_conditioning)
         try:
             self.dot = dot_log_probs(quantizers, self.settings.dot_sampling)  # [Vd]
         except ValueError as error:

@@ -58,6 +58,16 @@ def check_params(stage: store.StageFiles, call: Callable[[Params], Any]) -> None
         ) from None
 
 
+def check_learned_null(stage: store.StageFiles, null_conditioning: str) -> None:
+    """Guidance swaps in the prior's learned null caption: a prior that guides with the empty
+    caption's encoding instead ("empty_caption") is one error naming the stage."""
+    if null_conditioning != "learned":
+        raise ValueError(
+            f"{stage.directory}: the pipeline samples priors with learned null conditioning; "
+            f"this one has {null_conditioning!r}"
+        )
+
+
 @contextlib.contextmanager
 def reading(stage: store.StageFiles) -> Iterator[dict]:
     """Yields the stage's settings; a value of its stage.json that the model or the sampler
@@ -129,11 +139,7 @@ class PriorStage:
             self.diffusion = DiffusionSettings.from_dict(settings["diffusion"])
             self.normalizer = _normalizer(settings["normalizer"], self.model)
             self.analytic = _analytic_table(settings, self.diffusion)
-        if self.model.null_conditioning != "learned":
-            raise ValueError(
-                f"{files.directory}: the pipeline samples priors with learned null conditioning; "
-                f"this one has {self.model.null_conditioning!r}"
-            )
+        check_learned_null(files, self.model.null_conditioning)
         check_params(files, self._example_call)
         self._samplers: dict[int, Any] = {}
 
