@@ -9,12 +9,10 @@ setup(
     packages=find_packages(include=["unclip_jax", "unclip_jax.*"]),
     python_requires=">=3.11",
     install_requires=[
-        "jax>=0.10,<0.11",
+        "jax>=0.7.2,<0.11",
         "flax>=0.12,<0.13",
         "optax>=0.2.5,<0.3",
         "orbax-checkpoint>=0.12,<0.13",
-        "tensorflow-datasets>=4.9.9,<5",
-        "tensorflow-cpu>=2.20,<2.22",
         "transformers>=5.0,<6",
         "tokenizers>=0.22,<0.24",
         "safetensors>=0.5,<1",
@@ -24,9 +22,15 @@ setup(
         "pillow>=11,<14",
         "numpy>=2.0,<3",
         "scipy>=1.14,<2",
-        "tensorboardX>=2.6,<3",
     ],
     extras_require={
+        # Training and data: the shapes set and image folders go through TFDS (TensorFlow on the
+        # CPU only), the logs to TensorBoard. Sampling needs none of them.
+        "train": [
+            "tensorflow-datasets>=4.9.9,<5",
+            "tensorflow-cpu>=2.20,<2.22",
+            "tensorboardX>=2.6,<3",
+        ],
         # CPU torch (the build this machine serves) and diffusers: parity tests only.
         "test": [
             "torch==2.13.0",

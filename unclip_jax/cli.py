@@ -54,6 +54,25 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+# Modules of an optional extra (`pip install 'unclip_jax[EXTRA]'`) -> that extra.
+EXTRA_MODULES = {
+    "tensorflow": "train",
+    "tensorflow_datasets": "train",
+    "tensorboardX": "train",
+    "torch": "test",
+    "diffusers": "test",
+}
+
+
+def missing_extra(error: ModuleNotFoundError) -> str | None:
+    """The line for a module of an optional extra that is not installed; None for any other."""
+    root = (error.name or "").split(".")[0]
+    if root not in EXTRA_MODULES:
+        return None
+    extra = EXTRA_MODULES[root]
+    return f"needs the {extra!r} extra (no module {root!r}): pip install 'unclip_jax[{extra}]'"
+
+
 def usage() -> str:
     lines = ["usage: unclip SUBCOMMAND [flags]   (unclip SUBCOMMAND --help for its flags)", ""]
     width = max(len(name) for name in SUBCOMMANDS)
@@ -117,7 +136,13 @@ def run(argv: list[str] | None = None) -> None:
     for root in _config_import_roots(argv[2:]):
         if root not in sys.path:
             sys.path.append(root)
-    module = importlib.import_module(SUBCOMMANDS[name][0])
+    try:
+        module = importlib.import_module(SUBCOMMANDS[name][0])
+    except ModuleNotFoundError as error:
+        if missing_extra(error) is None:
+            raise
+        print(f"unclip {name}: error: {missing_extra(error)}", file=sys.stderr)
+        sys.exit(1)
     if any(arg in ("-h", "--help", "--helpshort") for arg in argv[2:]):
         print(f"unclip {name}: {module.__doc__.strip()}\n")
         print(flags.FLAGS.module_help(module.__name__))
@@ -135,6 +160,11 @@ def run(argv: list[str] | None = None) -> None:
         except app.UsageError as error:
             print(f"unclip {name}: error: {error}", file=sys.stderr)
             sys.exit(2)
+        except ModuleNotFoundError as error:
+            if missing_extra(error) is None:
+                raise
+            print(f"unclip {name}: error: {missing_extra(error)}", file=sys.stderr)
+            sys.exit(1)
 
     def parse_flags(sub_argv: list[str]) -> list[str]:
         try:
