@@ -6,14 +6,13 @@ import dataclasses
 import sys
 from pathlib import Path
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from tiny_pipeline import DECODER_MODEL, UPSAMPLER_MODEL
+from tiny_pipeline import DECODER_MODEL, UPSAMPLER_MODEL, random_params
 
 from unclip_jax.models.caption_transformer import CaptionTransformerConfig
 from unclip_jax.models.unet import Decoder, UNetConfig, upsampler_from_config
@@ -31,15 +30,6 @@ DECODER = Decoder(
     ),
 )
 UPSAMPLER = upsampler_from_config(UPSAMPLER_MODEL)
-
-
-def perturbed(params, seed):
-    """Every leaf plus N(0, 0.2²) noise, so that zero-initialised layers carry signal too."""
-    leaves, tree = jax.tree.flatten(nn.unbox(params))
-    keys = jax.random.split(jax.random.key(seed), len(leaves))
-    return jax.tree.unflatten(
-        tree, [x + 0.2 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys, strict=True)]
-    )
 
 
 def caption(seed):
@@ -67,16 +57,18 @@ class CountingSampler(decoder_sampling.DecoderChain):
 @pytest.fixture(scope="module")
 def decoder_run():
     x = jnp.zeros((1, SIZE, SIZE, 3))
-    params = DECODER.init(
-        jax.random.key(0),
+    # Every leaf drawn from N(0, 0.2²), zero-initialised layers included (from eval_shape:
+    # compiling the U-Net's initialiser would take longer than the tests).
+    params = random_params(
+        DECODER,
         x,
         jnp.zeros((1,), jnp.int32),
         jnp.zeros((1, IMG_DIM)),
         caption_ids=jnp.zeros((1, LENGTH), jnp.int32),
-    )["params"]
+        seed=1,
+    )
     settings = DiffusionSettings(sampler="ddim", learned_variance=True, max_steps=16)
     sampler = CountingSampler(DECODER, settings)
-    params = perturbed(params, 1)
 
     def run(z, cap, key=0, steps=4, scale=3.0, eta=0.0):
         return np.asarray(
@@ -138,8 +130,7 @@ def test_decoder_arguments_checked_before_compiling(decoder_run):
 @pytest.fixture(scope="module")
 def upsampler_run():
     x = jnp.zeros((1, 8, 8, 3))
-    params = UPSAMPLER.init(jax.random.key(0), x, x, jnp.zeros((1,), jnp.int32))["params"]
-    params = perturbed(params, 2)
+    params = random_params(UPSAMPLER, x, x, jnp.zeros((1,), jnp.int32), seed=2)
     sampler = decoder_sampling.UpsamplerChain(UPSAMPLER, DiffusionSettings(max_steps=32))
     return sampler, params
 
