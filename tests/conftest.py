@@ -1,6 +1,6 @@
 """Test-wide environment (JAX on the CPU with 8 simulated devices, TensorFlow off accelerators)
-and the fixtures of the tests that drive the CLI: a tiny random pipeline directory and an
-in-process `unclip` runner (flags reset before each call)."""
+and the fixtures of the tests that drive the CLI: tiny random pipeline directories (unCLIP's and
+DALL·E's) and an in-process `unclip` runner (flags reset before each call)."""
 
 import os
 
@@ -24,6 +24,13 @@ def pipeline_dir(tmp_path_factory) -> Path:
     import tiny_pipeline
 
     return tiny_pipeline.build(tmp_path_factory.mktemp("tiny_pipeline"))
+
+
+@pytest.fixture(scope="session")
+def dalle_dir(tmp_path_factory) -> Path:
+    import tiny_dalle
+
+    return tiny_dalle.build(tmp_path_factory.mktemp("tiny_dalle"))
 
 
 @pytest.fixture(scope="session")

@@ -114,8 +114,8 @@ def ar_prior_stage() -> tuple[dict, dict, ARQuantizers]:
     return {"model": AR_PRIOR_MODEL, "sampling": AR_SAMPLING}, params, ar_quantizers()
 
 
-def build(directory: Path, *, ar_prior: bool = False, diffusion_prior: bool = True) -> Path:
-    """Writes the tiny pipeline into `directory` (with the priors asked for) and returns it."""
+def build_clip(clip_dir: Path) -> Path:
+    """Saves the tiny CLIP (and its BPE of CAPTIONS in tokenizer/) at `clip_dir`."""
     tokenizer = bpe.train_bpe(CAPTIONS, vocab_size=64, context_length=CONTEXT)
     base = clip_config("tiny")
     config = dataclasses.replace(
@@ -129,10 +129,14 @@ def build(directory: Path, *, ar_prior: bool = False, diffusion_prior: bool = Tr
     )
     ids = jnp.zeros((1, CONTEXT), jnp.int32)
     clip_params = random_params(CLIP(config), ids, jnp.zeros((1, 32, 32, 3)))
-    clip_dir = directory / "stages" / "clip"
     hf_clip.save_clip(clip_dir, config, {"params": clip_params})
     tokenizer.save(clip_dir / store.TOKENIZER_DIR)
+    return clip_dir
 
+
+def build(directory: Path, *, ar_prior: bool = False, diffusion_prior: bool = True) -> Path:
+    """Writes the tiny pipeline into `directory` (with the priors asked for) and returns it."""
+    clip_dir = build_clip(directory / "stages" / "clip")
     prior = DiffusionPrior(**PRIOR_MODEL)
     z = jnp.zeros((1, 16))
     prior_params = random_params(

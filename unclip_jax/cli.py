@@ -33,7 +33,11 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     ),
     "generate": (
         "unclip_jax.commands.generate",
-        'images for prompts: "PROMPT" [...] --checkpoint DIR --out DIR',
+        'images for prompts (unCLIP or DALL·E pipeline): "PROMPT" [...] --checkpoint DIR --out DIR',
+    ),
+    "complete": (
+        "unclip_jax.commands.complete",
+        "DALL·E image completion: IMAGE --prompt CAPTION --keep_rows K --checkpoint DIR --out DIR",
     ),
     "variations": (
         "unclip_jax.commands.variations",

@@ -37,6 +37,11 @@ def test_generate_then_eval(unclip, pipeline_dir, tmp_path):
     figures = json.loads((tmp_path / "m.json").read_text())
     assert figures["num_images"] == 3
     assert 0.0 <= figures["single_colour_shape"] <= figures["single_colour"] <= 1.0
+    # The metrics carry the evaluation's record and, through the images' run.json, generate's
+    # with the pipeline's own.
+    (generated,) = figures["run"]["images"]
+    assert generated["pipeline"] and "stages" in generated["pipeline"][0]
+    assert {"command", "git", "versions", "devices"} <= set(figures["run"]["eval"])
 
 
 def _fails(unclip, tmp_path, *args, message):

@@ -51,6 +51,7 @@ def test_variations_interpolate_textdiff(unclip, pipeline_dir, images, tmp_path)
     assert code == 0, err[-2000:]
     assert sorted(p.name for p in (tmp_path / "t").iterdir()) == [
         "grid.png",
+        "run.json",
         "theta_00_0.0.png",
         "theta_01_0.5.png",
         "theta_02_1.0.png",

@@ -81,6 +81,11 @@ def test_demo_meets_the_gates(tmp_path):
     assert figures["variations_all_distinct"] >= 0.9
     assert figures["interpolation_endpoints"] >= 0.80
     assert figures["text_diff_best"] >= 0.60
+    # What produced the figures: the demo's record and the pipeline's, with each stage's runs.
+    assert figures["run"]["demo"]["config"]["clip"] and figures["run"]["demo"]["git"]["commit"]
+    (export,) = figures["run"]["pipeline"]
+    assert {"prior", "ar_prior", "decoder", "upsampler_0"} <= set(export["stages"])
+    assert all(export["stages"][name] for name in ("prior", "decoder", "upsampler_0"))
 
 
 def test_interrupted_training_is_not_marked_done(tmp_path, monkeypatch):

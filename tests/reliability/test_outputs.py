@@ -77,8 +77,13 @@ def test_overwrite_replaces_the_whole_folder(unclip, pipeline_dir, inputs):
         f"--out={earlier}",
     )
     assert code == 0, err[-2000:]
-    assert sorted(p.name for p in earlier.iterdir()) == ["000_00.png", "captions.json", "grid.png"]
+    names = sorted(p.name for p in earlier.iterdir())
+    assert names == ["000_00.png", "captions.json", "grid.png", "run.json"]
     assert json.loads((earlier / "captions.json").read_text()) == {"000_00.png": "a blue square"}
+    # The output records its run and the pipeline's own record (its export).
+    (record,) = json.loads((earlier / "run.json").read_text())["runs"]
+    assert {"command", "git", "versions", "devices"} <= set(record)
+    assert record["pipeline"] and "stages" in record["pipeline"][0]
     assert sorted(p.name for p in inputs["root"].iterdir() if p.name.startswith(".")) == []
 
 
@@ -98,7 +103,7 @@ def test_textdiff_names_are_unique_and_exact(unclip, pipeline_dir, inputs):
     assert code == 0, err[-2000:]
     assert "wrote 2 edits" in stdout
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["grid.png", "theta_00_0.501.png", "theta_01_0.504.png"]
+    assert names == ["grid.png", "run.json", "theta_00_0.501.png", "theta_01_0.504.png"]
 
 
 def test_metrics_path_is_checked_before_computing(unclip, inputs):

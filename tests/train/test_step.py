@@ -182,4 +182,3 @@ def test_update_is_finite_reads_the_loss_gradients_and_learning_rate():
     assert not bool(step_lib.update_is_finite(one, huge, one))
     large = optimizer_lib.global_norm({"g": jnp.full((1000,), 1e17, jnp.float32)})
     assert bool(step_lib.update_is_finite(one, large, one))
-

@@ -1,7 +1,8 @@
 """`unclip eval --images DIR [--score_clip DIR] [--metrics FILE]`: scores the images written by
 `unclip generate` (DIR/captions.json names each file's prompt) with the shapes oracle (colour and
 colour+shape accuracy of single-object prompts, binding accuracy of two-object prompts) and, with
-`--score_clip`, the CLIP score under that independently trained CLIP. Prints the figures as JSON.
+`--score_clip`, the CLIP score under that independently trained CLIP. Prints the figures as JSON;
+`--metrics` also holds the run records ("run": this evaluation's and those of the images' run.json).
 """
 
 import json
@@ -66,6 +67,7 @@ def read_captions(directory: Path) -> dict[str, str]:
 def main(argv: list[str]) -> None:
     check_usage(argv)
     from unclip_jax.pipelines.images import load_image
+    from unclip_jax.storage import run_record
 
     if not FLAGS.images:
         raise ValueError("--images must name a directory written by `unclip generate`")
@@ -84,10 +86,10 @@ def main(argv: list[str]) -> None:
     if FLAGS.score_clip:
         outputs.enable_compilation_cache(FLAGS.compilation_cache)
     figures = evaluate(images, list(captions.values()), FLAGS.score_clip)
-    text = json.dumps(figures, indent=2)
-    print(text)  # before writing --metrics: a failed write loses no figure
+    print(json.dumps(figures, indent=2))  # before writing --metrics: a failed write loses none
     if metrics:
-        outputs.write_file(metrics, text)
+        run = {"eval": run_record.run_record(), "images": run_record.read_records(directory)}
+        outputs.write_file(metrics, json.dumps({**figures, "run": run}, indent=2))
 
 
 if __name__ == "__main__":

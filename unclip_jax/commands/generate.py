@@ -1,12 +1,17 @@
 """`unclip generate "prompt" [...] --checkpoint DIR --out DIR`: images for each prompt, written as
 PNGs (`<prompt index>_<image index>.png`), a captioned grid (`grid.png`, one row per prompt) and
-`captions.json` (file → prompt, read by `unclip eval`).
+`captions.json` (file → prompt, read by `unclip eval`). `--rerank N` draws N candidates per image
+and keeps the one of the largest CLIP score.
 
-`--checkpoint` is a pipeline directory or a converted Karlo checkpoint (`unclip convert-karlo`);
-steps, guidance scales and prior candidates not given are the checkpoint's (Karlo's: prior 25
-steps at guidance 4, decoder 25 at 8, super-res 7). `--prior` picks the diffusion prior or the
-autoregressive one (§2.1; its steps are its code count) where the directory holds both; one it
-does not hold is an error naming the directory and the priors it has.
+`--checkpoint` is an unCLIP pipeline directory, a converted Karlo checkpoint (`unclip
+convert-karlo`) or a DALL·E pipeline directory (`pipelines.dalle_store`), told apart by its
+manifest. unCLIP: steps, guidance scales and prior candidates not given are the checkpoint's
+(Karlo's: prior 25 steps at guidance 4, decoder 25 at 8, super-res 7); `--prior` picks the
+diffusion prior or the autoregressive one (§2.1; its steps are its code count) where the
+directory holds both; one it does not hold is an error naming the directory and the priors it
+has. DALL·E: `--temperature`, `--top_k` and `--top_p` set the sampling of the codes (default: the
+pipeline's, the paper's temperature 1 without truncation); a flag of the other kind of pipeline
+is refused by name.
 
 An empty prompt ("") is unconditional; a prompt longer than the tokenizer's context is truncated
 with a warning. Arguments are checked, and the output directory tested for writing, before
@@ -15,8 +20,6 @@ contents are replaced, once all new files are written.
 """
 
 import json
-import sys
-import warnings
 
 from absl import app, flags
 
@@ -24,8 +27,7 @@ from unclip_jax.commands import common
 from unclip_jax.pipelines import images as pipeline_images
 
 FLAGS = flags.FLAGS
-flags.adopt_module_key_flags(common)
-flags.DEFINE_integer("num_images", 4, "Images per prompt.")
+common.adopt_flags(__name__, sampling=True)
 flags.DEFINE_integer("prior_steps", None, "Prior sampling steps (default: the stage's).")
 flags.DEFINE_float(
     "prior_guidance", None, "Prior classifier-free guidance scale (>= 0; default: the stage's)."
@@ -35,7 +37,6 @@ flags.DEFINE_integer(
     None,
     "z_i samples per image; the largest z_i·z_t is kept (default: the stage's).",
 )
-flags.DEFINE_integer("rerank", 1, "Final images per image; the largest CLIP score is kept.")
 flags.DEFINE_enum(
     "prior",
     None,
@@ -43,6 +44,8 @@ flags.DEFINE_enum(
     "Which prior of the checkpoint samples z_i: 'diffusion' or 'ar' (autoregressive, §2.1; "
     "default: the diffusion prior where the checkpoint holds one).",
 )
+# The settings of unCLIP pipelines alone, refused by name with a DALL·E one.
+UNCLIP_FLAGS = ("prior", "prior_steps", "prior_guidance", "prior_candidates", *common.DECODER_FLAGS)
 
 
 def main(argv: list[str]) -> None:
@@ -61,21 +64,25 @@ def main(argv: list[str]) -> None:
     for name in ("num_images", "prior_candidates", "rerank"):
         if FLAGS[name].value is not None:
             arguments.check_count(f"--{name}", FLAGS[name].value)
-    out, pipe = common.open_run(prior=FLAGS.prior)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        images = pipe.generate(
-            prompts,
-            FLAGS.num_images,
-            seed=FLAGS.seed,
+    out = common.open_output()
+    kind = common.checkpoint_kind()
+    if kind == "dalle":
+        common.refuse_flags(UNCLIP_FLAGS, kind)
+        pipe = common.load_pipeline(FLAGS.checkpoint, kind)
+        options = common.dalle_options()
+    else:
+        common.refuse_flags(common.DALLE_FLAGS, kind)
+        pipe = common.load_pipeline(FLAGS.checkpoint, kind, prior=FLAGS.prior)
+        options = dict(
             prior_steps=FLAGS.prior_steps,
             prior_guidance=FLAGS.prior_guidance,
             **common.decoder_options(),
             prior_candidates=FLAGS.prior_candidates,
-            rerank_candidates=FLAGS.rerank,
         )
-    for warning in {str(w.message) for w in caught}:
-        print(f"unclip generate: warning: {warning}", file=sys.stderr)
+    with common.warnings_printed("generate"):
+        images = pipe.generate(
+            prompts, FLAGS.num_images, seed=FLAGS.seed, rerank_candidates=FLAGS.rerank, **options
+        )
     n = FLAGS.num_images
     files, captions = {}, {}
     for i, image in enumerate(images):

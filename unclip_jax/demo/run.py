@@ -199,6 +199,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     from unclip_jax.demo import evaluate as demo_eval
     from unclip_jax.pipelines.outputs import check_output_dir, enable_compilation_cache
+    from unclip_jax.storage import run_record
 
     config = FLAGS.config
     workdir = Path(FLAGS.workdir).absolute()
@@ -219,9 +220,13 @@ def main(argv: list[str]) -> None:
     figures["training_seconds"] = round(sum(r["seconds"] for r in records.values()), 1)
     figures["total_seconds_this_run"] = round(time.time() - start, 1)
     figures["load_average_at_end"] = load_average()
+    figures["run"] = {
+        "demo": run_record.run_record(config),
+        "pipeline": run_record.read_records(pipeline_dir),
+    }
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(figures, indent=2, allow_nan=False))
-    print(json.dumps({k: v for k, v in figures.items() if k != "stages"}, indent=2))
+    print(json.dumps({k: v for k, v in figures.items() if k not in ("stages", "run")}, indent=2))
 
 
 if __name__ == "__main__":

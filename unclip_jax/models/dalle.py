@@ -44,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from unclip_jax.models.dvae import DVAEConfig
 from unclip_jax.nn.attention import IN_NAMES, OUT_NAMES
 from unclip_jax.nn.embedding import position_embedding, token_embedding
 from unclip_jax.nn.linear import dense
@@ -109,6 +110,29 @@ class DalleConfig:
         masks = ["column" if (i - 2) % 4 == 0 else "row" for i in range(self.depth)]
         masks[-1] = "conv"
         return masks
+
+
+def sized_config(
+    fields: Mapping[str, Any],  # DalleConfig fields but the four sizes set here
+    text_vocab_size: int,  # the caption tokenizer's
+    text_length: int,  # the caption tokenizer's context length
+    dvae: DVAEConfig,  # the dVAE whose codes the model reads and writes
+    image_size: int,  # the side of the images the dVAE encodes into the grid
+) -> DalleConfig:
+    """The model over a tokenizer's captions and a dVAE's codes of `image_size` px images (its
+    grid: image_size / the dVAE's downsampling factor), as trained and as loaded."""
+    factor = dvae.downsample_factor
+    if image_size % factor:
+        raise ValueError(
+            f"image_size {image_size} is not a multiple of the dVAE's downsampling factor {factor}"
+        )
+    sizes = dict(
+        text_vocab_size=text_vocab_size,
+        text_length=text_length,
+        image_vocab_size=dvae.vocab_size,
+        grid=image_size // factor,
+    )
+    return DalleConfig.from_dict({**fields, **sizes})
 
 
 def image_mask(kind: str, grid: int, kernel: int = 11) -> np.ndarray:

@@ -38,6 +38,12 @@ def check_count(name: str, value: int, least: int = 1) -> int:
     return int(value)
 
 
+def check_seed(seed: Any) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+    return int(seed)
+
+
 def check_prompts(prompts: Sequence[str]) -> list[str]:
     if isinstance(prompts, str):
         prompts = [prompts]

@@ -60,8 +60,8 @@ VARIATION_ETA = 1.0
 
 
 class ImageOperations:
-    """Mixed into `UnCLIP`: uses its `clip`, `decoder`, `_map_rows`, `_chain`, `_settings`,
-    `_caption_rows`, `_shard` and `_require_image_encoder`."""
+    """Mixed into `UnCLIP`: uses its `clip`, `decoder`, `batches` (`pipelines.batches`),
+    `_chain`, `_settings`, `_caption_rows` and `_require_image_encoder`."""
 
     def _require_ddim(self, what: str, inverted: bool) -> None:
         """ValueError before any compute where `what` needs what the decoder lacks: a DDIM
@@ -96,16 +96,20 @@ class ImageOperations:
             caption = {"ids": rows["ids"], "mask": rows["mask"], "states": states}
             caption["text_embed"] = text_embed
             cond = self.decoder.conditioning(rows["image_embed"], caption, rows["drop_caption"])
-            return {"x_T": self.decoder.invert(rows["x0"], self._shard(cond), chain.decoder_steps)}
+            return {
+                "x_T": self.decoder.invert(
+                    rows["x0"], self.batches.shard(cond), chain.decoder_steps
+                )
+            }
 
-        return z_i, self._map_rows(invert, rows, "invert")["x_T"]
+        return z_i, self.batches.map(invert, rows, "invert")["x_T"]
 
     def encode_images(self, images: Sequence[ImageLike]) -> np.ndarray:
         """CLIP image embeddings z_i [N, D] of images."""
         self._require_image_encoder("encoding images")
         size = self.clip.config.vision.image_size
         pixels = np.stack([to_unit(resize(center_square(as_image(i)), size)) for i in images])
-        out = self._map_rows(
+        out = self.batches.map(
             lambda r, _: {"z": self.clip.encode_image(r["x"])}, {"x": pixels}, "encode"
         )
         return out["z"]
@@ -121,7 +125,9 @@ class ImageOperations:
             noise_id=np.asarray(noise_id, np.int32),
             **extra,
         )
-        return to_uint8(self._map_rows(lambda r, i: self._chain(r, i, chain), rows, desc)["images"])
+        return to_uint8(
+            self.batches.map(lambda r, i: self._chain(r, i, chain), rows, desc)["images"]
+        )
 
     def variations(
         self,
@@ -283,7 +289,7 @@ class ImageOperations:
         if thetas.ndim != 1 or not len(thetas) or np.any((thetas < 0) | (thetas > 1)):
             raise ValueError(f"thetas must be a non-empty list of values in [0, 1], got {thetas}")
         chain = self._settings(seed, **options)
-        text = self._map_rows(
+        text = self.batches.map(
             lambda r, _: {"z": self.clip.encode_text(r["ids"], r["mask"])[0]},
             self._caption_rows(captions),
             "encode",

@@ -26,7 +26,6 @@ import numpy as np
 
 from unclip_jax.convert import hf_clip
 from unclip_jax.diffusion.analytic import AnalyticTable
-from unclip_jax.models.clip import normalize
 from unclip_jax.models.frozen_clip import FrozenCLIP
 from unclip_jax.models.prior import DiffusionPrior, EmbeddingNormalizer
 from unclip_jax.models.unet import decoder_from_config, upsampler_from_config
@@ -305,8 +304,3 @@ def _normalizer(settings: dict, model: DiffusionPrior) -> EmbeddingNormalizer:
         None if mean is None else np.asarray(mean),
         None if std is None else np.asarray(std),
     )
-
-
-def clip_scores(image_embed: Array, text_embed: Array) -> Array:
-    """Cosine similarity of matching rows: [B, D], [B, D] → [B]."""
-    return jnp.sum(normalize(image_embed) * normalize(text_embed), axis=-1)

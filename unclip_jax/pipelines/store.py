@@ -1,6 +1,7 @@
 """The directory an `UnCLIP` pipeline loads from: every stage, the tokenizer and their settings.
 
-    <dir>/unclip.json           {"format": 1, "upsamplers": N, "priors": ["prior", "ar_prior"]}
+    <dir>/unclip.json           {"format": 1, "kind": "unclip", "upsamplers": N,
+                                 "priors": ["prior", "ar_prior"]}
     <dir>/clip/                 the conditioning CLIP (`convert.hf_clip.save_clip`) + tokenizer/
     <dir>/prior/stage.json      {"model": DiffusionPrior fields, "diffusion": {...},
                                  "normalizer": {"kind", "mean", "std"}}
@@ -11,13 +12,18 @@
     <dir>/upsampler_<k>/stage.json  {"low_res", "high_res", "model": Upsampler section,
                                  "diffusion": {...}}
     <dir>/<stage>/params/       orbax checkpoint of the stage's (EMA) parameters
+    <dir>/run.json              the export's run record, with the stages' training records
+                                 (`storage.run_record`; "stages": {stage name: [records]})
 
 A directory holds the diffusion prior (prior/), the autoregressive one (ar_prior/, §2.1) or both,
 as "priors" lists; a manifest without "priors" (written before the AR prior was a stage) holds
-prior/ alone. `diffusion` sections take the training configs' names: schedule, train_steps,
-sample_steps, prediction ("eps", "x0", "v"), learned_variance. `export_pipeline` assembles the
-directory from stage workdirs (EMA parameters of their latest checkpoint) and their configs,
-writing to a temporary sibling first so that an interrupted export leaves nothing half-written.
+prior/ alone. The manifest's "kind" tells the pipelines apart: "unclip" (this layout; a manifest
+without it was written before there were others) or "dalle" (`pipelines.dalle_store`, which
+shares the manifest, clip/ and stage.json files). `diffusion` sections take the training
+configs' names: schedule, train_steps, sample_steps, prediction ("eps", "x0", "v"),
+learned_variance. `export_pipeline` assembles the directory from stage workdirs (EMA parameters
+of their latest checkpoint) and their configs, writing to a temporary sibling first so that an
+interrupted export leaves nothing half-written.
 """
 
 import dataclasses
@@ -31,6 +37,7 @@ from typing import Any
 from unclip_jax.diffusion import analytic
 from unclip_jax.models.pca_quantizer import ARQuantizers, load_quantizers, save_quantizers
 from unclip_jax.sampling.settings import DiffusionSettings
+from unclip_jax.storage import run_record
 from unclip_jax.storage.checkpoints import read_params, restore_ema_params, write_params
 from unclip_jax.storage.json_files import jsonable, read_json
 
@@ -41,9 +48,14 @@ CLIP_DIR = "clip"
 TOKENIZER_DIR = "tokenizer"
 PRIOR, AR_PRIOR, DECODER = "prior", "ar_prior", "decoder"
 QUANTIZERS_FILE = "quantizers.npz"  # beside an AR prior's params
+CLIP_FILES = ("clip_config.json", PARAMS_DIR, f"{TOKENIZER_DIR}/unclip_tokenizer.json")
 # The priors a pipeline may hold, by the name `UnCLIP.load(prior=...)` and `--prior` take.
 PRIOR_KINDS = {"diffusion": PRIOR, "ar": AR_PRIOR}
 FORMAT = 1
+# The pipelines a directory may hold, by its manifest's "kind" (absent: "unclip"): unCLIP's
+# (this module's layout) and DALL·E's (`pipelines.dalle_store`).
+UNCLIP_KIND, DALLE_KIND = "unclip", "dalle"
+KIND_NAMES = {UNCLIP_KIND: "an unCLIP", DALLE_KIND: "a DALL·E"}
 
 
 def upsampler_name(index: int) -> str:
@@ -87,12 +99,13 @@ STAGE_SECTIONS = {
     AR_PRIOR: ("model", "sampling"),
     DECODER: ("image_size", "model", "diffusion"),
     "upsampler": ("low_res", "high_res", "model", "diffusion"),
+    "transformer": ("model", "sampling"),  # DALL·E's (`pipelines.dalle_store`)
 }
 
 
-def check_pipeline_dir(directory: str | Path) -> tuple[Path, dict]:
-    """(path, manifest) after checking the manifest and that every stage is present; one error
-    naming the directory, the file or the first missing stage."""
+def read_manifest(directory: str | Path) -> tuple[Path, dict]:
+    """(path, manifest) of a pipeline directory of any kind, its format and kind checked; one
+    error naming the directory or the file."""
     path = Path(directory)
     if path.is_file():
         raise NotADirectoryError(f"checkpoint {str(path)!r} is a file, not a pipeline directory")
@@ -107,19 +120,51 @@ def check_pipeline_dir(directory: str | Path) -> tuple[Path, dict]:
         raise ValueError(
             f"{path / MANIFEST}: format must be {FORMAT}, got {manifest.get('format')}"
         )
+    kind = manifest.get("kind", UNCLIP_KIND)
+    if kind not in KIND_NAMES:
+        raise ValueError(
+            f"{path / MANIFEST}: kind must be one of {sorted(KIND_NAMES)}, got {kind!r}"
+        )
+    return path, {**manifest, "kind": kind}
+
+
+def pipeline_kind(directory: str | Path) -> str:
+    """The kind of pipeline a directory holds, a key of KIND_NAMES, from its manifest."""
+    return read_manifest(directory)[1]["kind"]
+
+
+def check_kind(path: Path, manifest: dict, kind: str) -> None:
+    """One error naming the directory and what it holds when that is not a `kind` pipeline."""
+    if manifest["kind"] != kind:
+        raise ValueError(
+            f"checkpoint directory {str(path)!r} holds {KIND_NAMES[manifest['kind']]} pipeline "
+            f"({MANIFEST} kind {manifest['kind']!r}), not {KIND_NAMES[kind]} one"
+        )
+
+
+def check_stage_files(path: Path, stage: str, required: Sequence[str]) -> None:
+    """One error naming the directory, the stage and its first missing files."""
+    missing = [name for name in required if not (path / stage / name).exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"checkpoint directory {str(path)!r} is missing stage {stage!r} "
+            f"(no {', '.join(f'{stage}/{m}' for m in missing)})"
+        )
+
+
+def check_pipeline_dir(directory: str | Path) -> tuple[Path, dict]:
+    """(path, manifest) after checking the manifest and that every stage is present; one error
+    naming the directory, the file or the first missing stage."""
+    path, manifest = read_manifest(directory)
+    check_kind(path, manifest, UNCLIP_KIND)
     upsamplers = manifest.get("upsamplers", 0)
     if not isinstance(upsamplers, int) or isinstance(upsamplers, bool) or upsamplers < 0:
         raise ValueError(f"{path / MANIFEST}: upsamplers must be a count >= 0, got {upsamplers!r}")
     for stage in stage_names(upsamplers, held_priors(path, manifest)):
         required = [STAGE_FILE, PARAMS_DIR] + ([QUANTIZERS_FILE] if stage == AR_PRIOR else [])
         if stage == CLIP_DIR:
-            required = ["clip_config.json", PARAMS_DIR, f"{TOKENIZER_DIR}/unclip_tokenizer.json"]
-        missing = [name for name in required if not (path / stage / name).exists()]
-        if missing:
-            raise FileNotFoundError(
-                f"checkpoint directory {str(path)!r} is missing stage {stage!r} "
-                f"(no {', '.join(f'{stage}/{m}' for m in missing)})"
-            )
+            required = CLIP_FILES
+        check_stage_files(path, stage, required)
     return path, manifest
 
 
@@ -279,21 +324,16 @@ def write_pipeline(
     decoder: tuple[dict, Any],
     upsamplers: Sequence[tuple[dict, Any]] = (),
     ar_prior: tuple[dict, Any, ARQuantizers] | None = None,
+    stage_records: Mapping[str, list[dict]] | None = None,
 ) -> Path:
     """Writes a pipeline directory from (settings, params) per stage (the AR prior's with its
     quantizers) and a saved CLIP directory (with its tokenizer/); at least one prior; atomic: a
-    temporary sibling renamed at the end."""
-    out = Path(out_dir).absolute()
-    clip_dir = Path(clip_dir)
-    if not (clip_dir / TOKENIZER_DIR).is_dir():
-        raise FileNotFoundError(f"CLIP directory {str(clip_dir)!r} has no {TOKENIZER_DIR}/")
+    temporary sibling renamed at the end. Its run.json records this export and, by stage name,
+    `stage_records` (the run records of the workdirs the stages were trained in)."""
     priors = [name for name, stage in ((PRIOR, prior), (AR_PRIOR, ar_prior)) if stage]
     if not priors:
         raise ValueError("a pipeline needs a prior: give prior, ar_prior or both")
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    shutil.copytree(clip_dir, tmp / CLIP_DIR)
+    out, tmp = start_directory(out_dir, clip_dir)
     if prior:
         write_stage(tmp / PRIOR, *prior)
     if ar_prior:
@@ -302,8 +342,37 @@ def write_pipeline(
     write_stage(tmp / DECODER, *decoder)
     for index, upsampler in enumerate(upsamplers):
         write_stage(tmp / upsampler_name(index), *upsampler)
-    manifest = {"format": FORMAT, "upsamplers": len(upsamplers), "priors": priors}
+    manifest = {"upsamplers": len(upsamplers), "priors": priors}
+    return finish_directory(tmp, out, UNCLIP_KIND, manifest, stage_records)
+
+
+def start_directory(out_dir: str | Path, clip_dir: str | Path) -> tuple[Path, Path]:
+    """(the absolute `out_dir`, a fresh temporary sibling to write the pipeline into) with a
+    copy of the saved CLIP directory `clip_dir` (its tokenizer/ required) as the sibling's clip/."""
+    out = Path(out_dir).absolute()
+    clip_dir = Path(clip_dir)
+    if not (clip_dir / TOKENIZER_DIR).is_dir():
+        raise FileNotFoundError(f"CLIP directory {str(clip_dir)!r} has no {TOKENIZER_DIR}/")
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    shutil.copytree(clip_dir, tmp / CLIP_DIR)
+    return out, tmp
+
+
+def finish_directory(
+    tmp: Path,
+    out: Path,
+    kind: str,
+    manifest: Mapping[str, Any],
+    stage_records: Mapping[str, list[dict]] | None = None,
+) -> Path:
+    """Writes the manifest of a `kind` pipeline and the run.json (this export's record with
+    `stage_records` by stage name) into `tmp`, then renames it to `out`, replacing it."""
+    manifest = {"format": FORMAT, "kind": kind, **manifest}
     (tmp / MANIFEST).write_text(json.dumps(manifest))
+    record = {**run_record.run_record(), "stages": dict(stage_records or {})}
+    (tmp / run_record.RECORD_FILE).write_text(run_record.records_text([record]))
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out
@@ -323,7 +392,8 @@ def export_pipeline(
     """A pipeline directory from trained stages: (config, workdir) per stage, whose EMA
     parameters are those of the workdir's latest complete checkpoint; the diffusion prior's
     workdir also holds its embedding normaliser (`normalizer_file`), the AR prior's its
-    quantizers (`quantizers_file`, `train/ar_prior_task.py`)."""
+    quantizers (`quantizers_file`, `train/ar_prior_task.py`). The directory's run.json carries
+    each workdir's run records."""
 
     def ema(workdir: str | Path) -> Any:
         return restore_ema_params(Path(workdir) / "checkpoints")
@@ -338,6 +408,11 @@ def export_pipeline(
         quantizers = load_quantizers(Path(ar_workdir) / quantizers_file)
         ar = (ar_prior_settings(ar_config, quantizers), ema(ar_workdir), quantizers)
     decoder_config, decoder_workdir = decoder
+    workdirs = {PRIOR: prior, AR_PRIOR: ar_prior, DECODER: decoder}
+    workdirs.update({upsampler_name(k): stage for k, stage in enumerate(upsamplers)})
+    records = {
+        name: run_record.read_records(Path(stage[1])) for name, stage in workdirs.items() if stage
+    }
     return write_pipeline(
         out_dir,
         clip_dir=clip_dir,
@@ -345,4 +420,5 @@ def export_pipeline(
         decoder=(decoder_settings(decoder_config), ema(decoder_workdir)),
         upsamplers=[(upsampler_settings(c), ema(w)) for c, w in upsamplers],
         ar_prior=ar,
+        stage_records=records,
     )

@@ -20,14 +20,12 @@ conditioning alone) and the decoder sees the null caption. Prompts longer than t
 context are truncated with a `CaptionTruncatedWarning`.
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Unpack
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
-from tqdm import tqdm
 
 from unclip_jax.pipelines import karlo as karlo_stages
 from unclip_jax.pipelines import protocol, store
@@ -35,11 +33,12 @@ from unclip_jax.pipelines.ar_prior_stage import ARPriorStage
 from unclip_jax.pipelines.arguments import (
     GenerateOptions,
     RunSettings,
-    bucket_size,
     check_count,
     check_prompts,
+    check_seed,
     stage_steps,
 )
+from unclip_jax.pipelines.batches import RowBatches
 from unclip_jax.pipelines.image_operations import ImageOperations
 from unclip_jax.pipelines.images import (
     to_uint8,
@@ -50,9 +49,9 @@ from unclip_jax.pipelines.stages import (
     PriorStage,
     TextImageEncoder,
     UpsamplerStage,
-    clip_scores,
 )
 from unclip_jax.sampling.prior import EncodedCaption
+from unclip_jax.sampling.rerank import best_rows, clip_scores
 from unclip_jax.sampling.settings import check_eta, check_guidance_scale
 
 Array = jax.Array
@@ -94,20 +93,12 @@ class UnCLIP(ImageOperations):
                     f"it gives {size} px"
                 )
             size = upsampler.high_res
-        devices = jax.local_devices()
-        count = len(devices) if num_devices is None else num_devices
-        if not 1 <= count <= len(devices):
-            raise ValueError(f"num_devices must be in [1, {len(devices)}], got {num_devices}")
+        self.batches = RowBatches(num_devices, max_batch, progress)
+        self.num_devices = self.batches.num_devices
         self.clip, self.prior, self.decoder = clip, prior, decoder
         self.upsamplers = list(upsamplers)
-        self.num_devices = count
-        self.max_batch = bucket_size(check_count("max_batch", max_batch), count)
-        self.progress = progress
-        mesh = Mesh(np.asarray(devices[:count]), ("data",))
-        self._rows = NamedSharding(mesh, PartitionSpec("data"))
-        replicated = NamedSharding(mesh, PartitionSpec())
         for stage in (clip, prior, decoder, *self.upsamplers):
-            stage.params = jax.device_put(stage.params, replicated)
+            stage.params = self.batches.replicate(stage.params)
         self._noise = jax.jit(_noise_rows, static_argnums=2)
 
     @classmethod
@@ -151,29 +142,6 @@ class UnCLIP(ImageOperations):
             counts[store.upsampler_name(index)] = upsampler.compiled_programs()
         return counts
 
-    def _shard(self, tree: Any) -> Any:
-        """Arrays laid out over the devices along their leading (row) axis."""
-        return jax.device_put(tree, self._rows)
-
-    def _map_rows(
-        self, fn: Callable[[dict, int], dict], rows: dict[str, np.ndarray], desc: str
-    ) -> dict[str, np.ndarray]:
-        """fn over chunks of `rows` (padded to a bucket, sharded), results unpadded on the host."""
-        total = len(next(iter(rows.values())))
-        outputs: list[dict] = []
-        starts = range(0, total, self.max_batch)
-        for index, start in enumerate(tqdm(starts, desc=desc, disable=not self.progress)):
-            chunk = {k: v[start : start + self.max_batch] for k, v in rows.items()}
-            count = len(next(iter(chunk.values())))
-            pad = bucket_size(count, self.num_devices) - count
-            padded = {
-                k: np.concatenate([v, np.repeat(v[-1:], pad, axis=0)]) if pad else v
-                for k, v in chunk.items()
-            }
-            result = fn(jax.device_put(padded, self._rows), index)
-            outputs.append({k: np.asarray(jax.device_get(v))[:count] for k, v in result.items()})
-        return {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]}
-
     def _chain(self, rows: dict, index: int, chain: RunSettings) -> dict[str, Array]:
         """Rows (ids, mask, drop_caption, noise_id; image_embed and/or x_T when given) →
         final images; the prior runs where no image_embed is given."""
@@ -196,7 +164,9 @@ class UnCLIP(ImageOperations):
             )
         caption = {"ids": rows["ids"], "mask": rows["mask"], "states": states}
         caption["text_embed"] = text_embed
-        cond = self._shard(self.decoder.conditioning(image_embed, caption, rows["drop_caption"]))
+        cond = self.batches.shard(
+            self.decoder.conditioning(image_embed, caption, rows["drop_caption"])
+        )
         decoder_fed = fed(store.DECODER)
         x_T = decoder_fed.pop("latents", rows.get("x_T"))
         if x_T is None:
@@ -204,7 +174,7 @@ class UnCLIP(ImageOperations):
                 jax.random.fold_in(chain.key, NOISE_STREAM), rows["noise_id"], self.decoder.shape
             )
         images = self.decoder.sample(
-            self._shard(x_T),
+            self.batches.shard(x_T),
             cond,
             chain.decoder_steps,
             chain.decoder_guidance,
@@ -220,8 +190,8 @@ class UnCLIP(ImageOperations):
                 noise_key = jax.random.fold_in(chain.key, NOISE_STREAM + 1 + k)
                 up_T = self._noise(noise_key, rows["noise_id"], upsampler.shape)
             images = upsampler.sample(
-                self._shard(up_T),
-                self._shard(images),
+                self.batches.shard(up_T),
+                self.batches.shard(images),
                 steps,
                 upsampler.diffusion.eta,
                 jax.random.fold_in(key, 2 + k),
@@ -246,8 +216,6 @@ class UnCLIP(ImageOperations):
         upsample: bool = True,  # False: no upsampler runs, images at the decoder's resolution
     ) -> RunSettings:
         """Checked settings (before anything is computed), defaults from the stages."""
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-            raise ValueError(f"seed must be an integer, got {seed!r}")
         if upsampler_steps is None or isinstance(upsampler_steps, (int, np.integer)):
             upsampler_steps = [upsampler_steps] * len(self.upsamplers)
         if len(upsampler_steps) != len(self.upsamplers):
@@ -263,7 +231,7 @@ class UnCLIP(ImageOperations):
         if decoder_guidance is None:
             decoder_guidance = self.decoder.default_guidance
         return RunSettings(
-            key=jax.random.key(int(seed)),
+            key=jax.random.key(check_seed(seed)),
             prior_steps=stage_steps("prior_steps", self.prior.diffusion, prior_steps),
             prior_candidates=check_count("prior_candidates", prior_candidates),
             decoder_steps=stage_steps("decoder_steps", self.decoder.diffusion, decoder_steps),
@@ -387,11 +355,10 @@ class UnCLIP(ImageOperations):
         rows["prior_scale"] = np.where(unconditional, 0.0, prior_guidance).astype(np.float32)
         rows["noise_id"] = np.arange(len(unconditional), dtype=np.int32)
         rows.update(fed)
-        out = self._map_rows(lambda r, i: self._chain(r, i, chain), rows, "generate")
+        out = self.batches.map(lambda r, i: self._chain(r, i, chain), rows, "generate")
         if "scores" not in out:
             return out
-        scores = out["scores"].reshape(-1, rerank)
-        best = np.arange(scores.shape[0]) * rerank + np.argmax(scores, axis=1)
+        best = best_rows(out["scores"], rerank)
         return {k: v[best] for k, v in out.items()}
 
     def generate(

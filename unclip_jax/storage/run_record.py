@@ -1,7 +1,9 @@
 """What produced a training workdir or a pipeline directory, in its `run.json`: the resolved
 config, the package's git commit (and whether its checkout had uncommitted changes), the library
 versions and the devices. A resumed run appends its record, so the file lists every run that
-wrote there, oldest first.
+wrote there, oldest first. A pipeline directory's record holds its stages' training records
+("stages"), a sampling command's output folder the pipeline's ("pipeline"), and `unclip eval` and
+the demo copy them into their metrics.
 
     record = run_record(config)          # {"time", "command", "config", "git", "versions", ...}
     append_record(workdir, record)
@@ -101,11 +103,16 @@ def read_records(directory: Path) -> list[dict]:
     return runs
 
 
+def records_text(runs: list[dict]) -> str:
+    """The contents of a run.json holding `runs`."""
+    return json.dumps({"runs": runs}, indent=2, default=str)
+
+
 def append_record(directory: Path, record: dict[str, Any]) -> None:
     """Adds `record` to `directory`'s run.json (written whole to a temporary file, then renamed,
     so a crash leaves the earlier file)."""
     path = Path(directory) / RECORD_FILE
     runs = [*read_records(directory), record]
     temporary = path.with_name(f".{RECORD_FILE}.tmp")
-    temporary.write_text(json.dumps({"runs": runs}, indent=2, default=str))
+    temporary.write_text(records_text(runs))
     os.replace(temporary, path)

@@ -25,7 +25,13 @@ import numpy as np
 
 from unclip_jax.convert import dvae as dvae_checkpoint
 from unclip_jax.data.image_batches import fixed_batches, image_batches
-from unclip_jax.models.dalle import DalleConfig, DalleTransformer, dalle_loss, padded_text
+from unclip_jax.models.dalle import (
+    DalleConfig,
+    DalleTransformer,
+    dalle_loss,
+    padded_text,
+    sized_config,
+)
 from unclip_jax.models.dvae import FrozenDVAE
 from unclip_jax.sampling.dalle import make_dalle_sampler
 from unclip_jax.train import loop
@@ -101,25 +107,16 @@ class DalleTask(Task):
 
 
 def model_config(config: ml_collections.ConfigDict, tokenizer, dvae: FrozenDVAE) -> DalleConfig:
-    """`config.model` (DalleConfig fields but the sizes below, and `dtype`) with the text
-    vocabulary and length of the tokenizer, the grid and codes of the dVAE at
-    `config.data.image_size`, and `config.remat`."""
-    factor = dvae.config.downsample_factor
-    if config.data.image_size % factor:
-        raise ValueError(
-            f"data.image_size {config.data.image_size} is not a multiple of the dVAE's "
-            f"downsampling factor {factor}"
-        )
+    """`config.model` (DalleConfig fields but the sizes, and `dtype`) with the text vocabulary
+    and length of the tokenizer, the grid and codes of the dVAE at `config.data.image_size`
+    (`models.dalle.sized_config`), and `config.remat`."""
     fields = {k: v for k, v in config.model.items() if k != "dtype"}
-    return DalleConfig.from_dict(
-        dict(
-            fields,
-            text_vocab_size=tokenizer.vocab_size,
-            text_length=tokenizer.context_length,
-            image_vocab_size=dvae.config.vocab_size,
-            grid=config.data.image_size // factor,
-            remat_policy=config.remat,
-        )
+    return sized_config(
+        dict(fields, remat_policy=config.remat),
+        tokenizer.vocab_size,
+        tokenizer.context_length,
+        dvae.config,
+        config.data.image_size,
     )
 
 
