@@ -16,17 +16,23 @@ from configs import ar_prior_demo, base, clip_shapes, decoder_demo, prior_demo, 
 SOURCE = base.SHAPES_SOURCE
 
 
-def _stage_configs(config: ml_collections.ConfigDict, stage_arg: str | None) -> None:
-    """The six trained stages, each its own stage config, all reading the demo's data."""
-    config.clip = clip_shapes.get_config(stage_arg)
-    config.clip.data.source = SOURCE
-    config.score_clip = clip_shapes.get_config(stage_arg)
-    config.score_clip.data.source = SOURCE
-    config.score_clip.seed = 1
+def clip_stage(stage_arg: str | None, seed: int = 0) -> ml_collections.ConfigDict:
+    """The demo CLIP (`clip_shapes.py` on the demo's data), trained from `seed`; also DALL·E's
+    reranker in `demo_dalle.py`."""
+    config = clip_shapes.get_config(stage_arg)
+    config.data.source = SOURCE
+    config.seed = seed
     if not stage_arg:
         # The demo's budget: at 500 steps the demo CLIP retrieved held-out captions at top-1 1.0.
-        config.clip.train.total_steps = config.score_clip.train.total_steps = 500
-        config.clip.checkpoint.every_steps = config.score_clip.checkpoint.every_steps = 250
+        config.train.total_steps = 500
+        config.checkpoint.every_steps = 250
+    return config
+
+
+def _stage_configs(config: ml_collections.ConfigDict, stage_arg: str | None) -> None:
+    """The six trained stages, each its own stage config, all reading the demo's data."""
+    config.clip = clip_stage(stage_arg)
+    config.score_clip = clip_stage(stage_arg, seed=1)
     config.prior = prior_demo.get_config(stage_arg)
     # The prior reads the CLIP tokenizer's full context of token states.
     config.prior.model.num_tokens = config.clip.tokenizer.context_length
