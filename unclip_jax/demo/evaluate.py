@@ -18,7 +18,7 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, Protocol, TypeVar
 
 import ml_collections
 import numpy as np
@@ -79,12 +79,13 @@ def held_out(config: ml_collections.ConfigDict, count: int) -> list[dict]:
     return out
 
 
-def _reads(image: np.ndarray, colour: str, shape: str | None = None) -> bool:
+def reads_as(image: np.ndarray, colour: str, shape: str | None = None) -> bool:
+    """Whether the oracle reads exactly one object, of `colour` (and `shape` where given)."""
     read = demo_metrics.read_single(image)
     return read is not None and read.colour == colour and (shape is None or read.shape == shape)
 
 
-def _timed(timings: dict[str, float], key: str, run: Callable[[], T]) -> T:
+def timed(timings: dict[str, float], key: str, run: Callable[[], T]) -> T:
     """`run()`, its wall time recorded as `timings[key]`."""
     start = time.time()
     result = run()
@@ -98,17 +99,29 @@ def _options(s: ml_collections.ConfigDict, options: type) -> dict:
     return {name: s[name] for name in options.__annotations__}
 
 
+class Generator(Protocol):
+    """A text → image pipeline (`UnCLIP`, `Dalle`)."""
+
+    def generate(
+        self, prompts: list[str], num_images_per_prompt: int = 1, seed: int = 0, **options: Any
+    ) -> np.ndarray:
+        """uint8 [P·n, S, S, 3], prompt-major."""
+
+
 def samples_grid(
-    pipe: UnCLIP, config: ml_collections.ConfigDict, out: Path, generate: dict
+    pipe: Generator,
+    config: ml_collections.ConfigDict,
+    out: Path,
+    generate: dict,
+    name: str = "samples.png",
 ) -> None:
-    """`<out>/samples.png`: one captioned row of samples per grid prompt."""
+    """`<out>/<name>`: one captioned row of samples per grid prompt, drawn with the options
+    `generate`."""
     prompts = list(config.grid_prompts)
     n = config.grid_images_per_prompt
     grid = pipe.generate(prompts, n, seed=config.sampling.seed, **generate)
     out.mkdir(parents=True, exist_ok=True)
-    save_png(
-        captioned_grid(grid.reshape(len(prompts), n, *grid.shape[1:]), prompts), out / "samples.png"
-    )
+    save_png(captioned_grid(grid.reshape(len(prompts), n, *grid.shape[1:]), prompts), out / name)
 
 
 def oracle_accuracy(images: np.ndarray, captions: list[str]) -> dict:
@@ -180,7 +193,7 @@ def _variation_reads(
     uint8 [G, K, S, S, 3]."""
     kept = distinct = 0
     for d, group in zip(sources, groups, strict=True):
-        kept += sum(_reads(v, d["colour"], d["shape"]) for v in group)
+        kept += sum(reads_as(v, d["colour"], d["shape"]) for v in group)
         gaps = [
             np.abs(a.astype(int) - b.astype(int)).max() for a, b in itertools.combinations(group, 2)
         ]
@@ -246,7 +259,7 @@ def interpolation_figures(
     images_a, images_b = [a["image"] for a, _ in pairs], [b["image"] for _, b in pairs]
     paths = pipe.interpolate_batch(images_a, images_b, frames, seed=seed, **decode)
     good = sum(
-        _reads(f[0], a["colour"]) and _reads(f[-1], b["colour"])
+        reads_as(f[0], a["colour"]) and reads_as(f[-1], b["colour"])
         for (a, b), f in zip(pairs, paths, strict=True)
     )
     unguided = {**decode, "decoder_guidance": 1.0, "upsample": False}
@@ -276,10 +289,10 @@ def text_diff_figures(
         seed=seed,
         **decode,
     )
-    hits = np.mean(
-        [[_reads(x, "blue", d["shape"]) for x in row] for d, row in zip(reds, edits, strict=True)],
-        axis=0,
-    )
+    reads = [
+        [reads_as(x, "blue", d["shape"]) for x in row] for d, row in zip(reds, edits, strict=True)
+    ]
+    hits = np.mean(reads, axis=0)
     return {
         "text_diff_blue_same_shape": {
             f"{t:g}": float(r) for t, r in zip(thetas, hits, strict=True)
@@ -298,13 +311,13 @@ def evaluate(
     figures: dict = {"sampling": s.to_dict()}
     timings: dict[str, float] = {}
 
-    _timed(timings, "grid", lambda: samples_grid(pipe, config, out, generate))
+    timed(timings, "grid", lambda: samples_grid(pipe, config, out, generate))
     captions = single_captions(e.num_single)
-    images = _timed(
+    images = timed(
         timings, "single", lambda: pipe.generate(captions, 1, seed=s.seed + 1, **generate)
     )
     figures |= oracle_accuracy(images, captions)
-    figures |= _timed(
+    figures |= timed(
         timings, "ar_prior", lambda: ar_prior_figures(pipeline_dir, captions, s.seed + 1, decode)
     )
     scorer = CLIPScorer(workdir / "score_clip" / "clip")
@@ -319,7 +332,7 @@ def evaluate(
         pipe.generate(pairs, 1, seed=s.seed + 2, **generate), pairs
     )
     sources = data[: e.num_variation_sources]
-    figures |= _timed(
+    figures |= timed(
         timings,
         "variations",
         lambda: variation_figures(
@@ -332,14 +345,14 @@ def evaluate(
             list(e.variation_etas),
         ),
     )
-    figures |= _timed(
+    figures |= timed(
         timings,
         "interpolations",
         lambda: interpolation_figures(
             pipe, data, e.num_interpolations, e.interpolation_frames, s.seed + 4, decode
         ),
     )
-    figures |= _timed(
+    figures |= timed(
         timings,
         "text_diffs",
         lambda: text_diff_figures(
