@@ -7,7 +7,7 @@ PYTEST_WORKERS ?= 2
 export JAX_PLATFORMS ?= cpu
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: venv lint format test test-slow demo clean
+.PHONY: venv lint format test test-slow demo demo-dalle clean
 
 # OpenAI's dall_e 0.1 (the dVAE parity tests) declares torchvision, mypy and blobfile as
 # requirements but imports only torch, numpy, attrs and requests (all in the test extra): an extra
@@ -45,6 +45,13 @@ DEMO_FLAGS ?=
 demo: venv
 	$(BIN)/python -m unclip_jax.demo --config configs/demo.py --workdir workdirs/demo \
 		--demo_out demo $(DEMO_FLAGS)
+
+# DALL·E (2021) on the same shapes: builds the set, trains the reranking CLIP, the dVAE and the
+# transformer, writes demo/dalle_samples.png and demo/dalle_metrics.json; DEMO_FLAGS as above
+# (stages data, clip, dvae, dalle; workdirs/demo_dalle/<stage>).
+demo-dalle: venv
+	$(BIN)/python -m unclip_jax.demo.dalle --config configs/demo_dalle.py \
+		--workdir workdirs/demo_dalle --demo_out demo $(DEMO_FLAGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
