@@ -26,9 +26,10 @@ The paper's pattern (its appendix B.1) gives layer i (from 0) the column mask wh
 The layers run under `nn.scan` (one compiled block, the mask picked by layer index) with
 optional rematerialisation.
 
-One `__call__` serves training (all positions at once) and cached decoding: the new tokens'
-keys and values are written into a buffer of all S positions at `start`, and the queries attend
-over the buffer (positions not yet written are excluded by causality).
+The same layers serve training (all positions at once, attending among themselves) and cached
+decoding: the new tokens' keys and values are written in place into buffers of all S positions
+at `start`, and the queries attend over the buffer (positions not yet written are excluded by
+causality).
 
     model = DalleTransformer(DalleConfig(...))
     text_logits, image_logits = model.apply(v, text_ids, text_mask, codes)  # teacher forcing
@@ -167,19 +168,48 @@ def sequence_masks(config: DalleConfig) -> np.ndarray:
     return np.stack(masks)
 
 
+def cached_attention(
+    query: Array,  # [B, T, H, Dh] at positions start … start + T − 1
+    key: Array,  # [B, T, H, Dh]
+    value: Array,  # [B, T, H, Dh]
+    cache: tuple[Array, Array],  # the layer's keys, values [B, H, S, Dh]
+    start: Array,  # [] the first new position
+    rows: Array,  # [T, S] bool: may query t attend to position s
+) -> tuple[Array, tuple[Array, Array]]:  # ([B, T, H, Dh], the cache with the new entries)
+    """The new keys and values written in place into the layer's buffers, then the queries
+    attend over the whole buffer (positions not yet written are excluded by `rows`). The buffers
+    are laid out heads before positions, as both products read them."""
+    keys, values = (
+        jax.lax.dynamic_update_slice(buffer, new.transpose(0, 2, 1, 3).astype(buffer.dtype), at)
+        for buffer, new, at in zip(cache, (key, value), [(0, 0, start, 0)] * 2, strict=True)
+    )
+    logits = jnp.einsum("bthd,bhsd->bhts", query, keys.astype(query.dtype))
+    logits = jnp.where(rows, logits / np.sqrt(query.shape[-1]), jnp.finfo(logits.dtype).min)
+    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(query.dtype)
+    return jnp.einsum("bhts,bhsd->bthd", weights, values.astype(query.dtype)), (keys, values)
+
+
 class DalleBlock(nn.Module):
-    """Pre-LayerNorm block: h + attn(LN(h)), then h + MLP(LN(h)) (GELU); the new tokens' keys
-    and values written into the layer's buffer at `start`."""
+    """Pre-LayerNorm block: h + attn(LN(h)), then h + MLP(LN(h)) (GELU). Without a cache
+    (training) the T positions attend among themselves; with one their keys and values are
+    written into it at `start` and they attend over it (`cached_attention`)."""
 
     config: DalleConfig
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, h: Array, layer: tuple[Array, Array, Array], start: Array, masks: Array):
-        """h: [B, T, W] at positions start … start + T − 1; layer: (mask index [], keys, values
-        [B, S, H, Dh]); masks [len(MASKS), S, S]. Returns (h, (keys, values))."""
-        mask_index, keys, values = layer
+    def __call__(
+        self,
+        h: Array,
+        mask_index: Array,
+        start: Array,
+        masks: Array,
+        cache: tuple[Array, Array] | None = None,
+    ) -> tuple[Array, tuple[Array, Array] | None]:
+        """h [B, T, W] at positions start … start + T − 1 (start 0 without a cache); the index of
+        the layer's mask in masks [len(MASKS), S, S]; the layer's buffers (`cached_attention`).
+        Returns (h, cache)."""
         cfg, common = self.config, dict(dtype=self.dtype, param_dtype=self.param_dtype)
         heads = (cfg.num_heads, cfg.head_dim)
         normed = layer_norm(name="norm_attn", **common)(h)
@@ -187,24 +217,21 @@ class DalleBlock(nn.Module):
         def project(name: str) -> Array:  # [B, T, H, Dh]
             return constrain(dense(heads, IN_NAMES, name=name, **common)(normed), PER_HEAD)
 
-        query = project("query")
-        keys = jax.lax.dynamic_update_slice_in_dim(
-            keys, project("key").astype(keys.dtype), start, 1
-        )
-        values = jax.lax.dynamic_update_slice_in_dim(
-            values, project("value").astype(values.dtype), start, 1
-        )
+        query, key, value = project("query"), project("key"), project("value")
         rows = jax.lax.dynamic_slice_in_dim(masks[mask_index], start, h.shape[1], axis=0)
-        attended = jax.nn.dot_product_attention(
-            query, keys.astype(query.dtype), values.astype(query.dtype), mask=rows[None, None]
-        )
+        if cache is None:
+            attended = jax.nn.dot_product_attention(
+                query, key, value, mask=rows[None, None, :, : h.shape[1]]
+            )
+        else:
+            attended, cache = cached_attention(query, key, value, cache, start, rows)
         h = h + dense(cfg.width, OUT_NAMES, name="out", **common)(attended)
         h = constrain(h, TOKENS)
         hidden = dense(cfg.mlp_ratio * cfg.width, (EMBED, MLP), name="mlp_in", **common)(
             layer_norm(name="norm_mlp", **common)(h)
         )
         h = h + dense(cfg.width, (MLP, EMBED), name="mlp_out", **common)(nn.gelu(hidden))
-        return constrain(h, TOKENS), (keys, values)
+        return constrain(h, TOKENS), cache
 
 
 class DalleTransformer(nn.Module):
@@ -249,16 +276,40 @@ class DalleTransformer(nn.Module):
         positions = self.rows[index // self.config.grid] + self.columns[index % self.config.grid]
         return self.image_embed(jnp.asarray(codes, jnp.int32)) + jnp.asarray(positions, self.dtype)
 
-    def empty_cache(self, batch: int) -> tuple[Array, Array]:
-        """Key and value buffers [depth, B, S, H, Dh] in the compute dtype."""
+    def empty_cache(self, batch: int) -> tuple[tuple[Array, Array], ...]:
+        """Each layer's key and value buffers [B, H, S, Dh] in the compute dtype."""
         cfg = self.config
-        shape = (cfg.depth, batch, cfg.length, cfg.num_heads, cfg.head_dim)
-        return jnp.zeros(shape, self.dtype), jnp.zeros(shape, self.dtype)
+        shape = (batch, cfg.num_heads, cfg.length, cfg.head_dim)
+        return tuple(
+            (jnp.zeros(shape, self.dtype), jnp.zeros(shape, self.dtype)) for _ in range(cfg.depth)
+        )
 
-    def run(self, h: Array, start: Array, cache: tuple[Array, Array]):
-        """The layers over h [B, T, W] at positions start …: (final states, cache)."""
-        h, cache = self.layers(h, (self.mask_ids, *cache), start, self.masks)
-        return self.norm_out(h), cache
+    def run(self, h: Array) -> Array:
+        """The layers over h [B, T, W] at positions 0 … T − 1, attending among themselves."""
+        h, _ = self.layers(h, self.mask_ids, jnp.int32(0), self.masks)
+        return self.norm_out(h)
+
+    def run_cached(
+        self,
+        h: Array,
+        start: Array,
+        cache: tuple[tuple[Array, Array], ...],
+        layers: tuple[Any, ...] | None = None,
+    ):
+        """The layers over h [B, T, W] at positions start … start + T − 1, attending over the
+        cache: (final states, cache). The layers run one after another (not scanned), each on
+        its own buffers and its parameters (`layers`, from `layer_params`; sliced here where not
+        given): a decoding loop that slices them once gives its steps nothing to copy."""
+        block = DalleBlock(self.config, self.dtype, self.param_dtype, parent=None)
+        if layers is None:
+            layers = layer_params(self.variables["params"])
+        new_cache = []
+        for index, (params, layer_cache) in enumerate(zip(layers, cache, strict=True)):
+            h, layer_cache = block.apply(
+                {"params": params}, h, self.mask_ids[index], start, self.masks, layer_cache
+            )
+            new_cache.append(layer_cache)
+        return self.norm_out(h), tuple(new_cache)
 
     def __call__(
         self, text_ids: Array, text_mask: Array, codes: Array
@@ -270,7 +321,7 @@ class DalleTransformer(nn.Module):
         h = jnp.concatenate(
             [self.text_inputs(text_ids, text_mask), self.image_inputs(codes[:, :-1])], axis=1
         )
-        h, _ = self.run(h, jnp.int32(0), self.empty_cache(h.shape[0]))
+        h = self.run(h)
         text, image = h[:, : cfg.text_length - 1], h[:, cfg.text_length - 1 :]
         return (
             self.text_head(text).astype(jnp.float32),
@@ -278,23 +329,39 @@ class DalleTransformer(nn.Module):
         )
 
     def prefill(
-        self, text_ids: Array, text_mask: Array, codes: Array | None = None
-    ) -> tuple[Array, tuple[Array, Array]]:
+        self,
+        text_ids: Array,
+        text_mask: Array,
+        codes: Array | None = None,
+        layers: tuple[Any, ...] | None = None,
+    ) -> tuple[Array, tuple[tuple[Array, Array], ...]]:
         """The caption (and the first K codes [B, K], for completion) encoded at once: the logits
-        of the next code [B, Vi] and the cache."""
+        of the next code [B, Vi] and the cache (`layers`: as `run_cached`)."""
         h = self.text_inputs(text_ids, text_mask)
         if codes is not None and codes.shape[1]:
             h = jnp.concatenate([h, self.image_inputs(codes)], axis=1)
-        h, cache = self.run(h, jnp.int32(0), self.empty_cache(h.shape[0]))
+        h, cache = self.run_cached(h, jnp.int32(0), self.empty_cache(h.shape[0]), layers)
         return self.image_head(h[:, -1]).astype(jnp.float32), cache
 
     def decode_step(
-        self, cache: tuple[Array, Array], code: Array, index: Array
-    ) -> tuple[Array, tuple[Array, Array]]:
-        """Feed code `index` [B]; the logits of code index + 1 [B, Vi] and the new cache."""
+        self,
+        cache: tuple[tuple[Array, Array], ...],
+        code: Array,
+        index: Array,
+        layers: tuple[Any, ...] | None = None,
+    ) -> tuple[Array, tuple[tuple[Array, Array], ...]]:
+        """Feed code `index` [B]; the logits of code index + 1 [B, Vi] and the new cache
+        (`layers`: as `run_cached`)."""
         h = self.image_inputs(code[:, None], index)
-        h, cache = self.run(h, self.config.text_length + index, cache)
+        h, cache = self.run_cached(h, self.config.text_length + index, cache, layers)
         return self.image_head(h[:, 0]).astype(jnp.float32), cache
+
+
+def layer_params(params: Mapping[str, Any]) -> tuple[Any, ...]:
+    """Each layer's parameters, sliced from a `DalleTransformer`'s stacked (scanned) ones."""
+    stacked = nn.unbox(params["layers"])
+    depth = jax.tree.leaves(stacked)[0].shape[0]
+    return tuple(jax.tree.map(lambda x, i=i: x[i], stacked) for i in range(depth))
 
 
 def dalle_loss(

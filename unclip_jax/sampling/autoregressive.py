@@ -19,19 +19,23 @@ StepFn = Callable[[Any, Array, Array], tuple[Array, Any]]
 ChooseFn = Callable[[Array, Array], Array]
 
 
-def sample_token(key: Array, logits: Array, temperature: Array, top_p: Array) -> Array:
-    """Nucleus sampling (Holtzman et al. 2020) at `temperature`: logits [B, V] -> codes [B] int32.
-
-    The smallest set of most likely tokens whose probability reaches `top_p` is kept; the most
-    likely token always is, so a tiny `top_p` decodes greedily.
-    """
-    logits = logits.astype(jnp.float32) / temperature
+def nucleus_logits(logits: Array, top_p: Array) -> Array:
+    """logits [B, V] with all but the smallest set of most likely tokens whose probability
+    reaches `top_p` at −inf; the most likely token is always kept."""
     ordered = jnp.sort(logits, axis=-1)[:, ::-1]
     probs = jax.nn.softmax(ordered, axis=-1)
     before = jnp.cumsum(probs, axis=-1) - probs  # mass of the strictly more likely tokens
     kept = jnp.sum(before < top_p, axis=-1)  # >= 1
     threshold = jnp.take_along_axis(ordered, (kept - 1)[:, None], axis=-1)
-    logits = jnp.where(logits >= threshold, logits, -jnp.inf)
+    return jnp.where(logits >= threshold, logits, -jnp.inf)
+
+
+def sample_token(key: Array, logits: Array, temperature: Array, top_p: Array) -> Array:
+    """Nucleus sampling (Holtzman et al. 2020) at `temperature`: logits [B, V] -> codes [B] int32.
+    A tiny `top_p` decodes greedily; `top_p` 1 samples from the whole distribution (the sort of
+    the nucleus is then skipped at run time)."""
+    logits = logits.astype(jnp.float32) / temperature
+    logits = jax.lax.cond(top_p < 1, nucleus_logits, lambda x, _: x, logits, top_p)
     return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
 
 

@@ -15,7 +15,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from unclip_jax.models.dalle import DalleTransformer
+from unclip_jax.models.dalle import DalleTransformer, layer_params
 from unclip_jax.sampling import autoregressive
 from unclip_jax.sampling.checked import CheckedProgram
 
@@ -35,11 +35,15 @@ def check_truncation(temperature: float, top_p: float, top_k: int, vocab: int) -
 
 
 def top_k_logits(logits: Array, top_k: Array) -> Array:
-    """logits [B, V] with all but the `top_k` largest per row at −inf (top_k = 0: unchanged)."""
-    ordered = jnp.sort(logits, axis=-1)[:, ::-1]
-    index = jnp.clip(top_k - 1, 0, logits.shape[-1] - 1)
-    threshold = jnp.where(top_k > 0, ordered[:, index], -jnp.inf)
-    return jnp.where(logits >= threshold[:, None], logits, -jnp.inf)
+    """logits [B, V] with all but the `top_k` largest per row at −inf (top_k = 0: unchanged,
+    the sort skipped at run time)."""
+
+    def truncated(logits: Array) -> Array:
+        ordered = jnp.sort(logits, axis=-1)[:, ::-1]
+        threshold = ordered[:, jnp.clip(top_k - 1, 0, logits.shape[-1] - 1)]
+        return jnp.where(logits >= threshold[:, None], logits, -jnp.inf)
+
+    return jax.lax.cond(top_k > 0, truncated, lambda x: x, logits)
 
 
 def make_dalle_sampler(model: DalleTransformer) -> CheckedProgram:
@@ -51,13 +55,14 @@ def make_dalle_sampler(model: DalleTransformer) -> CheckedProgram:
     def program(params, text_ids, text_mask, key, temperature=1.0, top_p=1.0, top_k=0,
                 kept_codes=None):  # fmt: skip
         kept = 0 if kept_codes is None else kept_codes.shape[1]
+        layers = layer_params(params)  # sliced once, outside the loop over codes
         logits, cache = model.apply(
-            {"params": params}, text_ids, text_mask, kept_codes, method=model.prefill
+            {"params": params}, text_ids, text_mask, kept_codes, layers, method=model.prefill
         )
 
         def step(cache, code, index):  # feeds code kept + index, the last one chosen
             return model.apply(
-                {"params": params}, cache, code, kept + index, method=model.decode_step
+                {"params": params}, cache, code, kept + index, layers, method=model.decode_step
             )
 
         def choose(key, logits):
