@@ -1,11 +1,12 @@
 """Ahead-of-time compilation of the paper-size stages for TPU pod slices, without a TPU.
 
 libtpu compiles for a described topology (`jax.experimental.topologies`): the train step of each
-paper-size stage (prior, decoder, 64→256 and 256→1024 upsamplers) at its paper batch on v5p-128
-and v5e-256, with the config's mesh and sharding rules, and one guided decoder sampling step on
-v5e-8. Per compiled program: per-chip memory from XLA's memory analysis (arguments + outputs −
-donated aliases + temporaries) against the chip's HBM, the FLOPs per chip and XLA's estimated
-step time (`optimal_seconds` of the cost analysis) → estimated utilisation = FLOPs / time / peak.
+paper-size stage (prior, decoder, 64→256 and 256→1024 upsamplers; DALL·E's 12B transformer) at
+its paper batch on v5p-128 and v5e-256, with the config's mesh and sharding rules, and one guided
+decoder sampling step on v5e-8. Per compiled program: per-chip memory from XLA's memory analysis
+(arguments + outputs − donated aliases + temporaries) against the chip's HBM, the FLOPs per chip
+and XLA's estimated step time (`optimal_seconds` of the cost analysis) → estimated utilisation =
+FLOPs / time / peak.
 
     JAX_PLATFORMS=cpu .venv/bin/python -m experiments.tpu_aot --stages decoder --targets v5p-128
     JAX_PLATFORMS=cpu .venv/bin/python -m experiments.tpu_aot --stages decoder --remat full \
@@ -26,6 +27,7 @@ import os
 import pathlib
 import sys
 import time
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -42,8 +44,9 @@ from experiments import bench_common as common
 from experiments import hlo_cost
 from unclip_jax import sharding
 from unclip_jax.diffusion import guidance
+from unclip_jax.models.dvae import DVAEConfig, DVAEEncoder, FrozenDVAE
 from unclip_jax.models.prior import EmbeddingNormalizer
-from unclip_jax.train import decoder_task, prior_task, upsampler_task
+from unclip_jax.train import dalle_task, decoder_task, prior_task, upsampler_task
 from unclip_jax.train import optimizer as optimizer_lib
 from unclip_jax.train import setup as setup_lib
 from unclip_jax.train import step as step_lib
@@ -80,7 +83,7 @@ def _spec(shape: tuple[int, ...], dtype=jnp.float32) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct(shape, dtype)
 
 
-def prior_stage(config: ml_collections.ConfigDict) -> tuple[Any, dict]:
+def prior_stage(config: ml_collections.ConfigDict, arg: str | None = None) -> tuple[Any, dict]:
     m = config.model
     normalizer = EmbeddingNormalizer.create(config.embedding_norm, m.embed_dim)
     example = dict(
@@ -92,7 +95,7 @@ def prior_stage(config: ml_collections.ConfigDict) -> tuple[Any, dict]:
     return prior_task.build_task(config, normalizer), example
 
 
-def decoder_stage(config: ml_collections.ConfigDict) -> tuple[Any, dict]:
+def decoder_stage(config: ml_collections.ConfigDict, arg: str | None = None) -> tuple[Any, dict]:
     length = config.model.caption_transformer.max_length
     size = config.image_size
     example = dict(
@@ -104,16 +107,44 @@ def decoder_stage(config: ml_collections.ConfigDict) -> tuple[Any, dict]:
     return decoder_task.build_task(config, clip=None), example
 
 
-def upsampler_stage(config: ml_collections.ConfigDict) -> tuple[Any, dict]:
+def upsampler_stage(config: ml_collections.ConfigDict, arg: str | None = None) -> tuple[Any, dict]:
     example = dict(image=_spec((1, config.high_res, config.high_res, 3)))
     return upsampler_task.build_task(config), example
 
 
-STAGES: dict[str, tuple[str, Callable[[ml_collections.ConfigDict], tuple[Any, dict]]]] = {
+def dalle_stage(config: ml_collections.ConfigDict, arg: str | None = None) -> tuple[Any, dict]:
+    """The transformer's step, which encodes the batch's images with the frozen paper dVAE
+    (`configs/dvae_paper.py` at the same `arg`) inside it. The dVAE's weights are constants of
+    the program, here all one value (a splat: the program stays small)."""
+    from configs import dvae_paper
+
+    fields = {k: v for k, v in dvae_paper.get_config(arg).model.items() if k != "dtype"}
+    dvae_config = DVAEConfig(**fields)
+    side = dvae_config.downsample_factor
+    shapes = jax.eval_shape(
+        DVAEEncoder(dvae_config).init, jax.random.key(0), _spec((1, side, side, 3))
+    )["params"]
+    encoder = jax.tree.map(lambda leaf: jnp.full(leaf.shape, 0.01, leaf.dtype), shapes)
+    tokenizer = types.SimpleNamespace(
+        vocab_size=config.tokenizer.vocab_size, context_length=config.tokenizer.context_length
+    )
+    task = dalle_task.build_task(config, tokenizer, FrozenDVAE(dvae_config, encoder, None))
+    size, length = config.data.image_size, config.tokenizer.context_length
+    example = dict(
+        image=_spec((1, size, size, 3)),
+        tokens=_spec((1, length), jnp.int32),
+        mask=_spec((1, length), jnp.int32),
+    )
+    return task, example
+
+
+# name: (config module, (config, config arg) -> (task, one example row))
+STAGES: dict[str, tuple[str, Callable[..., tuple[Any, dict]]]] = {
     "prior": ("configs.prior_paper", prior_stage),
     "decoder": ("configs.decoder_paper", decoder_stage),
     "upsampler256": ("configs.upsampler256_paper", upsampler_stage),
     "upsampler1024": ("configs.upsampler1024_paper", upsampler_stage),
+    "dalle": ("configs.dalle_paper", dalle_stage),
 }
 
 
@@ -123,10 +154,18 @@ def paper_config(
     """The stage's paper config (`arg="smoke"`: its CPU-size variant), with `remat` per block."""
     config = importlib.import_module(STAGES[stage][0]).get_config(arg)
     if remat is not None:
-        if "unet" not in config.model:
+        if "unet" in config.model:
+            config.model.unet.remat = remat
+        elif "remat" in config:
+            config.remat = remat
+        else:
             raise ValueError(f"stage {stage!r} has no per-block remat setting")
-        config.model.unet.remat = remat
     return config
+
+
+def block_remat(config: ml_collections.ConfigDict) -> str:
+    """The config's per-block remat policy (a U-Net's, or a transformer's `remat`)."""
+    return config.model.get("unet", {}).get("remat", config.get("remat", "none"))
 
 
 def parse_mesh(text: str | None) -> dict[str, int] | None:
@@ -183,7 +222,7 @@ def compile_train_step(
     mesh_shape = mesh_shape or dict(config.mesh)
     mesh = sharding.make_mesh(mesh_shape, devices)
     batch = config.train.batch_size
-    task, example = STAGES[stage][1](config)
+    task, example = STAGES[stage][1](config, config_arg)
     setup = setup_lib.build(
         task,
         example,
@@ -203,7 +242,7 @@ def compile_train_step(
         target=target_name,
         program="train_step",
         mesh={k: int(v) for k, v in mesh.shape.items()},
-        remat=remat or config.model.get("unet", {}).get("remat", "none"),
+        remat=remat or block_remat(config),
         grad_accum_steps=accum,
         global_batch=batch,
         params=params,
@@ -298,7 +337,8 @@ def _report(row: dict[str, Any]) -> None:
 # per step): the config's data-parallel mesh where the state fits a chip; FSDP over 8 or 16 chips
 # (and per-block remat of the U-Nets) where it does not. The decoder's 32 images per chip on
 # v5p-128 (2048 over 64 chips) need two micro-batches of 16: with one, its activations leave
-# 2% of HBM free.
+# 2% of HBM free. DALL·E's 12B: FSDP over 8 chips on v5p-128 (the config's mesh), over 128 on
+# v5e-256 (its width, 3968 = 31 · 128, divides by 128, not by 256).
 PLANS: tuple[tuple[str, str, dict[str, int] | None, str | None, int], ...] = (
     ("prior", "v5p-128", None, None, 1),
     ("upsampler256", "v5p-128", None, None, 1),
@@ -308,6 +348,8 @@ PLANS: tuple[tuple[str, str, dict[str, int] | None, str | None, int], ...] = (
     ("upsampler256", "v5e-256", {"data": 16, "fsdp": 16}, None, 1),
     ("upsampler1024", "v5e-256", {"data": 16, "fsdp": 16}, "full", 1),
     ("decoder", "v5e-256", {"data": 16, "fsdp": 16}, "full", 1),
+    ("dalle", "v5p-128", None, None, 1),
+    ("dalle", "v5e-256", {"data": 2, "fsdp": 128}, None, 1),
 )
 
 
