@@ -2,7 +2,7 @@
 the captions (128 tokens, 16 positions) then the 8×8 codes of `dvae_shapes.py`'s dVAE, 4 layers
 of width 128 (2 heads of 64; 0.97M parameters) with the paper's row / column / convolutional mask
 schedule (kernel 5: 11 would cover the whole 8×8 grid), trained with the "dalle" trainer (1,500
-steps of 32: about 11 minutes on a 2-core CPU).
+steps of 32: 687 s on a 2-core CPU).
 
     unclip train --config=configs/dalle_shapes.py --workdir=workdirs/dalle_shapes \
         --config.dvae_dir=workdirs/dvae_shapes/dvae

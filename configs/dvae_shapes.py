@@ -1,7 +1,7 @@
 """DALL·E's dVAE at demo scale (Ramesh et al. 2021, §2.1): the 64 px `large_64px` shapes to 8×8
 codes of a 512-way vocabulary, four groups of one residual block (widths 16, 32, 64, 128),
-0.23M parameters in all, trained with the "dvae" trainer (800 steps of 32 images: about 7 minutes
-on a 2-core CPU).
+0.23M parameters in all, trained with the "dvae" trainer (800 steps of 32 images: 522 s on a
+2-core CPU).
 
 The relaxation follows the paper's schedules in shape (β up to 6.6 along a half cosine, τ from 1
 to 1/16 along another), compressed from 5,000 and 150,000 updates to this run's 800.
