@@ -210,3 +210,16 @@ def shrink_paper_training(config: ml_collections.ConfigDict, num_samples: int = 
     config.optimizer.warmup_steps = 2
     config.ema.decay = 0.99
     config.checkpoint.update(every_steps=10, max_to_keep=1)
+
+
+def stage_budgets(config: ml_collections.ConfigDict, stages: list[str]) -> None:
+    """In place, for a config of several stages (a demo): no trainer of its own (the demo runs
+    each stage's) and `train` the stages' budgets summed for a reader: the steps over all stages
+    and the largest batch."""
+    config.trainer = ""
+    config.train = ml_collections.ConfigDict(
+        dict(
+            total_steps=sum(config[name].train.total_steps for name in stages),
+            batch_size=max(config[name].train.batch_size for name in stages),
+        )
+    )

@@ -14,6 +14,17 @@ import ml_collections
 from configs import ar_prior_demo, base, clip_shapes, decoder_demo, prior_demo, upsampler_demo
 
 SOURCE = base.SHAPES_SOURCE
+# The rows of the demos' sample grids: one prompt each.
+GRID_PROMPTS = (
+    "a red circle",
+    "a blue square",
+    "a yellow triangle",
+    "a green star",
+    "a purple circle",
+    "an orange square",
+    "a large blue star",
+    "a small red triangle",
+)
 
 
 def clip_stage(stage_arg: str | None, seed: int = 0) -> ml_collections.ConfigDict:
@@ -104,30 +115,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data_dir = ""  # TFDS data directory ("" = TFDS's default)
     _stage_configs(config, stage_arg)
 
-    # Not one stage: `unclip_jax.demo` runs the trainers of the sections above. `train` sums
-    # their budgets for a reader (steps over all stages, the largest batch); nothing reads it.
-    config.trainer = ""
-    stages = [config[name] for name in ("clip", "score_clip", "prior", "decoder", "upsampler")]
-    config.train = ml_collections.ConfigDict(
-        dict(
-            total_steps=sum(stage.train.total_steps for stage in stages),
-            batch_size=max(stage.train.batch_size for stage in stages),
-        )
-    )
+    base.stage_budgets(config, ["clip", "score_clip", "prior", "decoder", "upsampler"])
 
     config.sampling = _sampling()
     config.eval = _eval()
     # The grid of demo/samples.png: one row per prompt.
-    config.grid_prompts = [
-        "a red circle",
-        "a blue square",
-        "a yellow triangle",
-        "a green star",
-        "a purple circle",
-        "an orange square",
-        "a large blue star",
-        "a small red triangle",
-    ]
+    config.grid_prompts = list(GRID_PROMPTS)
     config.grid_images_per_prompt = 6
     if arg == "smoke":
         _shrink_figures(config)

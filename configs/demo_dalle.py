@@ -49,28 +49,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.dvae = dvae_shapes.get_config(stage_arg)
     config.dalle = dalle_shapes.get_config(stage_arg)
 
-    # Not one stage: `unclip_jax.demo.dalle` runs the trainers of the sections above. `train`
-    # sums their budgets for a reader (steps over all stages, the largest batch); nothing reads it.
-    config.trainer = ""
-    stages = [config[name] for name in ("clip", "dvae", "dalle")]
-    config.train = ml_collections.ConfigDict(
-        dict(
-            total_steps=sum(stage.train.total_steps for stage in stages),
-            batch_size=max(stage.train.batch_size for stage in stages),
-        )
-    )
+    base.stage_budgets(config, ["clip", "dvae", "dalle"])
 
     config.sampling = _sampling()
     config.eval = _eval()
     # The grid of demo/dalle_samples.png: one row per prompt.
-    config.grid_prompts = [
-        "a red circle",
-        "a blue square",
-        "a yellow triangle",
-        "a green star",
-        "a purple circle",
-        "an orange square",
-    ]
+    config.grid_prompts = list(demo.GRID_PROMPTS[:6])  # those without a size
     config.grid_images_per_prompt = 6
     if arg == "smoke":
         config.sampling.update(rerank_candidates=2, rerank_curve=(1, 2))

@@ -15,20 +15,15 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 import tiny_dalle
+from reliability.io_helpers import io_assert_refused
 
 
 def _refused(result: tuple[int, str, str], out: Path, *words: str, code: int = 1) -> str:
-    """The one error line of a refused call, after checking its exit code and that nothing was
-    written."""
-    exit_code, _, err = result
-    assert exit_code == code, err[-2000:]
-    assert "Traceback" not in err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    for word in words:
-        assert word in lines[0], (word, lines[0])
+    """The one error line of a refused call naming each of `words`, after checking its exit code
+    and that nothing was written."""
+    line = io_assert_refused(result, code, *words)
     assert not out.exists() or not any(out.iterdir())
-    return lines[0]
+    return line
 
 
 def test_generate_reads_the_kind_and_reranks(unclip, dalle_dir, tmp_path):

@@ -35,12 +35,8 @@ def stage_configs(config: ml_collections.ConfigDict, workdir: Path) -> dict:
 def steps(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, stages.StageFn]:
     """Every stage in order, each a function of its directory."""
     sections = stage_configs(config, workdir)
-    return {
-        "data": stages.shapes_data(config),
-        "clip": stages.trained(sections["clip"]),
-        "dvae": stages.trained(sections["dvae"]),
-        "dalle": stages.trained(sections["dalle"]),
-    }
+    trained = {name: stages.trained(section) for name, section in sections.items()}
+    return {"data": stages.shapes_data(config)} | trained
 
 
 def export(config: ml_collections.ConfigDict, workdir: Path) -> Path:
