@@ -30,8 +30,9 @@ import numpy as np
 
 from unclip_jax.models.dalle import DalleConfig, DalleTransformer
 from unclip_jax.models.dvae import FrozenDVAE
+from unclip_jax.nn.precision import cast_floats, compute_dtype
 from unclip_jax.pipelines import dalle_store
-from unclip_jax.pipelines.arguments import check_count, check_prompts, check_seed
+from unclip_jax.pipelines.arguments import check_count, check_dtype, check_prompts, check_seed
 from unclip_jax.pipelines.batches import RowBatches
 from unclip_jax.pipelines.images import (
     ImageLike,
@@ -124,10 +125,13 @@ class Dalle:
         self._encode = jax.jit(FrozenDVAE.encode)
 
     @classmethod
-    def load(cls, directory: str | Path, **options: Any) -> "Dalle":
+    def load(cls, directory: str | Path, dtype: Any = None, **options: Any) -> "Dalle":
         """The pipeline saved in `directory` (see `pipelines.dalle_store`); options go to
-        __init__. A missing, corrupt or mismatched file is one error naming it, before anything
+        __init__. `dtype` ("bfloat16" or jnp.bfloat16, "float32"; None: as saved): the
+        transformer and the CLIP compute in it and hold their parameters in it (the dVAE stays
+        float32). A missing, corrupt or mismatched file is one error naming it, before anything
         is compiled."""
+        dtype = check_dtype(dtype)
         files = dalle_store.read_dalle_pipeline(directory)
         stage = files.transformer
         tokenizer = load_tokenizer(files.tokenizer_dir)
@@ -137,13 +141,15 @@ class Dalle:
         )
         with reading(stage) as settings:
             config = DalleConfig.from_dict(settings["model"])
-            model = DalleTransformer(config, dtype=jnp.dtype(settings.get("dtype", "float32")))
+            compute = dtype or settings.get("dtype", "float32")
+            model = DalleTransformer(config, dtype=compute_dtype(compute, "dtype"))
             sampling = dict(settings["sampling"])
             check_sampling({**dalle_store.DEFAULT_SAMPLING, **sampling}, config)
             check_sizes(config, tokenizer, dvae)
         check_params(stage, lambda params: _example_call(model, params))
-        clip = TextImageEncoder(files.clip_dir)
-        return cls(model, stage.params, tokenizer, dvae, clip, sampling, **options)
+        params = stage.params if dtype is None else cast_floats(stage.params, model.dtype)
+        clip = TextImageEncoder(files.clip_dir, dtype)
+        return cls(model, params, tokenizer, dvae, clip, sampling, **options)
 
     @property
     def image_size(self) -> int:
@@ -187,6 +193,31 @@ class Dalle:
         out = self.batches.map(lambda r, _: self._sample(self.models, r, *settings), rows, desc)
         return {k: v[best_rows(out["scores"], candidates)] for k, v in out.items()}
 
+    def _draw(
+        self,
+        prompts: list[str],
+        count: tuple[str, int],
+        seed: int,
+        rerank_candidates: int,
+        options: dict[str, float | int | None],
+        desc: str,
+        kept: tuple[ImageLike, int] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """`count` = (its argument's name, images per prompt) of each prompt, each the best of
+        `rerank_candidates` draws; `kept` = (an image, how many of its first codes every row
+        keeps). Every argument is checked before the image is encoded or anything compiled."""
+        prompts = check_prompts(prompts)
+        n = check_count(*count)
+        candidates = check_count("rerank_candidates", rerank_candidates)
+        settings = self._settings(seed, **options)
+        rows = self._caption_rows(prompts, n * candidates)
+        if kept is not None:
+            image, num_kept = kept
+            codes = self.encode_image(image)
+            if num_kept:
+                rows["kept"] = np.repeat(codes[None, :num_kept], n * candidates, axis=0)
+        return self._sample_best(rows, settings, candidates, desc)
+
     def generate_float(
         self,
         prompts: list[str],
@@ -200,12 +231,9 @@ class Dalle:
     ) -> dict[str, np.ndarray]:
         """`generate` before conversion: {"images": [P·n, S, S, 3] float in [-1, 1], "codes":
         [P·n, N], "scores": [P·n] CLIP cosine of the kept images}, prompt-major."""
-        prompts = check_prompts(prompts)
-        n = check_count("num_images_per_prompt", num_images_per_prompt)
-        candidates = check_count("rerank_candidates", rerank_candidates)
-        settings = self._settings(seed, temperature=temperature, top_p=top_p, top_k=top_k)
-        rows = self._caption_rows(prompts, n * candidates)
-        return self._sample_best(rows, settings, candidates, "generate")
+        options = dict(temperature=temperature, top_k=top_k, top_p=top_p)
+        count = ("num_images_per_prompt", num_images_per_prompt)
+        return self._draw(prompts, count, seed, rerank_candidates, options, "generate")
 
     def generate(
         self, prompts: list[str], num_images_per_prompt: int = 1, seed: int = 0, **options: Any
@@ -244,15 +272,10 @@ class Dalle:
             raise ValueError(
                 f"keep_rows must be in [0, {grid}) (the code grid has {grid} rows), got {keep_rows}"
             )
-        (prompt,) = check_prompts([prompt])
-        n = check_count("num_images", num_images)
-        candidates = check_count("rerank_candidates", rerank_candidates)
-        settings = self._settings(seed, temperature=temperature, top_p=top_p, top_k=top_k)
-        codes = self.encode_image(image)
-        rows = self._caption_rows([prompt], n * candidates)
-        if keep_rows:
-            rows["kept"] = np.repeat(codes[None, : keep_rows * grid], n * candidates, axis=0)
-        return self._sample_best(rows, settings, candidates, "complete")
+        options = dict(temperature=temperature, top_k=top_k, top_p=top_p)
+        count = ("num_images", num_images)
+        kept = (image, keep_rows * grid)
+        return self._draw([prompt], count, seed, rerank_candidates, options, "complete", kept)
 
     def complete(
         self, image: ImageLike, prompt: str, keep_rows: int, num_images: int = 1, **options: Any
