@@ -21,7 +21,6 @@ import jax.numpy as jnp
 import numpy as np
 
 RESULTS = pathlib.Path(__file__).parent / "results"  # one folder per script
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 @dataclasses.dataclass(frozen=True)

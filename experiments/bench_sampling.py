@@ -25,6 +25,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from experiments import bench_common as common
 from unclip_jax.convert.diffusers_prior import convert_prior_state_dict, prior_from_diffusers_config
 from unclip_jax.diffusion.schedules import make_schedule
+from unclip_jax.nn.precision import COMPUTE_DTYPES
 from unclip_jax.sampling.decoder import DecoderChain, UpsamplerChain
 from unclip_jax.sampling.prior import EncodedCaption, make_prior_sampler
 from unclip_jax.sampling.settings import DiffusionSettings
@@ -267,7 +268,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="tiny,small")
     parser.add_argument("--batches", default="1,4,16")
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--dtype", default="float32", choices=sorted(common.DTYPES))
+    parser.add_argument("--dtype", default="float32", choices=sorted(COMPUTE_DTYPES))
     parser.add_argument("--tag", default=None, help="results file suffix (default: backend)")
     args = parser.parse_args()
     sizes = common.split_names(parser, "--sizes", args.sizes, common.SIZES)
@@ -279,7 +280,7 @@ def main() -> None:
     print(info, flush=True)
     rows = []
     for name in sizes:
-        rows += bench_size(name, batches, args.reps, common.DTYPES[args.dtype])
+        rows += bench_size(name, batches, args.reps, COMPUTE_DTYPES[args.dtype])
     tag = args.tag or jax.default_backend()
     path = common.write_results("bench_sampling", f"sampling_{tag}", dict(machine=info, rows=rows))
     print(f"wrote {path}")

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from experiments import bench_common as common
 from unclip_jax import sharding
 from unclip_jax.diffusion.schedules import make_schedule
+from unclip_jax.nn.precision import COMPUTE_DTYPES
 from unclip_jax.train import optimizer as optimizer_lib
 from unclip_jax.train import setup as setup_lib
 from unclip_jax.train import step as step_lib
@@ -72,7 +73,7 @@ def batch_of(size: common.CascadeSize, batch: int, seed: int = 0) -> dict[str, n
 
 class OurStep:
     def __init__(self, size: common.CascadeSize, batch: dict, dtype: str):
-        self.model = common.our_decoder(size, common.DTYPES[dtype])
+        self.model = common.our_decoder(size, COMPUTE_DTYPES[dtype])
         self.task = KarloDecoderTask(
             self.model,
             make_schedule("cosine", 1000),
@@ -195,7 +196,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="tiny,small")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--dtype", default="float32", choices=sorted(common.DTYPES))
+    parser.add_argument("--dtype", default="float32", choices=sorted(COMPUTE_DTYPES))
     parser.add_argument(
         "--peak-gflops",
         type=float,

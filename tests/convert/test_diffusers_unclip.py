@@ -297,7 +297,7 @@ def _rows(drawn) -> np.ndarray:
 def test_karlo_sampling_matches_diffusers_pipeline(karlo):
     """`UnCLIP.load` on the converted checkpoint, with its defaults (Karlo's: prior 25 steps at
     guidance 4, decoder 25 at 8, super-res 7 with the first/last U-Nets), fed diffusers' initial
-    latents and per-step noise, gives diffusers' images."""
+    latents and per-step noise, gives diffusers' images; loaded in bfloat16, close to them."""
     pipe, _, _, out = karlo
     rng = np.random.default_rng(2)
     batch = len(PROMPTS)
@@ -309,8 +309,7 @@ def test_karlo_sampling_matches_diffusers_pipeline(karlo):
     want, drawn = _diffusers_images(pipe, latents)
     assert len(drawn) == 24 + 24 + 6
     unclip = UnCLIP.load(out, num_devices=1)
-    got = unclip.generate_float(
-        PROMPTS,
+    fed = dict(
         latents={
             "prior": latents["prior"],
             "decoder": latents["decoder"],
@@ -321,11 +320,17 @@ def test_karlo_sampling_matches_diffusers_pipeline(karlo):
             "decoder": _rows(drawn[24:48]),
             "upsampler_0": _rows(drawn[48:]),
         },
-    )["images"]
+    )
+    got = unclip.generate_float(PROMPTS, **fed)["images"]
     got = got * 0.5 + 0.5
     assert want.std() > 0.05  # not a flat image
     print(f"max |ours − diffusers| = {np.abs(got - want).max():.2e}")
     np.testing.assert_allclose(got, want, atol=1e-3, rtol=0)
+    # In bfloat16 (parameters and compute; the chains float32), within its rounding.
+    half = UnCLIP.load(out, num_devices=1, dtype="bfloat16").generate_float(PROMPTS, **fed)
+    error = np.abs(half["images"] * 0.5 + 0.5 - want)
+    print(f"bfloat16: mean |ours − diffusers| = {error.mean():.2e}, max {error.max():.2e}")
+    assert error.mean() < 0.02
 
 
 @pytest.fixture(scope="module")

@@ -46,6 +46,13 @@ flags.DEFINE_float(
     "decoder_guidance", None, "Decoder classifier-free guidance scale (>= 0; default: the stage's)."
 )
 flags.DEFINE_integer("num_devices", None, "Local devices to shard the batch over (default: all).")
+flags.DEFINE_enum(
+    "dtype",
+    None,
+    ["float32", "bfloat16"],
+    "What the models compute in and hold their parameters in (bfloat16: half the memory, faster "
+    "on GPUs and TPUs; the sampling chains stay float32; default: as the pipeline was saved).",
+)
 # The flags of the commands that decode from a chosen x_T (variations, interpolate): defined
 # here once, listed only by those commands, which declare them key flags (IMAGE_OPERATION_FLAGS).
 _IMAGE_OPERATIONS = f"{__name__}.image_operations"
@@ -161,7 +168,9 @@ def load_pipeline(checkpoint: str | None, kind: str = "unclip", **load_options: 
         from unclip_jax.pipelines.dalle import Dalle as pipeline
     else:
         from unclip_jax.pipelines.unclip import UnCLIP as pipeline
-    return pipeline.load(checkpoint, num_devices=FLAGS.num_devices, progress=True, **load_options)
+    return pipeline.load(
+        checkpoint, num_devices=FLAGS.num_devices, dtype=FLAGS.dtype, progress=True, **load_options
+    )
 
 
 def open_output() -> Path:

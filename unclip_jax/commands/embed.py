@@ -29,7 +29,9 @@ flags.DEFINE_integer("batch_size", 64, "Images per encoder call.")
 flags.DEFINE_integer("shard_size", 4096, "Images per shard (may change between resumed runs).")
 SIZES = ("batch_size", "shard_size")
 flags.DEFINE_bool("token_states", False, "Also store the text encoder's last hidden states.")
-flags.DEFINE_enum("dtype", "float16", ["float16", "float32"], "Storage dtype of the embeddings.")
+flags.DEFINE_enum(
+    "storage_dtype", "float16", ["float16", "float32"], "Storage dtype of the embeddings."
+)
 
 
 def main(argv: list[str]) -> None:
@@ -55,7 +57,7 @@ def main(argv: list[str]) -> None:
         source,
         FLAGS.out,
         token_states=FLAGS.token_states,
-        dtype=FLAGS.dtype,
+        dtype=FLAGS.storage_dtype,
         **options,
     )
     print(f"wrote {written} shards to {FLAGS.out}")

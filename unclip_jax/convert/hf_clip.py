@@ -20,6 +20,7 @@ from flax import traverse_util
 
 from unclip_jax.models.clip import CLIP, CLIPConfig, TextConfig, VisionConfig
 from unclip_jax.models.frozen_clip import FrozenCLIP
+from unclip_jax.nn.precision import cast_floats, compute_dtype
 from unclip_jax.storage.json_files import read_json
 
 Params = dict
@@ -346,10 +347,15 @@ def load_clip(directory: str | pathlib.Path) -> tuple[CLIPConfig, Params]:
     return config, params
 
 
-def load_frozen_clip(directory: str | pathlib.Path) -> FrozenCLIP:
-    """The CLIP saved by `save_clip`, for encoding only (parameters on the host)."""
+def load_frozen_clip(directory: str | pathlib.Path, dtype: str | None = None) -> FrozenCLIP:
+    """The CLIP saved by `save_clip`, for encoding only (parameters on the host), computing in
+    `dtype` (a name of `nn.precision`'s COMPUTE_DTYPES, its parameters cast; None: float32)."""
     config, variables = load_clip(directory)
-    return FrozenCLIP(CLIP(config), jax.device_get(variables["params"]))
+    params = jax.device_get(variables["params"])
+    if dtype is None:
+        return FrozenCLIP(CLIP(config), params)
+    dtype = compute_dtype(dtype)
+    return FrozenCLIP(CLIP(config, dtype=dtype), cast_floats(params, dtype))
 
 
 def convert_directory(hf_dir: str | pathlib.Path, out: str | pathlib.Path) -> int:

@@ -35,7 +35,7 @@ def _embed(config: ml_collections.ConfigDict, workdir: Path) -> stages.StageFn:
                 f"--out={stage_dir / split}",
                 f"--split={split}",
                 "--token_states",
-                "--dtype=float32",
+                "--storage_dtype=float32",
             ]  # fmt: skip
             if config.data_dir:
                 command.append(f"--config.data.data_dir={config.data_dir}")

@@ -1,14 +1,17 @@
 """Checks of the arguments of `UnCLIP` and the sampling commands, made before anything is
 loaded or compiled, each error naming the bad value; and the batch buckets programs compile for."""
 
+import contextlib
 import dataclasses
 import math
 from collections.abc import Sequence
 from typing import Any, TypedDict
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
+from unclip_jax.nn.precision import compute_dtype
 from unclip_jax.text.tokenizer import check_utf8
 
 Array = jax.Array
@@ -36,6 +39,19 @@ def check_count(name: str, value: int, least: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
         raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
     return int(value)
+
+
+def check_dtype(dtype: Any) -> str | None:
+    """None (the dtypes saved), or the name of a compute dtype of `nn.precision` given by name
+    ("bfloat16") or as a dtype (jnp.bfloat16); anything else is one error naming it."""
+    if dtype is None:
+        return None
+    name = dtype
+    if not isinstance(dtype, str):
+        with contextlib.suppress(TypeError):
+            name = jnp.dtype(dtype).name
+    compute_dtype(name)
+    return name
 
 
 def check_seed(seed: Any) -> int:

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from unclip_jax.convert.karlo_checkpoint import KarloCheckpoint, load_karlo
+from unclip_jax.nn.precision import cast_floats, compute_dtype
 from unclip_jax.pipelines.stages import cache_size
 from unclip_jax.sampling.karlo import (
     KarloDecoderChain,
@@ -235,11 +236,23 @@ def is_karlo_checkpoint(directory: str | Path) -> bool:
     return (Path(directory) / CONFIG_FILE).is_file()
 
 
+def computing_in(checkpoint: KarloCheckpoint, dtype: str | None) -> KarloCheckpoint:
+    """The checkpoint with every module computing in `dtype` (a name of `nn.precision`'s
+    COMPUTE_DTYPES; None: as loaded) and its floating parameters cast to it."""
+    if dtype is None:
+        return checkpoint
+    dtype = compute_dtype(dtype)
+    modules = ("text_encoder", "prior", "decoder", "super_res")
+    changed = {name: getattr(checkpoint, name).clone(dtype=dtype) for name in modules}
+    return dataclasses.replace(checkpoint, params=cast_floats(checkpoint.params, dtype), **changed)
+
+
 def load_karlo_stages(
-    directory: str | Path,
+    directory: str | Path, dtype: str | None = None
 ) -> tuple[KarloTextEncoder, KarloPriorStage, KarloDecoderStage, list[KarloSuperResStage]]:
-    """(text encoder, prior, decoder, [super-res]) of a `save_karlo` directory."""
-    checkpoint = load_karlo(directory)
+    """(text encoder, prior, decoder, [super-res]) of a `save_karlo` directory, computing in
+    `dtype` (None: as saved)."""
+    checkpoint = computing_in(load_karlo(directory), dtype)
     chains = karlo_chains(checkpoint)
     text = KarloTextEncoder(checkpoint, Path(directory))
     null = text.null_caption()

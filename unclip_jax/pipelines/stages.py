@@ -80,8 +80,9 @@ def reading(stage: store.StageFiles) -> Iterator[dict]:
 class TextImageEncoder:
     """The conditioning CLIP and its tokenizer."""
 
-    def __init__(self, directory: Path):
-        self.clip = hf_clip.load_frozen_clip(directory)
+    def __init__(self, directory: Path, dtype: str | None = None):
+        """`dtype`: a name of `nn.precision`'s COMPUTE_DTYPES to compute in (None: float32)."""
+        self.clip = hf_clip.load_frozen_clip(directory, dtype)
         self.config = self.clip.model.config
         self.tokenizer = tokenizer_lib.load_tokenizer(directory / store.TOKENIZER_DIR)
         self._text = jax.jit(FrozenCLIP.encode_text)

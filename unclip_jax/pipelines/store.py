@@ -36,6 +36,7 @@ from typing import Any
 
 from unclip_jax.diffusion import analytic
 from unclip_jax.models.pca_quantizer import ARQuantizers, load_quantizers, save_quantizers
+from unclip_jax.nn.precision import cast_floats, compute_dtype
 from unclip_jax.sampling.settings import DiffusionSettings
 from unclip_jax.storage import run_record
 from unclip_jax.storage.checkpoints import read_params, restore_ema_params, write_params
@@ -80,6 +81,15 @@ class StageFiles:
     directory: Path
     settings: dict
     params: Any
+
+    def computing_in(self, dtype: str | None) -> "StageFiles":
+        """The stage with its model computing in `dtype` (a name of `nn.precision`'s
+        COMPUTE_DTYPES; None: as saved) and its floating parameters cast to it."""
+        if dtype is None:
+            return self
+        settings = {**self.settings, "model": {**self.settings["model"], "dtype": dtype}}
+        params = cast_floats(self.params, compute_dtype(dtype))
+        return dataclasses.replace(self, settings=settings, params=params)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,20 +236,26 @@ def read_stage(directory: Path, kind: str) -> StageFiles:
     return StageFiles(directory, settings, read_params(directory / PARAMS_DIR))
 
 
-def read_pipeline(directory: str | Path, prior: str | None = None) -> PipelineFiles:
+def read_pipeline(
+    directory: str | Path, prior: str | None = None, dtype: str | None = None
+) -> PipelineFiles:
     """The stages of a pipeline directory (see the module docstring) with the prior of kind
     `prior` ("diffusion" or "ar"; None: the diffusion prior where held), checked as they are
-    read; a prior the directory lacks is refused before any parameters are read."""
+    read, each computing in `dtype` (see `StageFiles.computing_in`); a prior the directory lacks
+    is refused before any parameters are read."""
     path, manifest = check_pipeline_dir(directory)
     kind = choose_prior(path, manifest, prior)
     stage = PRIOR_KINDS[kind]
+
+    def read(name: str, stage_kind: str) -> StageFiles:
+        return read_stage(path / name, stage_kind).computing_in(dtype)
+
     return PipelineFiles(
         clip_dir=path / CLIP_DIR,
-        prior=read_stage(path / stage, stage),
-        decoder=read_stage(path / DECODER, DECODER),
+        prior=read(stage, stage),
+        decoder=read(DECODER, DECODER),
         upsamplers=[
-            read_stage(path / upsampler_name(k), "upsampler")
-            for k in range(manifest.get("upsamplers", 0))
+            read(upsampler_name(k), "upsampler") for k in range(manifest.get("upsamplers", 0))
         ],
         prior_kind=kind,
     )

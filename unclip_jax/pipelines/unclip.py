@@ -34,6 +34,7 @@ from unclip_jax.pipelines.arguments import (
     GenerateOptions,
     RunSettings,
     check_count,
+    check_dtype,
     check_prompts,
     check_seed,
     stage_steps,
@@ -102,22 +103,32 @@ class UnCLIP(ImageOperations):
         self._noise = jax.jit(_noise_rows, static_argnums=2)
 
     @classmethod
-    def load(cls, directory: str | Path, prior: str | None = None, **options: Any) -> "UnCLIP":
+    def load(
+        cls,
+        directory: str | Path,
+        prior: str | None = None,
+        dtype: Any = None,
+        **options: Any,
+    ) -> "UnCLIP":
         """The pipeline saved in `directory` (see `pipelines.store`) with its prior of kind
         `prior` ("diffusion" or "ar"; None: the diffusion prior where the directory holds one),
         or a converted Karlo checkpoint (`unclip convert-karlo`, see `pipelines.karlo`; a
-        diffusion prior); options go to __init__. A prior the directory lacks is one error
-        naming the directory and the priors it holds, before any parameters are read."""
+        diffusion prior); options go to __init__. `dtype` ("bfloat16" or jnp.bfloat16,
+        "float32"; None: as saved): every stage's model computes in it and holds its parameters
+        in it (bfloat16 halves their memory); the sampling chains stay float32. A prior the
+        directory lacks is one error naming the directory and the priors it holds, before any
+        parameters are read."""
+        dtype = check_dtype(dtype)
         if karlo_stages.is_karlo_checkpoint(directory):
             if prior not in (None, "diffusion"):
                 raise ValueError(
                     f"converted Karlo checkpoint {str(directory)!r} holds no {prior!r} prior; "
                     "it holds: 'diffusion'"
                 )
-            clip, diffusion, decoder, upsamplers = karlo_stages.load_karlo_stages(directory)
-            return cls(clip, diffusion, decoder, upsamplers, **options)
-        files = store.read_pipeline(directory, prior)
-        clip = TextImageEncoder(files.clip_dir)
+            stages = karlo_stages.load_karlo_stages(directory, dtype)
+            return cls(*stages, **options)
+        files = store.read_pipeline(directory, prior, dtype)
+        clip = TextImageEncoder(files.clip_dir, dtype)
         return cls(
             clip,
             PRIOR_STAGES[files.prior_kind](files.prior),

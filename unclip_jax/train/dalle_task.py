@@ -33,6 +33,7 @@ from unclip_jax.models.dalle import (
     sized_config,
 )
 from unclip_jax.models.dvae import FrozenDVAE
+from unclip_jax.nn.precision import compute_dtype
 from unclip_jax.sampling.dalle import make_dalle_sampler
 from unclip_jax.train import loop
 from unclip_jax.train.run_tokenizer import run_tokenizer
@@ -41,7 +42,6 @@ from unclip_jax.train.task import Batch, Metrics, Params, Task
 
 Array = jax.Array
 TOKENIZER_DIR = "tokenizer"
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 class DalleTask(Task):
@@ -126,11 +126,8 @@ def build_task(
     dvae: FrozenDVAE,
     sample_captions: dict[str, np.ndarray] | None = None,
 ) -> DalleTask:
-    if config.model.dtype not in DTYPES:
-        raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {config.model.dtype!r}")
-    model = DalleTransformer(
-        model_config(config, tokenizer, dvae), dtype=DTYPES[config.model.dtype]
-    )
+    dtype = compute_dtype(config.model.dtype, "model.dtype")
+    model = DalleTransformer(model_config(config, tokenizer, dvae), dtype=dtype)
     return DalleTask(model, dvae, sample_captions)
 
 

@@ -41,13 +41,13 @@ from unclip_jax.models.dvae import (
     logit_laplace_nll,
     map_pixels,
 )
+from unclip_jax.nn.precision import compute_dtype
 from unclip_jax.train import loop
 from unclip_jax.train.state import TrainState
 from unclip_jax.train.task import Batch, DataIterator, Metrics, Params, Task
 
 Array = jax.Array
 EXPORT_DIR = "dvae"
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def cosine_ramp(step: Array, start: float, end: float, steps: int) -> Array:
@@ -213,10 +213,9 @@ class NumberedBatches:
 def build_task(config: ml_collections.ConfigDict, sample_images: np.ndarray | None) -> DVAETask:
     """The task of a dVAE config (`model`: DVAEConfig fields and `dtype`; `relaxation`)."""
     fields = {k: v for k, v in config.model.items() if k != "dtype"}
-    if config.model.dtype not in DTYPES:
-        raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {config.model.dtype!r}")
+    dtype = compute_dtype(config.model.dtype, "model.dtype")
     schedule = RelaxationSchedule(**dict(config.relaxation))
-    return DVAETask(DVAEConfig(**fields), schedule, DTYPES[config.model.dtype], sample_images)
+    return DVAETask(DVAEConfig(**fields), schedule, dtype, sample_images)
 
 
 def run(

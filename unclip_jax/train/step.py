@@ -22,11 +22,10 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from unclip_jax import sharding
+from unclip_jax.nn.precision import cast_floats, compute_dtype
 from unclip_jax.train import optimizer as optimizer_lib
 from unclip_jax.train.state import TrainState, ema_decay, update_ema
 from unclip_jax.train.task import Batch, Metrics, Task
-
-COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,10 +36,7 @@ class StepConfig:
     ema_warmup: float = 10.0  # see state.ema_decay
 
     def __post_init__(self) -> None:
-        if self.compute_dtype not in COMPUTE_DTYPES:
-            raise ValueError(
-                f"compute_dtype must be one of {sorted(COMPUTE_DTYPES)}, got {self.compute_dtype!r}"
-            )
+        compute_dtype(self.compute_dtype, "compute_dtype")
         if self.grad_accum_steps < 1:
             raise ValueError(f"grad_accum_steps must be >= 1, got {self.grad_accum_steps}")
         if not 0.0 <= self.ema_decay < 1.0 or self.ema_warmup < 1.0:
@@ -58,12 +54,6 @@ class StepConfig:
             ema_decay=config.ema.decay,
             ema_warmup=config.ema.warmup,
         )
-
-
-def _cast_floats(tree: object, dtype: jnp.dtype) -> object:
-    return jax.tree.map(
-        lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree
-    )
 
 
 def _micro_batches(batch: Batch, n: int) -> Batch:
@@ -100,10 +90,10 @@ def train_step(
 ) -> tuple[TrainState, Metrics]:
     """One optimiser step on the global `batch`. Pure; returns (new state, scalar metrics)."""
     step_key = jax.random.fold_in(key, state.step)
-    dtype = COMPUTE_DTYPES[config.compute_dtype]
+    dtype = compute_dtype(config.compute_dtype)
 
     def loss_fn(params: object, micro: Batch, micro_key: jax.Array) -> tuple[jax.Array, Metrics]:
-        loss, metrics = task.loss(_cast_floats(params, dtype), micro, micro_key, True)
+        loss, metrics = task.loss(cast_floats(params, dtype), micro, micro_key, True)
         return loss.astype(jnp.float32), metrics
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
