@@ -7,7 +7,7 @@ PYTEST_WORKERS ?= 2
 export JAX_PLATFORMS ?= cpu
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: venv lint format test test-slow demo demo-dalle clean
+.PHONY: venv lint format test test-slow demo demo-dalle notebook clean
 
 # OpenAI's dall_e 0.1 (the dVAE parity tests) declares torchvision, mypy and blobfile as
 # requirements but imports only torch, numpy, attrs and requests (all in the test extra): an extra
@@ -52,6 +52,10 @@ demo: venv
 demo-dalle: venv
 	$(BIN)/python -m unclip_jax.demo.dalle --config configs/demo_dalle.py \
 		--workdir workdirs/demo_dalle --demo_out demo $(DEMO_FLAGS)
+
+# notebooks/sampling.ipynb from its jupytext pair notebooks/sampling.py (the file to edit).
+notebook: venv
+	$(BIN)/jupytext --sync notebooks/sampling.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -256,9 +256,15 @@ class UnCLIP(ImageOperations):
         ids, mask = self.clip.tokenize(captions)
         return {"ids": ids, "mask": mask}
 
+    @property
+    def embeds_images(self) -> bool:
+        """Whether its CLIP embeds images (variations, interpolations and text diffs need it; a
+        converted Karlo checkpoint has a text encoder only)."""
+        return isinstance(self.clip, ImageEncoder)
+
     def _require_image_encoder(self, what: str) -> None:
         """ValueError before any compute when the checkpoint cannot embed images (Karlo)."""
-        if not isinstance(self.clip, ImageEncoder):
+        if not self.embeds_images:
             raise ValueError(
                 f"{what} needs CLIP image embeddings of images, and this checkpoint has no image "
                 "encoder (a converted Karlo checkpoint has a CLIP text encoder only)"
