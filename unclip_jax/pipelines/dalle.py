@@ -22,7 +22,7 @@ CLIP's context) is cut with a `CaptionTruncatedWarning`.
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import jax
 import jax.numpy as jnp
@@ -36,11 +36,8 @@ from unclip_jax.pipelines.arguments import check_count, check_dtype, check_promp
 from unclip_jax.pipelines.batches import RowBatches
 from unclip_jax.pipelines.images import (
     ImageLike,
-    as_image,
-    center_square,
-    resize,
+    square_pixels,
     to_uint8,
-    to_unit,
 )
 from unclip_jax.pipelines.stages import TextImageEncoder, check_params, reading
 from unclip_jax.sampling.dalle import check_truncation, make_dalle_sampler
@@ -95,6 +92,16 @@ def check_sampling(values: dict[str, Any], config: DalleConfig) -> None:
     """The temperature, top_k and top_p of `values` (`sampling.dalle.check_truncation`)."""
     vocab = config.image_vocab_size
     check_truncation(values["temperature"], values["top_p"], values["top_k"], vocab)
+
+
+class DalleOptions(TypedDict, total=False):
+    """The keyword options of `Dalle.generate` and `Dalle.complete`; the sampling ones default to
+    the pipeline's."""
+
+    rerank_candidates: int  # codes drawn per image, the one of the largest CLIP score kept
+    temperature: float | None  # > 0
+    top_k: int | None  # draw among the k likeliest codes; 0: off
+    top_p: float | None  # nucleus mass, in (0, 1]
 
 
 class Dalle:
@@ -198,18 +205,24 @@ class Dalle:
         prompts: list[str],
         count: tuple[str, int],
         seed: int,
-        rerank_candidates: int,
-        options: dict[str, float | int | None],
+        options: DalleOptions,
         desc: str,
         kept: tuple[ImageLike, int] | None = None,
     ) -> dict[str, np.ndarray]:
         """`count` = (its argument's name, images per prompt) of each prompt, each the best of
         `rerank_candidates` draws; `kept` = (an image, how many of its first codes every row
         keeps). Every argument is checked before the image is encoded or anything compiled."""
+        unknown = sorted(set(options) - set(DalleOptions.__annotations__))
+        if unknown:
+            raise TypeError(
+                f"unknown options {unknown}; known: {list(DalleOptions.__annotations__)}"
+            )
         prompts = check_prompts(prompts)
         n = check_count(*count)
-        candidates = check_count("rerank_candidates", rerank_candidates)
-        settings = self._settings(seed, **options)
+        candidates = check_count("rerank_candidates", options.get("rerank_candidates", 1))
+        settings = self._settings(
+            seed, **{k: options.get(k) for k in ("temperature", "top_p", "top_k")}
+        )
         rows = self._caption_rows(prompts, n * candidates)
         if kept is not None:
             image, num_kept = kept
@@ -223,31 +236,28 @@ class Dalle:
         prompts: list[str],
         num_images_per_prompt: int = 1,
         seed: int = 0,
-        *,
-        rerank_candidates: int = 1,
-        temperature: float | None = None,
-        top_k: int | None = None,
-        top_p: float | None = None,
+        **options: Unpack[DalleOptions],
     ) -> dict[str, np.ndarray]:
         """`generate` before conversion: {"images": [P·n, S, S, 3] float in [-1, 1], "codes":
         [P·n, N], "scores": [P·n] CLIP cosine of the kept images}, prompt-major."""
-        options = dict(temperature=temperature, top_k=top_k, top_p=top_p)
         count = ("num_images_per_prompt", num_images_per_prompt)
-        return self._draw(prompts, count, seed, rerank_candidates, options, "generate")
+        return self._draw(prompts, count, seed, options, "generate")
 
     def generate(
-        self, prompts: list[str], num_images_per_prompt: int = 1, seed: int = 0, **options: Any
+        self,
+        prompts: list[str],
+        num_images_per_prompt: int = 1,
+        seed: int = 0,
+        **options: Unpack[DalleOptions],
     ) -> np.ndarray:
-        """Images for each prompt: uint8 [P·n, S, S, 3], prompt-major. Options:
-        rerank_candidates (codes drawn per image, the largest CLIP score kept), temperature
-        (> 0), top_k (0: off), top_p (in (0, 1]); the sampling ones default to the stage's."""
+        """Images for each prompt: uint8 [P·n, S, S, 3], prompt-major (`DalleOptions`)."""
         return to_uint8(
             self.generate_float(prompts, num_images_per_prompt, seed, **options)["images"]
         )
 
     def encode_image(self, image: ImageLike) -> np.ndarray:
         """An image's dVAE codes [N] in raster order (its centre square at the pipeline's size)."""
-        pixels = to_unit(resize(center_square(as_image(image)), self.image_size))[None]
+        pixels = square_pixels(image, self.image_size)[None]
         return np.asarray(self._encode(self.models["dvae"], pixels))[0]
 
     def complete_float(
@@ -257,11 +267,7 @@ class Dalle:
         keep_rows: int,
         num_images: int = 1,
         seed: int = 0,
-        *,
-        rerank_candidates: int = 1,
-        temperature: float | None = None,
-        top_k: int | None = None,
-        top_p: float | None = None,
+        **options: Unpack[DalleOptions],
     ) -> dict[str, np.ndarray]:
         """`complete` before conversion: {"images" [n, S, S, 3] in [-1, 1], "codes" [n, N] (the
         first keep_rows·grid are the image's), "scores" [n]}."""
@@ -272,19 +278,23 @@ class Dalle:
             raise ValueError(
                 f"keep_rows must be in [0, {grid}) (the code grid has {grid} rows), got {keep_rows}"
             )
-        options = dict(temperature=temperature, top_k=top_k, top_p=top_p)
         count = ("num_images", num_images)
         kept = (image, keep_rows * grid)
-        return self._draw([prompt], count, seed, rerank_candidates, options, "complete", kept)
+        return self._draw([prompt], count, seed, options, "complete", kept)
 
     def complete(
-        self, image: ImageLike, prompt: str, keep_rows: int, num_images: int = 1, **options: Any
+        self,
+        image: ImageLike,
+        prompt: str,
+        keep_rows: int,
+        num_images: int = 1,
+        seed: int = 0,
+        **options: Unpack[DalleOptions],
     ) -> np.ndarray:
         """Completions of an image for a caption: its top `keep_rows` rows of codes kept (in
-        [0, grid rows); 0 keeps none), the rest drawn: uint8 [n, S, S, 3]. Options as
-        `generate`'s, and seed."""
+        [0, grid rows); 0 keeps none), the rest drawn: uint8 [n, S, S, 3] (`DalleOptions`)."""
         return to_uint8(
-            self.complete_float(image, prompt, keep_rows, num_images, **options)["images"]
+            self.complete_float(image, prompt, keep_rows, num_images, seed, **options)["images"]
         )
 
 

@@ -25,6 +25,7 @@ from unclip_jax.pipelines.images import (
     as_image,
     center_square,
     resize,
+    square_pixels,
     to_uint8,
     to_unit,
 )
@@ -108,7 +109,7 @@ class ImageOperations:
         """CLIP image embeddings z_i [N, D] of images."""
         self._require_image_encoder("encoding images")
         size = self.clip.config.vision.image_size
-        pixels = np.stack([to_unit(resize(center_square(as_image(i)), size)) for i in images])
+        pixels = np.stack([square_pixels(image, size) for image in images])
         out = self.batches.map(
             lambda r, _: {"z": self.clip.encode_image(r["x"])}, {"x": pixels}, "encode"
         )

@@ -57,6 +57,12 @@ def resize(image: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((size, size), Image.BICUBIC))
 
 
+def square_pixels(image: ImageLike, size: int) -> np.ndarray:
+    """A model's input: an image's centred square at `size` px, float32 [size, size, 3] in
+    [-1, 1] (from a file, a uint8 array or a float array in [-1, 1])."""
+    return to_unit(resize(center_square(as_image(image)), size))
+
+
 def captioned_grid(
     images: np.ndarray,  # uint8 [R, C, H, W, 3]
     captions: Sequence[str],  # one per row
