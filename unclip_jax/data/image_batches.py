@@ -38,6 +38,18 @@ def image_batches(
     )
 
 
+def held_out_batches(source: Sequence, *, batch_size: int, count: int, **kwargs) -> list[dict]:
+    """The first `count` batches of `source` in order (one pass, no shuffling), held in memory:
+    a trainer's evaluation set and the images of its sample grids; `kwargs` as `image_batches`'."""
+    batches = image_batches(source, batch_size=batch_size, shuffle=False, num_epochs=1, **kwargs)
+    return fixed_batches(batches, count)
+
+
+def first_rows(batches: list[dict], key: str, count: int) -> np.ndarray:
+    """The first `count` rows of `key` over `batches`, in order."""
+    return np.concatenate([batch[key] for batch in batches])[:count]
+
+
 def fixed_batches(iterator: input_pipeline.DataIterator, count: int) -> list[dict]:
     """The first `count` batches of a finite iterator, held in memory."""
     batches = []

@@ -24,7 +24,7 @@ import ml_collections
 import numpy as np
 
 from unclip_jax.convert import dvae as dvae_checkpoint
-from unclip_jax.data.image_batches import fixed_batches, image_batches
+from unclip_jax.data.image_batches import first_rows, held_out_batches, image_batches
 from unclip_jax.models.dalle import (
     DalleConfig,
     DalleTransformer,
@@ -153,16 +153,13 @@ def run(
     workdir = pathlib.Path(workdir).absolute()
     tokenizer = run_tokenizer(config.tokenizer, workdir / TOKENIZER_DIR, train_source)
     common = dict(image_size=config.data.image_size, seed=config.seed, tokenize=tokenizer)
-    held_out = fixed_batches(
-        image_batches(
-            eval_source, batch_size=config.eval.batch_size, shuffle=False, num_epochs=1, **common
-        ),
-        config.eval.num_batches,
+    held_out = held_out_batches(
+        eval_source, batch_size=config.eval.batch_size, count=config.eval.num_batches, **common
     )
     captions = None
     if config.train.sample_every:
         count = config.train.num_samples
-        captions = {k: np.concatenate([b[k] for b in held_out])[:count] for k in ("tokens", "mask")}
+        captions = {k: first_rows(held_out, k, count) for k in ("tokens", "mask")}
     task = build_task(config, tokenizer, dvae, captions)
     local_batch = config.train.batch_size // jax.process_count()
     train_data = image_batches(train_source, batch_size=local_batch, **common)

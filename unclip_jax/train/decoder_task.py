@@ -27,7 +27,7 @@ import ml_collections
 import numpy as np
 
 from unclip_jax.convert import hf_clip
-from unclip_jax.data.image_batches import fixed_batches, image_batches
+from unclip_jax.data.image_batches import first_rows, held_out_batches, image_batches
 from unclip_jax.diffusion import gaussian
 from unclip_jax.diffusion.schedules import Schedule, make_schedule
 from unclip_jax.models.frozen_clip import FrozenCLIP
@@ -234,19 +234,15 @@ def run(
     """Trains the decoder on `train_source`; evaluates the loss on, and draws sample grids from,
     the first `config.eval.num_batches` batches of `eval_source`. Returns the final state."""
     common = dict(image_size=config.data.image_size, tokenize=tokenizer)
-    held_out = fixed_batches(
-        image_batches(
-            eval_source,
-            batch_size=config.eval.batch_size,
-            seed=config.seed,
-            shuffle=False,
-            num_epochs=1,
-            **common,
-        ),
-        config.eval.num_batches,
+    held_out = held_out_batches(
+        eval_source,
+        batch_size=config.eval.batch_size,
+        count=config.eval.num_batches,
+        seed=config.seed,
+        **common,
     )
     num_samples = config.train.num_samples
-    sample_images = np.concatenate([b["image"] for b in held_out])[:num_samples]
+    sample_images = first_rows(held_out, "image", num_samples)
     sample_embeddings = np.asarray(jax.jit(FrozenCLIP.encode_image)(clip, sample_images))
     sample_captions = None
     if tokenizer is not None:

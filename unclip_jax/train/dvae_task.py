@@ -33,7 +33,7 @@ import ml_collections
 import numpy as np
 
 from unclip_jax.convert import dvae as dvae_checkpoint
-from unclip_jax.data.image_batches import fixed_batches, image_batches
+from unclip_jax.data.image_batches import first_rows, held_out_batches, image_batches
 from unclip_jax.models.dvae import (
     DVAEConfig,
     DVAEDecoder,
@@ -228,13 +228,10 @@ def run(
     """Trains the dVAE on `train_source`; evaluates on, and reconstructs for the sample grids,
     the first `config.eval.num_batches` batches of `eval_source`; exports `<workdir>/dvae`."""
     common = dict(image_size=config.data.image_size, seed=config.seed)
-    held_out = fixed_batches(
-        image_batches(
-            eval_source, batch_size=config.eval.batch_size, shuffle=False, num_epochs=1, **common
-        ),
-        config.eval.num_batches,
+    held_out = held_out_batches(
+        eval_source, batch_size=config.eval.batch_size, count=config.eval.num_batches, **common
     )
-    images = np.concatenate([b["image"] for b in held_out])[: config.train.num_samples]
+    images = first_rows(held_out, "image", config.train.num_samples)
     task = build_task(config, images if config.train.sample_every else None)
     local_batch = config.train.batch_size // jax.process_count()
     train_data = NumberedBatches(image_batches(train_source, batch_size=local_batch, **common))

@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 
 from unclip_jax.data import degradations
-from unclip_jax.data.image_batches import fixed_batches, image_batches
+from unclip_jax.data.image_batches import first_rows, held_out_batches, image_batches
 from unclip_jax.diffusion import gaussian
 from unclip_jax.diffusion.schedules import Schedule, make_schedule
 from unclip_jax.models.unet import Upsampler, upsampler_from_config
@@ -190,18 +190,14 @@ def run(
     """Trains the upsampler on `train_source`; evaluates on the first `config.eval.num_batches`
     batches of `eval_source`, whose downsampled images also make the sample grids."""
     image_size = config.data.image_size
-    held_out = fixed_batches(
-        image_batches(
-            eval_source,
-            batch_size=config.eval.batch_size,
-            image_size=image_size,
-            seed=config.seed,
-            shuffle=False,
-            num_epochs=1,
-        ),
-        config.eval.num_batches,
+    held_out = held_out_batches(
+        eval_source,
+        batch_size=config.eval.batch_size,
+        count=config.eval.num_batches,
+        image_size=image_size,
+        seed=config.seed,
     )
-    images = np.concatenate([b["image"] for b in held_out])[: config.train.num_samples]
+    images = first_rows(held_out, "image", config.train.num_samples)
     low = np.asarray(resize_images(jnp.asarray(images), config.low_res))
     task = build_task(config, low)
     train_data = image_batches(
