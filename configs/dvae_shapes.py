@@ -29,7 +29,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             channels=3,
             vocab_size=512,
             n_init=16,
-            residual_gain=ml_collections.config_dict.placeholder(float),  # None: OpenAI's
             dtype="float32",  # compute; parameters float32
         )
     )

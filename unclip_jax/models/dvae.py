@@ -44,9 +44,6 @@ class DVAEConfig:
     channels: int = 3  # image channels
     vocab_size: int = 8192
     n_init: int = 128  # width of the decoder's input projection of the codes
-    # The residual branches' gain; None: OpenAI's 1 / (group_count · n_blk_per_group)², which
-    # keeps a deep stack near its identity paths at init (its weights port with it).
-    residual_gain: float | None = None
 
     def __post_init__(self):
         for name in ("group_count", "n_hid", "n_blk_per_group", "channels", "n_init"):
@@ -57,8 +54,6 @@ class DVAEConfig:
             raise ValueError(
                 f"n_hid must be a multiple of 4 (blocks use n_out/4), got {self.n_hid}"
             )
-        if self.residual_gain is not None and not self.residual_gain > 0:
-            raise ValueError(f"residual_gain must be > 0 or None, got {self.residual_gain!r}")
         if not isinstance(self.vocab_size, int) or self.vocab_size < 2:
             raise ValueError(f"vocab_size must be an integer >= 2, got {self.vocab_size!r}")
 
@@ -74,8 +69,6 @@ class DVAEConfig:
 
     @property
     def post_gain(self) -> float:
-        if self.residual_gain is not None:
-            return self.residual_gain
         return 1.0 / (self.group_count * self.n_blk_per_group) ** 2
 
     def to_dict(self) -> dict:
