@@ -36,10 +36,12 @@ def parse() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def overrides(workdir: pathlib.Path) -> list[str]:
-    """The `--config.*` flags of the workdir's last training run."""
-    command = json.loads((workdir / "run.json").read_text())["runs"][-1]["command"]
-    return [arg for arg in command if arg.startswith("--config.")]
+def training_run(workdir: pathlib.Path) -> dict:
+    """The `--config.*` flags of the workdir's last training run and the commit it ran at (the
+    flags override that commit's configs/dvae_shapes.py)."""
+    run = json.loads((workdir / "run.json").read_text())["runs"][-1]
+    flags = [arg for arg in run["command"] if arg.startswith("--config.")]
+    return {"overrides": flags, "commit": run["git"]["commit"], "dirty": run["git"]["dirty"]}
 
 
 def reconstruction_figures(workdir: pathlib.Path, data: list[dict]) -> dict:
@@ -64,9 +66,7 @@ def main() -> None:
     data = [d for d in held_out(demo_dalle.get_config(), 2 * args.num)][: args.num]
     rows = {}
     for workdir in map(pathlib.Path, args.workdirs):
-        rows[workdir.name] = {"overrides": overrides(workdir)} | reconstruction_figures(
-            workdir, data
-        )
+        rows[workdir.name] = training_run(workdir) | reconstruction_figures(workdir, data)
         print(workdir.name, json.dumps(rows[workdir.name]), flush=True)
     payload = {"images": len(data), "runs": rows, "machine": bench_common.machine()}
     print(bench_common.write_results("dvae_recon", args.name, payload))
