@@ -38,7 +38,10 @@ def test_pipeline_directory_samples_identically(fixture_copy):
     images = UnCLIP.load(fixture_copy / "pipeline", num_devices=1).generate_float(
         PROMPTS, 2, seed=0
     )["images"]
-    np.testing.assert_allclose(images, expected, atol=1e-6)
+    # Not bitwise: XLA:CPU compiles for the machine's CPU (its vector width and fused
+    # multiply-adds), so sums round differently from one CPU model to another; the images written
+    # on an Intel Xeon differ on an AMD EPYC by at most 6.1e-5 (2 of 3,072 values above 1e-6).
+    np.testing.assert_allclose(images, expected, atol=5e-4, rtol=0)
 
 
 def test_training_checkpoint_resumes_and_exports(fixture_copy):
