@@ -54,7 +54,7 @@ def _stage_configs(config: ml_collections.ConfigDict, stage_arg: str | None) -> 
     config.upsampler = upsampler_demo.get_config(stage_arg)
 
 
-def _sampling() -> ml_collections.ConfigDict:
+def sampling_settings() -> ml_collections.ConfigDict:
     """Settings of the samples behind every figure."""
     return ml_collections.ConfigDict(
         dict(
@@ -117,7 +117,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     base.stage_budgets(config, ["clip", "score_clip", "prior", "decoder", "upsampler"])
 
-    config.sampling = _sampling()
+    config.sampling = sampling_settings()
     config.eval = _eval()
     # The grid of demo/samples.png: one row per prompt.
     config.grid_prompts = list(GRID_PROMPTS)

@@ -60,7 +60,6 @@ import numpy as np
 from absl import logging
 
 from configs import ar_prior_demo, clip_shapes, prior_demo
-from unclip_jax.commands.embedding import embed_source
 from unclip_jax.data import shapes_render
 from unclip_jax.data.batching import map_padded
 from unclip_jax.data.embedding_shards import EmbeddingShards
@@ -73,6 +72,7 @@ from unclip_jax.sampling.prior import (
     rerank_by_dot_product,
 )
 from unclip_jax.train import ar_prior_task, prior_task, trainers
+from unclip_jax.train.clip_embeddings import embed_source
 
 RESULTS = Path(__file__).parent / "results" / "prior_learning" / "prior_learning.json"
 BATCH = 256  # caption rows per sampler call

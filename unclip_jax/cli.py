@@ -15,6 +15,10 @@ from unclip_jax import console
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("unclip_jax.commands.train", "train one stage: --config configs/X.py --workdir DIR"),
+    "train-folder": (
+        "unclip_jax.demo.train_folder",
+        "the whole chain on your captioned images: --images DIR --workdir DIR",
+    ),
     "convert-clip": (
         "unclip_jax.commands.convert_clip",
         "Hugging Face CLIP directory -> CLIP checkpoint: --hf-dir DIR --out DIR",

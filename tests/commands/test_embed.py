@@ -9,13 +9,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from unclip_jax.commands.embedding import embed_source
 from unclip_jax.convert.hf_clip import save_clip
 from unclip_jax.data import shapes_captions
 from unclip_jax.data.embedding_shards import EmbeddingShards
 from unclip_jax.models.clip import CLIP, clip_config
 from unclip_jax.models.clip_preprocessing import clip_preprocess
 from unclip_jax.text.bpe import train_bpe
+from unclip_jax.train.clip_embeddings import embed_source
 
 
 def _clip_and_source(tmp_path):
@@ -73,7 +73,7 @@ def test_resume_with_another_shard_size_neither_repeats_nor_skips(tmp_path):
 
 
 def test_shards_of_another_layout_or_data_set_are_named(tmp_path):
-    from unclip_jax.commands.embedding import missing_ranges, shard_name
+    from unclip_jax.train.clip_embeddings import missing_ranges, shard_name
 
     (tmp_path / "emb" / "shard-00000-00000").mkdir(parents=True)
     with pytest.raises(ValueError, match="shard-00000-00000"):

@@ -89,3 +89,62 @@ def test_a_fraction_that_empties_a_split_is_named(folder, tmp_path):
         folder_captions.build(
             folder, image_size=16, validation_fraction=1e-9, data_dir=str(tmp_path / "tfds")
         )
+
+
+def test_tsv_layout(tmp_path):
+    root = tmp_path / "tsv"
+    (root / "sub").mkdir(parents=True)
+    _image(root / "a.png", 1)
+    _image(root / "sub" / "b.jpg", 2)
+    _image(root / "unlisted.png", 3)
+    rows = [
+        "file\tcaption",
+        "a.png\tfirst",
+        "sub/b.jpg\tsecond",
+        "a.png\tagain",
+        "no tab here",
+        "gone.png\tmissing",
+        "sub/b.jpg\t ",
+    ]
+    (root / "captions.tsv").write_text("\n".join(rows) + "\n")
+    scan = folder_captions.scan_folder(root)
+    assert [(str(p.relative_to(root)), c) for p, c in scan.records] == [
+        ("a.png", ("first", "again")),
+        ("sub/b.jpg", ("second",)),
+    ]
+    assert scan.skipped == {"bad_tsv_line": 1, "missing_image": 1}
+
+
+def test_coco_layout(tmp_path):
+    """COCO ships `annotations/captions_<split>.json` beside a `<split>/` image folder."""
+    root = tmp_path / "coco"
+    (root / "val2017").mkdir(parents=True)
+    (root / "annotations").mkdir()
+    _image(root / "val2017" / "000001.jpg", 1)
+    _image(root / "val2017" / "000002.jpg", 2)
+    coco = {
+        "images": [
+            {"id": 1, "file_name": "000001.jpg"},
+            {"id": 2, "file_name": "000002.jpg"},
+            {"id": 3, "file_name": "000003.jpg"},
+        ],
+        "annotations": [
+            {"image_id": 1, "caption": "A dog on a sofa."},
+            {"image_id": 1, "caption": "A sleeping dog."},
+            {"image_id": 2, "caption": "  "},
+            {"image_id": 3, "caption": "an image that is not there"},
+            {"image_id": 99, "caption": "an annotation of no image"},
+        ],
+    }
+    (root / "annotations" / "captions_val2017.json").write_text(json.dumps(coco))
+    scan = folder_captions.scan_folder(root)
+    assert [(p.name, c) for p, c in scan.records] == [
+        ("000001.jpg", ("A dog on a sofa.", "A sleeping dog.")),
+    ]
+    assert scan.skipped == {"bad_annotation": 1, "empty_caption": 1, "missing_image": 1}
+
+
+def test_coco_file_of_another_shape_is_named(tmp_path):
+    (tmp_path / "captions_train.json").write_text(json.dumps({"annotations": []}))
+    with pytest.raises(ValueError, match=r"captions_train\.json is not a COCO captions file"):
+        folder_captions.scan_folder(tmp_path)

@@ -41,7 +41,7 @@ def _pixels(images: np.ndarray) -> np.ndarray:
 def test_variation_and_interpolation_figures(pipeline_dir, smoke):
     pipe = UnCLIP.load(pipeline_dir, num_devices=1)
     s, e = smoke.sampling, smoke.eval
-    decode = evaluate._options(s, DecoderOptions)
+    decode = evaluate.options(s, DecoderOptions)
     data = _data(6)
     figures = evaluate.variation_figures(
         pipe,

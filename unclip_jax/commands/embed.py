@@ -36,11 +36,11 @@ flags.DEFINE_enum(
 
 def main(argv: list[str]) -> None:
     check_usage(argv, "config", "checkpoint", "out")
-    from unclip_jax.commands.embedding import embed_source
     from unclip_jax.convert.hf_clip import CONFIG_FILE, read_clip_config
     from unclip_jax.data.sources import open_source
     from unclip_jax.pipelines.arguments import check_count
     from unclip_jax.pipelines.outputs import check_output_dir
+    from unclip_jax.train.clip_embeddings import embed_source
 
     options = {name: check_count(f"--{name}", FLAGS[name].value) for name in SIZES}
     check_output_dir(FLAGS.out)  # writable; the shards it holds already are resumed from
@@ -51,7 +51,8 @@ def main(argv: list[str]) -> None:
         )
     read_clip_config(config_file)
     data = FLAGS.config.data
-    source = open_source(data.source, FLAGS.split, data.get("data_dir"), data.image_size)
+    held_out = data.get("validation_fraction", 0.0)
+    source = open_source(data.source, FLAGS.split, data.get("data_dir"), data.image_size, held_out)
     written = embed_source(
         FLAGS.checkpoint,
         source,

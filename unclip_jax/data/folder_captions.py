@@ -1,11 +1,16 @@
 """`folder_captions`: a TFDS builder over a user's directory of captioned images.
 
-Two layouts are read:
+Four layouts are read, the first found at the root winning:
 
+- a `captions.jsonl`, one `{"file": "sub/cat.jpg", "caption": "..."}` per line (`"captions":
+  [...]` for several), paths relative to the root;
+- a `captions.tsv`, one `sub/cat.jpg<TAB>caption` per line (a file on several lines has several
+  captions; a first line `file<TAB>caption` is a header);
+- COCO-style `captions_*.json` files (at the root or in `annotations/`, as COCO ships them:
+  `{"images": [{"id", "file_name"}], "annotations": [{"image_id", "caption"}]}`), each image
+  found at `<root>/<file_name>` or `<root>/<split>/<file_name>` for `captions_<split>.json`;
 - images with same-name `.txt` captions beside them (`cat.jpg` + `cat.txt`; one caption per
-  non-empty line), searched recursively;
-- a `captions.jsonl` at the root, one `{"file": "sub/cat.jpg", "caption": "..."}` per line
-  (`"captions": [...]` for several), paths relative to the root.
+  non-empty line), searched recursively.
 
 Images are resized (shorter side to `image_size`, bicubic) and centre-cropped to a square, stored
 as PNG in ArrayRecord. What cannot be used is skipped, never a crash: unreadable or corrupt
@@ -36,6 +41,8 @@ from unclip_jax.data.tf_setup import SourceFileBuilderMixin, hide_accelerators_f
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 CAPTIONS_FILE = "captions.jsonl"
+TSV_FILE = "captions.tsv"
+COCO_GLOB = "captions_*.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,15 +68,72 @@ def _scan_jsonl(root: pathlib.Path, skipped: collections.Counter) -> list:
         except (ValueError, KeyError, TypeError, AttributeError):
             skipped["bad_jsonl_line"] += 1
             continue
-        path = root / name
-        if not path.is_file():
-            skipped["missing_image"] += 1
-        elif path.suffix.lower() not in IMAGE_SUFFIXES:
-            skipped["not_an_image"] += 1
-        elif not captions:
-            skipped["empty_caption"] += 1
-        else:
-            records.append((path, captions))
+        _add_listed(records, skipped, root / name, captions)
+    return records
+
+
+def _add_listed(
+    records: list, skipped: collections.Counter, path: pathlib.Path, captions: tuple[str, ...]
+) -> None:
+    """Appends (path, captions) of an image named by a captions file, or counts why not."""
+    if not path.is_file():
+        skipped["missing_image"] += 1
+    elif path.suffix.lower() not in IMAGE_SUFFIXES:
+        skipped["not_an_image"] += 1
+    elif not captions:
+        skipped["empty_caption"] += 1
+    else:
+        records.append((path, captions))
+
+
+def _scan_tsv(root: pathlib.Path, skipped: collections.Counter) -> list:
+    captions: dict[str, list[str]] = {}
+    lines = (root / TSV_FILE).read_text(errors="replace").splitlines()
+    if lines and lines[0].strip().lower() == "file\tcaption":
+        lines = lines[1:]
+    for line in lines:
+        if not line.strip():
+            continue
+        name, tab, caption = line.partition("\t")
+        if not tab or not name.strip():
+            skipped["bad_tsv_line"] += 1
+            continue
+        captions.setdefault(name.strip(), []).append(caption.strip())
+    records: list = []
+    for name, texts in captions.items():
+        _add_listed(records, skipped, root / name, tuple(t for t in texts if t))
+    return records
+
+
+def _coco_files(root: pathlib.Path) -> list[pathlib.Path]:
+    return sorted([*root.glob(COCO_GLOB), *(root / "annotations").glob(COCO_GLOB)])
+
+
+def _scan_coco(root: pathlib.Path, skipped: collections.Counter) -> list:
+    records: list = []
+    for file in _coco_files(root):
+        split = file.stem.removeprefix("captions_")
+        try:
+            coco = json.loads(file.read_text(errors="replace"))
+            names = {image["id"]: image["file_name"] for image in coco["images"]}
+            annotations = coco["annotations"]
+        except (ValueError, KeyError, TypeError) as error:
+            raise ValueError(
+                f"{file} is not a COCO captions file ({{'images': [{{'id', 'file_name'}}], "
+                f"'annotations': [{{'image_id', 'caption'}}]}}): {error!r}"
+            ) from error
+        captions: dict[int, list[str]] = {image_id: [] for image_id in names}
+        for annotation in annotations:
+            image_id = annotation.get("image_id") if isinstance(annotation, dict) else None
+            if image_id not in captions:
+                skipped["bad_annotation"] += 1
+                continue
+            captions[image_id].append(str(annotation.get("caption", "")).strip())
+        for image_id, name in names.items():
+            path = root / name
+            if not path.is_file() and (root / split / name).is_file():
+                path = root / split / name
+            _add_listed(records, skipped, path, tuple(c for c in captions[image_id] if c))
     return records
 
 
@@ -102,6 +166,10 @@ def scan_folder(root: str | os.PathLike) -> FolderScan:
     skipped: collections.Counter = collections.Counter()
     if (root / CAPTIONS_FILE).is_file():
         records = _scan_jsonl(root, skipped)
+    elif (root / TSV_FILE).is_file():
+        records = _scan_tsv(root, skipped)
+    elif _coco_files(root):
+        records = _scan_coco(root, skipped)
     else:
         records = _scan_text_files(root, skipped)
     return FolderScan(tuple(records), dict(skipped))

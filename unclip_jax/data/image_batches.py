@@ -39,9 +39,15 @@ def image_batches(
 
 
 def held_out_batches(source: Sequence, *, batch_size: int, count: int, **kwargs) -> list[dict]:
-    """The first `count` batches of `source` in order (one pass, no shuffling), held in memory:
-    a trainer's evaluation set and the images of its sample grids; `kwargs` as `image_batches`'."""
-    batches = image_batches(source, batch_size=batch_size, shuffle=False, num_epochs=1, **kwargs)
+    """The first `count` batches of `source` in order (no shuffling), held in memory: a
+    trainer's evaluation set and the images of its sample grids; `kwargs` as `image_batches`'.
+    A source of fewer images than that is passed over again (its images repeat)."""
+    if len(source) == 0:
+        raise ValueError("the held-out split has no images; hold out some (validation_fraction)")
+    passes = -(-batch_size * count // len(source))
+    batches = image_batches(
+        source, batch_size=batch_size, shuffle=False, num_epochs=passes, **kwargs
+    )
     return fixed_batches(batches, count)
 
 

@@ -12,6 +12,8 @@ Built locally with no download: every example is drawn from its own seed
 
 import dataclasses
 import io
+import os
+import pathlib
 from collections.abc import Iterator
 from typing import ClassVar
 
@@ -182,3 +184,22 @@ def build(
     builder = ShapesCaptions(config=config, data_dir=data_dir)
     builder.download_and_prepare()
     return builder
+
+
+def export_folder(name: str, split: str, out: str | os.PathLike, count: int | None = None) -> int:
+    """The first `count` examples (default: all) of `split` of the config `name` written as a
+    folder of captioned images, the layout `folder_captions` reads: `<index>.png` beside
+    `<index>.txt` (one caption per line). Returns the number written."""
+    configs = {config.name: config for config in CONFIGS}
+    if name not in configs:
+        raise ValueError(f"shapes config must be one of {sorted(configs)}, got {name!r}")
+    config = configs[name]
+    total = config.num_examples[SPLIT_IDS[split]]
+    count = total if count is None else min(count, total)
+    out = pathlib.Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        example = make_example(config, split, index)
+        (out / f"{index:06d}.png").write_bytes(encode_png(example["image"]))
+        (out / f"{index:06d}.txt").write_text("\n".join(example["captions"]) + "\n")
+    return count

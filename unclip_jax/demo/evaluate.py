@@ -93,7 +93,7 @@ def timed(timings: dict[str, float], key: str, run: Callable[[], T]) -> T:
     return result
 
 
-def _options(s: ml_collections.ConfigDict, options: type) -> dict:
+def options(s: ml_collections.ConfigDict, options: type) -> dict:
     """The settings of the `sampling` section that `options` (a TypedDict of `UnCLIP`'s
     keyword options) names."""
     return {name: s[name] for name in options.__annotations__}
@@ -114,14 +114,15 @@ def samples_grid(
     out: Path,
     generate: dict,
     name: str = "samples.png",
-) -> None:
+) -> np.ndarray:
     """`<out>/<name>`: one captioned row of samples per grid prompt, drawn with the options
-    `generate`."""
+    `generate`; returns the samples, uint8 [P·n, S, S, 3] prompt-major."""
     prompts = list(config.grid_prompts)
     n = config.grid_images_per_prompt
     grid = pipe.generate(prompts, n, seed=config.sampling.seed, **generate)
     out.mkdir(parents=True, exist_ok=True)
     save_png(captioned_grid(grid.reshape(len(prompts), n, *grid.shape[1:]), prompts), out / name)
+    return grid
 
 
 def oracle_accuracy(images: np.ndarray, captions: list[str]) -> dict:
@@ -307,7 +308,7 @@ def evaluate(
     """Samples, scores and writes `<out>/samples.png`; returns the figures."""
     s, e = config.sampling, config.eval
     pipe = UnCLIP.load(pipeline_dir, progress=True)
-    generate, decode = _options(s, GenerateOptions), _options(s, DecoderOptions)
+    generate, decode = options(s, GenerateOptions), options(s, DecoderOptions)
     figures: dict = {"sampling": s.to_dict()}
     timings: dict[str, float] = {}
 

@@ -11,8 +11,6 @@ written: `<out>/samples.png` (one row per prompt of `config.grid_prompts`) and
 interpolations, text diffs, stage times and the machine's load).
 """
 
-import subprocess
-import sys
 from pathlib import Path
 
 import ml_collections
@@ -22,26 +20,7 @@ from unclip_jax.demo import stages
 STAGES = ("data", "clip", "score_clip", "embeddings", "prior", "ar_prior", "decoder", "upsampler")
 
 
-def _embed(config: ml_collections.ConfigDict, workdir: Path) -> stages.StageFn:
-    """`unclip embed` of the train and test splits with the conditioning CLIP (token states)."""
-
-    def embed(stage_dir: Path) -> None:
-        for split in ("train", "test"):
-            command = [
-                sys.executable, "-m", "unclip_jax.cli", "embed",
-                "--config=configs/clip_shapes.py",
-                f"--config.data.source={config.data_source}",
-                f"--checkpoint={workdir / 'clip' / 'clip'}",
-                f"--out={stage_dir / split}",
-                f"--split={split}",
-                "--token_states",
-                "--storage_dtype=float32",
-            ]  # fmt: skip
-            if config.data_dir:
-                command.append(f"--config.data.data_dir={config.data_dir}")
-            subprocess.run(command, check=True)
-
-    return embed
+SPLITS = {"train": "train", "test": "test"}  # embeddings folder -> source split
 
 
 def stage_configs(config: ml_collections.ConfigDict, workdir: Path) -> dict:
@@ -62,7 +41,8 @@ def steps(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, stages.
         "data": stages.shapes_data(config),
         "clip": stages.trained(sections["clip"]),
         "score_clip": stages.trained(sections["score_clip"]),
-        "embeddings": _embed(config, workdir),
+        # the embeddings of the images the decoder reads, with the conditioning CLIP
+        "embeddings": stages.embedded(workdir / "clip" / "clip", sections["decoder"].data, SPLITS),
         "prior": stages.trained(sections["prior"]),
         "ar_prior": stages.trained(sections["ar_prior"]),
         "decoder": stages.trained(sections["decoder"]),

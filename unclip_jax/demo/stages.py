@@ -41,13 +41,18 @@ class Demo:
     metrics_file: str  # written into `out`
 
 
-def define_flags(config: str, workdir: str, outputs: str) -> None:
+def define_flags(config: str, workdir: str, outputs: str, demo_out: str = "demo") -> None:
     """The demo's flags, with a driver's defaults; defined by the entry point only: importing a
     driver (tests) leaves the process-wide registry to `unclip train`, which defines `--config`
-    and `--workdir` too."""
-    config_flags.DEFINE_config_file("config", config, "The demo configuration.")
-    flags.DEFINE_string("workdir", workdir, "Directory for data, stage workdirs, pipeline.")
-    flags.DEFINE_string("demo_out", "demo", f"Directory for {outputs}.")
+    and `--workdir` too (where both are imported, as `unclip train-folder` and `unclip train` in
+    one process, the later definition stands)."""
+    config_flags.DEFINE_config_file(
+        "config", config, "The demo configuration.", allow_override=True
+    )
+    flags.DEFINE_string(
+        "workdir", workdir, "Directory for data, stage workdirs, pipeline.", allow_override=True
+    )
+    flags.DEFINE_string("demo_out", demo_out, f"Directory for {outputs}.")
     flags.DEFINE_list("force", [], "Stages to re-run even when finished ('all' for every stage).")
     flags.DEFINE_list(
         "stages", [], "Run only these stages (e.g. in a second process); sampling waits for all."
@@ -127,6 +132,28 @@ def trained(stage: ml_collections.ConfigDict) -> StageFn:
             )
 
     return train
+
+
+def embedded(clip_dir: Path, data: ml_collections.ConfigDict, splits: Mapping[str, str]) -> StageFn:
+    """`unclip embed` with the CLIP at `clip_dir` (token states kept, float32) of each split of
+    the `data` section's source into `<stage>/<name>` for each `name: split` of `splits`: the
+    priors' embedding shards."""
+
+    def embed(stage_dir: Path) -> None:
+        from unclip_jax.data.sources import open_source
+        from unclip_jax.train.clip_embeddings import embed_source
+
+        for name, split in splits.items():
+            source = open_source(
+                data.source,
+                split,
+                data.get("data_dir"),
+                data.image_size,
+                data.get("validation_fraction", 0.0),
+            )
+            embed_source(clip_dir, source, stage_dir / name, token_states=True, dtype="float32")
+
+    return embed
 
 
 def shapes_data(config: ml_collections.ConfigDict) -> StageFn:

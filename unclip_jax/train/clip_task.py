@@ -232,8 +232,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> None:
     """`unclip train` entry point (trainer "clip")."""
     from unclip_jax.data.sources import open_source
 
-    size = config.data.image_size
-    train_source = open_source(config.data.source, "train", config.data.data_dir, size)
+    size, held_out = config.data.image_size, config.data.get("validation_fraction", 0.0)
+    train_source = open_source(config.data.source, "train", config.data.data_dir, size, held_out)
     eval_source = None
     if config.data.source.startswith("shapes_captions"):
         eval_source = open_source(config.data.source, "test", config.data.data_dir, size)
