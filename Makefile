@@ -15,7 +15,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 $(STAMP): setup.py constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[train,test]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[train,test,serve]'
 	$(BIN)/python -m pip install -q --no-deps -c constraints.txt dall-e==0.1
 	touch $(STAMP)
 

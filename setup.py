@@ -41,12 +41,16 @@ setup(
             "pytest>=8,<10",
             "pytest-xdist>=3.6,<4",
             "ruff>=0.15,<0.18",
+            # the serve page driven in Debian's Chromium (chromium, chromium-driver)
+            "selenium>=4.51,<5",
             # the notebook: its jupytext pair read, executed on the CPU
             "jupytext>=1.16,<2",
             "nbclient>=0.10,<0.12",
             "nbformat>=5.10,<6",
             "ipykernel>=6.29,<8",
         ],
+        # `unclip serve`: the local web page.
+        "serve": ["gradio>=6.31,<7"],
         # Deviceless TPU compilation (jax.experimental.topologies) for the paper-size configs.
         "tpu": ["jax[tpu]==0.10.2"],
     },

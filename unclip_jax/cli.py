@@ -55,6 +55,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "unclip_jax.commands.textdiff",
         "edit an image by a caption change: IMAGE --from CAPTION --to CAPTION --checkpoint DIR",
     ),
+    "serve": (
+        "unclip_jax.commands.serve",
+        "a local web page: prompt -> images, image -> variations: --checkpoint DIR [--port 7860]",
+    ),
     "eval": (
         "unclip_jax.commands.evaluate",
         "oracle accuracy and CLIP score of generated images: --images DIR [--score_clip DIR]",
@@ -69,6 +73,7 @@ EXTRA_MODULES = {
     "tensorboardX": "train",
     "torch": "test",
     "diffusers": "test",
+    "gradio": "serve",
 }
 
 
