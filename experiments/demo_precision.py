@@ -17,6 +17,7 @@ import numpy as np
 
 from configs import demo as demo_config
 from experiments import bench_common
+from unclip_jax.demo.evaluate import options as settings_of
 from unclip_jax.demo.evaluate import oracle_accuracy, single_captions
 from unclip_jax.pipelines.arguments import GenerateOptions
 from unclip_jax.pipelines.unclip import UnCLIP
@@ -47,7 +48,7 @@ def main() -> None:
     config = demo_config.get_config()
     s = config.sampling
     captions = single_captions(args.num or config.eval.num_single)
-    options = {name: s[name] for name in GenerateOptions.__annotations__}
+    options = settings_of(s, GenerateOptions)
     rows, drawn = {}, {}
     for dtype in DTYPES:
         images, seconds = sample(pathlib.Path(args.pipeline), dtype, captions, s.seed + 1, options)

@@ -1,7 +1,7 @@
 """What a run prints: the package's own lines (one per stage, checkpoint or logged step), every
 warning and error, and progress bars; the INFO chatter of libraries (orbax, TFDS, absl) only with
 `--log_level=info`. While a log file is open (a workdir's `run.log`), every line of every level
-also goes there.
+also goes there; the file may be in a bucket (gs://, through epath).
 
     console.configure(FLAGS.log_level)
     with console.log_file(workdir / console.LOG_FILE):
@@ -10,11 +10,14 @@ also goes there.
 
 import contextlib
 import logging
+import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from absl import flags
 from absl import logging as absl_logging
+from etils import epath
 
 LOG_FILE = "run.log"
 LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
@@ -57,19 +60,38 @@ def configure(level: str = "warning") -> None:
     console.addFilter(_installed[0])
 
 
+class _FileStream(logging.StreamHandler):
+    """Records to an open file, flushed after a record at most every `flush_seconds` (0: after
+    each) and when the file closes."""
+
+    def __init__(self, stream: object, flush_seconds: float):
+        super().__init__(stream)
+        self.flush_seconds = flush_seconds
+        self._flushed = time.monotonic()
+
+    def flush(self) -> None:
+        now = time.monotonic()
+        if now - self._flushed >= self.flush_seconds:
+            super().flush()
+            self._flushed = now
+
+
 @contextlib.contextmanager
-def log_file(path: Path) -> Iterator[None]:
-    """Every record of every level also goes to `path` (appended; its folder made) inside the
-    block."""
+def log_file(path: str | os.PathLike, flush_seconds: float = 0.0) -> Iterator[None]:
+    """Every record of every level also goes to `path` (local or a URI; appended; its folder
+    made) inside the block. `flush_seconds` > 0 spaces the flushes: a file in a bucket is
+    uploaded whole at each one."""
+    path = epath.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)s %(filename)s:%(lineno)d] %(message)s")
-    )
-    root = logging.getLogger()
-    root.addHandler(handler)
-    try:
-        yield
-    finally:
-        root.removeHandler(handler)
-        handler.close()
+    with path.open("a") as stream:
+        handler = _FileStream(stream, flush_seconds)
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(filename)s:%(lineno)d] %(message)s")
+        )
+        root = logging.getLogger()
+        root.addHandler(handler)
+        try:
+            yield
+        finally:
+            root.removeHandler(handler)
+            handler.close()

@@ -21,9 +21,9 @@ def no_space() -> OSError:
 
 
 def fail_event_write(n: int) -> None:
-    from tensorboardX import event_file_writer
+    from unclip_jax.train import run_log
 
-    write = event_file_writer.EventsWriter.write_event
+    write = run_log.EventFile.write
     count = [0]
 
     def failing(self, event):
@@ -32,7 +32,7 @@ def fail_event_write(n: int) -> None:
             raise no_space()
         return write(self, event)
 
-    event_file_writer.EventsWriter.write_event = failing
+    run_log.EventFile.write = failing
 
 
 def fail_checkpoint_commit(step: int) -> None:

@@ -14,7 +14,6 @@ import json
 import pathlib
 import pickletools
 import re
-import shutil
 import zipfile
 from collections.abc import Mapping
 
@@ -22,12 +21,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 from flax import traverse_util
 
 from unclip_jax.models.dvae import DVAEConfig, DVAEDecoder, DVAEEncoder
 from unclip_jax.storage import checkpoints
 from unclip_jax.storage.checkpoints import read_params, write_params
 from unclip_jax.storage.json_files import read_json
+from unclip_jax.storage.locations import commit, location, temporary_sibling
 
 Params = dict
 CONFIG_FILE = "dvae_config.json"
@@ -275,7 +276,7 @@ def load_openai_dvae(
 # ----------------------------------------------------------------------------- our checkpoints
 
 
-def check_save_target(directory: str | pathlib.Path) -> pathlib.Path:
+def check_save_target(directory: str | pathlib.Path) -> epath.Path:
     """Where `save_dvae` may write: new, empty, or an earlier dVAE checkpoint (it replaces it)."""
     return checkpoints.check_save_target(directory, CONFIG_FILE, "dVAE")
 
@@ -286,14 +287,11 @@ def save_dvae(
     """Write `dvae_config.json` and `encoder/`, `decoder/` (orbax, `write_params`) under
     `directory`, through a temporary sibling renamed at the end (no half checkpoint is left)."""
     path = check_save_target(directory)
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = temporary_sibling(path)
     for half in HALVES:
         write_params(tmp / half, variables[half])
     (tmp / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2))
-    shutil.rmtree(path, ignore_errors=True)
-    tmp.rename(path)
+    commit(tmp, path)
 
 
 def read_dvae_config(file: pathlib.Path) -> DVAEConfig:
@@ -307,7 +305,7 @@ def read_dvae_config(file: pathlib.Path) -> DVAEConfig:
 def load_dvae(directory: str | pathlib.Path) -> tuple[DVAEConfig, dict[str, Params]]:
     """(config, {"encoder": {"params": ...}, "decoder": {...}}) saved by `save_dvae` (numpy on
     the host); every shape is checked against the config."""
-    path = pathlib.Path(directory).absolute()
+    path = location(directory)
     if not (path / CONFIG_FILE).is_file():
         raise FileNotFoundError(f"{path} is not a dVAE checkpoint: no {CONFIG_FILE}")
     config = read_dvae_config(path / CONFIG_FILE)

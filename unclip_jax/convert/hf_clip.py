@@ -16,12 +16,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 from flax import traverse_util
 
 from unclip_jax.models.clip import CLIP, CLIPConfig, TextConfig, VisionConfig
 from unclip_jax.models.frozen_clip import FrozenCLIP
 from unclip_jax.nn.precision import cast_floats, compute_dtype
 from unclip_jax.storage.json_files import read_json
+from unclip_jax.storage.locations import location
 
 Params = dict
 
@@ -270,8 +272,8 @@ def read_state_dict(hf_dir: pathlib.Path) -> dict[str, np.ndarray]:
     )
 
 
-def _existing_dir(directory: str | pathlib.Path, what: str) -> pathlib.Path:
-    path = pathlib.Path(directory)
+def _existing_dir(directory: str | pathlib.Path, what: str) -> epath.Path:
+    path = epath.Path(directory)
     if not path.exists():
         raise FileNotFoundError(f"{what} {str(path)!r} does not exist")
     if not path.is_dir():
@@ -296,17 +298,18 @@ def load_hf_clip(hf_dir: str | pathlib.Path) -> tuple[CLIPConfig, Params]:
 
 
 def save_clip(directory: str | pathlib.Path, config: CLIPConfig, params: Params) -> None:
-    """Write `clip_config.json` and the orbax parameter checkpoint `params/` under directory."""
+    """Write `clip_config.json` and the orbax parameter checkpoint `params/` under directory
+    (local or a URI)."""
     import orbax.checkpoint as ocp
 
-    path = pathlib.Path(directory).absolute()
+    path = location(directory)
     path.mkdir(parents=True, exist_ok=True)
     (path / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2))
     with ocp.StandardCheckpointer() as checkpointer:
         checkpointer.save(path / PARAMS_DIR, jax.tree.map(jnp.asarray, params), force=True)
 
 
-def read_clip_config(file: pathlib.Path) -> CLIPConfig:
+def read_clip_config(file: str | pathlib.Path) -> CLIPConfig:
     """The CLIPConfig of a `clip_config.json`; ValueError naming the file when it is not one."""
     try:
         return CLIPConfig.from_dict(read_json(file, "CLIP checkpoint"))
@@ -318,7 +321,7 @@ def load_clip(directory: str | pathlib.Path) -> tuple[CLIPConfig, Params]:
     """(config, {"params": ...}) saved by `save_clip`; shapes are checked against the config."""
     import orbax.checkpoint as ocp
 
-    path = _existing_dir(directory, "CLIP checkpoint directory").absolute()
+    path = location(_existing_dir(directory, "CLIP checkpoint directory"))
     if not (path / CONFIG_FILE).is_file() or not (path / PARAMS_DIR).is_dir():
         raise FileNotFoundError(
             f"{str(path)!r} is not a CLIP checkpoint: expected {CONFIG_FILE} and {PARAMS_DIR}/"
@@ -361,6 +364,7 @@ def load_frozen_clip(directory: str | pathlib.Path, dtype: str | None = None) ->
 def convert_directory(hf_dir: str | pathlib.Path, out: str | pathlib.Path) -> int:
     """`hf_dir` (Hugging Face CLIP) -> our checkpoint at `out`, its tokenizer (when `hf_dir`
     has one) in `out/tokenizer`; returns the number of parameters."""
+    from unclip_jax.storage.tokenizers import save_tokenizer
     from unclip_jax.text.tokenizer import CLIPTokenizer
 
     config, params = load_hf_clip(hf_dir)
@@ -368,7 +372,7 @@ def convert_directory(hf_dir: str | pathlib.Path, out: str | pathlib.Path) -> in
     hf_path = pathlib.Path(hf_dir)
     if (hf_path / "vocab.json").is_file() or (hf_path / "tokenizer.json").is_file():
         tokenizer = CLIPTokenizer.from_pretrained(hf_path, config.text.context_length)
-        tokenizer.save(pathlib.Path(out) / TOKENIZER_DIR)
+        save_tokenizer(tokenizer, epath.Path(out) / TOKENIZER_DIR)
     count = num_params(params)
     print(f"converted {hf_dir} -> {out}: {count:,} parameters")
     return count

@@ -10,13 +10,13 @@ the diffusers converter (`diffusers_unclip`) check tensors against them.
 import dataclasses
 import json
 import pathlib
-import shutil
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 from flax import traverse_util
 
 from unclip_jax.diffusion.karlo import KarloScheduler
@@ -25,6 +25,7 @@ from unclip_jax.models.prior import DiffusionPrior, EmbeddingNormalizer
 from unclip_jax.models.unet import Decoder, UNetConfig, Upsampler
 from unclip_jax.storage import checkpoints
 from unclip_jax.storage.json_files import read_json
+from unclip_jax.storage.locations import commit, location, temporary_sibling
 
 Params = dict[str, Any]
 
@@ -158,7 +159,7 @@ def _stage_trees(checkpoint: KarloCheckpoint) -> dict[str, Params]:
     return trees
 
 
-def check_save_target(directory: str | pathlib.Path) -> pathlib.Path:
+def check_save_target(directory: str | pathlib.Path) -> epath.Path:
     """Where `save_karlo` may write: new, empty, or an earlier Karlo checkpoint (it replaces it)."""
     return checkpoints.check_save_target(directory, CONFIG_FILE, "Karlo")
 
@@ -171,22 +172,20 @@ def save_karlo(checkpoint: KarloCheckpoint, directory: str | pathlib.Path) -> No
     """
     import orbax.checkpoint as ocp
 
+    from unclip_jax.storage.tokenizers import save_tokenizer
     from unclip_jax.text.tokenizer import CLIPTokenizer
 
     path = check_save_target(directory)
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = temporary_sibling(path)
     if checkpoint.tokenizer_dir is not None:
         context = checkpoint.text_encoder.config.context_length
         tokenizer = CLIPTokenizer.from_pretrained(checkpoint.tokenizer_dir, context)
-        tokenizer.save(tmp / "tokenizer")
+        save_tokenizer(tokenizer, tmp / "tokenizer")
     with ocp.StandardCheckpointer() as checkpointer:
         for name, tree in _stage_trees(checkpoint).items():
             checkpointer.save(tmp / name, jax.tree.map(jnp.asarray, tree))
     (tmp / CONFIG_FILE).write_text(json.dumps(checkpoint_config(checkpoint), indent=2))
-    shutil.rmtree(path, ignore_errors=True)
-    tmp.rename(path)
+    commit(tmp, path)
 
 
 def _read_config(path: pathlib.Path) -> dict[str, Any]:
@@ -232,7 +231,7 @@ def load_karlo(directory: str | pathlib.Path) -> KarloCheckpoint:
     """The checkpoint `save_karlo` wrote; every stage's shapes checked against its config."""
     import orbax.checkpoint as ocp
 
-    path = pathlib.Path(directory).absolute()
+    path = location(directory)
     config = _read_config(path)
     text_encoder, prior, decoder, super_res = _modules(config)
     schedulers = {k: KarloScheduler.from_dict(v) for k, v in config["schedulers"].items()}

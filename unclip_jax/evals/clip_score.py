@@ -4,16 +4,17 @@ Scoring with the CLIP whose embeddings drove the prior and decoder would reward 
 matching that model's quirks, so the demo trains a second CLIP from another seed for scoring.
 """
 
+import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import jax
 import numpy as np
+from etils import epath
 
 from unclip_jax.convert import hf_clip
 from unclip_jax.data.batching import map_padded
 from unclip_jax.models.clip import normalize
-from unclip_jax.text import tokenizer as tokenizer_lib
+from unclip_jax.storage.tokenizers import load_tokenizer
 
 BATCH = 64  # images or captions per encoder call (the last call is padded to it)
 
@@ -21,10 +22,10 @@ BATCH = 64  # images or captions per encoder call (the last call is padded to it
 class CLIPScorer:
     """`scorer(images, captions) -> [N]` CLIP scores; images uint8 [N, H, W, 3]."""
 
-    def __init__(self, directory: str | Path):
-        directory = Path(directory)
+    def __init__(self, directory: str | os.PathLike):
+        directory = epath.Path(directory)
         clip = hf_clip.load_frozen_clip(directory)
-        self.tokenizer = tokenizer_lib.load_tokenizer(directory / hf_clip.TOKENIZER_DIR)
+        self.tokenizer = load_tokenizer(directory / hf_clip.TOKENIZER_DIR)
         images = jax.jit(lambda c, x: normalize(c.encode_image(x)))
         texts = jax.jit(lambda c, ids, mask: normalize(c.encode_text(ids, mask)[0]))
         self._images = lambda x: images(clip, x)

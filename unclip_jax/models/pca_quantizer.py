@@ -13,11 +13,13 @@ image embedding, the buckets of z_i·z_t with their training histogram (sampling
 from its top half), and the training embeddings' mean norm (samples are decoded at that scale).
 """
 
-from pathlib import Path
+import io
+import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 from flax import struct
 
 Array = jax.Array
@@ -195,34 +197,36 @@ def fit_quantizers(
     )
 
 
-def save_quantizers(quantizers: ARQuantizers, path: str | Path) -> None:
+def save_quantizers(quantizers: ARQuantizers, path: str | os.PathLike) -> None:
+    """The quantizers as an .npz file at `path` (local or a URI)."""
     pca = quantizers.pca
     optional = {
         name: np.asarray(getattr(quantizers, name))
         for name in ("dot_counts", "image_norm")
         if getattr(quantizers, name) is not None
     }
-    with open(path, "wb") as f:  # np.savez would append ".npz" to a path without it
-        np.savez(
-            f,
-            mean=np.asarray(pca.mean),
-            components=np.asarray(pca.components),
-            explained_variance=np.asarray(pca.explained_variance),
-            low=np.asarray(pca.quantizer.low),
-            high=np.asarray(pca.quantizer.high),
-            num_buckets=pca.num_buckets,
-            dot_low=np.asarray(quantizers.dot.low),
-            dot_high=np.asarray(quantizers.dot.high),
-            num_dot_buckets=quantizers.dot.num_buckets,
-            sample_dot_bucket=np.asarray(quantizers.sample_dot_bucket),
-            **optional,
-        )
+    file = io.BytesIO()  # written whole: a path to np.savez would gain ".npz"
+    np.savez(
+        file,
+        mean=np.asarray(pca.mean),
+        components=np.asarray(pca.components),
+        explained_variance=np.asarray(pca.explained_variance),
+        low=np.asarray(pca.quantizer.low),
+        high=np.asarray(pca.quantizer.high),
+        num_buckets=pca.num_buckets,
+        dot_low=np.asarray(quantizers.dot.low),
+        dot_high=np.asarray(quantizers.dot.high),
+        num_dot_buckets=quantizers.dot.num_buckets,
+        sample_dot_bucket=np.asarray(quantizers.sample_dot_bucket),
+        **optional,
+    )
+    epath.Path(path).write_bytes(file.getvalue())
 
 
-def load_quantizers(path: str | Path) -> ARQuantizers:
-    """The quantizers of `save_quantizers`; files without the histogram or the norm (written
-    before they were kept) load with None there."""
-    with np.load(path) as f:
+def load_quantizers(path: str | os.PathLike) -> ARQuantizers:
+    """The quantizers of `save_quantizers` (local or a URI); files without the histogram or the
+    norm (written before they were kept) load with None there."""
+    with np.load(io.BytesIO(epath.Path(path).read_bytes())) as f:
         a = {k: f[k] for k in f.files}
     pca = PCAQuantizer(
         mean=jnp.asarray(a["mean"]),

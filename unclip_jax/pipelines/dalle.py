@@ -42,7 +42,8 @@ from unclip_jax.pipelines.images import (
 from unclip_jax.pipelines.stages import TextImageEncoder, check_params, reading
 from unclip_jax.sampling.dalle import check_truncation, make_dalle_sampler
 from unclip_jax.sampling.rerank import best_rows, clip_scores
-from unclip_jax.text.tokenizer import Tokenizer, load_tokenizer
+from unclip_jax.storage.tokenizers import load_tokenizer
+from unclip_jax.text.tokenizer import Tokenizer
 
 Array = jax.Array
 Params = Any

@@ -21,9 +21,11 @@ on, writing a temporary sibling that is renamed at the end:
 """
 
 import dataclasses
+import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
+
+from etils import epath
 
 from unclip_jax.convert import dvae as dvae_checkpoint
 from unclip_jax.models.dalle import sized_config
@@ -47,7 +49,8 @@ from unclip_jax.pipelines.store import (
 from unclip_jax.storage import run_record
 from unclip_jax.storage.checkpoints import restore_ema_params
 from unclip_jax.storage.json_files import jsonable
-from unclip_jax.text.tokenizer import META_FILE, Tokenizer, load_tokenizer
+from unclip_jax.storage.tokenizers import load_tokenizer, save_tokenizer
+from unclip_jax.text.tokenizer import META_FILE, Tokenizer
 
 DVAE_DIR, TRANSFORMER = "dvae", "transformer"
 DVAE_FILES = (dvae_checkpoint.CONFIG_FILE, *dvae_checkpoint.HALVES)
@@ -61,13 +64,13 @@ DEFAULT_SAMPLING = {"temperature": 1.0, "top_k": 0, "top_p": 1.0}
 class DalleFiles:
     """A DALL·E pipeline directory as read, every file named in its errors."""
 
-    clip_dir: Path
+    clip_dir: epath.Path
     dvae: tuple[DVAEConfig, dict[str, Any]]  # (config, {"encoder": {"params"}, "decoder": ...})
     transformer: StageFiles
-    tokenizer_dir: Path
+    tokenizer_dir: epath.Path
 
 
-def check_dalle_dir(directory: str | Path) -> Path:
+def check_dalle_dir(directory: str | os.PathLike) -> epath.Path:
     """The directory after checking its manifest (kind "dalle") and that every part is present;
     one error naming the directory, the file or the first missing part."""
     path, manifest = read_manifest(directory)
@@ -81,7 +84,7 @@ def check_dalle_dir(directory: str | Path) -> Path:
     return path
 
 
-def read_dalle_pipeline(directory: str | Path) -> DalleFiles:
+def read_dalle_pipeline(directory: str | os.PathLike) -> DalleFiles:
     """The parts of a DALL·E pipeline directory (see the module docstring), checked as read."""
     path = check_dalle_dir(directory)
     return DalleFiles(
@@ -107,38 +110,38 @@ def transformer_settings(config: Any, tokenizer: Tokenizer, dvae: DVAEConfig) ->
 
 
 def write_dalle_pipeline(
-    out_dir: str | Path,
+    out_dir: str | os.PathLike,
     *,
-    clip_dir: str | Path,
+    clip_dir: str | os.PathLike,
     dvae: tuple[DVAEConfig, Mapping[str, Any]],
     transformer: tuple[dict, Any],
     tokenizer: Tokenizer,
     stage_records: Mapping[str, list[dict]] | None = None,
-) -> Path:
+) -> epath.Path:
     """Writes a DALL·E pipeline directory from the dVAE's (config, variables), the
     transformer's (stage.json settings, params), its tokenizer and a saved CLIP directory (with
     its tokenizer/); atomic: a temporary sibling renamed at the end."""
     out, tmp = start_directory(out_dir, clip_dir)
     dvae_checkpoint.save_dvae(tmp / DVAE_DIR, *dvae)
     write_stage(tmp / TRANSFORMER, *transformer)
-    tokenizer.save(tmp / TRANSFORMER / TOKENIZER_DIR)
+    save_tokenizer(tokenizer, tmp / TRANSFORMER / TOKENIZER_DIR)
     return finish_directory(tmp, out, DALLE_KIND, {}, stage_records)
 
 
 def export_dalle_pipeline(
-    out_dir: str | Path,
+    out_dir: str | os.PathLike,
     *,
-    clip_dir: str | Path,
-    dalle: tuple[Any, str | Path],
-    dvae_dir: str | Path | None = None,
+    clip_dir: str | os.PathLike,
+    dalle: tuple[Any, str | os.PathLike],
+    dvae_dir: str | os.PathLike | None = None,
     tokenizer_dir: str = "tokenizer",
-) -> Path:
+) -> epath.Path:
     """A DALL·E pipeline directory from the "dalle" trainer's (config, workdir): the EMA
     parameters of the workdir's latest complete checkpoint, the run's BPE (`tokenizer_dir` in the
     workdir, `train/dalle_task.py`), and the dVAE checkpoint at `dvae_dir` (default: the one it
     was trained on, `config.dvae_dir`); `clip_dir` is the saved CLIP that reranks."""
     config, workdir = dalle
-    workdir = Path(workdir)
+    workdir = epath.Path(workdir)
     dvae_dir = dvae_dir or config.get("dvae_dir")
     if not dvae_dir:
         raise ValueError(

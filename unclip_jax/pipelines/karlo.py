@@ -17,11 +17,12 @@ none), and the prior fed `latents` [B, D] (its x_T), to reproduce another implem
 """
 
 import dataclasses
-from pathlib import Path
+import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 
 from unclip_jax.convert.karlo_checkpoint import KarloCheckpoint, load_karlo
 from unclip_jax.nn.precision import cast_floats, compute_dtype
@@ -34,7 +35,7 @@ from unclip_jax.sampling.karlo import (
     karlo_schedule,
 )
 from unclip_jax.sampling.prior import EncodedCaption
-from unclip_jax.text import tokenizer as tokenizer_lib
+from unclip_jax.storage.tokenizers import load_tokenizer
 
 Array = jax.Array
 # The empty caption's encoding, Karlo's unconditional input: embed [1, P], states [1, L, Dt],
@@ -69,12 +70,12 @@ class KarloSampling:
 class KarloTextEncoder:
     """Karlo's CLIP text encoder and tokenizer: captions → (z_t, token states)."""
 
-    def __init__(self, checkpoint: KarloCheckpoint, directory: Path):
+    def __init__(self, checkpoint: KarloCheckpoint, directory: epath.Path):
         if checkpoint.tokenizer_dir is None:
             raise FileNotFoundError(f"Karlo checkpoint {str(directory)!r} has no tokenizer/")
         self.model = checkpoint.text_encoder
         self.params = checkpoint.params["text_encoder"]
-        self.tokenizer = tokenizer_lib.load_tokenizer(checkpoint.tokenizer_dir)
+        self.tokenizer = load_tokenizer(checkpoint.tokenizer_dir)
         self._text = jax.jit(self._encode_text)
 
     @property
@@ -230,10 +231,10 @@ class KarloSuperResStage:
         return cache_size(self.chain.compiled)
 
 
-def is_karlo_checkpoint(directory: str | Path) -> bool:
+def is_karlo_checkpoint(directory: str | os.PathLike) -> bool:
     from unclip_jax.convert.karlo_checkpoint import CONFIG_FILE
 
-    return (Path(directory) / CONFIG_FILE).is_file()
+    return (epath.Path(directory) / CONFIG_FILE).is_file()
 
 
 def computing_in(checkpoint: KarloCheckpoint, dtype: str | None) -> KarloCheckpoint:
@@ -248,13 +249,13 @@ def computing_in(checkpoint: KarloCheckpoint, dtype: str | None) -> KarloCheckpo
 
 
 def load_karlo_stages(
-    directory: str | Path, dtype: str | None = None
+    directory: str | os.PathLike, dtype: str | None = None
 ) -> tuple[KarloTextEncoder, KarloPriorStage, KarloDecoderStage, list[KarloSuperResStage]]:
     """(text encoder, prior, decoder, [super-res]) of a `save_karlo` directory, computing in
     `dtype` (None: as saved)."""
     checkpoint = computing_in(load_karlo(directory), dtype)
     chains = karlo_chains(checkpoint)
-    text = KarloTextEncoder(checkpoint, Path(directory))
+    text = KarloTextEncoder(checkpoint, epath.Path(directory))
     null = text.null_caption()
     return (
         text,

@@ -15,8 +15,8 @@ replicated): the programs are written batch-wise and XLA partitions them. Every 
 """
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import flax
@@ -33,7 +33,7 @@ from unclip_jax.pipelines import store
 from unclip_jax.sampling.decoder import DecoderChain, UpsamplerChain
 from unclip_jax.sampling.prior import EncodedCaption, make_prior_sampler
 from unclip_jax.sampling.settings import DiffusionSettings
-from unclip_jax.text import tokenizer as tokenizer_lib
+from unclip_jax.storage.tokenizers import load_tokenizer
 
 Array = jax.Array
 Params = Any
@@ -80,11 +80,11 @@ def reading(stage: store.StageFiles) -> Iterator[dict]:
 class TextImageEncoder:
     """The conditioning CLIP and its tokenizer."""
 
-    def __init__(self, directory: Path, dtype: str | None = None):
+    def __init__(self, directory: str | os.PathLike, dtype: str | None = None):
         """`dtype`: a name of `nn.precision`'s COMPUTE_DTYPES to compute in (None: float32)."""
         self.clip = hf_clip.load_frozen_clip(directory, dtype)
         self.config = self.clip.model.config
-        self.tokenizer = tokenizer_lib.load_tokenizer(directory / store.TOKENIZER_DIR)
+        self.tokenizer = load_tokenizer(directory / store.TOKENIZER_DIR)
         self._text = jax.jit(FrozenCLIP.encode_text)
         self._image = jax.jit(FrozenCLIP.encode_image)
 

@@ -23,16 +23,18 @@ shares the manifest, clip/ and stage.json files). `diffusion` sections take the 
 configs' names: schedule, train_steps, sample_steps, prediction ("eps", "x0", "v"),
 learned_variance. `export_pipeline` assembles the directory from stage workdirs (EMA parameters
 of their latest checkpoint) and their configs, writing to a temporary sibling first so that an
-interrupted export leaves nothing half-written.
+interrupted export leaves nothing half-written. Directories and workdirs may be local or URIs
+(gs://, `storage.locations`).
 """
 
 import dataclasses
 import json
-import shutil
+import os
 import zipfile
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
+
+from etils import epath
 
 from unclip_jax.diffusion import analytic
 from unclip_jax.models.pca_quantizer import ARQuantizers, load_quantizers, save_quantizers
@@ -41,6 +43,7 @@ from unclip_jax.sampling.settings import DiffusionSettings
 from unclip_jax.storage import run_record
 from unclip_jax.storage.checkpoints import read_params, restore_ema_params, write_params
 from unclip_jax.storage.json_files import jsonable, read_json
+from unclip_jax.storage.locations import commit, copy_tree, location, temporary_sibling
 
 MANIFEST = "unclip.json"
 STAGE_FILE = "stage.json"
@@ -63,7 +66,7 @@ def upsampler_name(index: int) -> str:
     return f"upsampler_{index}"
 
 
-def write_stage(directory: Path, settings: Mapping[str, Any], params: Any) -> None:
+def write_stage(directory: epath.Path, settings: Mapping[str, Any], params: Any) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / STAGE_FILE).write_text(json.dumps(jsonable(settings), indent=2))
     write_params(directory / PARAMS_DIR, params)
@@ -78,7 +81,7 @@ class StageFiles:
     """One stage directory as read: its stage.json (checked to hold the sections its kind needs)
     and its parameters (host arrays)."""
 
-    directory: Path
+    directory: epath.Path
     settings: dict
     params: Any
 
@@ -96,7 +99,7 @@ class StageFiles:
 class PipelineFiles:
     """A pipeline directory as read, every file named in its errors."""
 
-    clip_dir: Path
+    clip_dir: epath.Path
     prior: StageFiles  # the prior asked for (`prior_kind`)
     decoder: StageFiles
     upsamplers: list[StageFiles]
@@ -113,10 +116,10 @@ STAGE_SECTIONS = {
 }
 
 
-def read_manifest(directory: str | Path) -> tuple[Path, dict]:
+def read_manifest(directory: str | os.PathLike) -> tuple[epath.Path, dict]:
     """(path, manifest) of a pipeline directory of any kind, its format and kind checked; one
     error naming the directory or the file."""
-    path = Path(directory)
+    path = epath.Path(directory)
     if path.is_file():
         raise NotADirectoryError(f"checkpoint {str(path)!r} is a file, not a pipeline directory")
     if not path.is_dir():
@@ -138,12 +141,12 @@ def read_manifest(directory: str | Path) -> tuple[Path, dict]:
     return path, {**manifest, "kind": kind}
 
 
-def pipeline_kind(directory: str | Path) -> str:
+def pipeline_kind(directory: str | os.PathLike) -> str:
     """The kind of pipeline a directory holds, a key of KIND_NAMES, from its manifest."""
     return read_manifest(directory)[1]["kind"]
 
 
-def check_kind(path: Path, manifest: dict, kind: str) -> None:
+def check_kind(path: epath.Path, manifest: dict, kind: str) -> None:
     """One error naming the directory and what it holds when that is not a `kind` pipeline."""
     if manifest["kind"] != kind:
         raise ValueError(
@@ -152,7 +155,7 @@ def check_kind(path: Path, manifest: dict, kind: str) -> None:
         )
 
 
-def check_stage_files(path: Path, stage: str, required: Sequence[str]) -> None:
+def check_stage_files(path: epath.Path, stage: str, required: Sequence[str]) -> None:
     """One error naming the directory, the stage and its first missing files."""
     missing = [name for name in required if not (path / stage / name).exists()]
     if missing:
@@ -162,7 +165,7 @@ def check_stage_files(path: Path, stage: str, required: Sequence[str]) -> None:
         )
 
 
-def check_pipeline_dir(directory: str | Path) -> tuple[Path, dict]:
+def check_pipeline_dir(directory: str | os.PathLike) -> tuple[epath.Path, dict]:
     """(path, manifest) after checking the manifest and that every stage is present; one error
     naming the directory, the file or the first missing stage."""
     path, manifest = read_manifest(directory)
@@ -178,7 +181,7 @@ def check_pipeline_dir(directory: str | Path) -> tuple[Path, dict]:
     return path, manifest
 
 
-def held_priors(path: Path, manifest: dict) -> list[str]:
+def held_priors(path: epath.Path, manifest: dict) -> list[str]:
     """The prior stage directories the manifest lists ("prior" where it lists none)."""
     priors = manifest.get("priors", [PRIOR])
     known = list(PRIOR_KINDS.values())
@@ -196,17 +199,17 @@ def held_priors(path: Path, manifest: dict) -> list[str]:
     return priors
 
 
-def prior_kinds(directory: str | Path) -> list[str]:
+def prior_kinds(directory: str | os.PathLike) -> list[str]:
     """The kinds of prior (keys of PRIOR_KINDS) a pipeline directory holds."""
     return _held_kinds(*check_pipeline_dir(directory))
 
 
-def _held_kinds(path: Path, manifest: dict) -> list[str]:
+def _held_kinds(path: epath.Path, manifest: dict) -> list[str]:
     held = held_priors(path, manifest)
     return [kind for kind, stage in PRIOR_KINDS.items() if stage in held]
 
 
-def choose_prior(path: Path, manifest: dict, kind: str | None) -> str:
+def choose_prior(path: epath.Path, manifest: dict, kind: str | None) -> str:
     """The kind of prior to load (a key of PRIOR_KINDS): `kind`, or by default the diffusion
     prior where the directory holds one; one error naming the directory and the priors it
     holds when it lacks the one asked for."""
@@ -223,7 +226,7 @@ def choose_prior(path: Path, manifest: dict, kind: str | None) -> str:
     return kind
 
 
-def read_stage(directory: Path, kind: str) -> StageFiles:
+def read_stage(directory: epath.Path, kind: str) -> StageFiles:
     """One stage directory of `kind` (prior, ar_prior, decoder or upsampler), its stage.json
     checked to hold that kind's sections."""
     stage_file = directory / STAGE_FILE
@@ -237,7 +240,7 @@ def read_stage(directory: Path, kind: str) -> StageFiles:
 
 
 def read_pipeline(
-    directory: str | Path, prior: str | None = None, dtype: str | None = None
+    directory: str | os.PathLike, prior: str | None = None, dtype: str | None = None
 ) -> PipelineFiles:
     """The stages of a pipeline directory (see the module docstring) with the prior of kind
     `prior` ("diffusion" or "ar"; None: the diffusion prior where held), checked as they are
@@ -274,7 +277,7 @@ def _config_section(config: Any, name: str, default: Any = None) -> Any:
     return jsonable(config.get(name, default))
 
 
-def prior_settings(config: Any, normalizer_file: Path) -> dict:
+def prior_settings(config: Any, normalizer_file: str | os.PathLike) -> dict:
     """stage.json of a diffusion prior from its training config and saved normaliser, with the
     Γ table its trainer saved beside the normaliser ("analytic", `diffusion.analytic.TABLE_FILE`)
     where there is one: a prior sampled with variance "analytic" needs it."""
@@ -283,7 +286,7 @@ def prior_settings(config: Any, normalizer_file: Path) -> dict:
         "diffusion": _config_section(config, "diffusion"),
         "normalizer": read_json(normalizer_file),
     }
-    table_file = Path(normalizer_file).with_name(analytic.TABLE_FILE)
+    table_file = epath.Path(normalizer_file).with_name(analytic.TABLE_FILE)
     if table_file.is_file():
         settings["analytic"] = read_json(table_file)
     elif DiffusionSettings.from_dict(settings["diffusion"]).var_type == "analytic":
@@ -333,15 +336,15 @@ def upsampler_settings(config: Any) -> dict:
 
 
 def write_pipeline(
-    out_dir: str | Path,
+    out_dir: str | os.PathLike,
     *,
-    clip_dir: str | Path,
+    clip_dir: str | os.PathLike,
     prior: tuple[dict, Any] | None = None,
     decoder: tuple[dict, Any],
     upsamplers: Sequence[tuple[dict, Any]] = (),
     ar_prior: tuple[dict, Any, ARQuantizers] | None = None,
     stage_records: Mapping[str, list[dict]] | None = None,
-) -> Path:
+) -> epath.Path:
     """Writes a pipeline directory from (settings, params) per stage (the AR prior's with its
     quantizers) and a saved CLIP directory (with its tokenizer/); at least one prior; atomic: a
     temporary sibling renamed at the end. Its run.json records this export and, by stage name,
@@ -362,73 +365,69 @@ def write_pipeline(
     return finish_directory(tmp, out, UNCLIP_KIND, manifest, stage_records)
 
 
-def start_directory(out_dir: str | Path, clip_dir: str | Path) -> tuple[Path, Path]:
-    """(the absolute `out_dir`, a fresh temporary sibling to write the pipeline into) with a
+def start_directory(
+    out_dir: str | os.PathLike, clip_dir: str | os.PathLike
+) -> tuple[epath.Path, epath.Path]:
+    """(`out_dir` as a location, a fresh temporary sibling to write the pipeline into) with a
     copy of the saved CLIP directory `clip_dir` (its tokenizer/ required) as the sibling's clip/."""
-    out = Path(out_dir).absolute()
-    clip_dir = Path(clip_dir)
+    out = location(out_dir)
+    clip_dir = epath.Path(clip_dir)
     if not (clip_dir / TOKENIZER_DIR).is_dir():
         raise FileNotFoundError(f"CLIP directory {str(clip_dir)!r} has no {TOKENIZER_DIR}/")
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    shutil.copytree(clip_dir, tmp / CLIP_DIR)
+    tmp = temporary_sibling(out)
+    copy_tree(clip_dir, tmp / CLIP_DIR)
     return out, tmp
 
 
 def finish_directory(
-    tmp: Path,
-    out: Path,
+    tmp: epath.Path,
+    out: epath.Path,
     kind: str,
     manifest: Mapping[str, Any],
     stage_records: Mapping[str, list[dict]] | None = None,
-) -> Path:
+) -> epath.Path:
     """Writes the manifest of a `kind` pipeline and the run.json (this export's record with
     `stage_records` by stage name) into `tmp`, then renames it to `out`, replacing it."""
     manifest = {"format": FORMAT, "kind": kind, **manifest}
     (tmp / MANIFEST).write_text(json.dumps(manifest))
     record = {**run_record.run_record(), "stages": dict(stage_records or {})}
     (tmp / run_record.RECORD_FILE).write_text(run_record.records_text([record]))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-    return out
+    return commit(tmp, out)
 
 
 def export_pipeline(
-    out_dir: str | Path,
+    out_dir: str | os.PathLike,
     *,
-    clip_dir: str | Path,
-    prior: tuple[Any, str | Path] | None = None,
-    decoder: tuple[Any, str | Path],
-    upsamplers: Sequence[tuple[Any, str | Path]] = (),
-    ar_prior: tuple[Any, str | Path] | None = None,
+    clip_dir: str | os.PathLike,
+    prior: tuple[Any, str | os.PathLike] | None = None,
+    decoder: tuple[Any, str | os.PathLike],
+    upsamplers: Sequence[tuple[Any, str | os.PathLike]] = (),
+    ar_prior: tuple[Any, str | os.PathLike] | None = None,
     normalizer_file: str = "embedding_normalizer.json",
     quantizers_file: str = "ar_quantizers.npz",
-) -> Path:
+) -> epath.Path:
     """A pipeline directory from trained stages: (config, workdir) per stage, whose EMA
     parameters are those of the workdir's latest complete checkpoint; the diffusion prior's
     workdir also holds its embedding normaliser (`normalizer_file`), the AR prior's its
     quantizers (`quantizers_file`, `train/ar_prior_task.py`). The directory's run.json carries
     each workdir's run records."""
 
-    def ema(workdir: str | Path) -> Any:
-        return restore_ema_params(Path(workdir) / "checkpoints")
+    def ema(workdir: str | os.PathLike) -> Any:
+        return restore_ema_params(epath.Path(workdir) / "checkpoints")
 
     diffusion = ar = None
     if prior:
         prior_config, prior_workdir = prior
-        settings = prior_settings(prior_config, Path(prior_workdir) / normalizer_file)
+        settings = prior_settings(prior_config, epath.Path(prior_workdir) / normalizer_file)
         diffusion = (settings, ema(prior_workdir))
     if ar_prior:
         ar_config, ar_workdir = ar_prior
-        quantizers = load_quantizers(Path(ar_workdir) / quantizers_file)
+        quantizers = load_quantizers(epath.Path(ar_workdir) / quantizers_file)
         ar = (ar_prior_settings(ar_config, quantizers), ema(ar_workdir), quantizers)
     decoder_config, decoder_workdir = decoder
     workdirs = {PRIOR: prior, AR_PRIOR: ar_prior, DECODER: decoder}
     workdirs.update({upsampler_name(k): stage for k, stage in enumerate(upsamplers)})
-    records = {
-        name: run_record.read_records(Path(stage[1])) for name, stage in workdirs.items() if stage
-    }
+    records = {name: run_record.read_records(stage[1]) for name, stage in workdirs.items() if stage}
     return write_pipeline(
         out_dir,
         clip_dir=clip_dir,

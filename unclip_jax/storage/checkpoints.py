@@ -3,44 +3,48 @@ checkpoint: what the trainers write and the pipelines read, below both.
 
 A training checkpoint is `<workdir>/checkpoints/<step>/{state, ema, data}` (`train.checkpoints`);
 a save interrupted by a kill stays a `<step>.orbax-checkpoint-tmp-*` directory, which
-`resolve_step_dir` refuses by name. A file that cannot be read (corrupt, truncated) is one
-`ValueError` naming its directory (`unreadable`), not orbax's traceback.
+`resolve_step_dir` refuses by name; in a bucket (gs://), where orbax writes the step directory in
+place and commits it with a `commit_success.txt`, a step directory without it is refused likewise.
+A file that cannot be read (corrupt, truncated) is one `ValueError` naming its directory
+(`unreadable`), not orbax's traceback. Directories may be local or URIs (`storage.locations`).
 """
 
-from pathlib import Path
+import os
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
+
+from unclip_jax.storage.locations import location
 
 STATE, EMA, DATA = "state", "ema", "data"
 TMP_MARKER = ".orbax-checkpoint-tmp"
 
 
-def unreadable(directory: str | Path, error: BaseException) -> ValueError:
+def unreadable(directory: str | os.PathLike, error: BaseException) -> ValueError:
     """The one-line error of a checkpoint or parameter directory that cannot be read."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     cause = f"{type(error).__name__}: {lines[0][:200]}" if lines else type(error).__name__
     return ValueError(
-        f"cannot read the checkpoint at {Path(directory).absolute()} (corrupt or truncated?): "
-        f"{cause}"
+        f"cannot read the checkpoint at {location(directory)} (corrupt or truncated?): {cause}"
     )
 
 
-def write_params(directory: Path, params: Any) -> None:
+def write_params(directory: str | os.PathLike, params: Any) -> None:
     """Parameters (a pytree of arrays) as an orbax checkpoint at `directory`."""
     with ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(Path(directory).absolute(), jax.tree.map(np.asarray, params), force=True)
+        checkpointer.save(location(directory), jax.tree.map(np.asarray, params), force=True)
 
 
-def read_params(directory: str | Path, shardings: Any | None = None) -> Any:
+def read_params(directory: str | os.PathLike, shardings: Any | None = None) -> Any:
     """The parameter tree at `directory` (`write_params`, or a checkpoint's `ema` item).
 
     `shardings`: a tree of shardings matching the parameters, for arrays placed on a mesh;
     default: numpy arrays on the host.
     """
-    path = Path(directory).absolute()
+    path = location(directory)
     if not path.is_dir():
         raise FileNotFoundError(f"no parameter directory at {path}")
     on_host = shardings is None
@@ -61,16 +65,24 @@ def read_params(directory: str | Path, shardings: Any | None = None) -> Any:
     return jax.device_get(params) if on_host else params
 
 
-def complete_steps(directory: Path) -> list[int]:
+def committed(step_dir: epath.Path) -> bool:
+    """Whether the save of a step directory was committed (orbax's own test: no temporary name
+    locally, a `commit_success.txt` in a bucket)."""
+    return ocp.path.step.is_path_finalized(step_dir)
+
+
+def complete_steps(directory: epath.Path) -> list[int]:
     """The steps of `directory` whose saves were committed, in order."""
-    return sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit())
+    return sorted(
+        int(p.name) for p in directory.iterdir() if p.name.isdigit() and p.is_dir() and committed(p)
+    )
 
 
-def resolve_step_dir(path: str | Path, step: int | None = None) -> Path:
+def resolve_step_dir(path: str | os.PathLike, step: int | None = None) -> epath.Path:
     """The directory of one complete checkpoint: `path` itself if it is a step directory, else
     step `step` (default: the latest) under `path`. ValueError for an interrupted save."""
-    path = Path(path).absolute()
-    if TMP_MARKER in path.name:
+    path = location(path)
+    if TMP_MARKER in path.name or ((path / EMA).is_dir() and not committed(path)):
         parent = path.parent
         raise ValueError(
             f"checkpoint {path} is incomplete: its save was interrupted before it was committed; "
@@ -83,7 +95,11 @@ def resolve_step_dir(path: str | Path, step: int | None = None) -> Path:
     steps = complete_steps(path)
     if step is None:
         if not steps:
-            pending = sorted(p.name for p in path.iterdir() if TMP_MARKER in p.name)
+            pending = sorted(
+                p.name
+                for p in path.iterdir()
+                if TMP_MARKER in p.name or (p.name.isdigit() and not committed(p))
+            )
             raise FileNotFoundError(
                 f"no complete checkpoint in {path}"
                 + (f"; incomplete (interrupted) saves: {pending}" if pending else "")
@@ -95,7 +111,7 @@ def resolve_step_dir(path: str | Path, step: int | None = None) -> Path:
 
 
 def restore_ema_params(
-    path: str | Path, step: int | None = None, shardings: Any | None = None
+    path: str | os.PathLike, step: int | None = None, shardings: Any | None = None
 ) -> Any:
     """The EMA parameters alone (for sampling) from a checkpoint directory or one step of it.
 
@@ -104,11 +120,11 @@ def restore_ema_params(
     return read_params(resolve_step_dir(path, step) / EMA, shardings)
 
 
-def check_save_target(directory: str | Path, marker: str, kind: str) -> Path:
+def check_save_target(directory: str | os.PathLike, marker: str, kind: str) -> epath.Path:
     """Where a converter may write a `kind` checkpoint: a new or empty directory, or an earlier
     one of that kind (holding `marker`, which the write replaces); ValueError naming anything
     else. Converters check it before converting too."""
-    path = Path(directory).absolute()
+    path = location(directory)
     if path.exists() and not path.is_dir():
         raise ValueError(f"{path} exists and is not a directory")
     if path.exists() and any(path.iterdir()) and not (path / marker).is_file():

@@ -3,17 +3,19 @@ is one line naming the file (and, where given, the component it belongs to); and
 numpy values as plain JSON."""
 
 import json
-import pathlib
+import os
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+from etils import epath
 
 
-def read_json(path: str | pathlib.Path, component: str | None = None) -> dict:
-    """The JSON object at `path`. A missing file is a FileNotFoundError; a file that is not UTF-8
-    JSON, or holds something other than an object, is a ValueError; both name the file."""
-    path = pathlib.Path(path)
+def read_json(path: str | os.PathLike, component: str | None = None) -> dict:
+    """The JSON object at `path` (local or a URI). A missing file is a FileNotFoundError; a file
+    that is not UTF-8 JSON, or holds something other than an object, is a ValueError; both name
+    the file."""
+    path = epath.Path(path)
     prefix = f"{component}: " if component else ""
     if not path.is_file():
         raise FileNotFoundError(f"{prefix}{path} is missing")

@@ -1,9 +1,9 @@
 """What produced a training workdir or a pipeline directory, in its `run.json`: the resolved
 config, the package's git commit (and whether its checkout had uncommitted changes), the library
 versions and the devices. A resumed run appends its record, so the file lists every run that
-wrote there, oldest first. A pipeline directory's record holds its stages' training records
-("stages"), a sampling command's output folder the pipeline's ("pipeline"), and `unclip eval` and
-the demo copy them into their metrics.
+wrote there, oldest first; the directory may be local or a URI (`storage.locations`). A pipeline
+directory's record holds its stages' training records ("stages"), a sampling command's output
+folder the pipeline's ("pipeline"), and `unclip eval` and the demo copy them into their metrics.
 
     record = run_record(config)          # {"time", "command", "config", "git", "versions", ...}
     append_record(workdir, record)
@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+from etils import epath
 
 from unclip_jax.storage.json_files import jsonable, read_json
 
@@ -92,9 +93,9 @@ def run_record(config: Any = None) -> dict[str, Any]:
     }
 
 
-def read_records(directory: Path) -> list[dict]:
+def read_records(directory: str | os.PathLike) -> list[dict]:
     """The records of `directory`'s run.json, oldest first ([] where there is none)."""
-    path = Path(directory) / RECORD_FILE
+    path = epath.Path(directory) / RECORD_FILE
     if not path.exists():
         return []
     runs = read_json(path).get("runs")
@@ -108,11 +109,11 @@ def records_text(runs: list[dict]) -> str:
     return json.dumps({"runs": runs}, indent=2, default=str)
 
 
-def append_record(directory: Path, record: dict[str, Any]) -> None:
+def append_record(directory: str | os.PathLike, record: dict[str, Any]) -> None:
     """Adds `record` to `directory`'s run.json (written whole to a temporary file, then renamed,
     so a crash leaves the earlier file)."""
-    path = Path(directory) / RECORD_FILE
+    path = epath.Path(directory) / RECORD_FILE
     runs = [*read_records(directory), record]
     temporary = path.with_name(f".{RECORD_FILE}.tmp")
     temporary.write_text(records_text(runs))
-    os.replace(temporary, path)
+    temporary.replace(path)

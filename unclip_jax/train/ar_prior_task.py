@@ -15,12 +15,11 @@ Batches are those of the diffusion prior (`prior_task.BATCH_FIELDS`).
         --config.data.train_dir=embeddings/train --config.data.eval_dir=embeddings/test
 """
 
-from pathlib import Path
-
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from etils import epath
 
 from unclip_jax.data.embedding_shards import EmbeddingShards
 from unclip_jax.models.ar_prior import ARPrior, ar_prior_from_config, ar_prior_loss
@@ -32,6 +31,7 @@ from unclip_jax.models.pca_quantizer import (
 )
 from unclip_jax.models.prior import check_null_given, substitute_null
 from unclip_jax.sampling.prior import NullCaption
+from unclip_jax.storage.locations import location
 from unclip_jax.train import loop, prior_task
 from unclip_jax.train.state import TrainState
 from unclip_jax.train.task import Batch, Metrics, Params, Task, check_probability
@@ -114,7 +114,7 @@ def build_model(config: ml_collections.ConfigDict, quantizers: ARQuantizers) -> 
 
 
 def workdir_quantizers(
-    config: ml_collections.ConfigDict, workdir: Path, sample: int = 100_000
+    config: ml_collections.ConfigDict, workdir: epath.Path, sample: int = 100_000
 ) -> ARQuantizers:
     """The quantizers saved in `workdir`, else fitted on (up to `sample`) training pairs of
     `config.data.train_dir` as `config.quantizer` says, and saved there."""
@@ -148,7 +148,7 @@ def build_task(config: ml_collections.ConfigDict, quantizers: ARQuantizers) -> A
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     """Fits (or reloads) the quantizers, then trains the AR prior on `config.data.train_dir`."""
-    workdir = Path(workdir).absolute()
+    workdir = location(workdir)
     train_data = prior_task.train_batches(config)
     task = build_task(config, workdir_quantizers(config, workdir))
     return loop.train_and_evaluate(

@@ -2,11 +2,12 @@
 latest complete step, the data iterator's state saved with the model, restore onto any mesh, EMA
 parameters alone for sampling, and a SIGTERM watcher agreed across processes.
 
-Layout: `<workdir>/checkpoints/<step>/{state, ema, data}`. `state` holds step, params, optimiser
-state and non-finite counters; `ema` the EMA parameters (what samplers load); `data` the JSON
-states of every process's data iterator. A save interrupted by a kill stays a
-`<step>.orbax-checkpoint-tmp-*` directory: resume ignores it,
-`storage.checkpoints.restore_ema_params` refuses it.
+Layout: `<workdir>/checkpoints/<step>/{state, ema, data}`, local or in a bucket (gs://). `state`
+holds step, params, optimiser state and non-finite counters; `ema` the EMA parameters (what
+samplers load); `data` the JSON states of every process's data iterator. A save interrupted by a
+kill stays a `<step>.orbax-checkpoint-tmp-*` directory (in a bucket: a step directory without
+orbax's `commit_success.txt`): resume ignores it, `storage.checkpoints.restore_ema_params`
+refuses it.
 
 Faults end the run with one line: a save that fails (a full disk) raises an `OSError` naming the
 checkpoint directory and the step, and the step before stays the latest complete one; a
@@ -18,18 +19,20 @@ exit code 143 (128 + SIGTERM) so that a scheduler can tell it from a finished ru
 import errno
 import json
 import logging as std_logging
+import os
 import signal
 from collections.abc import Callable
-from pathlib import Path
 from types import FrameType
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 from jax.experimental import multihost_utils
 
 from unclip_jax.storage.checkpoints import DATA, EMA, STATE, unreadable
+from unclip_jax.storage.locations import location
 from unclip_jax.train.run_log import os_error
 from unclip_jax.train.state import TrainState
 
@@ -39,7 +42,7 @@ PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: saved, re-queue the job
 class Preempted(Exception):
     """Training stopped at a preemption notice after saving `step` in `directory`."""
 
-    def __init__(self, step: int, directory: Path):
+    def __init__(self, step: int, directory: epath.Path):
         super().__init__(
             f"preempted (SIGTERM): saved step {step} in {directory}; run the same command again "
             "to resume"
@@ -90,8 +93,10 @@ _ORBAX_FILTER = _OrbaxTracebacks()
 class Checkpoints:
     """Saves and restores train states under `directory` (one subdirectory per step)."""
 
-    def __init__(self, directory: str | Path, *, max_to_keep: int = 3, async_save: bool = True):
-        self.directory = Path(directory).absolute()
+    def __init__(
+        self, directory: str | os.PathLike, *, max_to_keep: int = 3, async_save: bool = True
+    ):
+        self.directory = location(directory)
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep,
             create=True,

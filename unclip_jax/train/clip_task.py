@@ -11,7 +11,7 @@ On the shapes data, evaluation is image→caption retrieval: top-1 over the 48 c
 """
 
 import dataclasses
-import pathlib
+import os
 from collections.abc import Callable, Iterable, Sequence
 
 import flax.linen as nn
@@ -20,11 +20,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
+from etils import epath
 
 from unclip_jax.convert import hf_clip
 from unclip_jax.data import input_pipeline, preprocess, shapes_render
 from unclip_jax.models.clip import CLIP, CLIPConfig, clip_config, normalize
 from unclip_jax.models.clip_preprocessing import clip_preprocess
+from unclip_jax.storage.locations import location
+from unclip_jax.storage.tokenizers import save_tokenizer
 from unclip_jax.train import loop
 from unclip_jax.train.contrastive import contrastive_loss, same_caption
 from unclip_jax.train.run_tokenizer import run_tokenizer
@@ -121,10 +124,10 @@ class CLIPTask(Task):
         return {"retrieval_top1": jnp.mean((best == batch["target"]).astype(jnp.float32))}
 
 
-def _tokenizer(config: ml_collections.ConfigDict, workdir: pathlib.Path, source: Sequence):
+def _tokenizer(config: ml_collections.ConfigDict, workdir: epath.Path, source: Sequence):
     """The run's tokenizer: reloaded on resume, else the fine-tuned CLIP's, else a BPE trained on
     the training captions (and, on the shapes set, every single-object caption)."""
-    given = pathlib.Path(config.init_from) / TOKENIZER_DIR if config.init_from else None
+    given = epath.Path(config.init_from) / TOKENIZER_DIR if config.init_from else None
     extra = shapes_candidates() if config.data.source.startswith("shapes") else []
     return run_tokenizer(config.tokenizer, workdir / TOKENIZER_DIR, source, given, extra)
 
@@ -189,14 +192,14 @@ def retrieval_batches(source: Sequence, batch_size: int, limit: int) -> list[dic
 
 def run(
     config: ml_collections.ConfigDict,
-    workdir: str | pathlib.Path,
+    workdir: str | os.PathLike,
     train_source: Sequence,
     eval_source: Sequence | None,
     hooks: Sequence[loop.Hook] = (),
 ) -> dict[str, float]:
     """Trains on `train_source`, exports `<workdir>/clip`; returns the final retrieval metrics
     on `eval_source` (shapes examples), or {} without one."""
-    workdir = pathlib.Path(workdir).absolute()
+    workdir = location(workdir)
     tokenizer = _tokenizer(config, workdir, train_source)
     init_params = None
     if config.init_from:
@@ -218,7 +221,7 @@ def run(
     params = jax.device_get(nn.unbox(state.ema_params))
     if jax.process_index() == 0:
         hf_clip.save_clip(workdir / EXPORT_DIR, model_config, {"params": params})
-        tokenizer.save(workdir / EXPORT_DIR / TOKENIZER_DIR)
+        save_tokenizer(tokenizer, workdir / EXPORT_DIR / TOKENIZER_DIR)
     if evaluate is None:
         return {}
     key = jax.random.key(0)

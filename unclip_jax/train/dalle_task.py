@@ -15,6 +15,7 @@ Batches: `image` [B, S, S, 3] in [-1, 1] (S the dVAE's input size), `tokens`, `m
         --config.dvae_dir=workdirs/dvae_shapes/dvae
 """
 
+import os
 import pathlib
 from collections.abc import Callable, Iterable, Sequence
 
@@ -35,6 +36,7 @@ from unclip_jax.models.dalle import (
 from unclip_jax.models.dvae import FrozenDVAE
 from unclip_jax.nn.precision import compute_dtype
 from unclip_jax.sampling.dalle import make_dalle_sampler
+from unclip_jax.storage.locations import location
 from unclip_jax.train import loop
 from unclip_jax.train.run_tokenizer import run_tokenizer
 from unclip_jax.train.state import TrainState
@@ -142,7 +144,7 @@ def load_dvae(directory: str | pathlib.Path) -> FrozenDVAE:
 
 def run(
     config: ml_collections.ConfigDict,
-    workdir: str | pathlib.Path,
+    workdir: str | os.PathLike,
     train_source: Sequence,
     eval_source: Sequence,
     dvae: FrozenDVAE,
@@ -150,7 +152,7 @@ def run(
 ) -> TrainState:
     """Trains on `train_source`; evaluates on, and samples for the captions of, the first
     `config.eval.num_batches` batches of `eval_source`."""
-    workdir = pathlib.Path(workdir).absolute()
+    workdir = location(workdir)
     tokenizer = run_tokenizer(config.tokenizer, workdir / TOKENIZER_DIR, train_source)
     common = dict(image_size=config.data.image_size, seed=config.seed, tokenize=tokenizer)
     held_out = held_out_batches(

@@ -18,13 +18,14 @@ Batches (host-local numpy):
         --config.clip_dir=workdirs/clip_demo/clip
 """
 
-import pathlib
+import os
 from collections.abc import Callable, Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from etils import epath
 
 from unclip_jax.convert import hf_clip
 from unclip_jax.data.image_batches import first_rows, held_out_batches, image_batches
@@ -35,7 +36,7 @@ from unclip_jax.models.unet import Decoder, decoder_from_config
 from unclip_jax.nn.resize import resize_images
 from unclip_jax.sampling.decoder import DecoderChain
 from unclip_jax.sampling.settings import DiffusionSettings
-from unclip_jax.text import tokenizer as tokenizer_lib
+from unclip_jax.storage.tokenizers import load_tokenizer
 from unclip_jax.train import denoising, loop
 from unclip_jax.train.state import TrainState
 from unclip_jax.train.task import Batch, Metrics, Params, Task, check_probability
@@ -217,14 +218,13 @@ def load_conditioning(config: ml_collections.ConfigDict):
     clip = hf_clip.load_frozen_clip(config.clip_dir)
     tokenizer = None
     if config.model.caption_source != "none":
-        tokenizer_dir = pathlib.Path(config.clip_dir) / hf_clip.TOKENIZER_DIR
-        tokenizer = tokenizer_lib.load_tokenizer(tokenizer_dir)
+        tokenizer = load_tokenizer(epath.Path(config.clip_dir) / hf_clip.TOKENIZER_DIR)
     return clip, tokenizer
 
 
 def run(
     config: ml_collections.ConfigDict,
-    workdir: str | pathlib.Path,
+    workdir: str | os.PathLike,
     train_source: Sequence,
     eval_source: Sequence,
     clip: FrozenCLIP,
@@ -257,9 +257,7 @@ def run(
         **common,
     )
     eval_data: Callable[[], Iterable[Batch]] = lambda: iter(held_out)
-    return loop.train_and_evaluate(
-        config, pathlib.Path(workdir), task, train_data, eval_data, hooks
-    )
+    return loop.train_and_evaluate(config, workdir, task, train_data, eval_data, hooks)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:

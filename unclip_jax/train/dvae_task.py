@@ -23,7 +23,7 @@ checkpoint (`unclip_jax.convert.dvae.load_dvae`, as `unclip convert-dvae` writes
 
 import dataclasses
 import math
-import pathlib
+import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import flax.linen as nn
@@ -42,6 +42,7 @@ from unclip_jax.models.dvae import (
     map_pixels,
 )
 from unclip_jax.nn.precision import compute_dtype
+from unclip_jax.storage.locations import location
 from unclip_jax.train import loop
 from unclip_jax.train.state import TrainState
 from unclip_jax.train.task import Batch, DataIterator, Metrics, Params, Task
@@ -220,7 +221,7 @@ def build_task(config: ml_collections.ConfigDict, sample_images: np.ndarray | No
 
 def run(
     config: ml_collections.ConfigDict,
-    workdir: str | pathlib.Path,
+    workdir: str | os.PathLike,
     train_source: Sequence,
     eval_source: Sequence,
     hooks: Sequence[loop.Hook] = (),
@@ -236,7 +237,7 @@ def run(
     local_batch = config.train.batch_size // jax.process_count()
     train_data = NumberedBatches(image_batches(train_source, batch_size=local_batch, **common))
     eval_data: Callable[[], Iterable[Batch]] = lambda: iter(held_out)
-    workdir = pathlib.Path(workdir).absolute()
+    workdir = location(workdir)
     state = loop.train_and_evaluate(config, workdir, task, train_data, eval_data, hooks)
     if jax.process_index() == 0:
         params = jax.device_get(nn.unbox(state.ema_params))

@@ -1,9 +1,11 @@
 """Sample grids: images in [-1, 1] tiled into one uint8 picture and written as PNG."""
 
+import io
 import math
-from pathlib import Path
+import os
 
 import numpy as np
+from etils import epath
 from PIL import Image
 
 
@@ -23,8 +25,10 @@ def image_grid(images: np.ndarray, columns: int | None = None) -> np.ndarray:
     return grid.reshape(rows * h, columns * w, c)
 
 
-def save_png(grid: np.ndarray, path: str | Path) -> None:
-    """grid: uint8 [H, W, C] → PNG at `path` (parent directories created)."""
-    path = Path(path)
+def save_png(grid: np.ndarray, path: str | os.PathLike) -> None:
+    """grid: uint8 [H, W, C] → PNG at `path`, local or a URI (parent directories created)."""
+    path = epath.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(path)
+    png = io.BytesIO()
+    Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(png, format="PNG")
+    path.write_bytes(png.getvalue())

@@ -10,23 +10,26 @@ checkpoints, and on SIGTERM saves at the next step boundary and raises `checkpoi
 The config and the workdir are checked first (`run_config`). `max_nonfinite_steps` skipped steps
 in a row raise `NonFiniteError`; periodic checkpoints are not written while steps are being
 skipped, so the last good one stays the latest. A failed write (a full disk) raises an OSError
-naming its path at once; the last complete checkpoint stays.
+naming its path at once; the last complete checkpoint stays. The workdir may be a bucket
+(gs://bucket/run, `storage.locations`): checkpoints, TensorBoard events, samples, run.json and
+run.log all go there.
 """
 
 import contextlib
 import dataclasses
+import os
 import time
 from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
 
 import jax
 import ml_collections
 import numpy as np
 from absl import logging
+from etils import epath
 from tqdm import tqdm
 
 from unclip_jax import console, sharding
-from unclip_jax.storage import run_record
+from unclip_jax.storage import locations, run_record
 from unclip_jax.train import checkpoints as checkpoints_lib
 from unclip_jax.train import images as images_lib
 from unclip_jax.train import optimizer as optimizer_lib
@@ -38,6 +41,7 @@ from unclip_jax.train.run_log import RunLog
 from unclip_jax.train.task import Batch, DataIterator, Task
 
 Hook = Callable[[int, state_lib.TrainState], None]
+BUCKET_LOG_FLUSH_SECONDS = 30.0  # run.log in a bucket: each flush uploads the whole file
 
 
 class NonFiniteError(FloatingPointError):
@@ -106,7 +110,7 @@ def _evaluate(
 
 def train_and_evaluate(
     config: ml_collections.ConfigDict,
-    workdir: str | Path,
+    workdir: str | os.PathLike,
     task: Task,
     train_data: DataIterator,
     eval_data: Callable[[], Iterable[Batch]] | None = None,
@@ -174,7 +178,9 @@ def train_and_evaluate(
         checkpoints=checkpoints,
         logger=RunLog(workdir, jax.process_index() == 0),
     )
-    logged = console.log_file(workdir / console.LOG_FILE) if chief else contextlib.nullcontext()
+    flush_seconds = BUCKET_LOG_FLUSH_SECONDS if locations.is_uri(workdir) else 0.0
+    log_path = workdir / console.LOG_FILE
+    logged = console.log_file(log_path, flush_seconds) if chief else contextlib.nullcontext()
     with logged:
         return run.train(state, train_data, pending, train_key, eval_data, hooks)
 
@@ -184,7 +190,7 @@ class _Run:
     """The steps of one run after its state is ready: train, log, evaluate, sample, save."""
 
     loop: LoopConfig
-    workdir: Path
+    workdir: epath.Path
     task: Task
     setup: setup_lib.TrainSetup
     eval_fn: Callable[[object, Batch, int], dict]

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
+from etils import epath
 
 from unclip_jax import sharding
 from unclip_jax.data.embedding_shards import EmbeddingShards, embedding_iterator
@@ -42,6 +43,7 @@ from unclip_jax.models.prior import (
 )
 from unclip_jax.sampling.prior import EncodedCaption, NullCaption, make_prior_sampler
 from unclip_jax.sampling.settings import DiffusionSettings
+from unclip_jax.storage.locations import location
 from unclip_jax.train import denoising, loop
 from unclip_jax.train import step as step_lib
 from unclip_jax.train.state import TrainState
@@ -259,12 +261,12 @@ def save_normalizer(normalizer: EmbeddingNormalizer, path: str | Path) -> None:
         "mean": np.asarray(normalizer.mean).tolist(),
         "std": np.asarray(normalizer.std).tolist(),
     }
-    Path(path).write_text(json.dumps(state))
+    epath.Path(path).write_text(json.dumps(state))
 
 
 def load_normalizer(path: str | Path) -> EmbeddingNormalizer:
     """The saved normaliser; ValueError naming `path` when its statistics are not finite."""
-    state = json.loads(Path(path).read_text())
+    state = json.loads(epath.Path(path).read_text())
     mean, std = np.asarray(state["mean"], float), np.asarray(state["std"], float)
     if not (np.isfinite(mean).all() and np.isfinite(std).all()):
         raise ValueError(
@@ -275,7 +277,7 @@ def load_normalizer(path: str | Path) -> EmbeddingNormalizer:
 
 
 def workdir_normalizer(
-    kind: str, train_dir: str | Path, workdir: Path, sample: int = 100_000
+    kind: str, train_dir: str | Path, workdir: epath.Path, sample: int = 100_000
 ) -> EmbeddingNormalizer:
     """The normaliser saved in `workdir`, else fitted on (up to `sample`) training embeddings
     and saved there, so that a resumed run and the sampler use the same statistics."""
@@ -409,7 +411,7 @@ def write_analytic_table(
     config: ml_collections.ConfigDict,
     task: DiffusionPriorTask,
     params: Params,
-    workdir: Path,
+    workdir: epath.Path,
     num_batches: int = 1,
 ) -> analytic.AnalyticTable:
     """Estimates the prior's Γ table with `params` on the first `num_batches` training batches
@@ -440,7 +442,7 @@ def write_analytic_table(
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     """Trains the diffusion prior of `config` on `config.data.train_dir` (embedding shards),
     then, for `diffusion.variance="analytic"`, writes its Γ table (`write_analytic_table`)."""
-    workdir = Path(workdir).absolute()
+    workdir = location(workdir)
     settings = DiffusionSettings.from_dict(config.diffusion)  # checked before training
     train_data = train_batches(config)
     normalizer = workdir_normalizer(config.embedding_norm, config.data.train_dir, workdir)

@@ -4,11 +4,14 @@ names the field or the path and what was expected.
 """
 
 import math
-import tempfile
+import os
+import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import ml_collections
+from etils import epath
+
+from unclip_jax.storage.locations import location
 
 # config.train fields -> their least allowed value.
 TRAIN_MINIMUMS = {
@@ -46,14 +49,16 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             raise ValueError(f"config.train.{field} must be an integer >= {least}, got {value!r}")
 
 
-def check_workdir(workdir: str | Path) -> Path:
-    """The absolute workdir, created if missing and checked writable by writing a file in it
-    (a permission check alone passes for root on a read-only mount)."""
-    path = Path(workdir).absolute()
+def check_workdir(workdir: str | os.PathLike) -> epath.Path:
+    """The workdir (absolute, or a URI such as gs://bucket/run), created if missing and checked
+    writable by writing a file in it (a permission check alone passes for root on a read-only
+    mount)."""
+    path = location(workdir)
     try:
         path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path, prefix=".write-check-"):
-            pass
+        probe = path / f".write-check-{uuid.uuid4().hex}"
+        probe.write_bytes(b"")
+        probe.unlink()
     except OSError as error:
         reason = error.strerror or str(error)
         raise ValueError(f"workdir {path} is not a writable directory: {reason}") from error

@@ -4,24 +4,28 @@
 Everything is written by the calling thread and flushed at each call, so that a failure (a full
 disk, a path made read-only) is raised at the call that hit it as an `OSError` naming the file,
 instead of killing a background writer thread and leaving the loop blocked behind its queue.
+The workdir may be a bucket (gs://): files go through epath, and a flush there uploads the file.
 """
 
 import contextlib
 import errno
+import os
+import socket
+import struct
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 from absl import logging
+from etils import epath
 from tensorboardX import summary
-from tensorboardX.event_file_writer import EventsWriter
 from tensorboardX.proto import event_pb2
+from tensorboardX.record_writer import masked_crc32c
 
 from unclip_jax.train import images as images_lib
 
 
-def os_error(error: OSError, path: str | Path, doing: str) -> OSError:
+def os_error(error: OSError, path: str | os.PathLike, doing: str) -> OSError:
     """`error` restated in one line naming `path` and what was being done, e.g.
     "[Errno 28] No space left on device (writing checkpoint step 3): '/w/checkpoints'"."""
     code = error.errno if error.errno is not None else errno.EIO
@@ -30,7 +34,7 @@ def os_error(error: OSError, path: str | Path, doing: str) -> OSError:
 
 
 @contextlib.contextmanager
-def naming(path: str | Path, doing: str) -> Iterator[None]:
+def naming(path: str | os.PathLike, doing: str) -> Iterator[None]:
     """Re-raises an OSError of the block as `os_error(error, path, doing)`."""
     try:
         yield
@@ -38,30 +42,58 @@ def naming(path: str | Path, doing: str) -> Iterator[None]:
         raise os_error(error, path, doing) from error
 
 
+class EventFile:
+    """A TensorBoard event file, `events.out.tfevents.<time>.<host>` in `directory` (local or a
+    URI), its events framed as TFRecords as tensorboardX's `RecordWriter` frames them."""
+
+    def __init__(self, directory: epath.Path):
+        self.path = directory / f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}"
+        self._files = contextlib.ExitStack()
+        self._file = self._files.enter_context(self.path.open("wb"))
+        self.write(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
+
+    def write(self, event: event_pb2.Event) -> None:
+        data = event.SerializeToString()
+        header = struct.pack("<Q", len(data))
+        crcs = struct.pack("<I", masked_crc32c(header)), struct.pack("<I", masked_crc32c(data))
+        self._file.write(header + crcs[0] + data + crcs[1])
+
+    def flush(self) -> None:
+        """Flushed to the disk (fsync) or, in a bucket, uploaded."""
+        self._file.flush()
+        if hasattr(self._file, "fileno"):
+            os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        self._files.close()
+
+
 class RunLog:
     """Scalars and images of one run; `enabled=False` (processes other than 0) writes nothing."""
 
-    def __init__(self, workdir: Path, enabled: bool):
+    def __init__(self, workdir: epath.Path, enabled: bool):
         self.enabled = enabled
         self.directory = workdir / "tensorboard"
         self.samples = workdir / "samples"
-        self._events: EventsWriter | None = None
+        self._events: EventFile | None = None
         if enabled:
             with naming(self.directory, "creating the TensorBoard log"):
                 self.directory.mkdir(parents=True, exist_ok=True)
-                self._events = EventsWriter(str(self.directory / "events"))
+                self._events = EventFile(self.directory)
 
-    def _write(self, step: int, value: object) -> None:
-        event = event_pb2.Event(wall_time=time.time(), step=step, summary=value)
+    def _write(self, step: int, *values: object) -> None:
+        """One event per summary `values`, then one flush (one upload in a bucket)."""
         with naming(self.directory, f"writing the TensorBoard log at step {step}"):
-            self._events.write_event(event)
+            for value in values:
+                self._events.write(event_pb2.Event(wall_time=time.time(), step=step, summary=value))
             self._events.flush()
 
     def scalars(self, step: int, prefix: str, values: dict[str, float]) -> None:
         if not self.enabled:
             return
-        for name, value in values.items():
-            self._write(step, summary.scalar(f"{prefix}/{name}", float(value)))
+        self._write(
+            step, *(summary.scalar(f"{prefix}/{name}", float(v)) for name, v in values.items())
+        )
         text = ", ".join(f"{k}={v:.4g}" for k, v in sorted(values.items()))
         logging.info("step %d %s: %s", step, prefix, text)
 

@@ -13,7 +13,7 @@ Batches: `image` float [B, S, S, 3] in [-1, 1] (resized to `high_res` when S dif
     unclip train --config=configs/upsampler_demo.py --workdir=workdirs/upsampler_demo
 """
 
-import pathlib
+import os
 from collections.abc import Callable, Iterable, Sequence
 
 import jax
@@ -182,7 +182,7 @@ def build_task(
 
 def run(
     config: ml_collections.ConfigDict,
-    workdir: str | pathlib.Path,
+    workdir: str | os.PathLike,
     train_source: Sequence,
     eval_source: Sequence,
     hooks: Sequence[loop.Hook] = (),
@@ -207,9 +207,7 @@ def run(
         seed=config.seed,
     )
     eval_data: Callable[[], Iterable[Batch]] = lambda: iter(held_out)
-    return loop.train_and_evaluate(
-        config, pathlib.Path(workdir), task, train_data, eval_data, hooks
-    )
+    return loop.train_and_evaluate(config, workdir, task, train_data, eval_data, hooks)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
