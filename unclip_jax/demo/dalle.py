@@ -20,8 +20,6 @@ import ml_collections
 
 from unclip_jax.demo import stages
 
-STAGES = ("data", "clip", "dvae", "dalle")
-
 
 def stage_configs(config: ml_collections.ConfigDict, workdir: Path) -> dict:
     """Each trained stage's config, the transformer wired to the dVAE stage's export."""
@@ -46,13 +44,12 @@ def export(config: ml_collections.ConfigDict, workdir: Path) -> Path:
     sections = stage_configs(config, workdir)
     return export_dalle_pipeline(
         workdir / "pipeline",
-        clip_dir=workdir / "clip" / "clip",
+        clip_dir=stages.clip_dir(workdir),
         dalle=(sections["dalle"], workdir / "dalle"),
     )
 
 
 DEMO = stages.Demo(
-    stages=STAGES,
     steps=steps,
     export=export,
     evaluate="unclip_jax.demo.dalle_figures:evaluate",

@@ -9,7 +9,6 @@ interrupted, exit codes). The figures: `<out>/samples.png`, one row per held-out
 themselves (under the pipeline's CLIP), stage times and the machine's load.
 """
 
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,7 +17,6 @@ import numpy as np
 
 from unclip_jax.demo import stages
 
-STAGES = ("data", "clip", "embeddings", "prior", "decoder", "upsampler")
 SPLITS = {"train": "train", "validation": "validation"}  # embeddings folder -> source split
 
 
@@ -53,10 +51,6 @@ def with_clip_widths(prior: ml_collections.ConfigDict, clip_dir: Path) -> ml_col
     return prior
 
 
-def clip_dir(workdir: Path) -> Path:
-    return workdir / "clip" / "clip"
-
-
 def stage_configs(config: ml_collections.ConfigDict, workdir: Path) -> dict:
     """Each trained stage's config, wired to the folder and to the stages before it (the
     prior's widths are the CLIP's: see `with_clip_widths`)."""
@@ -68,7 +62,7 @@ def stage_configs(config: ml_collections.ConfigDict, workdir: Path) -> dict:
     sections["prior"].data.eval_dir = str(workdir / "embeddings" / "validation")
     low_res = config.image_size // config.upsampling
     sections["decoder"].image_size = low_res
-    sections["decoder"].clip_dir = str(clip_dir(workdir))
+    sections["decoder"].clip_dir = str(stages.clip_dir(workdir))
     sections["upsampler"].update(low_res=low_res, high_res=config.image_size)
     return sections
 
@@ -125,9 +119,10 @@ def pretrained_clip(path: str) -> stages.StageFn:
 
     def provide(stage_dir: Path) -> None:
         from unclip_jax.convert import hf_clip
+        from unclip_jax.storage import locations
 
         if (Path(path) / hf_clip.CONFIG_FILE).is_file():
-            shutil.copytree(path, stage_dir / "clip", dirs_exist_ok=True)
+            locations.copy_tree(path, stage_dir / "clip")
         else:
             hf_clip.convert_directory(path, stage_dir / "clip")
 
@@ -143,12 +138,12 @@ def steps(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, stages.
         clip = stages.trained(sections["clip"])
 
     def prior(stage_dir: Path) -> None:
-        stages.trained(with_clip_widths(sections["prior"], clip_dir(workdir)))(stage_dir)
+        stages.trained(with_clip_widths(sections["prior"], stages.clip_dir(workdir)))(stage_dir)
 
     return {
         "data": folder_data(config),
         "clip": clip,
-        "embeddings": stages.embedded(clip_dir(workdir), sections["clip"].data, SPLITS),
+        "embeddings": stages.embedded(stages.clip_dir(workdir), sections["clip"].data, SPLITS),
         "prior": prior,
         "decoder": stages.trained(sections["decoder"]),
         "upsampler": stages.trained(sections["upsampler"]),
@@ -157,16 +152,9 @@ def steps(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, stages.
 
 def export(config: ml_collections.ConfigDict, workdir: Path) -> Path:
     """The trained stages assembled into `<workdir>/pipeline`."""
-    from unclip_jax.pipelines.store import export_pipeline
-
     sections = stage_configs(config, workdir)
-    return export_pipeline(
-        workdir / "pipeline",
-        clip_dir=clip_dir(workdir),
-        prior=(with_clip_widths(sections["prior"], clip_dir(workdir)), workdir / "prior"),
-        decoder=(sections["decoder"], workdir / "decoder"),
-        upsamplers=[(sections["upsampler"], workdir / "upsampler")],
-    )
+    sections["prior"] = with_clip_widths(sections["prior"], stages.clip_dir(workdir))
+    return stages.export_unclip(workdir, sections, stages.clip_dir(workdir))
 
 
 def held_out(config: ml_collections.ConfigDict) -> Sequence[dict]:
@@ -217,10 +205,4 @@ def evaluate(
     }
 
 
-DEMO = stages.Demo(
-    stages=STAGES,
-    steps=steps,
-    export=export,
-    evaluate="unclip_jax.demo.folder:evaluate",
-    metrics_file="metrics.json",
-)
+DEMO = stages.Demo(steps=steps, export=export, evaluate="unclip_jax.demo.folder:evaluate")

@@ -17,9 +17,6 @@ import ml_collections
 
 from unclip_jax.demo import stages
 
-STAGES = ("data", "clip", "score_clip", "embeddings", "prior", "ar_prior", "decoder", "upsampler")
-
-
 SPLITS = {"train": "train", "test": "test"}  # embeddings folder -> source split
 
 
@@ -30,7 +27,7 @@ def stage_configs(config: ml_collections.ConfigDict, workdir: Path) -> dict:
     for prior in ("prior", "ar_prior"):  # both read the conditioning CLIP's embeddings
         sections[prior].data.train_dir = str(workdir / "embeddings" / "train")
         sections[prior].data.eval_dir = str(workdir / "embeddings" / "test")
-    sections["decoder"].clip_dir = str(workdir / "clip" / "clip")
+    sections["decoder"].clip_dir = str(stages.clip_dir(workdir))
     return sections
 
 
@@ -42,7 +39,7 @@ def steps(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, stages.
         "clip": stages.trained(sections["clip"]),
         "score_clip": stages.trained(sections["score_clip"]),
         # the embeddings of the images the decoder reads, with the conditioning CLIP
-        "embeddings": stages.embedded(workdir / "clip" / "clip", sections["decoder"].data, SPLITS),
+        "embeddings": stages.embedded(stages.clip_dir(workdir), sections["decoder"].data, SPLITS),
         "prior": stages.trained(sections["prior"]),
         "ar_prior": stages.trained(sections["ar_prior"]),
         "decoder": stages.trained(sections["decoder"]),
@@ -52,26 +49,7 @@ def steps(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, stages.
 
 def export(config: ml_collections.ConfigDict, workdir: Path) -> Path:
     """The trained stages assembled into `<workdir>/pipeline` (both priors)."""
-    from unclip_jax.pipelines.store import export_pipeline
-
-    sections = stage_configs(config, workdir)
-    return export_pipeline(
-        workdir / "pipeline",
-        clip_dir=workdir / "clip" / "clip",
-        prior=(sections["prior"], workdir / "prior"),
-        decoder=(sections["decoder"], workdir / "decoder"),
-        upsamplers=[(sections["upsampler"], workdir / "upsampler")],
-        ar_prior=(sections["ar_prior"], workdir / "ar_prior"),
-    )
+    return stages.export_unclip(workdir, stage_configs(config, workdir), stages.clip_dir(workdir))
 
 
-DEMO = stages.Demo(
-    stages=STAGES,
-    steps=steps,
-    export=export,
-    evaluate="unclip_jax.demo.evaluate:evaluate",
-    metrics_file="metrics.json",
-)
-
-if __name__ == "__main__":
-    stages.launch(DEMO, "configs/demo.py", "workdirs/demo")
+DEMO = stages.Demo(steps=steps, export=export, evaluate="unclip_jax.demo.evaluate:evaluate")

@@ -22,6 +22,8 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from unclip_jax.storage.locations import location
+
 FLAGS = flags.FLAGS
 DONE = "DONE"
 
@@ -30,15 +32,15 @@ StageFn = Callable[[Path], None]  # runs a stage in its directory
 
 @dataclasses.dataclass(frozen=True)
 class Demo:
-    """A demo driver: its stages in order, then how it exports and scores the pipeline."""
+    """A demo driver: its stages in order (those `steps` returns), then how it exports and scores
+    the pipeline."""
 
-    stages: tuple[str, ...]
     steps: Callable[[ml_collections.ConfigDict, Path], dict[str, StageFn]]  # (config, workdir)
     export: Callable[[ml_collections.ConfigDict, Path], Path]  # → the pipeline directory
     # "module:function" imported on use: (config, pipeline_dir, workdir, out) → figures; writes
     # the sample grid into `out`.
     evaluate: str
-    metrics_file: str  # written into `out`
+    metrics_file: str = "metrics.json"  # written into `out`
 
 
 def define_flags(config: str, workdir: str, outputs: str, demo_out: str = "demo") -> None:
@@ -156,6 +158,34 @@ def embedded(clip_dir: Path, data: ml_collections.ConfigDict, splits: Mapping[st
     return embed
 
 
+def clip_dir(workdir: Path) -> Path:
+    """The CLIP (converted layout and tokenizer) that the "clip" stage leaves for the later
+    stages."""
+    from unclip_jax.train import clip_task
+
+    return workdir / "clip" / clip_task.EXPORT_DIR
+
+
+def export_unclip(
+    workdir: Path, sections: Mapping[str, ml_collections.ConfigDict], clip: Path
+) -> Path:
+    """The unCLIP stages of `sections` trained in `<workdir>/<stage>` (prior, decoder, upsampler,
+    and the AR prior where there is one), with the CLIP at `clip`, as `<workdir>/pipeline`."""
+    from unclip_jax.pipelines.store import export_pipeline
+
+    def trained_in(name: str) -> tuple[ml_collections.ConfigDict, Path]:
+        return sections[name], workdir / name
+
+    return export_pipeline(
+        workdir / "pipeline",
+        clip_dir=clip,
+        prior=trained_in("prior"),
+        decoder=trained_in("decoder"),
+        upsamplers=[trained_in("upsampler")],
+        ar_prior=trained_in("ar_prior") if "ar_prior" in sections else None,
+    )
+
+
 def shapes_data(config: ml_collections.ConfigDict) -> StageFn:
     """Builds (or reopens) the demo's captioned shapes, `config.data_source`, in TFDS's
     `config.data_dir` (its default where empty)."""
@@ -205,14 +235,15 @@ def main(demo: Demo, argv: list[str]) -> None:
     from unclip_jax.storage import run_record
 
     config = FLAGS.config
-    workdir = Path(FLAGS.workdir).absolute()
+    workdir = location(FLAGS.workdir)  # a local path or a bucket URI
     out = check_output_dir(FLAGS.demo_out)
     force, only = set(FLAGS.force), set(FLAGS.stages)
-    check_stage_names(force | only, demo.stages)
+    steps = demo.steps(config, workdir)
+    check_stage_names(force | only, tuple(steps))
     enable_compilation_cache(str(workdir / "xla_cache"))
     start = time.time()
-    records = train_or_exit(lambda: run_stages(demo.steps(config, workdir), workdir, force, only))
-    missing = [name for name in demo.stages if name not in records]
+    records = train_or_exit(lambda: run_stages(steps, workdir, force, only))
+    missing = [name for name in steps if name not in records]
     if missing:
         print(f"stages not finished yet: {', '.join(missing)}; sampling runs once all are")
         return
@@ -240,7 +271,7 @@ def launch(demo: Demo, config: str, workdir: str) -> None:
 
     def quiet_main(argv: list[str]) -> None:
         console.configure(FLAGS.log_level)
-        with console.log_file(Path(FLAGS.workdir) / console.LOG_FILE):
+        with console.log_file(location(FLAGS.workdir) / console.LOG_FILE):
             main(demo, argv)
 
     app.run(quiet_main)

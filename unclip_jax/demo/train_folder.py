@@ -12,12 +12,11 @@ finished and resumed when interrupted, as the demo's (`--force`, `--stages`; exi
 143 as `unclip train`'s).
 """
 
-from pathlib import Path
-
 from absl import flags
 
 from unclip_jax import console
 from unclip_jax.demo import folder, stages
+from unclip_jax.storage.locations import location
 
 FLAGS = flags.FLAGS
 stages.define_flags(
@@ -42,7 +41,7 @@ def main(argv: list[str]) -> None:
         if FLAGS[name].value is not None:
             config[name] = FLAGS[name].value
     folder.check(config)  # before anything is built, trained or compiled
-    workdir = Path(FLAGS.workdir)
+    workdir = location(FLAGS.workdir)
     if not FLAGS.demo_out:
         FLAGS.demo_out = str(workdir / "samples")
     with console.log_file(workdir / console.LOG_FILE):

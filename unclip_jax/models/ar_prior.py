@@ -15,7 +15,6 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
@@ -25,6 +24,7 @@ from unclip_jax.models.prior import caption_conditioner, prior_blocks, sequence_
 from unclip_jax.nn.embedding import position_embedding, token_embedding
 from unclip_jax.nn.linear import dense
 from unclip_jax.nn.norm import layer_norm
+from unclip_jax.nn.precision import PrecisionModule, parse_dtypes
 from unclip_jax.sharding import EMBED, JOINT_EMBED, VOCAB
 
 Array = jax.Array
@@ -39,7 +39,7 @@ class DecodeCache(struct.PyTreeNode):
     valid: Array  # [B, S] bool: filled and not caption padding
 
 
-class ARPrior(nn.Module):
+class ARPrior(PrecisionModule):
     """Logits over the `num_buckets` codes of each of the `num_codes` PCA components."""
 
     num_codes: int  # K, PCA components
@@ -54,22 +54,21 @@ class ARPrior(nn.Module):
     head_dim: int | None = None
     mlp_ratio: int = 4
     null_conditioning: str = "learned"  # or "empty_caption" (the caller substitutes it)
-    dtype: jnp.dtype = jnp.float32
-    param_dtype: jnp.dtype = jnp.float32
 
     def setup(self):
-        common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         width = self.width
-        self.tokens_proj = dense(width, (JOINT_EMBED, EMBED), name="tokens_proj", **common)
-        self.text_proj = dense(width, (JOINT_EMBED, EMBED), name="text_proj", **common)
-        self.dot_embed = token_embedding(self.num_dot_buckets, width, name="dot_embed", **common)
-        self.code_embed = token_embedding(self.num_buckets, width, name="code_embed", **common)
+        self.tokens_proj = dense(width, (JOINT_EMBED, EMBED), name="tokens_proj", **self.dtypes)
+        self.text_proj = dense(width, (JOINT_EMBED, EMBED), name="text_proj", **self.dtypes)
+        self.dot_embed = token_embedding(
+            self.num_dot_buckets, width, name="dot_embed", **self.dtypes
+        )
+        self.code_embed = token_embedding(self.num_buckets, width, name="code_embed", **self.dtypes)
         self.positions = position_embedding(self, self.cache_length, width, 0.02, name="positions")
         self.blocks = prior_blocks(
-            width, self.num_heads, self.head_dim, self.mlp_ratio, self.depth, **common
+            width, self.num_heads, self.head_dim, self.mlp_ratio, self.depth, **self.dtypes
         )
-        self.norm_out = layer_norm(name="norm_out", **common)
-        self.logits = dense(self.num_buckets, (EMBED, VOCAB), name="logits", **common)
+        self.norm_out = layer_norm(name="norm_out", **self.dtypes)
+        self.logits = dense(self.num_buckets, (EMBED, VOCAB), name="logits", **self.dtypes)
         self._condition = caption_conditioner(self, self.text_embed_dim, self.token_dim)
 
     @property
@@ -166,10 +165,7 @@ class ARPrior(nn.Module):
 def ar_prior_from_config(fields: Mapping[str, Any], **more: Any) -> ARPrior:
     """`ARPrior` from plain fields (a training config's `model` section and the quantizer's
     counts, or a pipeline's stage.json), dtypes by name; a field it lacks is named."""
-    fields = {**dict(fields), **more}
-    for name in ("dtype", "param_dtype"):
-        if name in fields:
-            fields[name] = jnp.dtype(fields[name])
+    fields = parse_dtypes({**dict(fields), **more})
     known = {f.name for f in dataclasses.fields(ARPrior)} - {"parent", "name"}
     unknown = sorted(set(fields) - known)
     if unknown:

@@ -11,15 +11,18 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from unclip_jax.models.clip import ResidualBlock
+from unclip_jax.models.clip import TowerConfig, tower_blocks
 from unclip_jax.nn.embedding import position_embedding, token_embedding
 from unclip_jax.nn.norm import layer_norm
+from unclip_jax.nn.precision import PrecisionModule
 
 Array = jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
 class CaptionTransformerConfig:
+    """The caption encoder's sizes, by the names decoder configs and saved pipelines give them."""
+
     vocab_size: int = 50257
     max_length: int = 256
     width: int = 2048
@@ -29,16 +32,20 @@ class CaptionTransformerConfig:
     layer_norm_eps: float = 1e-5
 
     def __post_init__(self):
-        if self.width % self.heads:
-            raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
+        self.tower()  # checks the width against the heads
+
+    def tower(self) -> TowerConfig:
+        """Its blocks: CLIP's text tower with exact GELU and a `mlp_ratio`-wide MLP."""
+        mlp_dim = self.mlp_ratio * self.width
+        return TowerConfig(
+            self.width, self.layers, self.heads, mlp_dim, "gelu", self.layer_norm_eps
+        )
 
 
-class CaptionTransformer(nn.Module):
+class CaptionTransformer(PrecisionModule):
     """Caption token ids -> (per-token states [B, L, W], state of the last valid token [B, W])."""
 
     config: CaptionTransformerConfig
-    dtype: jnp.dtype = jnp.float32
-    param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(
@@ -51,7 +58,6 @@ class CaptionTransformer(nn.Module):
             raise ValueError(
                 f"caption length {tokens.shape[1]} exceeds max_length {cfg.max_length}"
             )
-        common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         embed = token_embedding(
             cfg.vocab_size, cfg.width, name="token_embedding", param_dtype=self.param_dtype
         )
@@ -61,17 +67,14 @@ class CaptionTransformer(nn.Module):
         # A caption with no valid token (an empty or dropped one) attends to all positions, so
         # that no softmax row is empty.
         keys = mask | ~jnp.any(mask, axis=1, keepdims=True)
-        for i in range(cfg.layers):
-            x = ResidualBlock(
-                cfg.heads,
-                cfg.mlp_ratio * cfg.width,
-                "gelu",
-                cfg.layer_norm_eps,
-                attention_name="attention",
-                fast_variance=True,
-                name=f"block_{i}",
-                **common,
-            )(x, keys[:, None, None, :])
-        x = layer_norm(cfg.layer_norm_eps, name="final_ln", **common)(x)
+        x = tower_blocks(
+            x,
+            cfg.tower(),
+            keys[:, None, None, :],
+            attention_name="attention",
+            fast_variance=True,
+            **self.dtypes,
+        )
+        x = layer_norm(cfg.layer_norm_eps, name="final_ln", **self.dtypes)(x)
         last = jnp.maximum(jnp.sum(mask, axis=1) - 1, 0)
         return x, x[jnp.arange(x.shape[0]), last]

@@ -20,6 +20,7 @@ from unclip_jax.nn.attention import MultiHeadAttention
 from unclip_jax.nn.embedding import position_embedding, token_embedding
 from unclip_jax.nn.linear import dense
 from unclip_jax.nn.norm import layer_norm
+from unclip_jax.nn.precision import PrecisionModule
 from unclip_jax.sharding import (
     CONV_IN,
     EMBED,
@@ -55,30 +56,51 @@ POOLING: dict[str, Callable[[Array, int], Array]] = {
 
 
 @dataclasses.dataclass(frozen=True)
-class TextConfig:
-    vocab_size: int = 49408
-    context_length: int = 77
+class TowerConfig:
+    """A stack of pre-LN `ResidualBlock`s (`tower_blocks`); defaults: ViT-B/32's text tower."""
+
     width: int = 512
     layers: int = 12
     heads: int = 8
     mlp_dim: int = 2048
     act: str = "quick_gelu"  # a key of ACTIVATIONS
-    eos_token_id: int = 49407
-    pooling: str = "eos"  # a key of POOLING
     layer_norm_eps: float = 1e-5
+
+    def __post_init__(self):
+        if self.act not in ACTIVATIONS:
+            raise ValueError(f"act must be one of {sorted(ACTIVATIONS)}, got {self.act!r}")
+        if self.width % self.heads:
+            raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
 
 
 @dataclasses.dataclass(frozen=True)
-class VisionConfig:
-    image_size: int = 224
-    patch_size: int = 32
-    width: int = 768
-    layers: int = 12
+class TextConfig(TowerConfig):
+    vocab_size: int = 49408
+    context_length: int = 77
+    eos_token_id: int = 49407
+    pooling: str = "eos"  # a key of POOLING
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.pooling not in POOLING:
+            raise ValueError(f"pooling must be one of {sorted(POOLING)}, got {self.pooling!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class VisionConfig(TowerConfig):
+    width: int = 768  # ViT-B/32's image tower
     heads: int = 12
     mlp_dim: int = 3072
-    act: str = "quick_gelu"  # a key of ACTIVATIONS
+    image_size: int = 224
+    patch_size: int = 32
     channels: int = 3
-    layer_norm_eps: float = 1e-5
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,20 +110,6 @@ class CLIPConfig:
     projection_dim: int = 512
     logit_scale_init: float = math.log(1 / 0.07)
     max_logit_scale: float = 100.0  # the temperature cap of CLIP's training recipe
-
-    def __post_init__(self):
-        for tower in (self.text, self.vision):
-            if tower.act not in ACTIVATIONS:
-                raise ValueError(f"act must be one of {sorted(ACTIVATIONS)}, got {tower.act!r}")
-            if tower.width % tower.heads:
-                raise ValueError(f"width {tower.width} is not divisible by heads {tower.heads}")
-        if self.text.pooling not in POOLING:
-            raise ValueError(f"pooling must be one of {sorted(POOLING)}, got {self.text.pooling!r}")
-        if self.vision.image_size % self.vision.patch_size:
-            raise ValueError(
-                f"image_size {self.vision.image_size} is not a multiple of "
-                f"patch_size {self.vision.patch_size}"
-            )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -167,7 +175,7 @@ def _layer_norm(eps: float, *, name: str, dtype, param_dtype) -> nn.LayerNorm:
     return layer_norm(eps, name=name, fast_variance=False, dtype=dtype, param_dtype=param_dtype)
 
 
-class ResidualBlock(nn.Module):
+class ResidualBlock(PrecisionModule):
     """Pre-LN transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x)); states constrained to
     `TOKENS`, the MLP's hidden layer to `HIDDEN`. Also the block of the GLIDE-style caption
     encoder (`caption_transformer`), whose attention is named "attention"."""
@@ -176,8 +184,6 @@ class ResidualBlock(nn.Module):
     mlp_dim: int
     act: str  # a key of ACTIVATIONS
     layer_norm_eps: float
-    dtype: jnp.dtype = jnp.float32
-    param_dtype: jnp.dtype = jnp.float32
     attention_name: str = "attn"
     fast_variance: bool = False  # True: LayerNorm's E[x²] − E[x]²; False: PyTorch's two passes
 
@@ -188,40 +194,53 @@ class ResidualBlock(nn.Module):
         mask: Array | None = None,  # bool [B, 1, 1, L] (keys)
         is_causal: bool = False,
     ) -> Array:  # [B, L, D]
-        common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        norm = dict(fast_variance=self.fast_variance, **common)
+        norm = dict(fast_variance=self.fast_variance, **self.dtypes)
         h = layer_norm(self.layer_norm_eps, name="ln_1", **norm)(x)
-        x = x + MultiHeadAttention(self.heads, name=self.attention_name, **common)(
+        x = x + MultiHeadAttention(self.heads, name=self.attention_name, **self.dtypes)(
             h, mask=mask, is_causal=is_causal
         )
         h = layer_norm(self.layer_norm_eps, name="ln_2", **norm)(constrain(x, TOKENS))
-        h = constrain(dense(self.mlp_dim, (EMBED, MLP), name="fc1", **common)(h), HIDDEN)
-        h = dense(x.shape[-1], (MLP, EMBED), name="fc2", **common)(ACTIVATIONS[self.act](h))
+        h = constrain(dense(self.mlp_dim, (EMBED, MLP), name="fc1", **self.dtypes)(h), HIDDEN)
+        h = dense(x.shape[-1], (MLP, EMBED), name="fc2", **self.dtypes)(ACTIVATIONS[self.act](h))
         return constrain(x + h, TOKENS)
 
 
-def _blocks(x, config, dtype, param_dtype, mask=None, is_causal=False):
-    for i in range(config.layers):
+def tower_blocks(
+    x: Array,  # [B, L, D]
+    tower: TowerConfig,
+    mask: Array | None = None,  # bool [B, 1, 1, L] (keys)
+    is_causal: bool = False,
+    **block,  # ResidualBlock's other fields: dtypes, attention_name, fast_variance
+) -> Array:  # [B, L, D]
+    """The tower's `layers` blocks, named block_0 …, made in the calling module's compact
+    `__call__`."""
+    for i in range(tower.layers):
         x = ResidualBlock(
-            config.heads,
-            config.mlp_dim,
-            config.act,
-            config.layer_norm_eps,
-            dtype=dtype,
-            param_dtype=param_dtype,
-            name=f"block_{i}",
+            tower.heads, tower.mlp_dim, tower.act, tower.layer_norm_eps, name=f"block_{i}", **block
         )(x, mask=mask, is_causal=is_causal)
     return x
 
 
-class TextTransformer(nn.Module):
+def _projected(
+    hidden: Array,  # [B, L, D]
+    pooled: Array,  # [B, D]
+    projection_dim: int,
+    **dtypes,
+) -> tuple[Array, dict[str, Array]]:  # [B, P] float32, {hidden_states, pooled}
+    """A tower's output: `pooled` through the bias-free `projection` into the joint space, made
+    in the calling tower's compact `__call__`."""
+    projection = dense(
+        projection_dim, (EMBED, JOINT_EMBED), name="projection", use_bias=False, **dtypes
+    )
+    return projection(pooled).astype(jnp.float32), {"hidden_states": hidden, "pooled": pooled}
+
+
+class TextTransformer(PrecisionModule):
     """Token + learned position embeddings, causal pre-LN blocks, final LN, EOT pooling,
     projection."""
 
     config: TextConfig
     projection_dim: int
-    dtype: jnp.dtype = jnp.float32
-    param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(
@@ -236,29 +255,23 @@ class TextTransformer(nn.Module):
             )
         if mask is not None and mask.shape != ids.shape:
             raise ValueError(f"mask shape {mask.shape} must equal ids shape {ids.shape}")
-        common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        x = token_embedding(cfg.vocab_size, cfg.width, name="token_embedding", **common)(ids)
+        x = token_embedding(cfg.vocab_size, cfg.width, name="token_embedding", **self.dtypes)(ids)
         positions = position_embedding(self, cfg.context_length, cfg.width)
         x = x + positions[: ids.shape[1]].astype(self.dtype)
         key_mask = None if mask is None else mask.astype(bool)[:, None, None, :]
-        x = _blocks(x, cfg, self.dtype, self.param_dtype, mask=key_mask, is_causal=True)
-        hidden = _layer_norm(cfg.layer_norm_eps, name="ln_final", **common)(x)
+        x = tower_blocks(x, cfg, key_mask, is_causal=True, **self.dtypes)
+        hidden = _layer_norm(cfg.layer_norm_eps, name="ln_final", **self.dtypes)(x)
         eot = POOLING[cfg.pooling](ids, cfg.eos_token_id)  # [B]
         pooled = jnp.take_along_axis(hidden, eot[:, None, None], axis=1)[:, 0]  # [B, D]
-        embedding = dense(
-            self.projection_dim, (EMBED, JOINT_EMBED), name="projection", use_bias=False, **common
-        )(pooled)
-        return embedding.astype(jnp.float32), {"hidden_states": hidden, "pooled": pooled}
+        return _projected(hidden, pooled, self.projection_dim, **self.dtypes)
 
 
-class VisionTransformer(nn.Module):
+class VisionTransformer(PrecisionModule):
     """ViT: patch embedding, class token, position embeddings, pre-LN, blocks, post-LN on the class
     token, projection."""
 
     config: VisionConfig
     projection_dim: int
-    dtype: jnp.dtype = jnp.float32
-    param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(
@@ -272,13 +285,12 @@ class VisionTransformer(nn.Module):
                 f"images must be [batch, {size}, {size}, {channels}] (NHWC, resized and "
                 f"normalised by clip_preprocess), got shape {tuple(images.shape)}"
             )
-        common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         batch, grid = images.shape[0], size // patch
         patches = images.reshape(batch, grid, patch, grid, patch, channels)
         patches = patches.transpose(0, 1, 3, 2, 4, 5).reshape(batch, grid * grid, -1)
-        x = dense(cfg.width, (CONV_IN, EMBED), name="patch_embedding", use_bias=False, **common)(
-            patches
-        )  # [B, N, D]; a stride-`patch` convolution, kernel [p*p*C, D]
+        x = dense(
+            cfg.width, (CONV_IN, EMBED), name="patch_embedding", use_bias=False, **self.dtypes
+        )(patches)  # [B, N, D]; a stride-`patch` convolution, kernel [p*p*C, D]
         class_embedding = self.param(
             "class_embedding",
             nn.with_logical_partitioning(nn.initializers.normal(cfg.width**-0.5), (EMBED,)),
@@ -288,13 +300,10 @@ class VisionTransformer(nn.Module):
         positions = position_embedding(self, grid * grid + 1, cfg.width, cfg.width**-0.5)
         cls = jnp.broadcast_to(class_embedding.astype(x.dtype), (batch, 1, cfg.width))
         x = jnp.concatenate([cls, x], axis=1) + positions.astype(x.dtype)
-        x = _layer_norm(cfg.layer_norm_eps, name="ln_pre", **common)(x)
-        hidden = _blocks(x, cfg, self.dtype, self.param_dtype)
-        pooled = _layer_norm(cfg.layer_norm_eps, name="ln_post", **common)(hidden[:, 0])
-        embedding = dense(
-            self.projection_dim, (EMBED, JOINT_EMBED), name="projection", use_bias=False, **common
-        )(pooled)
-        return embedding.astype(jnp.float32), {"hidden_states": hidden, "pooled": pooled}
+        x = _layer_norm(cfg.layer_norm_eps, name="ln_pre", **self.dtypes)(x)
+        hidden = tower_blocks(x, cfg, **self.dtypes)
+        pooled = _layer_norm(cfg.layer_norm_eps, name="ln_post", **self.dtypes)(hidden[:, 0])
+        return _projected(hidden, pooled, self.projection_dim, **self.dtypes)
 
 
 def normalize(x: Array) -> Array:
@@ -302,7 +311,7 @@ def normalize(x: Array) -> Array:
     return x / jnp.linalg.norm(x, axis=-1, keepdims=True)
 
 
-class CLIP(nn.Module):
+class CLIP(PrecisionModule):
     """Both towers and the learnable log-temperature `logit_scale`.
 
     `model.apply(params, ids, mask, method=CLIP.encode_text)` and
@@ -310,13 +319,12 @@ class CLIP(nn.Module):
     """
 
     config: CLIPConfig
-    dtype: jnp.dtype = jnp.float32
-    param_dtype: jnp.dtype = jnp.float32
 
     def setup(self):
-        common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        self.text = TextTransformer(self.config.text, self.config.projection_dim, **common)
-        self.vision = VisionTransformer(self.config.vision, self.config.projection_dim, **common)
+        self.text = TextTransformer(self.config.text, self.config.projection_dim, **self.dtypes)
+        self.vision = VisionTransformer(
+            self.config.vision, self.config.projection_dim, **self.dtypes
+        )
         self.logit_scale = self.param(
             "logit_scale",
             nn.with_logical_partitioning(

@@ -50,6 +50,7 @@ from unclip_jax.nn.attention import IN_NAMES, OUT_NAMES
 from unclip_jax.nn.embedding import position_embedding, token_embedding
 from unclip_jax.nn.linear import dense
 from unclip_jax.nn.norm import layer_norm
+from unclip_jax.nn.precision import PrecisionModule
 from unclip_jax.sharding import EMBED, LAYERS, MLP, PER_HEAD, TOKENS, VOCAB, constrain, remat
 
 Array = jax.Array
@@ -189,14 +190,12 @@ def cached_attention(
     return jnp.einsum("bhts,bhsd->bthd", weights, values.astype(query.dtype)), (keys, values)
 
 
-class DalleBlock(nn.Module):
+class DalleBlock(PrecisionModule):
     """Pre-LayerNorm block: h + attn(LN(h)), then h + MLP(LN(h)) (GELU). Without a cache
     (training) the T positions attend among themselves; with one their keys and values are
     written into it at `start` and they attend over it (`cached_attention`)."""
 
     config: DalleConfig
-    dtype: jnp.dtype = jnp.float32
-    param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(
@@ -210,12 +209,12 @@ class DalleBlock(nn.Module):
         """h [B, T, W] at positions start … start + T − 1 (start 0 without a cache); the index of
         the layer's mask in masks [len(MASKS), S, S]; the layer's buffers (`cached_attention`).
         Returns (h, cache)."""
-        cfg, common = self.config, dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        cfg = self.config
         heads = (cfg.num_heads, cfg.head_dim)
-        normed = layer_norm(name="norm_attn", **common)(h)
+        normed = layer_norm(name="norm_attn", **self.dtypes)(h)
 
         def project(name: str) -> Array:  # [B, T, H, Dh]
-            return constrain(dense(heads, IN_NAMES, name=name, **common)(normed), PER_HEAD)
+            return constrain(dense(heads, IN_NAMES, name=name, **self.dtypes)(normed), PER_HEAD)
 
         query, key, value = project("query"), project("key"), project("value")
         rows = jax.lax.dynamic_slice_in_dim(masks[mask_index], start, h.shape[1], axis=0)
@@ -225,29 +224,27 @@ class DalleBlock(nn.Module):
             )
         else:
             attended, cache = cached_attention(query, key, value, cache, start, rows)
-        h = h + dense(cfg.width, OUT_NAMES, name="out", **common)(attended)
+        h = h + dense(cfg.width, OUT_NAMES, name="out", **self.dtypes)(attended)
         h = constrain(h, TOKENS)
-        hidden = dense(cfg.mlp_ratio * cfg.width, (EMBED, MLP), name="mlp_in", **common)(
-            layer_norm(name="norm_mlp", **common)(h)
+        hidden = dense(cfg.mlp_ratio * cfg.width, (EMBED, MLP), name="mlp_in", **self.dtypes)(
+            layer_norm(name="norm_mlp", **self.dtypes)(h)
         )
-        h = h + dense(cfg.width, (MLP, EMBED), name="mlp_out", **common)(nn.gelu(hidden))
+        h = h + dense(cfg.width, (MLP, EMBED), name="mlp_out", **self.dtypes)(nn.gelu(hidden))
         return constrain(h, TOKENS), cache
 
 
-class DalleTransformer(nn.Module):
+class DalleTransformer(PrecisionModule):
     """Logits of the next text token at text positions and of the next image code after them."""
 
     config: DalleConfig
-    dtype: jnp.dtype = jnp.float32
-    param_dtype: jnp.dtype = jnp.float32
 
     def setup(self):
-        cfg, common = self.config, dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        cfg = self.config
         text_tokens = cfg.text_vocab_size + cfg.text_length  # and a padding token per position
-        self.text_embed = token_embedding(text_tokens, cfg.width, name="text_embed", **common)
+        self.text_embed = token_embedding(text_tokens, cfg.width, name="text_embed", **self.dtypes)
         self.text_positions = position_embedding(self, cfg.text_length, cfg.width, 0.01, "text_pos")
         self.image_embed = token_embedding(
-            cfg.image_vocab_size, cfg.width, name="image_embed", **common
+            cfg.image_vocab_size, cfg.width, name="image_embed", **self.dtypes
         )
         self.rows = position_embedding(self, cfg.grid, cfg.width, 0.01, "row_embed")
         self.columns = position_embedding(self, cfg.grid, cfg.width, 0.01, "column_embed")
@@ -259,10 +256,12 @@ class DalleTransformer(nn.Module):
             in_axes=(0, nn.broadcast, nn.broadcast),
             length=cfg.depth,
             metadata_params={nn.PARTITION_NAME: LAYERS},
-        )(cfg, name="layers", **common)
-        self.norm_out = layer_norm(name="norm_out", **common)
-        self.text_head = dense(text_tokens, (EMBED, VOCAB), name="text_head", **common)
-        self.image_head = dense(cfg.image_vocab_size, (EMBED, VOCAB), name="image_head", **common)
+        )(cfg, name="layers", **self.dtypes)
+        self.norm_out = layer_norm(name="norm_out", **self.dtypes)
+        self.text_head = dense(text_tokens, (EMBED, VOCAB), name="text_head", **self.dtypes)
+        self.image_head = dense(
+            cfg.image_vocab_size, (EMBED, VOCAB), name="image_head", **self.dtypes
+        )
         self.mask_ids = jnp.asarray([MASKS.index(m) for m in cfg.layer_masks()], jnp.int32)
         self.masks = jnp.asarray(sequence_masks(cfg))
 
@@ -300,7 +299,7 @@ class DalleTransformer(nn.Module):
         cache: (final states, cache). The layers run one after another (not scanned), each on
         its own buffers and its parameters (`layers`, from `layer_params`; sliced here where not
         given): a decoding loop that slices them once gives its steps nothing to copy."""
-        block = DalleBlock(self.config, self.dtype, self.param_dtype, parent=None)
+        block = DalleBlock(self.config, **self.dtypes, parent=None)
         if layers is None:
             layers = layer_params(self.variables["params"])
         new_cache = []

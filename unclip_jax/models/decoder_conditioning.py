@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 from unclip_jax.nn.linear import dense
 from unclip_jax.nn.norm import layer_norm
+from unclip_jax.nn.precision import PrecisionModule
 from unclip_jax.sharding import EMBED, LENGTH, MLP, TOKENS, constrain
 
 Array = jax.Array
@@ -28,7 +29,7 @@ def substitute(drop: Array | None, null: Array, value: Array) -> Array:
     return jnp.where(drop[:, None], null[None].astype(value.dtype), value)
 
 
-class DecoderConditioning(nn.Module):
+class DecoderConditioning(PrecisionModule):
     """Image embedding + caption -> (added time embedding, attention tokens, their mask).
 
     Parameters: `image_to_time`, `caption_to_time` (added to the timestep embedding),
@@ -39,8 +40,6 @@ class DecoderConditioning(nn.Module):
     time_embed_dim: int
     context_dim: int
     num_image_tokens: int = 4
-    dtype: jnp.dtype = jnp.float32
-    param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(
@@ -52,31 +51,30 @@ class DecoderConditioning(nn.Module):
         drop_image: Array | None = None,  # [B] bool
         drop_caption: Array | None = None,  # [B] bool
     ) -> tuple[Array, Array, Array]:  # [B, E], [B, T + L, D_ctx], [B, T + L] bool
-        common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         batch = image_embed.shape[0]
         null_image = self._null("null_image_embed", image_embed.shape[-1])
         image_embed = substitute(drop_image, null_image, image_embed)
-        added = dense(self.time_embed_dim, (EMBED, MLP), name="image_to_time", **common)(
+        added = dense(self.time_embed_dim, (EMBED, MLP), name="image_to_time", **self.dtypes)(
             image_embed
         )
         tokens = dense(
             (self.num_image_tokens, self.context_dim),
             (EMBED, LENGTH, MLP),
             name="image_to_tokens",
-            **common,
+            **self.dtypes,
         )(image_embed)  # kernel [D_img, T, D_ctx]
         mask = jnp.ones((batch, self.num_image_tokens), bool)
         if caption_embed is not None:
             null_caption = self._null("null_caption_embed", caption_embed.shape[-1])
             caption_embed = substitute(drop_caption, null_caption, caption_embed)
             added = added + dense(
-                self.time_embed_dim, (EMBED, MLP), name="caption_to_time", **common
+                self.time_embed_dim, (EMBED, MLP), name="caption_to_time", **self.dtypes
             )(caption_embed)
         if caption_states is not None:
-            states = dense(self.context_dim, (EMBED, MLP), name="caption_proj", **common)(
+            states = dense(self.context_dim, (EMBED, MLP), name="caption_proj", **self.dtypes)(
                 caption_states
             )
-            states = layer_norm(name="caption_norm", **common)(states)
+            states = layer_norm(name="caption_norm", **self.dtypes)(states)
             tokens = jnp.concatenate([tokens, states.astype(tokens.dtype)], axis=1)
             if caption_mask is None:
                 caption_mask = jnp.ones(caption_states.shape[:2], bool)

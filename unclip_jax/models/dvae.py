@@ -25,6 +25,7 @@ from flax import struct
 
 from unclip_jax.models.unet_blocks import upsample
 from unclip_jax.nn.linear import conv
+from unclip_jax.nn.precision import PrecisionModule
 from unclip_jax.sharding import CONV_OUT, FEATURE_MAP, VOCAB, constrain
 
 Array = jax.Array
@@ -106,26 +107,23 @@ def logit_laplace_nll(
     return jnp.log(2.0) + log_b + log_y + log_1my + jnp.abs(log_y - log_1my - mu) * jnp.exp(-log_b)
 
 
-class DVAEBlock(nn.Module):
+class DVAEBlock(PrecisionModule):
     """id_path(x) + post_gain · res_path(x); the residual path is ReLU-conv four times, its hidden
     width out_channels/4, its kernel sizes `kernels`; id_path is a 1×1 conv when widths differ."""
 
     out_channels: int
     kernels: tuple[int, ...]  # ENCODER_KERNELS or DECODER_KERNELS
     post_gain: float
-    dtype: jnp.dtype = jnp.float32
-    param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array) -> Array:  # [B, H, W, C_in] -> [B, H, W, out_channels]
-        common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         skip = x
         if x.shape[-1] != self.out_channels:
-            skip = conv(self.out_channels, 1, name="id_path", **common)(x)
+            skip = conv(self.out_channels, 1, name="id_path", **self.dtypes)(x)
         widths = (self.out_channels // 4,) * (len(self.kernels) - 1) + (self.out_channels,)
         h = x
         for i, (kernel, width) in enumerate(zip(self.kernels, widths, strict=True)):
-            h = conv(width, kernel, name=f"conv_{i + 1}", **common)(nn.relu(h))
+            h = conv(width, kernel, name=f"conv_{i + 1}", **self.dtypes)(nn.relu(h))
         return constrain(skip + self.post_gain * h, FEATURE_MAP)
 
 
@@ -143,7 +141,7 @@ def _check_images(images: Array, config: DVAEConfig) -> None:
         )
 
 
-class DVAEEncoder(nn.Module):
+class DVAEEncoder(PrecisionModule):
     """q(z | x): images in [0, 1] -> logits over the vocabulary at each code position.
 
     Parameters: `input` (7×7 conv), `group_{g}_block_{i}` (g, i from 1), `output` (1×1 conv).
@@ -151,19 +149,16 @@ class DVAEEncoder(nn.Module):
     """
 
     config: DVAEConfig
-    dtype: jnp.dtype = jnp.float32
-    param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, images: Array) -> Array:  # [B, H, W, C] -> [B, H/f, W/f, vocab]
         cfg = self.config
         _check_images(images, cfg)
-        common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        h = conv(cfg.n_hid, 7, name="input", **common)(map_pixels(images.astype(jnp.float32)))
+        h = conv(cfg.n_hid, 7, name="input", **self.dtypes)(map_pixels(images.astype(jnp.float32)))
         for g, width in enumerate(cfg.widths):
             for i in range(cfg.n_blk_per_group):
                 name = f"group_{g + 1}_block_{i + 1}"
-                h = DVAEBlock(width, ENCODER_KERNELS, cfg.post_gain, name=name, **common)(h)
+                h = DVAEBlock(width, ENCODER_KERNELS, cfg.post_gain, name=name, **self.dtypes)(h)
             if g < cfg.group_count - 1:
                 h = nn.max_pool(h, (2, 2), strides=(2, 2))
         h = nn.relu(h).astype(jnp.float32)
@@ -203,15 +198,13 @@ class CodeInput(nn.Module):
         return jnp.einsum("bhwv,vf->bhwf", codes.astype(jnp.float32), kernel) + bias
 
 
-class DVAEDecoder(nn.Module):
+class DVAEDecoder(PrecisionModule):
     """p(x | z): codes -> logit-Laplace parameters [B, H, W, 2C] (location, then log-scale).
 
     Parameters: `input` (`CodeInput`, float32 as OpenAI's), `group_{g}_block_{i}`, `output`.
     """
 
     config: DVAEConfig
-    dtype: jnp.dtype = jnp.float32
-    param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(
@@ -225,16 +218,15 @@ class DVAEDecoder(nn.Module):
                 f"codes must be [B, h, w] integers or [B, h, w, {cfg.vocab_size}] floats, "
                 f"got shape {tuple(codes.shape)} of {codes.dtype}"
             )
-        common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         h = CodeInput(cfg.vocab_size, cfg.n_init, self.param_dtype, name="input")(codes)
         widths = cfg.widths[::-1]
         for g, width in enumerate(widths):
             for i in range(cfg.n_blk_per_group):
                 name = f"group_{g + 1}_block_{i + 1}"
-                h = DVAEBlock(width, DECODER_KERNELS, cfg.post_gain, name=name, **common)(h)
+                h = DVAEBlock(width, DECODER_KERNELS, cfg.post_gain, name=name, **self.dtypes)(h)
             if g < cfg.group_count - 1:
                 h = upsample(h)
-        h = conv(2 * cfg.channels, 1, name="output", **common)(nn.relu(h))
+        h = conv(2 * cfg.channels, 1, name="output", **self.dtypes)(nn.relu(h))
         return h.astype(jnp.float32)
 
     def decode(self, codes: Array) -> Array:  # [B, h, w] or [B, h, w, vocab] -> [B, H, W, C]

@@ -26,6 +26,7 @@ from unclip_jax.nn.attention import MultiHeadAttention
 from unclip_jax.nn.embedding import position_embedding, timestep_embedding
 from unclip_jax.nn.linear import dense
 from unclip_jax.nn.norm import layer_norm
+from unclip_jax.nn.precision import PrecisionModule
 from unclip_jax.sharding import EMBED, HIDDEN, JOINT_EMBED, LENGTH, MLP, TOKENS, constrain
 
 Array = jax.Array
@@ -167,7 +168,7 @@ def _project(params: dict, x: Array, dtype) -> Array:
     return jnp.einsum("bsd,dhk->bshk", x.astype(dtype), kernel) + jnp.asarray(params["bias"], dtype)
 
 
-class PriorBlock(nn.Module):
+class PriorBlock(PrecisionModule):
     """Pre-LayerNorm transformer block: x + attn(LN(x)), then x + MLP(LN(x)) with exact GELU;
     states constrained to `TOKENS`, the MLP's hidden layer to `HIDDEN`."""
 
@@ -175,16 +176,13 @@ class PriorBlock(nn.Module):
     num_heads: int
     head_dim: int | None = None
     mlp_dim: int = 8192
-    dtype: jnp.dtype = jnp.float32
-    param_dtype: jnp.dtype = jnp.float32
 
     def setup(self):
-        common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        self.norm_attn = layer_norm(name="norm_attn", **common)
-        self.attn = MultiHeadAttention(self.num_heads, self.head_dim, name="attn", **common)
-        self.norm_mlp = layer_norm(name="norm_mlp", **common)
-        self.mlp_in = dense(self.mlp_dim, (EMBED, MLP), name="mlp_in", **common)
-        self.mlp_out = dense(self.width, (MLP, EMBED), name="mlp_out", **common)
+        self.norm_attn = layer_norm(name="norm_attn", **self.dtypes)
+        self.attn = MultiHeadAttention(self.num_heads, self.head_dim, name="attn", **self.dtypes)
+        self.norm_mlp = layer_norm(name="norm_mlp", **self.dtypes)
+        self.mlp_in = dense(self.mlp_dim, (EMBED, MLP), name="mlp_in", **self.dtypes)
+        self.mlp_out = dense(self.width, (MLP, EMBED), name="mlp_out", **self.dtypes)
 
     def _mlp(self, h: Array) -> Array:  # [B, S, W] -> [B, S, W]
         h = constrain(h, TOKENS)
@@ -235,11 +233,12 @@ def check_null_conditioning(null_conditioning: str) -> None:
 
 
 def prior_blocks(
-    width: int, num_heads: int, head_dim: int | None, mlp_ratio: int, depth: int, **common
+    width: int, num_heads: int, head_dim: int | None, mlp_ratio: int, depth: int, **dtypes
 ) -> list[PriorBlock]:
-    """The transformer trunk of either prior: `depth` blocks named block_0 … block_{depth−1}."""
+    """The transformer trunk of either prior: `depth` blocks named block_0 … block_{depth−1};
+    `dtypes`: dtype and/or param_dtype."""
     return [
-        PriorBlock(width, num_heads, head_dim, mlp_ratio * width, name=f"block_{i}", **common)
+        PriorBlock(width, num_heads, head_dim, mlp_ratio * width, name=f"block_{i}", **dtypes)
         for i in range(depth)
     ]
 
@@ -277,7 +276,7 @@ def caption_conditioner(
     )
 
 
-class DiffusionPrior(nn.Module):
+class DiffusionPrior(PrecisionModule):
     """Predicts the clean image embedding from the caption and a noised image embedding.
 
     Inputs live in the normalised space of `EmbeddingNormalizer`; the output is the x0 prediction
@@ -300,19 +299,18 @@ class DiffusionPrior(nn.Module):
     # False: every token sees every other, as diffusers' PriorTransformer does when called
     # without an attention mask; the prefix cache needs the causal mask.
     causal: bool = True
-    dtype: jnp.dtype = jnp.float32
-    param_dtype: jnp.dtype = jnp.float32
 
     def setup(self):
-        common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         width, text_dim, token_dim = self.width, self._text_dim, self._token_dim
-        self.tokens_proj = dense(width, (JOINT_EMBED, EMBED), name="tokens_proj", **common)
-        self.text_norm = layer_norm(name="text_norm", **common) if self.text_embed_norm else None
-        self.text_proj = dense(width, (JOINT_EMBED, EMBED), name="text_proj", **common)
+        self.tokens_proj = dense(width, (JOINT_EMBED, EMBED), name="tokens_proj", **self.dtypes)
+        self.text_norm = (
+            layer_norm(name="text_norm", **self.dtypes) if self.text_embed_norm else None
+        )
+        self.text_proj = dense(width, (JOINT_EMBED, EMBED), name="text_proj", **self.dtypes)
         time_dim = self.time_embed_dim or width
-        self.time_in = dense(time_dim, (EMBED, MLP), name="time_in", **common)
-        self.time_out = dense(width, (MLP, EMBED), name="time_out", **common)
-        self.x_proj = dense(width, (JOINT_EMBED, EMBED), name="x_proj", **common)
+        self.time_in = dense(time_dim, (EMBED, MLP), name="time_in", **self.dtypes)
+        self.time_out = dense(width, (MLP, EMBED), name="time_out", **self.dtypes)
+        self.x_proj = dense(width, (JOINT_EMBED, EMBED), name="x_proj", **self.dtypes)
         init = nn.initializers.normal(0.02)
         self.positions = position_embedding(
             self, self.num_tokens + 1 + NUM_STEP_TOKENS, width, 0.02, name="positions"
@@ -320,12 +318,12 @@ class DiffusionPrior(nn.Module):
         self.query = self.param(
             "query", nn.with_logical_partitioning(init, (EMBED,)), (width,), self.param_dtype
         )
-        self.input_norm = layer_norm(name="norm_in", **common) if self.norm_in else None
+        self.input_norm = layer_norm(name="norm_in", **self.dtypes) if self.norm_in else None
         self.blocks = prior_blocks(
-            width, self.num_heads, self.head_dim, self.mlp_ratio, self.depth, **common
+            width, self.num_heads, self.head_dim, self.mlp_ratio, self.depth, **self.dtypes
         )
-        self.norm_out = layer_norm(name="norm_out", **common)
-        self.out_proj = dense(self.embed_dim, (EMBED, JOINT_EMBED), name="out_proj", **common)
+        self.norm_out = layer_norm(name="norm_out", **self.dtypes)
+        self.out_proj = dense(self.embed_dim, (EMBED, JOINT_EMBED), name="out_proj", **self.dtypes)
         self._condition = caption_conditioner(self, text_dim, token_dim)
 
     @property

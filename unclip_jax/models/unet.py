@@ -29,6 +29,7 @@ from unclip_jax.models.decoder_conditioning import DecoderConditioning
 from unclip_jax.models.unet_blocks import AttentionBlock, ResBlock, TimeEmbedding
 from unclip_jax.nn.linear import conv
 from unclip_jax.nn.norm import group_norm
+from unclip_jax.nn.precision import PrecisionModule, parse_dtypes
 from unclip_jax.nn.resize import bicubic_resize
 from unclip_jax.sharding import REMAT_POLICIES, remat
 
@@ -78,12 +79,10 @@ class UNetConfig:
         return 4 * self.base_channels
 
 
-class UNet(nn.Module):
+class UNet(PrecisionModule):
     """eps-prediction U-Net; parameter names follow the levels: `down_{level}_{block}`, etc."""
 
     config: UNetConfig
-    dtype: jnp.dtype = jnp.float32
-    param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(
@@ -101,9 +100,10 @@ class UNet(nn.Module):
             raise ValueError(
                 f"x must be [B, H, W, C] with H, W multiples of {factor}, got {x.shape}"
             )
-        common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        block = dict(scale_shift=cfg.scale_shift, groups=cfg.groups, eps=cfg.norm_eps, **common)
-        attn = dict(head_dim=cfg.head_dim, groups=cfg.groups, eps=cfg.norm_eps, **common)
+        block = dict(
+            scale_shift=cfg.scale_shift, groups=cfg.groups, eps=cfg.norm_eps, **self.dtypes
+        )
+        attn = dict(head_dim=cfg.head_dim, groups=cfg.groups, eps=cfg.norm_eps, **self.dtypes)
 
         res_block = remat(ResBlock, cfg.remat, static_argnums=(3,))  # `deterministic` static
         attention_block = remat(AttentionBlock, cfg.remat)
@@ -111,10 +111,12 @@ class UNet(nn.Module):
         def res(width, name, resample="none"):
             return res_block(width, resample, dropout=cfg.dropout, name=name, **block)
 
-        emb = TimeEmbedding(cfg.base_channels, cfg.time_embed_dim, name="time_embed", **common)(t)
+        emb = TimeEmbedding(
+            cfg.base_channels, cfg.time_embed_dim, name="time_embed", **self.dtypes
+        )(t)
         if added_emb is not None:
             emb = emb + added_emb.astype(emb.dtype)
-        h = conv(cfg.base_channels, 3, name="conv_in", **common)(x.astype(self.dtype))
+        h = conv(cfg.base_channels, 3, name="conv_in", **self.dtypes)(x.astype(self.dtype))
         skips = [h]
         for level, width in enumerate(cfg.widths):
             for i in range(cfg.num_res_blocks):
@@ -142,8 +144,8 @@ class UNet(nn.Module):
                     )
             if level > 0:
                 h = res(width, f"up_{level}_upsample", "up")(h, emb, deterministic)
-        h = nn.silu(group_norm(cfg.groups, cfg.norm_eps, name="norm_out", **common)(h))
-        return conv(cfg.out_channels, 3, name="conv_out", zero=True, **common)(h)
+        h = nn.silu(group_norm(cfg.groups, cfg.norm_eps, name="norm_out", **self.dtypes)(h))
+        return conv(cfg.out_channels, 3, name="conv_out", zero=True, **self.dtypes)(h)
 
 
 # Where the caption encodings come from -> the caption inputs the decoder then takes.
@@ -154,7 +156,7 @@ CAPTION_INPUTS: dict[str, tuple[str, ...]] = {
 }
 
 
-class Decoder(nn.Module):
+class Decoder(PrecisionModule):
     """p(x | z_i, y): the U-Net conditioned on a CLIP image embedding and a caption (unCLIP §2.1).
 
     `caption_source`: "transformer" encodes `caption_ids` with the GLIDE-style caption transformer
@@ -168,8 +170,6 @@ class Decoder(nn.Module):
     num_image_tokens: int = 4
     caption_source: str = "transformer"  # a key of CAPTION_INPUTS
     caption_transformer: CaptionTransformerConfig | None = None  # for "transformer"
-    dtype: jnp.dtype = jnp.float32
-    param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(
@@ -186,22 +186,21 @@ class Decoder(nn.Module):
         drop_caption: Array | None = None,  # [B] bool
         deterministic: bool = True,
     ) -> Array:  # [B, H, W, out_channels]
-        common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         self._check_caption(caption_ids, caption_states, caption_embed)
         if self.caption_source == "transformer":
             if caption_mask is None:
                 caption_mask = jnp.ones(caption_ids.shape, bool)
             caption_states, caption_embed = CaptionTransformer(
-                self.caption_transformer, name="caption_transformer", **common
+                self.caption_transformer, name="caption_transformer", **self.dtypes
             )(caption_ids, caption_mask)
         added, context, context_mask = DecoderConditioning(
             self.unet.time_embed_dim,
             self.context_dim,
             self.num_image_tokens,
             name="conditioning",
-            **common,
+            **self.dtypes,
         )(image_embed, caption_embed, caption_states, caption_mask, drop_image, drop_caption)
-        return UNet(self.unet, name="unet", **common)(
+        return UNet(self.unet, name="unet", **self.dtypes)(
             x, t, added, context, context_mask, deterministic=deterministic
         )
 
@@ -225,7 +224,7 @@ class Decoder(nn.Module):
             )
 
 
-class Upsampler(nn.Module):
+class Upsampler(PrecisionModule):
     """Super-resolution U-Net: input = [noisy high-res, bicubic-upsampled low-res] on channels.
 
     `low_res` of the high-res size is used as is (identity resize): training on crops passes the
@@ -236,8 +235,6 @@ class Upsampler(nn.Module):
     unet: UNetConfig
     noise_level_conditioning: bool = False
     antialias: bool = True  # as diffusers' unCLIP pipeline
-    dtype: jnp.dtype = jnp.float32
-    param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(
@@ -248,7 +245,6 @@ class Upsampler(nn.Module):
         noise_level: Array | None = None,  # [B]
         deterministic: bool = True,
     ) -> Array:  # [B, H, W, out_channels]
-        common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         if (noise_level is None) == self.noise_level_conditioning:
             raise ValueError(
                 f"noise_level must be given exactly when noise_level_conditioning is on "
@@ -261,31 +257,26 @@ class Upsampler(nn.Module):
                 self.unet.base_channels,
                 self.unet.time_embed_dim,
                 name="noise_level_embed",
-                **common,
+                **self.dtypes,
             )(noise_level)
         inputs = jnp.concatenate([x, upsampled.astype(x.dtype)], axis=-1)
-        return UNet(self.unet, name="unet", **common)(inputs, t, added, deterministic=deterministic)
+        return UNet(self.unet, name="unet", **self.dtypes)(
+            inputs, t, added, deterministic=deterministic
+        )
 
 
 def decoder_from_config(model: Mapping[str, Any]) -> Decoder:
     """A `Decoder` from a config's `model` section (`configs/decoder_paper.py` shows the fields)."""
-    model = dict(model)
+    model = parse_dtypes(model)
     caption = model.pop("caption_transformer", None)
     return Decoder(
         unet=UNetConfig(**model.pop("unet")),
         caption_transformer=CaptionTransformerConfig(**caption) if caption else None,
-        dtype=jnp.dtype(model.pop("dtype", "float32")),
-        param_dtype=jnp.dtype(model.pop("param_dtype", "float32")),
         **model,
     )
 
 
 def upsampler_from_config(model: Mapping[str, Any]) -> Upsampler:
     """An `Upsampler` from a config's `model` section (`configs/upsampler256_paper.py`)."""
-    model = dict(model)
-    return Upsampler(
-        unet=UNetConfig(**model.pop("unet")),
-        dtype=jnp.dtype(model.pop("dtype", "float32")),
-        param_dtype=jnp.dtype(model.pop("param_dtype", "float32")),
-        **model,
-    )
+    model = parse_dtypes(model)
+    return Upsampler(unet=UNetConfig(**model.pop("unet")), **model)

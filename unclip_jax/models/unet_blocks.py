@@ -6,6 +6,7 @@ values are extended with conditioning tokens (unCLIP §2.1). The numerics follow
 `ResnetBlock2D` and `Attention` + `AttnAddedKVProcessor` so that Karlo's weights port exactly.
 """
 
+import dataclasses
 from collections.abc import Callable
 
 import flax.linen as nn
@@ -16,6 +17,7 @@ from unclip_jax.nn.attention import MultiHeadAttention
 from unclip_jax.nn.embedding import timestep_embedding
 from unclip_jax.nn.linear import conv, dense
 from unclip_jax.nn.norm import group_norm
+from unclip_jax.nn.precision import PrecisionModule
 from unclip_jax.sharding import CONV_OUT, EMBED, FEATURE_MAP, MLP, constrain
 
 Array = jax.Array
@@ -39,7 +41,19 @@ RESAMPLE: dict[str, Callable[[Array], Array]] = {
 }
 
 
-class ResBlock(nn.Module):
+class UNetBlock(PrecisionModule):
+    """A block whose GroupNorms take the U-Net's `groups` and `eps` (keyword-only fields, as the
+    dtypes)."""
+
+    groups: int = dataclasses.field(default=32, kw_only=True)
+    eps: float = dataclasses.field(default=1e-5, kw_only=True)
+
+    def norm(self, name: str) -> nn.GroupNorm:
+        """The block's GroupNorm `name` over [..., C]."""
+        return group_norm(self.groups, self.eps, name=name, **self.dtypes)
+
+
+class ResBlock(UNetBlock):
     """GroupNorm-SiLU-conv twice, conditioned on the embedding; BigGAN-style resampling inside.
 
     With `scale_shift` the embedding gives a scale and shift applied after the second GroupNorm
@@ -51,10 +65,6 @@ class ResBlock(nn.Module):
     resample: str = "none"  # a key of RESAMPLE
     scale_shift: bool = True
     dropout: float = 0.0
-    groups: int = 32
-    eps: float = 1e-5
-    dtype: jnp.dtype = jnp.float32
-    param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(
@@ -63,28 +73,27 @@ class ResBlock(nn.Module):
         emb: Array,  # [B, E]
         deterministic: bool = True,
     ) -> Array:  # [B, H', W', out_channels]
-        common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         resample = RESAMPLE[self.resample]
-        h = nn.silu(group_norm(self.groups, self.eps, name="norm1", **common)(x))
+        h = nn.silu(self.norm("norm1")(x))
         h, x = resample(h), resample(x)
-        h = conv(self.out_channels, 3, name="conv1", **common)(h)
+        h = conv(self.out_channels, 3, name="conv1", **self.dtypes)(h)
         width = 2 * self.out_channels if self.scale_shift else self.out_channels
-        e = dense(width, (EMBED, CONV_OUT), name="emb_proj", **common)(nn.silu(emb))
+        e = dense(width, (EMBED, CONV_OUT), name="emb_proj", **self.dtypes)(nn.silu(emb))
         e = e[:, None, None, :]
-        norm2 = group_norm(self.groups, self.eps, name="norm2", **common)
+        norm2 = self.norm("norm2")
         if self.scale_shift:
             scale, shift = jnp.split(e, 2, axis=-1)
             h = norm2(h) * (1 + scale) + shift
         else:
             h = norm2(h + e)
         h = nn.Dropout(self.dropout)(nn.silu(h), deterministic=deterministic)
-        h = conv(self.out_channels, 3, name="conv2", zero=True, **common)(h)
+        h = conv(self.out_channels, 3, name="conv2", zero=True, **self.dtypes)(h)
         if x.shape[-1] != self.out_channels:
-            x = conv(self.out_channels, 1, name="skip", **common)(x)
+            x = conv(self.out_channels, 1, name="skip", **self.dtypes)(x)
         return constrain(x + h, FEATURE_MAP)
 
 
-class AttentionBlock(nn.Module):
+class AttentionBlock(UNetBlock):
     """Spatial self-attention whose keys/values are extended with conditioning tokens.
 
     The tokens (unCLIP's 4 image-embedding tokens and the caption encodings) are projected by
@@ -93,10 +102,6 @@ class AttentionBlock(nn.Module):
     """
 
     head_dim: int = 64
-    groups: int = 32
-    eps: float = 1e-5
-    dtype: jnp.dtype = jnp.float32
-    param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(
@@ -106,31 +111,27 @@ class AttentionBlock(nn.Module):
         context_mask: Array | None = None,  # [B, L] bool, False = ignored (padding)
     ) -> Array:  # [B, H, W, C]
         b, height, width, channels = x.shape
-        common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        h = group_norm(self.groups, self.eps, name="norm", **common)(x)
+        h = self.norm("norm")(x)
         h = h.reshape(b, height * width, channels)
         mask = None
         if context is not None and context_mask is not None:
             keys = jnp.concatenate([context_mask, jnp.ones((b, height * width), bool)], axis=1)
             mask = keys[:, None, None, :]
-        h = MultiHeadAttention(channels // self.head_dim, name="attention", **common)(
+        h = MultiHeadAttention(channels // self.head_dim, name="attention", **self.dtypes)(
             h, extra_tokens=context, mask=mask
         )
         return constrain(x + h.reshape(b, height, width, channels), FEATURE_MAP)
 
 
-class TimeEmbedding(nn.Module):
+class TimeEmbedding(PrecisionModule):
     """Sinusoidal features of t through a two-layer SiLU MLP; t: [B] -> [B, width]."""
 
     features: int  # sinusoid size (the U-Net's base channels in ADM)
     width: int
-    dtype: jnp.dtype = jnp.float32
-    param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, t: Array) -> Array:
-        common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        h = dense(self.width, (EMBED, MLP), name="linear_1", **common)(
+        h = dense(self.width, (EMBED, MLP), name="linear_1", **self.dtypes)(
             timestep_embedding(t, self.features)
         )
-        return dense(self.width, (MLP, EMBED), name="linear_2", **common)(nn.silu(h))
+        return dense(self.width, (MLP, EMBED), name="linear_2", **self.dtypes)(nn.silu(h))

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from unclip_jax.nn.linear import dense
+from unclip_jax.nn.precision import PrecisionModule
 from unclip_jax.sharding import EMBED, HEAD_DIM, HEADS, PER_HEAD, TOKENS, constrain
 
 Array = jax.Array
@@ -17,7 +18,7 @@ IN_NAMES = (EMBED, HEADS, HEAD_DIM)  # kernel [D, H, Dh] of the query/key/value 
 OUT_NAMES = (HEADS, HEAD_DIM, EMBED)  # kernel [H, Dh, D_out] of the output projection
 
 
-class MultiHeadAttention(nn.Module):
+class MultiHeadAttention(PrecisionModule):
     """Softmax attention; `context` defaults to `x` (self-attention).
 
     Projections are named `query`, `key`, `value`, `out` and, for the extra tokens,
@@ -29,8 +30,6 @@ class MultiHeadAttention(nn.Module):
     head_dim: int | None = None  # default: width // num_heads
     out_features: int | None = None  # default: width of x
     use_bias: bool = True
-    dtype: jnp.dtype = jnp.float32
-    param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(
@@ -47,7 +46,7 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"width {width} is not divisible by num_heads {self.num_heads}")
         heads = (self.num_heads, head_dim)
         context = x if context is None else context
-        common = dict(use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype)
+        common = dict(use_bias=self.use_bias, **self.dtypes)
 
         def project(name: str, inputs: Array) -> Array:  # [B, L, D] -> [B, L, H, Dh]
             return constrain(dense(heads, IN_NAMES, name=name, **common)(inputs), PER_HEAD)

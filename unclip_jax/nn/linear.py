@@ -10,13 +10,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from unclip_jax.nn.precision import PrecisionModule
 from unclip_jax.sharding import CONV_IN, CONV_OUT, CONV_SPATIAL
 
 Array = jax.Array
 AxisNames = tuple[str | None, ...]
 
 
-class Dense(nn.Module):
+class Dense(PrecisionModule):
     """y = x · kernel + bias, contracting the last `len(names) - len(features)` axes of x.
 
     `names` are the logical names of the kernel's axes, inputs first: (EMBED, MLP) for a [D, M]
@@ -28,8 +29,6 @@ class Dense(nn.Module):
     features: tuple[int, ...]
     names: AxisNames
     use_bias: bool = True
-    dtype: jnp.dtype = jnp.float32
-    param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array) -> Array:  # [..., *in] -> [..., *features]
@@ -77,7 +76,7 @@ def dense(
     """A `Dense` layer with kernel names `names` (inputs first), e.g.
     `dense(4 * d, (EMBED, MLP), name="fc1")` or `dense((h, dh), (EMBED, HEADS, HEAD_DIM), ...)`."""
     features = (features,) if isinstance(features, int) else tuple(features)
-    return Dense(features, tuple(names), use_bias, dtype, param_dtype, name=name)
+    return Dense(features, tuple(names), use_bias, dtype=dtype, param_dtype=param_dtype, name=name)
 
 
 def conv(
