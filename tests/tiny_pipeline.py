@@ -1,7 +1,7 @@
 """A pipeline directory of tiny random stages: CLIP (32 px, 16-d), prior (and, when asked, an
 autoregressive prior), 8 px decoder with a CLIP-token caption, 8→16 upsampler. Used by the
-pipeline and command tests; its stage configs and `random_params` also serve the sampling and
-compile-hygiene tests."""
+pipeline and command tests (with the decoder and upsampler `STEPS` flags of their quick runs); its
+stage configs and `random_params` also serve the sampling and compile-hygiene tests."""
 
 import dataclasses
 from pathlib import Path
@@ -21,6 +21,7 @@ from unclip_jax.pipelines import store
 from unclip_jax.text import bpe
 
 CONTEXT = 8
+STEPS = ("--decoder_steps=2", "--upsampler_steps=2")
 CAPTIONS = [
     f"a {size} {colour} {shape}"
     for size in ("small", "large")

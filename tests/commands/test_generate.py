@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 from PIL import Image
+from tiny_pipeline import STEPS
 
 
 def test_generate_then_eval(unclip, pipeline_dir, tmp_path):
@@ -16,9 +17,8 @@ def test_generate_then_eval(unclip, pipeline_dir, tmp_path):
         "",
         long_prompt,
         "--num_images=1",
-        "--decoder_steps=2",
         "--prior_steps=2",
-        "--upsampler_steps=2",
+        *STEPS,
         f"--checkpoint={pipeline_dir}",
         f"--out={out}",
     )

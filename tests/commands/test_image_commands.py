@@ -3,8 +3,7 @@
 import numpy as np
 import pytest
 from PIL import Image
-
-STEPS = ("--decoder_steps=2", "--upsampler_steps=2")
+from tiny_pipeline import STEPS
 
 
 @pytest.fixture

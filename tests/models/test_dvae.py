@@ -5,9 +5,9 @@ its density formula, pixel mapping, logical axis names, bf16 compute and errors 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import logical_axes
 import numpy as np
 import pytest
-from flax import traverse_util
 from scipy import integrate
 
 from unclip_jax import sharding
@@ -105,15 +105,8 @@ def test_every_parameter_has_logical_axis_names_that_map_to_the_mesh():
         (DVAEDecoder(TINY), jnp.zeros((1, 1, 1), jnp.int32)),
     ):
         boxed = jax.eval_shape(lambda m=module, x=x: m.init(jax.random.key(0), x))["params"]
-        flat = traverse_util.flatten_dict(boxed)
-        unnamed = [
-            "/".join(path)
-            for path, leaf in flat.items()
-            if not isinstance(leaf, nn.Partitioned) or len(leaf.names) != leaf.value.ndim
-        ]
-        assert not unnamed
-    mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
-    specs = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh, sharding.DEFAULT_RULES)
+        assert not logical_axes.unnamed(boxed)
+    specs = logical_axes.mesh_shardings(boxed)
     assert tuple(specs["input"]["kernel"].spec) == (sharding.TENSOR, sharding.FSDP)
 
 

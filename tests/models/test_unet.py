@@ -7,6 +7,7 @@ import importlib
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import logical_axes
 import numpy as np
 import pytest
 from flax import traverse_util
@@ -136,15 +137,8 @@ def test_every_parameter_has_logical_axis_names_that_map_to_the_mesh():
             caption_ids=jnp.zeros((1, LENGTH), jnp.int32),
         )
     )["params"]
-    flat = traverse_util.flatten_dict(boxed)
-    unnamed = [
-        "/".join(path)
-        for path, leaf in flat.items()
-        if not isinstance(leaf, nn.Partitioned) or len(leaf.names) != leaf.value.ndim
-    ]
-    assert not unnamed
-    mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
-    specs = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh, sharding.DEFAULT_RULES)
+    assert not logical_axes.unnamed(boxed)
+    specs = logical_axes.mesh_shardings(boxed)
     kernel = specs["unet"]["down_1_0"]["conv1"]["kernel"].spec
     assert tuple(kernel) == (None, None, None, sharding.FSDP)
 

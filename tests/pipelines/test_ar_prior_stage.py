@@ -179,7 +179,7 @@ def test_damaged_ar_stage_is_named(both_dir, tmp_path):
 
 def test_generate_with_prior_ar(unclip, both_dir, tmp_path):
     out = tmp_path / "out"
-    args = ["--num_images=1", "--decoder_steps=2", "--upsampler_steps=2", f"--out={out}"]
+    args = ["--num_images=1", *tiny_pipeline.STEPS, f"--out={out}"]
     code, _, err = unclip(
         "generate", "a red circle", "--prior=ar", f"--checkpoint={both_dir}", *args
     )

@@ -11,10 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 from reliability.io_helpers import io_assert_refused, io_inputs, io_snapshot
+from tiny_pipeline import STEPS
 
 from unclip_jax.pipelines import outputs
-
-STEPS = ("--decoder_steps=2", "--upsampler_steps=2")
 
 
 @pytest.fixture
@@ -24,41 +23,30 @@ def inputs(tmp_path):
     return paths
 
 
-def test_an_out_holding_files_is_refused_and_kept(unclip, inputs):
+def _refused_and_untouched(unclip, inputs, args: tuple[str, ...], *named: str) -> None:
+    """`unclip generate "a red circle" ARGS` exits 1 naming each of `named`, every file kept."""
     before = io_snapshot(inputs["root"])
-    result = unclip(
-        "generate", "a red circle", f"--checkpoint={inputs['root']}", f"--out={inputs['earlier']}"
-    )
-    io_assert_refused(result, 1, str(inputs["earlier"]), "already holds 2", "--overwrite")
+    io_assert_refused(unclip("generate", "a red circle", *args), 1, *named)
     assert io_snapshot(inputs["root"]) == before
+
+
+def test_an_out_holding_files_is_refused_and_kept(unclip, inputs):
+    args = (f"--checkpoint={inputs['root']}", f"--out={inputs['earlier']}")
+    named = (str(inputs["earlier"]), "already holds 2", "--overwrite")
+    _refused_and_untouched(unclip, inputs, args, *named)
 
 
 def test_overwrite_that_fails_before_writing_keeps_the_earlier_results(unclip, inputs):
-    before = io_snapshot(inputs["root"])
-    result = unclip(
-        "generate",
-        "a red circle",
-        "--overwrite",
-        f"--checkpoint={inputs['root'] / 'none'}",
-        f"--out={inputs['earlier']}",
-    )
-    io_assert_refused(result, 1, str(inputs["root"] / "none"))
-    assert io_snapshot(inputs["root"]) == before
+    missing = inputs["root"] / "none"
+    args = ("--overwrite", f"--checkpoint={missing}", f"--out={inputs['earlier']}")
+    _refused_and_untouched(unclip, inputs, args, str(missing))
 
 
 def test_overwrite_never_deletes_a_folder_no_run_wrote(unclip, inputs):
     """--overwrite of a directory holding folders (a home, a project) is refused: no sampling run
     writes folders, so it is no earlier output."""
-    before = io_snapshot(inputs["root"])
-    result = unclip(
-        "generate",
-        "a red circle",
-        "--overwrite",
-        f"--checkpoint={inputs['root'] / 'none'}",
-        f"--out={inputs['root']}",
-    )
-    io_assert_refused(result, 1, str(inputs["root"]), "'clip'", "--overwrite")
-    assert io_snapshot(inputs["root"]) == before
+    args = ("--overwrite", f"--checkpoint={inputs['root'] / 'none'}", f"--out={inputs['root']}")
+    _refused_and_untouched(unclip, inputs, args, str(inputs["root"]), "'clip'", "--overwrite")
 
 
 def test_overwrite_replaces_the_whole_folder(unclip, pipeline_dir, inputs):

@@ -1,5 +1,5 @@
 """Setup shared by the stage-task tests: a config file's `get_config`, rendered shapes examples,
-a batch's spec for `Task.init`, and Adam on one fixed batch."""
+a folder of random captioned images, a batch's spec for `Task.init`, and Adam on one fixed batch."""
 
 import importlib.util
 from pathlib import Path
@@ -7,6 +7,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import optax
+from PIL import Image
 
 from unclip_jax.data import shapes_captions
 
@@ -25,6 +26,18 @@ def rendered(builder: str, split: str, count: int) -> list[dict]:
     """The first `count` examples of `split` of the shapes_captions config named `builder`."""
     config = next(c for c in shapes_captions.CONFIGS if c.name == builder)
     return [shapes_captions.make_example(config, split, i) for i in range(count)]
+
+
+def captioned_folder(folder: Path, captions: list[str]) -> str:
+    """Random 16x16 PNGs in `folder`, each with its caption in a .txt beside it; returns the
+    `folder_captions` source that reads them."""
+    rng = np.random.default_rng(0)
+    folder.mkdir()
+    for index, caption in enumerate(captions):
+        pixels = rng.integers(0, 256, size=(16, 16, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{index:02d}.png")
+        (folder / f"{index:02d}.txt").write_text(f"{caption}\n")
+    return f"folder_captions:{folder}"
 
 
 def batch_spec(batch: dict[str, np.ndarray]) -> dict[str, jax.ShapeDtypeStruct]:

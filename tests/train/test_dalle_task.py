@@ -35,17 +35,12 @@ def test_registered_as_dalle_trainer():
 
 
 def test_smoke_run_through_the_registered_trainer(tmp_path):
-    rng = np.random.default_rng(0)
-    folder = tmp_path / "images"
-    folder.mkdir()
-    for index in range(32):
-        pixels = rng.integers(0, 256, size=(16, 16, 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(folder / f"{index:02d}.png")
-        (folder / f"{index:02d}.txt").write_text(f"a {['red', 'blue'][index % 2]} picture\n")
+    captions = [f"a {['red', 'blue'][index % 2]} picture" for index in range(32)]
+    source = task_helpers.captioned_folder(tmp_path / "images", captions)
     random_dvae(tmp_path / "dvae")
     config = smoke_config()
     config.dvae_dir = str(tmp_path / "dvae")
-    config.data.update(source=f"folder_captions:{folder}", data_dir=str(tmp_path / "tfds"))
+    config.data.update(source=source, data_dir=str(tmp_path / "tfds"))
     config.data.update(validation_fraction=0.5, eval_split="validation")
     workdir = tmp_path / "work"
     state = trainers.get_trainer("dalle")(config, str(workdir))

@@ -29,6 +29,7 @@ from unclip_jax.diffusion.analytic import AnalyticTable
 from unclip_jax.models.frozen_clip import FrozenCLIP
 from unclip_jax.models.prior import DiffusionPrior, EmbeddingNormalizer
 from unclip_jax.models.unet import decoder_from_config, upsampler_from_config
+from unclip_jax.nn.precision import parse_dtypes
 from unclip_jax.pipelines import store
 from unclip_jax.sampling.decoder import DecoderChain, UpsamplerChain
 from unclip_jax.sampling.prior import EncodedCaption, make_prior_sampler
@@ -276,10 +277,7 @@ class UpsamplerStage:
 
 
 def _prior_model(fields: dict) -> DiffusionPrior:
-    fields = dict(fields)
-    for name in ("dtype", "param_dtype"):
-        fields[name] = jnp.dtype(fields.get(name, "float32"))
-    return DiffusionPrior(**fields)
+    return DiffusionPrior(**parse_dtypes({"dtype": "float32", "param_dtype": "float32", **fields}))
 
 
 def _analytic_table(settings: dict, diffusion: DiffusionSettings) -> AnalyticTable | None:

@@ -41,6 +41,7 @@ from unclip_jax.models.prior import (
     check_null_given,
     substitute_null,
 )
+from unclip_jax.nn.precision import parse_dtypes
 from unclip_jax.sampling.prior import EncodedCaption, NullCaption, make_prior_sampler
 from unclip_jax.sampling.settings import DiffusionSettings
 from unclip_jax.storage.locations import location
@@ -230,10 +231,7 @@ class DiffusionPriorTask(Task):
 
 def build_model(model_config: ml_collections.ConfigDict) -> DiffusionPrior:
     """`DiffusionPrior` from `config.model` (its fields; dtypes by name)."""
-    fields = dict(model_config)
-    for name in ("dtype", "param_dtype"):
-        if name in fields:
-            fields[name] = jnp.dtype(fields[name])
+    fields = parse_dtypes(model_config)
     known = {f.name for f in dataclasses.fields(DiffusionPrior)} - {"parent", "name"}
     unknown = set(fields) - known
     if unknown:
