@@ -103,7 +103,8 @@ def test_bad_settings_refused_in_one_line(tmp_path, flag, message):
 def test_shapes_as_a_folder_reach_the_demo_figures(tmp_path):
     """The demo's shapes exported as a folder (`shapes_captions.export_folder`) and trained by
     `unclip train-folder` with the demo's budgets: the oracle reads its samples of 256
-    single-object captions within 5 points of `make demo`'s figures (its `demo/metrics.json`)."""
+    single-object captions at no more than 5 points below `make demo`'s figures (its
+    `demo/metrics.json`)."""
     from configs import demo
     from unclip_jax.data import shapes_captions
     from unclip_jax.demo.evaluate import options, oracle_accuracy, single_captions
@@ -135,4 +136,4 @@ def test_shapes_as_a_folder_reach_the_demo_figures(tmp_path):
         f"colour+shape {reference['oracle_colour_shape']}"
     )
     for name in ("oracle_colour", "oracle_colour_shape"):
-        assert abs(figures[name] - reference[name]) <= 0.05, (name, figures, reference[name])
+        assert figures[name] >= reference[name] - 0.05, (name, figures, reference[name])
