@@ -9,7 +9,6 @@ wall times and the second cold start's speed-up over a start without the cache, 
     .venv/bin/python -m experiments.bench_cold_start
 """
 
-import argparse
 import pathlib
 import statistics
 import subprocess
@@ -37,9 +36,7 @@ def generate(pipeline_dir: pathlib.Path, out: pathlib.Path, cache: str) -> float
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=2, help="runs per condition")
-    parser.add_argument("--tag", default="cpu")
+    parser = common.argument_parser(__doc__, repeats=2, tag="cpu")
     args = parser.parse_args()
     info = common.machine()
     with tempfile.TemporaryDirectory() as tmp:

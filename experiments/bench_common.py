@@ -7,6 +7,7 @@ by the converters, so both implementations run the same architecture with the sa
     ours = our_cascade(pipe, size)             # our modules + converted parameters
 """
 
+import argparse
 import dataclasses
 import datetime
 import json
@@ -390,6 +391,33 @@ def pick_torch_threads(probe, candidates: tuple[int, ...] | None = None, repeats
     chosen = min(best, key=best.get)
     torch.set_num_threads(chosen)
     return chosen
+
+
+FLAG_HELP = {
+    "sizes": "comma-separated sizes",
+    "batch": "rows per call",
+    "batches": "comma-separated batch sizes",
+    "reps": "alternating passes (the ratio is their median)",
+    "repeats": "timed repetitions",
+    "steps": "timed steps",
+    "dtype": "compute dtype",
+    "tag": "results file suffix",
+}
+
+
+def argument_parser(doc: str, **defaults: Any) -> argparse.ArgumentParser:
+    """A benchmark's parser: its docstring's first paragraph as the description and one `--NAME`
+    flag per keyword, typed by its default (`dtype` limited to the compute dtypes)."""
+    from unclip_jax.nn.precision import COMPUTE_DTYPES
+
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    for name, default in defaults.items():
+        choices = sorted(COMPUTE_DTYPES) if name == "dtype" else None
+        kind = str if default is None else type(default)
+        parser.add_argument(
+            f"--{name}", type=kind, default=default, choices=choices, help=FLAG_HELP.get(name)
+        )
+    return parser
 
 
 def split_names(parser, flag: str, text: str, known) -> list[str]:

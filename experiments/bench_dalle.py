@@ -14,7 +14,6 @@ Prints image tokens/s and the ratio, and writes
     .venv/bin/python -m experiments.bench_dalle --sizes dalle_shapes,12x768 --batch 16 --reps 3
 """
 
-import argparse
 import dataclasses
 import statistics
 
@@ -171,11 +170,7 @@ def bench(name: str, batch: int, reps: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", default="dalle_shapes,12x768")
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--tag", default="")
+    parser = common.argument_parser(__doc__, sizes="dalle_shapes,12x768", batch=16, reps=3, tag="")
     args = parser.parse_args()
     sizes = common.split_names(parser, "--sizes", args.sizes, SIZES)
     import transformers

@@ -13,7 +13,6 @@ and writes `experiments/results/bench_sampling/sampling_<tag>.json`.
     XLA_FLAGS=... .venv/bin/python -m experiments.bench_sampling --tag xla_flags_x
 """
 
-import argparse
 import statistics
 
 import jax
@@ -264,12 +263,9 @@ def bench_size(name: str, batches: list[int], reps: int, dtype) -> list[dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", default="tiny,small")
-    parser.add_argument("--batches", default="1,4,16")
-    parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--dtype", default="float32", choices=sorted(COMPUTE_DTYPES))
-    parser.add_argument("--tag", default=None, help="results file suffix (default: backend)")
+    parser = common.argument_parser(
+        __doc__, sizes="tiny,small", batches="1,4,16", reps=3, dtype="float32", tag=None
+    )
     args = parser.parse_args()
     sizes = common.split_names(parser, "--sizes", args.sizes, common.SIZES)
     gpu_only = [s for s in sizes if common.SIZES[s].gpu_only and jax.default_backend() == "cpu"]

@@ -15,7 +15,6 @@ Our step runs data-parallel over the local devices that divide the batch (one pe
 `JAX_NUM_CPU_DEVICES`).
 """
 
-import argparse
 import os
 import statistics
 
@@ -192,18 +191,15 @@ def bench_size(name: str, batch_size: int, steps: int, dtype: str, peak: float) 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", default="tiny,small")
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--dtype", default="float32", choices=sorted(COMPUTE_DTYPES))
+    parser = common.argument_parser(
+        __doc__, sizes="tiny,small", batch=8, steps=5, dtype="float32", tag=None
+    )
     parser.add_argument(
         "--peak-gflops",
         type=float,
         default=CPU_PEAK_GFLOPS_PER_CORE * (os.cpu_count() or 1),
         help="device peak for the utilisation (default: this CPU's nominal float32 peak)",
     )
-    parser.add_argument("--tag", default=None)
     args = parser.parse_args()
     sizes = common.split_names(parser, "--sizes", args.sizes, common.SIZES)
     if args.batch < 1 or args.steps < 1:

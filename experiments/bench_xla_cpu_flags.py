@@ -8,7 +8,6 @@ decoder (PyTorch, oneDNN convolutions) on the same weights in this process.
 Writes `experiments/results/bench_xla_cpu_flags/xla_cpu_flags_<tag or size>.json`.
 """
 
-import argparse
 import json
 import os
 import statistics
@@ -103,12 +102,8 @@ def torch_call(size_name: str, batch: int, repeats: int) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", default="small")
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser = common.argument_parser(__doc__, size="small", batch=4, repeats=5, tag=None)
     parser.add_argument("--sets", default=",".join([*FLAG_SETS, *PER_CORE_DEVICES]))
-    parser.add_argument("--tag", default=None, help="results file suffix (default: the size)")
     parser.add_argument("--child", action="store_true")
     args = parser.parse_args()
     settings = {**FLAG_SETS, **PER_CORE_DEVICES}

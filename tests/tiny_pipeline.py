@@ -28,15 +28,11 @@ CAPTIONS = [
     for colour in ("red", "green", "blue")
     for shape in ("circle", "square", "triangle")
 ]
-PRIOR_MODEL = dict(
-    embed_dim=16,
-    text_embed_dim=16,
-    token_dim=32,
-    num_tokens=CONTEXT,
-    width=16,
-    depth=1,
-    num_heads=2,
+# The widths both priors' transformers share.
+PRIOR_TRANSFORMER = dict(
+    text_embed_dim=16, token_dim=32, num_tokens=CONTEXT, width=16, depth=1, num_heads=2
 )
+PRIOR_MODEL = dict(embed_dim=16, **PRIOR_TRANSFORMER)
 DECODER_MODEL = dict(
     unet=dict(
         out_channels=6,
@@ -76,17 +72,7 @@ def random_params(module: nn.Module, *args, seed: int | None = None, **kwargs):
     return jax.tree.unflatten(tree, values)
 
 
-AR_PRIOR_MODEL = dict(
-    num_codes=4,
-    num_buckets=16,
-    num_dot_buckets=8,
-    text_embed_dim=16,
-    token_dim=32,
-    num_tokens=CONTEXT,
-    width=16,
-    depth=1,
-    num_heads=2,
-)
+AR_PRIOR_MODEL = dict(num_codes=4, num_buckets=16, num_dot_buckets=8, **PRIOR_TRANSFORMER)
 AR_SAMPLING = dict(
     guidance_scale=2.0, candidates=1, temperature=1.0, top_p=1.0, dot_sampling="top_half"
 )
