@@ -5,6 +5,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -67,6 +68,23 @@ def test_eight_devices_equal_one(pipeline_dir, first):
     np.testing.assert_allclose(out["images"], first["images"], atol=1e-3)
 
 
+def test_the_decoder_reads_given_or_null_image_embeddings(pipe, first):
+    """Given z_i skip the prior: the prior's own z_i give its images back; the null z_i is the
+    decoder's learned one (the same images as that vector given as z_i)."""
+    given = pipe.generate_float(PROMPTS, 2, seed=0, image_embeds=first["image_embed"])
+    np.testing.assert_allclose(given["images"], first["images"], atol=1e-6)
+    null = pipe.generate_float(PROMPTS, 2, seed=0, null_image=True)
+    assert not np.allclose(null["images"], first["images"], atol=1e-2)
+    [learned] = [
+        np.asarray(leaf)
+        for path, leaf in jax.tree_util.tree_leaves_with_path(pipe.decoder.params)
+        if "null_image_embed" in jax.tree_util.keystr(path)
+    ]
+    as_given = np.broadcast_to(learned.reshape(1, -1), first["image_embed"].shape)
+    again = pipe.generate_float(PROMPTS, 2, seed=0, image_embeds=as_given)
+    np.testing.assert_allclose(null["images"], again["images"], atol=1e-6)
+
+
 def test_empty_prompt_is_unconditional(pipe):
     """An empty prompt ignores the prior's guidance scale (it samples with scale 0)."""
     low = pipe.generate_float(["", "a red circle", "", ""], seed=3, prior_guidance=1.0)
@@ -91,6 +109,9 @@ def test_long_prompt_is_truncated_with_a_warning(pipe):
         (dict(upsampler_steps=101), r"upsampler_steps must be in \[1, 100\]"),
         (dict(num_images_per_prompt=0), "num_images_per_prompt must be an integer >= 1"),
         (dict(rerank_candidates=0), "rerank_candidates must be an integer >= 1"),
+        (dict(image_embeds=np.zeros((3, 16))), r"image_embeds must be finite \[2, 16\]"),
+        (dict(image_embeds=np.zeros((4, 16)), null_image=True), "not both"),
+        (dict(null_image="yes"), "null_image must be True or False"),
     ],
 )
 def test_bad_arguments_fail_before_compute(pipe, first, kwargs, message):

@@ -169,6 +169,7 @@ class KarloDecoderStage:
         image_embed: Array,  # [B, D]
         caption: dict[str, Array],  # mask/states/text_embed, leading axis B
         drop_caption: Array,  # [B] bool: these rows see the empty caption's encoding
+        drop_image: Array | None = None,  # [B] bool: these rows see the learned null z_i
     ) -> dict[str, Array]:
         null = self.params["null"]
         drop = jnp.asarray(drop_caption, bool)
@@ -177,12 +178,15 @@ class KarloDecoderStage:
             where = drop.reshape(-1, *([1] * (value.ndim - 1)))
             return jnp.where(where, jnp.asarray(null[key][0], value.dtype), value)
 
-        return {
+        cond = {
             "image_embed": image_embed,
             "caption_states": pick("states", caption["states"]),
             "caption_embed": pick("embed", caption["text_embed"]),
             "caption_mask": pick("mask", caption["mask"]),
         }
+        if drop_image is not None:
+            cond["drop_image"] = jnp.asarray(drop_image, bool)
+        return cond
 
     def sample(
         self,

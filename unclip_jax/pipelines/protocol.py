@@ -83,10 +83,15 @@ class DecoderStage(Protocol):
     shape: tuple[int, int, int]  # (S, S, 3) of the images it samples
 
     def conditioning(
-        self, image_embed: Array, caption: dict[str, Array], drop_caption: Array
+        self,
+        image_embed: Array,
+        caption: dict[str, Array],
+        drop_caption: Array,
+        drop_image: Array | None = None,
     ) -> dict[str, Array]:
         """The decoder's inputs from z_i [B, P] and the caption's ids/mask/states/text_embed;
-        rows with `drop_caption` [B] see the null caption."""
+        rows with `drop_caption` [B] see the null caption, rows with `drop_image` [B] the
+        decoder's null image embedding in place of z_i (None: none does)."""
 
     def sample(
         self, x_T: Array, cond: dict, steps: int, scale: float, eta: float, key: Array, **fed

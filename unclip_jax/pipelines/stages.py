@@ -209,6 +209,7 @@ class DecoderStage:
         image_embed: Array,  # [B, D]
         caption: dict[str, Array],  # ids/mask/states/text_embed, leading axis B
         drop_caption: Array,  # [B] bool
+        drop_image: Array | None = None,  # [B] bool: the learned null image embedding
     ) -> dict[str, Array]:
         """The decoder's conditional inputs for its caption source."""
         source = self.model.caption_source
@@ -221,7 +222,7 @@ class DecoderStage:
                 "caption_embed": caption["text_embed"],
                 "caption_mask": caption["mask"],
             }
-        return self.chain.conditioning(image_embed, inputs, drop_caption)
+        return self.chain.conditioning(image_embed, inputs, drop_caption, drop_image)
 
     def sample(
         self, x_T: Array, cond: dict, steps: int, scale: float, eta: float, key: Array

@@ -154,8 +154,8 @@ class UnCLIP(ImageOperations):
         return counts
 
     def _chain(self, rows: dict, index: int, chain: RunSettings) -> dict[str, Array]:
-        """Rows (ids, mask, drop_caption, noise_id; image_embed and/or x_T when given) →
-        final images; the prior runs where no image_embed is given."""
+        """Rows (ids, mask, drop_caption, noise_id; image_embed, drop_image and/or x_T when
+        given) → final images; the prior runs where no image_embed is given."""
         key = jax.random.fold_in(chain.key, index)
 
         def fed(stage: str) -> dict[str, Array]:  # fed latents / noise rows of a stage
@@ -176,7 +176,9 @@ class UnCLIP(ImageOperations):
         caption = {"ids": rows["ids"], "mask": rows["mask"], "states": states}
         caption["text_embed"] = text_embed
         cond = self.batches.shard(
-            self.decoder.conditioning(image_embed, caption, rows["drop_caption"])
+            self.decoder.conditioning(
+                image_embed, caption, rows["drop_caption"], rows.get("drop_image")
+            )
         )
         decoder_fed = fed(store.DECODER)
         x_T = decoder_fed.pop("latents", rows.get("x_T"))
@@ -270,6 +272,36 @@ class UnCLIP(ImageOperations):
                 "encoder (a converted Karlo checkpoint has a CLIP text encoder only)"
             )
 
+    def _given_embedding_rows(
+        self, image_embeds: np.ndarray | None, null_image: bool, images: int, rerank: int
+    ) -> dict[str, np.ndarray]:
+        """Rows of z_i given in place of the prior's ("image_embed", each image's repeated for
+        its rerank candidates) or the decoder's null z_i ("drop_image"), checked first."""
+        if not isinstance(null_image, (bool, np.bool_)):
+            raise ValueError(f"null_image must be True or False, got {null_image!r}")
+        if image_embeds is None:
+            if not null_image:
+                return {}
+            return {
+                "image_embed": np.zeros((images * rerank, self.embed_dim), np.float32),
+                "drop_image": np.ones(images * rerank, bool),
+            }
+        if null_image:
+            raise ValueError("give image_embeds or null_image=True, not both")
+        given = np.asarray(image_embeds, np.float32)
+        if given.shape != (images, self.embed_dim) or not np.all(np.isfinite(given)):
+            raise ValueError(
+                f"image_embeds must be finite [{images}, {self.embed_dim}] (one z_i per image), "
+                f"got shape {given.shape}"
+            )
+        return {"image_embed": np.repeat(given, rerank, axis=0)}
+
+    @property
+    def embed_dim(self) -> int:
+        """Width D of the CLIP embeddings z_i and z_t the stages exchange."""
+        ids, mask = self.clip.tokenize([""])
+        return jax.eval_shape(self.clip.encode_text, ids, mask)[0].shape[-1]
+
     def _fed_rows(
         self,
         latents: dict[str, np.ndarray] | None,
@@ -332,6 +364,8 @@ class UnCLIP(ImageOperations):
         *,
         latents: dict[str, np.ndarray] | None = None,
         noise: dict[str, np.ndarray] | None = None,
+        image_embeds: np.ndarray | None = None,
+        null_image: bool = False,
     ) -> dict[str, np.ndarray]:
         """`generate` before conversion: {"images": [P·n, S, S, 3] float in [-1, 1],
         "image_embed": [P·n, D], "scores": [P·n] CLIP cosine of the kept images (absent without
@@ -342,6 +376,11 @@ class UnCLIP(ImageOperations):
         `noise` their per-step noise ({stage: [R, steps − 1, …]}, the noise added after each
         step in sampling order; the last step adds none), R = P·n·rerank_candidates rows in
         output order. Fed prior latents and any fed noise need stages that take them (Karlo's).
+
+        The decoder's image embedding need not come from the prior (the ablations of §5.1):
+        `image_embeds` [P·n, D] gives each image's z_i (e.g. the CLIP text embedding, or another
+        image's); `null_image=True` gives the decoder its learned null z_i, so that it reads
+        the caption alone (with a decoder trained without image embeddings: GLIDE).
         """
         prompts = check_prompts(prompts)
         n = check_count("num_images_per_prompt", num_images_per_prompt)
@@ -372,6 +411,7 @@ class UnCLIP(ImageOperations):
         rows["prior_scale"] = np.where(unconditional, 0.0, prior_guidance).astype(np.float32)
         rows["noise_id"] = np.arange(len(unconditional), dtype=np.int32)
         rows.update(fed)
+        rows.update(self._given_embedding_rows(image_embeds, null_image, len(prompts) * n, rerank))
         out = self.batches.map(lambda r, i: self._chain(r, i, chain), rows, "generate")
         if "scores" not in out:
             return out

@@ -130,6 +130,7 @@ class DecoderChain:
         image_embed: Array,  # [B, D]
         caption: Mapping[str, Array] | None = None,  # the model's caption inputs, leading axis B
         drop_caption: Array | None = None,  # [B] bool; default: no caption dropped
+        drop_image: Array | None = None,  # [B] bool: the learned null z_i; default: none
     ) -> dict[str, Array]:
         """The conditional inputs; the caption keys must be those of the caption source."""
         given = sorted(k for k in (caption or {}) if k != "caption_mask")
@@ -141,9 +142,11 @@ class DecoderChain:
         batch = image_embed.shape[0]
         if drop_caption is None:
             drop_caption = jnp.zeros((batch,), bool)
+        if drop_image is None:
+            drop_image = jnp.zeros((batch,), bool)
         return {
             "image_embed": jnp.asarray(image_embed, jnp.float32),
-            "drop_image": jnp.zeros((batch,), bool),
+            "drop_image": jnp.asarray(drop_image, bool),
             "drop_caption": jnp.asarray(drop_caption, bool),
             **{k: jnp.asarray(v) for k, v in (caption or {}).items()},
         }

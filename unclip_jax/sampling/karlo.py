@@ -95,7 +95,8 @@ class KarloPriorChain:
 
 class KarloDecoderChain:
     """`chain(params, x_T [B, S, S, 3], cond, schedule, scale, key, noise) -> [B, S, S, 3]`,
-    cond: image_embed, caption_states, caption_embed, caption_mask; params = {"model", "null"}."""
+    cond: image_embed, caption_states, caption_embed, caption_mask (and optionally drop_image [B]:
+    rows that see the learned null image embedding); params = {"model", "null"}."""
 
     def __init__(self, model, scheduler: KarloScheduler):
         self.model, self.scheduler = model, scheduler
@@ -109,7 +110,11 @@ class KarloDecoderChain:
             "caption_states": with_null(cond["caption_states"], null["states"]),
             "caption_embed": with_null(cond["caption_embed"], null["embed"]),
             "caption_mask": with_null(cond["caption_mask"], null["mask"]),
-            "drop_image": jnp.arange(2 * batch) >= batch,  # the learned null image embedding
+            # the learned null image embedding: the unconditional half, and conditional rows
+            # given none (`drop_image`)
+            "drop_image": jnp.concatenate(
+                [cond.get("drop_image", jnp.zeros((batch,), bool)), jnp.ones((batch,), bool)]
+            ),
         }
         denoise = guidance.guided_denoiser(
             lambda x, t: self.model.apply(
