@@ -56,3 +56,36 @@ def test_the_verdict_rule():
         bootstrap.verdict((0.1, 0.3), 0)
     with pytest.raises(ValueError, match=r"\[seeds, captions\]"):
         bootstrap.bootstrap_means(np.zeros((2, 2, 2)))
+
+
+def test_resampled_figures_draw_seeds_around_each_resample():
+    """One seed: the replicates are its resamples; two seeds at ±1 without resample noise: the
+    replicate means are −1, 0, +1 with probabilities 1/4, 1/2, 1/4."""
+    rng = np.random.default_rng(3)
+    one = rng.normal(size=(1, 500))
+    np.testing.assert_allclose(bootstrap.resampled_means(one, rng), one[0])
+    two = np.concatenate([np.full((1, 4000), -1.0), np.full((1, 4000), 1.0)])
+    means = bootstrap.resampled_means(two, rng)
+    shares = [np.mean(np.isclose(means, v)) for v in (-1.0, 0.0, 1.0)]
+    np.testing.assert_allclose(shares, [0.25, 0.5, 0.25], atol=0.03)
+    difference = bootstrap.resampled_difference(one + 2.0, one, rng)
+    np.testing.assert_allclose(difference, 2.0)
+    with pytest.raises(ValueError, match="as many resamples"):
+        bootstrap.resampled_difference(one, two, rng)
+
+
+@pytest.mark.parametrize(
+    "interval, direction, margin, expected",
+    [
+        ((0.1, 0.3), 1, None, "reproduced"),
+        ((-0.3, -0.1), -1, None, "reproduced"),
+        ((-0.3, -0.1), 1, None, "not reproduced"),
+        ((-0.1, 0.2), 1, None, "inconclusive"),
+        ((-0.01, 0.05), 1, 0.02, "reproduced"),  # at least as good, within the margin
+        ((-0.08, -0.03), 1, 0.02, "not reproduced"),
+        ((-0.04, 0.01), 1, 0.02, "inconclusive"),
+        ((0.01, 0.04), -1, 0.02, "inconclusive"),
+    ],
+)
+def test_verdict_with_and_without_a_margin(interval, direction, margin, expected):
+    assert bootstrap.verdict(interval, direction, margin) == expected

@@ -9,6 +9,10 @@ order) share the caption draws, which removes the captions' common difficulty fr
 
     low, high = interval(bootstrap_means(hits, rng=rng))
     verdict(interval(bootstrap_difference(a, b, rng=rng)), direction=+1)  # paper: a > b
+
+A figure computed from a whole set of images (a Fréchet distance) has no per-caption values: it
+comes as [S, R], each seed's figure on R resamples of its images (with replacement), and
+`resampled_means` / `resampled_difference` draw the seeds around them.
 """
 
 import numpy as np
@@ -68,6 +72,27 @@ def bootstrap_difference(
     return means[0] - means[1]
 
 
+def resampled_means(values: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+    """[R] replicate means of a figure that is not a mean over captions (a Fréchet distance):
+    `values` [S, R], row s the figure of seed s on R resamples of its images; replicate r draws S
+    seeds with replacement and averages their r-th resample."""
+    x = _table(values, "values")
+    seeds = (rng or np.random.default_rng(0)).integers(x.shape[0], size=(x.shape[1], x.shape[0]))
+    return x[seeds, np.arange(x.shape[1])[:, None]].mean(axis=1)
+
+
+def resampled_difference(
+    values_a: np.ndarray, values_b: np.ndarray, rng: np.random.Generator | None = None
+) -> np.ndarray:
+    """[R] replicates of mean(a) − mean(b) of `resampled_means`' figures, [S_a, R] and [S_b, R]
+    (each arm's seeds drawn on their own)."""
+    a, b = _table(values_a, "values_a"), _table(values_b, "values_b")
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"both need as many resamples, got {a.shape[1]} and {b.shape[1]}")
+    rng = rng or np.random.default_rng(0)
+    return resampled_means(a, rng) - resampled_means(b, rng)
+
+
 def interval(replicates: np.ndarray, level: float = 0.95) -> tuple[float, float]:
     """The percentile interval holding `level` of the replicates."""
     if not 0 < level < 1:
@@ -77,13 +102,19 @@ def interval(replicates: np.ndarray, level: float = 0.95) -> tuple[float, float]
     return float(low), float(high)
 
 
-def verdict(difference_interval: tuple[float, float], direction: int) -> str:
+def verdict(
+    difference_interval: tuple[float, float], direction: int, margin: float | None = None
+) -> str:
     """The rule of a claim "the difference has the paper's sign `direction` (+1 or −1)":
     reproduced when the interval excludes 0 on that side, not reproduced when it excludes 0 on
-    the other, inconclusive when it holds 0."""
+    the other, inconclusive when it holds 0. With a `margin` m the claim is "at least as good"
+    (non-inferiority): reproduced when direction × difference stays above −m over the whole
+    interval, not reproduced when it stays below −m, inconclusive otherwise."""
     if direction not in (1, -1):
         raise ValueError(f"direction must be +1 or -1, got {direction!r}")
-    low, high = sorted(difference_interval)
-    if low > 0 or high < 0:
-        return VERDICTS[0] if (low > 0) == (direction > 0) else VERDICTS[1]
-    return VERDICTS[2]
+    low, high = sorted(direction * np.asarray(difference_interval, np.float64))
+    if margin is not None:
+        if not margin >= 0:
+            raise ValueError(f"margin must be >= 0, got {margin!r}")
+        return VERDICTS[0] if low > -margin else VERDICTS[1] if high < -margin else VERDICTS[2]
+    return VERDICTS[0] if low > 0 else VERDICTS[1] if high < 0 else VERDICTS[2]

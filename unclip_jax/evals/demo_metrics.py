@@ -4,6 +4,7 @@
   (`colour`), and also of its shape (`colour_shape`);
 - binding accuracy (two-object captions): both named objects present with the right colour and
   shape, no other object, the relation right (`shapes_oracle.score_caption(...).correct`);
+  `binding_hits` leaves the relation out (each object with its own attributes);
 - diversity: per caption, the entropy of the oracle-read (position region, size class) of the
   generated images divided by that of the data's images of the same caption description,
   averaged over captions (1 = as varied as the data, 0 = always the same layout).
@@ -24,18 +25,39 @@ def read_single(image: np.ndarray) -> shapes_oracle.ReadObject | None:
     return objects[0] if len(objects) == 1 else None
 
 
-def single_object_accuracy(images: np.ndarray, captions: Sequence[str]) -> dict[str, float]:
-    """{"colour", "colour_shape"} fractions over single-object captions."""
-    colour = colour_shape = 0
+def single_object_hits(images: np.ndarray, captions: Sequence[str]) -> dict[str, np.ndarray]:
+    """{"colour", "colour_shape"}: per image [N] bool, whether the oracle reads exactly one
+    object, of the single-object caption's colour (and shape)."""
+    colour, colour_shape = [], []
     for image, caption in zip(images, captions, strict=True):
         named, _, _ = shapes_oracle.parse_caption(caption)
         if len(named) != 1:
             raise ValueError(f"caption {caption!r} does not name exactly one object")
         read = read_single(image)
-        if read is not None and read.colour == named[0][0]:
-            colour += 1
-            colour_shape += read.shape == named[0][1]
-    return {"colour": colour / len(captions), "colour_shape": colour_shape / len(captions)}
+        colour.append(read is not None and read.colour == named[0][0])
+        colour_shape.append(colour[-1] and read.shape == named[0][1])
+    return {"colour": np.array(colour, bool), "colour_shape": np.array(colour_shape, bool)}
+
+
+def single_object_accuracy(images: np.ndarray, captions: Sequence[str]) -> dict[str, float]:
+    """{"colour", "colour_shape"} fractions over single-object captions."""
+    hits = single_object_hits(images, captions)
+    return {name: float(np.mean(value)) for name, value in hits.items()}
+
+
+def binding_hits(images: np.ndarray, captions: Sequence[str]) -> np.ndarray:
+    """Per image [N] bool: the oracle reads every object the caption names, each with its own
+    colour and shape, and no other object (the relation is not judged)."""
+    if len(images) != len(captions):
+        raise ValueError(f"need as many images as captions, got {len(images)} and {len(captions)}")
+    scores = [shapes_oracle.score_caption(i, c) for i, c in zip(images, captions, strict=True)]
+    return np.array(
+        [
+            s.objects_named > 0 and s.objects_matched == s.objects_named and not s.extra_objects
+            for s in scores
+        ],
+        bool,
+    )
 
 
 def binding_accuracy(images: np.ndarray, captions: Sequence[str]) -> float:
