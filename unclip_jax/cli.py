@@ -19,6 +19,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "unclip_jax.demo.train_folder",
         "the whole chain on your captioned images: --images DIR --workdir DIR",
     ),
+    "study": (
+        "unclip_jax.demo.study",
+        "the papers' claims on the shapes, every arm: --config configs/study.py[:fast|:full]",
+    ),
     "convert-clip": (
         "unclip_jax.commands.convert_clip",
         "Hugging Face CLIP directory -> CLIP checkpoint: --hf-dir DIR --out DIR",
@@ -94,11 +98,17 @@ def usage() -> str:
 
 
 def _plain(error: BaseException) -> str:
-    """The innermost message of an error (ml_collections wraps a KeyError in an AttributeError)."""
+    """The innermost message of an error (ml_collections wraps a KeyError in an AttributeError,
+    and a config's own error in the text of its traceback: its last line is kept)."""
     message = error
     while isinstance(message, BaseException) and message.args:
         message = message.args[0]
-    return str(message).replace("\n", " ")
+    text = str(message)
+    if "Traceback (most recent call last)" in text:
+        head = text.split("Traceback", 1)[0].strip()
+        last = text.strip().splitlines()[-1].strip()
+        text = f"{head} {last}"
+    return text.replace("\n", " ")
 
 
 def _describe(error: Exception) -> str:

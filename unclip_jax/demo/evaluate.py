@@ -60,9 +60,10 @@ def pair_captions(count: int, rng: np.random.Generator) -> list[str]:
     return out
 
 
-def held_out(config: ml_collections.ConfigDict, count: int) -> list[dict]:
-    """The first `count` single-object test examples: image, colour, shape, description."""
-    source = open_source(config.data_source, "test", config.data_dir or None)
+def held_out(config: ml_collections.ConfigDict, count: int, split: str = "test") -> list[dict]:
+    """The single-object examples among the first `count` of `split`: image, colour, shape,
+    description."""
+    source = open_source(config.data_source, split, config.data_dir or None)
     out = []
     for i in range(min(count, len(source))):
         example = source[i]
@@ -159,12 +160,10 @@ def mean_clip_score(scorer: CLIPScorer, images: np.ndarray, captions: list[str])
     return float(np.mean(scorer(images, captions)))
 
 
-def layout_diversity(images: np.ndarray, captions: list[str], data: list[dict]) -> float | None:
-    """Layout diversity of samples against the data (None where undefined)."""
-    real = np.stack([d["image"] for d in data])
-    # Size classes split at the data's median foreground fraction.
+def size_threshold(data: list[dict]) -> float:
+    """The data's median foreground fraction: where the layouts' size classes split."""
     background = shapes_render.BACKGROUND
-    threshold = float(
+    return float(
         np.median(
             [
                 np.mean(np.linalg.norm(d["image"].astype(np.float32) - background, axis=-1) > 70.0)
@@ -172,8 +171,13 @@ def layout_diversity(images: np.ndarray, captions: list[str], data: list[dict]) 
             ]
         )
     )
+
+
+def layout_diversity(images: np.ndarray, captions: list[str], data: list[dict]) -> float | None:
+    """Layout diversity of samples against the data (None where undefined)."""
+    real = np.stack([d["image"] for d in data])
     diversity = demo_metrics.diversity(
-        images, captions, real, [d["caption"] for d in data], threshold
+        images, captions, real, [d["caption"] for d in data], size_threshold(data)
     )
     return None if np.isnan(diversity) else diversity
 

@@ -46,18 +46,28 @@ class Demo:
 def define_flags(config: str, workdir: str, outputs: str, demo_out: str = "demo") -> None:
     """The demo's flags, with a driver's defaults; defined by the entry point only: importing a
     driver (tests) leaves the process-wide registry to `unclip train`, which defines `--config`
-    and `--workdir` too (where both are imported, as `unclip train-folder` and `unclip train` in
-    one process, the later definition stands)."""
+    and `--workdir` too (where several are imported, as `unclip train-folder`, `unclip study` and
+    `unclip train` in one process, the later definition stands)."""
     config_flags.DEFINE_config_file(
         "config", config, "The demo configuration.", allow_override=True
     )
     flags.DEFINE_string(
         "workdir", workdir, "Directory for data, stage workdirs, pipeline.", allow_override=True
     )
-    flags.DEFINE_string("demo_out", demo_out, f"Directory for {outputs}.")
-    flags.DEFINE_list("force", [], "Stages to re-run even when finished ('all' for every stage).")
+    flags.DEFINE_string(
+        "demo_out", demo_out, f"Directory for {outputs}.", allow_override=True
+    )
     flags.DEFINE_list(
-        "stages", [], "Run only these stages (e.g. in a second process); sampling waits for all."
+        "force",
+        [],
+        "Stages to re-run even when finished ('all' for every stage).",
+        allow_override=True,
+    )
+    flags.DEFINE_list(
+        "stages",
+        [],
+        "Run only these stages (e.g. in a second process); sampling waits for all.",
+        allow_override=True,
     )
 
 

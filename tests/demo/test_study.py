@@ -1,0 +1,128 @@
+"""`unclip study`: its stages wired per CLIP and seed, the claims judged by their written rules
+(on made-up figures whose verdicts are known), and the smoke tier end to end through the
+command: every arm's figure file, the table, the plot, and a re-run that samples nothing again."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from unclip_jax.demo import study, study_claims, study_stages
+
+ROOT = Path(__file__).parents[2]
+sys.path.insert(0, str(ROOT))
+from configs import study as study_config  # noqa: E402
+
+
+def test_stages_are_wired_per_clip_and_seed(tmp_path):
+    config = study_config.get_config("full")
+    sections = study_stages.sections(config, tmp_path)
+    assert sections["prior_c1_s2"].data.train_dir == str(tmp_path / "embeddings_c1" / "train")
+    assert sections["prior_c1_s2"].seed == 2 and sections["ar_prior_c1_s2"].seed == 2
+    assert sections["clip_c1"].seed == 1 != sections["score_clip"].seed
+    assert sections["decoder_c1"].clip_dir == str(study_stages.clip_export(tmp_path, 1))
+    # D is A's U-Net and budget trained without image embeddings.
+    a, d = sections["decoder_c0"], sections["glide_decoder_c0"]
+    assert a.model.to_dict() == d.model.to_dict() and a.train.to_dict() == d.train.to_dict()
+    assert a.model.caption_source == "transformer" and a.image_size == 32
+    assert (a.guidance.image_drop_prob, d.guidance.image_drop_prob) == (0.1, 1.0)
+    steps = list(study_stages.steps(config, tmp_path))
+    assert steps[:2] == ["data", "score_clip"] and len(steps) == 2 + 2 * (4 + 2 * 3)
+    assert study.replicates(config, config.arms["A"]) == [(c, s) for c in (0, 1) for s in (0, 1, 2)]
+    assert study.replicates(config, config.arms["D"]) == [(0, 0), (1, 0)]
+    assert config.reference_guidance in config.guidance_scales
+
+
+def made_up_arm(colour_shape: float, diversity: float, fd: float, scales=("4",)) -> dict:
+    """An arm's figure file with 2 seeds × 64 captions around the given means."""
+    rng = np.random.default_rng(int(1000 * colour_shape + 100 * diversity))
+    per_scale = {}
+    for k, key in enumerate(scales):
+        shift = 0.1 * k  # larger guidance: more fidelity, less diversity
+        per_scale[key] = {
+            "colour": (rng.random((2, 64)) < colour_shape + shift).astype(float),
+            "colour_shape": (rng.random((2, 64)) < colour_shape + shift).astype(float),
+            "binding": (rng.random((2, 64)) < colour_shape).astype(float),
+            "clip_score": rng.normal(20 + 10 * colour_shape, 1.0, (2, 64)),
+            "diversity": rng.normal(diversity - shift, 0.02, (2, 64)),
+            "fd": rng.normal(fd, 0.05, (2, 201)),
+        }
+    return {"guidance": per_scale}
+
+
+def test_claims_follow_their_rules():
+    claims = study_config.claims()
+    arms = {
+        "A": made_up_arm(0.6, 0.5, 1.0, scales=("1", "4")),
+        "B": made_up_arm(0.3, 0.5, 2.0),
+        "C2": made_up_arm(0.4, 0.5, 1.5),
+        "C1": made_up_arm(0.1, 0.5, 3.0),
+    }
+    arms["A"]["variations"] = {
+        "variation_kept": np.full((2, 8), 0.9),
+        "variation_layouts": np.full((2, 8), 0.7),
+    }
+    judged = {c["name"]: c for c in study_claims.judge(claims, arms, 4.0, 500)}
+    assert judged["prior_matters"]["verdict"] == "reproduced"
+    assert judged["diffusion_prior_vs_ar"]["verdict"] == "reproduced"
+    assert judged["variations"]["verdict"] == "reproduced"
+    # D has no figures yet: the claims that need it wait for it.
+    assert judged["binding"]["verdict"] == "pending"
+    assert judged["binding"]["missing_arms"] == ["D"]
+    # A reversed: the AR prior far ahead.
+    arms["B"] = made_up_arm(0.9, 0.5, 0.5)
+    judged = {c["name"]: c for c in study_claims.judge(claims, arms, 4.0, 500)}
+    assert judged["diffusion_prior_vs_ar"]["verdict"] == "not reproduced"
+    rows = study_claims.claims_table(list(judged.values()))
+    assert len(rows) == 2 + len(claims) and "not run yet" in "".join(rows)
+
+
+def run_study(workdir: Path, *flags: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "unclip_jax.cli", "study", f"--workdir={workdir}", *flags]
+    run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run
+
+
+def test_smoke_study_writes_every_arm_and_the_claims(tmp_path):
+    config = study_config.get_config("smoke")
+    run = run_study(tmp_path, "--config=configs/study.py:smoke")
+    results = tmp_path / "paper_claims"
+    for name, arm in config.arms.items():
+        figures = json.loads((results / f"{name}.json").read_text())
+        replicates = 2 if arm.seeded else 1
+        assert len(figures["replicates"]) == replicates
+        assert len(figures["guidance"]) == (2 if arm.guided else 1)
+        for one in figures["guidance"].values():
+            assert np.shape(one["colour_shape"]) == (replicates, config.eval.num_single)
+            assert np.shape(one["binding"]) == (replicates, config.eval.num_pair)
+            assert np.shape(one["fd"]) == (replicates, 201)
+    claims = {c["name"]: c for c in json.loads((results / "claims.json").read_text())["claims"]}
+    assert claims.pop("unclip_vs_dalle")["missing_arms"] == ["E"]  # DALL·E's arm: not yet
+    assert {c["verdict"] for c in claims.values()} <= {
+        "reproduced",
+        "not reproduced",
+        "inconclusive",
+    }
+    assert (results / "guidance.png").is_file()
+    table = (tmp_path / "paper_claims.md").read_text()
+    assert all(name in table for name in [*claims, "unclip_vs_dalle"])
+    assert "binding:" in run.stdout
+    again = run_study(tmp_path, "--config=configs/study.py:smoke")
+    assert "not sampled again" in again.stderr + (tmp_path / "run.log").read_text()
+
+
+@pytest.mark.parametrize(
+    "flag, message",
+    [
+        ("--config=configs/study.py:tiny", "must be one of ['smoke', 'fast', 'full']"),
+        ("--force=nothing", "unknown stages ['nothing']"),
+    ],
+)
+def test_bad_input_is_one_line(tmp_path, flag, message):
+    command = [sys.executable, "-m", "unclip_jax.cli", "study", f"--workdir={tmp_path}", flag]
+    run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode != 0 and message in run.stderr and "Traceback" not in run.stderr

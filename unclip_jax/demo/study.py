@@ -1,0 +1,190 @@
+"""`unclip study --config configs/study.py:fast`: the papers' comparisons on the shapes, one
+command — every stage trained (or reused), every arm sampled on the same held-out captions and
+scored, each arm's figures written to `<results>/<arm>.json`, the claims judged by the config's
+rules into `<table>` (Markdown) with `<results>/claims.json` and `<results>/guidance.png`.
+
+Stages are skipped when finished and resumed when interrupted (`--force`, `--stages`, exit codes
+0, 1 and 143 as `unclip train`'s); an arm whose file exists is not sampled again unless named in
+`--force_arms`, so a run stopped half-way goes on from its last finished arm, and results
+committed from an earlier run carry over. Run from the repository's root.
+"""
+
+import json
+import time
+from pathlib import Path
+
+import ml_collections
+import numpy as np
+from absl import app, flags, logging
+
+from unclip_jax import console
+from unclip_jax.demo import stages, study_arms, study_claims, study_stages
+from unclip_jax.storage.locations import location
+
+FLAGS = flags.FLAGS
+stages.define_flags("configs/study.py", "workdirs/study", "the figures", demo_out="")
+flags.DEFINE_list("force_arms", [], "Arms to sample again although their figures exist ('all').")
+
+
+def outputs(config: ml_collections.ConfigDict, workdir: Path) -> tuple[Path, Path]:
+    """(results folder, table file): the config's, or inside the workdir where they are ""."""
+    results = Path(config.results) if config.results else workdir / "paper_claims"
+    table = Path(config.table) if config.table else workdir / "paper_claims.md"
+    return results, table
+
+
+def replicates(config: ml_collections.ConfigDict, arm: dict) -> list[tuple[int, int]]:
+    """(CLIP, seed) pairs an arm is sampled for: every seed where it is seeded, else the first."""
+    seeds = config.seeds if arm["seeded"] else config.seeds[:1]
+    return [(c, s) for c in config.clip_seeds for s in seeds]
+
+
+def sample_options(config: ml_collections.ConfigDict, arm: dict) -> dict:
+    """The generate options of an arm: the diffusion prior's settings where it runs."""
+    s = config.sampling
+    options = {"decoder_steps": s.decoder_steps}
+    if arm["prior"] == "diffusion":
+        options.update(
+            prior_steps=s.prior_steps,
+            prior_guidance=s.prior_guidance,
+            prior_candidates=s.prior_candidates,
+        )
+    return options
+
+
+def evaluate_arm(config, workdir: Path, name: str, refs: study_arms.References) -> dict:
+    """An arm's figures (`study_arms`) for each replicate and guidance scale."""
+    from unclip_jax.pipelines.unclip import UnCLIP
+
+    arm = config.arms[name].to_dict()
+    scales = config.guidance_scales if arm["guided"] else (config.reference_guidance,)
+    figures: dict = {f"{g:g}": {} for g in scales}
+    variations: dict = {}
+    start = time.time()
+    for c, s in replicates(config, arm):
+        directory = study_stages.unclip_pipeline(workdir, c, s)
+        if arm["pipeline"] == "glide":
+            directory = study_stages.glide_pipeline(workdir, c)
+        pipe = UnCLIP.load(directory, prior=arm["prior"] or "diffusion", progress=True)
+        text_norm = 0.0  # the held-out images' mean ‖z_i‖, for z_t in place of z_i
+        if arm["embedding"] == "text":
+            z_i = pipe.encode_images([d["image"] for d in refs.data[:256]])
+            text_norm = float(np.linalg.norm(z_i, axis=-1).mean())
+        generate = study_arms.arm_generate(arm["embedding"], pipe, text_norm)
+        for g in scales:
+            logging.info("arm %s, CLIP %d, seed %d, guidance %g", name, c, s, g)
+            one = study_arms.sample_figures(
+                generate,
+                refs,
+                g,
+                config.sampling.seed,
+                config.eval.images_per_caption,
+                sample_options(config, arm),
+            )
+            for key, value in one.items():
+                figures[f"{g:g}"].setdefault(key, []).append(value)
+        if name == "A":
+            e = config.eval
+            one = study_arms.variation_figures(
+                pipe, refs, e.num_variation_sources, e.variations_per_source, config.sampling.seed
+            )
+            for key, value in one.items():
+                variations.setdefault(key, []).append(value)
+    out = {
+        "arm": name,
+        **arm,
+        "tier": config.tier,
+        "replicates": replicates(config, arm),
+        "guidance": figures,
+        "fd_floor": refs.fd_floor,
+        "sampling": config.sampling.to_dict(),
+        "eval": config.eval.to_dict(),
+        "seconds": round(time.time() - start, 1),
+        "load_average": stages.load_average(),
+    }
+    if variations:
+        out["variations"] = variations
+    return out
+
+
+def write_json(path: Path, value: dict) -> None:
+    """`value` at `path` through a temporary sibling: a stopped run leaves no half file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(value, indent=1, allow_nan=False) + "\n")
+    partial.replace(path)
+
+
+def run_arms(config, workdir: Path, results: Path, force: set[str]) -> dict[str, dict]:
+    """Every arm's figures: read where this tier wrote them before (unless forced), else
+    sampled (a file of another tier is replaced)."""
+    from unclip_jax.evals.clip_score import CLIPScorer
+
+    refs = None
+    arms = {}
+    for name in config.arms:
+        path = results / f"{name}.json"
+        if path.is_file() and not ({name, "all"} & force):
+            earlier = json.loads(path.read_text())
+            if earlier.get("tier") == config.tier:
+                logging.info("arm %s: figures in %s, not sampled again", name, path)
+                arms[name] = earlier
+                continue
+            logging.info("arm %s: %s holds the %s tier's figures", name, path, earlier.get("tier"))
+        if refs is None:
+            refs = study_arms.References(config, CLIPScorer(study_stages.score_clip_dir(workdir)))
+        arms[name] = evaluate_arm(config, workdir, name, refs)
+        write_json(path, arms[name])
+        print(f"arm {name}: {arms[name]['seconds']:.0f} s, figures in {path}", flush=True)
+    return arms
+
+
+def report(config, arms: dict[str, dict], results: Path, table: Path) -> list[dict]:
+    """The judged claims into `<results>/claims.json` and `table`, the plot beside them."""
+    replicates_ = config.bootstrap_replicates
+    judged = study_claims.judge(list(config.claims), arms, config.reference_guidance, replicates_)
+    write_json(results / "claims.json", {"tier": config.tier, "claims": judged})
+    study_claims.guidance_plot(arms, results / "guidance.png")
+    lines = [
+        f"# The papers' claims on the shapes ({config.tier} tier)",
+        "",
+        *study_claims.claims_table(judged),
+        "",
+        "## Arms",
+        "",
+        *study_claims.arms_table(arms, replicates_),
+        "",
+    ]
+    table.parent.mkdir(parents=True, exist_ok=True)
+    table.write_text("\n".join(lines))
+    return judged
+
+
+def study(config: ml_collections.ConfigDict, workdir: Path) -> None:
+    """Trains (or skips) the stages, then, once all are finished, samples and scores the arms
+    and judges the claims."""
+    from unclip_jax.pipelines.outputs import enable_compilation_cache
+
+    force, only = set(FLAGS.force), set(FLAGS.stages)
+    steps = study_stages.steps(config, workdir)
+    stages.check_stage_names(force | only, tuple(steps))
+    enable_compilation_cache(str(workdir / "xla_cache"))
+    records = stages.train_or_exit(lambda: stages.run_stages(steps, workdir, force, only))
+    missing = [name for name in steps if name not in records]
+    if missing:
+        print(f"stages not finished yet: {', '.join(missing)}; the arms run once all are")
+        return
+    study_stages.export(config, workdir)
+    results, table = outputs(config, workdir)
+    arms = run_arms(config, workdir, results, set(FLAGS.force_arms))
+    for claim in report(config, arms, results, table):
+        print(f"{claim['name']}: {claim['verdict']}")
+    print(f"claims in {table}, figures in {results}")
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    workdir = location(FLAGS.workdir)
+    with console.log_file(workdir / console.LOG_FILE):
+        study(FLAGS.config, workdir)

@@ -1,0 +1,175 @@
+"""The study's verdicts: each claim of `configs/study.py` judged from the arms' figure files by the
+rule written there, then the table (`docs/paper_claims.md`) and the guidance plot.
+
+A comparison names a figure and two arm references: "A" (the arm at the reference guidance),
+"A@max" / "A@min" (at its largest / smallest guidance scale) or a constant ("chance": the
+keep-rate of a random colour–shape pair; "one_layout": entropy 0). Its difference first − second
+gets a 95% bootstrap interval (seeds, then captions; a Fréchet distance over seeds and image
+resamples) and a verdict (`evals.bootstrap.verdict`); a claim is reproduced when all its
+comparisons are, not reproduced when any is reversed, inconclusive otherwise, and pending while
+an arm it needs has no figures yet.
+"""
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from unclip_jax.demo import study_arms
+from unclip_jax.evals import bootstrap
+
+CONSTANTS = {"chance": study_arms.chance_of_reading(), "one_layout": 0.0}
+PENDING = "pending"
+PER_SOURCE = ("variation_kept", "variation_layouts")  # figures of the variations' sources
+
+
+def guidance_key(arm: dict, reference: str, default: float) -> str:
+    """The arm's guidance key named by a reference's suffix ("", "@max", "@min")."""
+    scales = sorted(arm["guidance"], key=float)
+    suffix = reference.partition("@")[2]
+    if suffix == "max":
+        return scales[-1]
+    if suffix == "min":
+        return scales[0]
+    return f"{default:g}"
+
+
+def figure_table(arms: dict, reference: str, figure: str, default: float) -> np.ndarray:
+    """[S, C] per seed and caption (or source); [S, R] image resamples for "fd"."""
+    arm = arms[reference.partition("@")[0]]
+    if figure in PER_SOURCE:
+        return np.asarray(arm["variations"][figure], np.float64)
+    values = arm["guidance"][guidance_key(arm, reference, default)][figure]
+    table = np.asarray(values, np.float64)
+    return table[:, 1:] if figure == "fd" else table  # fd's first value is the whole set's
+
+
+def compare(arms: dict, comparison: dict, default: float, replicates: int) -> dict:
+    """The difference's point estimate, 95% interval and verdict of one comparison."""
+    rng = np.random.default_rng(0)
+    figure = comparison["figure"]
+    a = figure_table(arms, comparison["first"], figure, default)
+    if comparison["second"] in CONSTANTS:
+        constant = CONSTANTS[comparison["second"]]
+        draws = bootstrap.bootstrap_means(a, replicates, rng) - constant
+        point = a.mean() - constant
+    else:
+        b = figure_table(arms, comparison["second"], figure, default)
+        if figure == "fd":
+            draws = bootstrap.resampled_difference(a, b, rng)
+        else:
+            draws = bootstrap.bootstrap_difference(a, b, replicates, rng)
+        point = a.mean() - b.mean()
+    low, high = bootstrap.interval(draws)
+    verdict = bootstrap.verdict((low, high), comparison["direction"], comparison["margin"])
+    return {**comparison, "difference": float(point), "interval": [low, high], "verdict": verdict}
+
+
+def needed_arms(claim: dict) -> set[str]:
+    refs = [c[k] for c in claim["comparisons"] for k in ("first", "second")]
+    return {r.partition("@")[0] for r in refs if r not in CONSTANTS}
+
+
+def judge(claims: list, arms: dict, default: float, replicates: int) -> list[dict]:
+    """Every claim with its comparisons and verdict."""
+    out = []
+    for claim in claims:
+        missing = sorted(needed_arms(claim) - set(arms))
+        if missing:
+            out.append({**claim, "verdict": PENDING, "missing_arms": missing})
+            continue
+        rows = [compare(arms, c, default, replicates) for c in claim["comparisons"]]
+        verdicts = {row["verdict"] for row in rows}
+        verdict = bootstrap.VERDICTS[2]
+        if verdicts == {bootstrap.VERDICTS[0]}:
+            verdict = bootstrap.VERDICTS[0]
+        elif bootstrap.VERDICTS[1] in verdicts:
+            verdict = bootstrap.VERDICTS[1]
+        out.append({**claim, "comparisons": rows, "verdict": verdict})
+    return out
+
+
+def _interval_text(values: np.ndarray, figure: str, replicates: int) -> str:
+    rng = np.random.default_rng(0)
+    if figure == "fd":
+        draws, point = bootstrap.resampled_means(values, rng), values.mean()
+    else:
+        draws, point = bootstrap.bootstrap_means(values, replicates, rng), values.mean()
+    low, high = bootstrap.interval(draws)
+    return f"{point:.3g} [{low:.3g}, {high:.3g}]"
+
+
+ARM_FIGURES = ("colour", "colour_shape", "binding", "clip_score", "diversity", "fd")
+
+
+def arms_table(arms: dict, replicates: int) -> list[str]:
+    """Markdown rows: each arm at each of its guidance scales, each figure with its interval."""
+    lines = [
+        "| arm | guidance | " + " | ".join(ARM_FIGURES) + " |",
+        "|---|---|" + "---|" * len(ARM_FIGURES),
+    ]
+    for name, arm in arms.items():
+        for key in sorted(arm["guidance"], key=float):
+            cells = []
+            for figure in ARM_FIGURES:
+                table = np.asarray(arm["guidance"][key][figure], np.float64)
+                cells.append(
+                    _interval_text(table[:, 1:] if figure == "fd" else table, figure, replicates)
+                )
+            lines.append(f"| {name} | {key} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def claims_table(judged: list[dict]) -> list[str]:
+    """Markdown rows: one per claim, its comparisons' differences with intervals, its verdict."""
+    lines = ["| claim | the paper | our figures: first − second [95% interval] | verdict |"]
+    lines.append("|---|---|---|---|")
+    for claim in judged:
+        if claim["verdict"] == PENDING:
+            figures = f"arms {', '.join(claim['missing_arms'])} not run yet"
+        else:
+            figures = "; ".join(
+                f"{c['figure']} {c['first']} − {c['second']}: {c['difference']:+.3g} "
+                f"[{c['interval'][0]:+.3g}, {c['interval'][1]:+.3g}] ({c['verdict']})"
+                for c in claim["comparisons"]
+            )
+        lines.append(f"| {claim['name']} | {claim['paper']} | {figures} | {claim['verdict']} |")
+    return lines
+
+
+def guidance_plot(arms: dict, path: Path, names: tuple[str, ...] = ("A", "D")) -> None:
+    """Fidelity (colour + shape) against diversity for each guidance scale of `names`: one
+    line per arm, points labelled with their scale; a PNG at `path`."""
+    size, margin = 480, 60
+    image = Image.new("RGB", (size, size), "white")
+    draw = ImageDraw.Draw(image)
+    series = {}
+    for name in names:
+        if name in arms:
+            points = arms[name]["guidance"]
+            keys = sorted(points, key=float)
+            series[name] = [
+                (
+                    float(np.mean(points[k]["diversity"])),
+                    float(np.mean(points[k]["colour_shape"])),
+                    k,
+                )
+                for k in keys
+            ]
+    xs = [x for pts in series.values() for x, _, _ in pts] or [0.0, 1.0]
+    x_low, x_high = min(xs), max(xs) + 1e-9
+
+    def at(x: float, y: float) -> tuple[float, float]:
+        u = margin + (x - x_low) / (x_high - x_low) * (size - 2 * margin)
+        return u, size - margin - y * (size - 2 * margin)
+
+    draw.rectangle([margin, margin, size - margin, size - margin], outline="black")
+    draw.text((size // 2 - 40, size - margin + 20), "diversity (1 - cos)", fill="black")
+    draw.text((5, margin - 20), "colour + shape", fill="black")
+    for (name, pts), colour in zip(series.items(), ("#1f77b4", "#d62728", "#2ca02c"), strict=False):
+        draw.line([at(x, y) for x, y, _ in pts], fill=colour, width=2)
+        for x, y, key in pts:
+            u, v = at(x, y)
+            draw.ellipse([u - 4, v - 4, u + 4, v + 4], fill=colour)
+            draw.text((u + 6, v - 12), f"{name} g={key}", fill=colour)
+    image.save(path)

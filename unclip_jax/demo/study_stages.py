@@ -1,0 +1,112 @@
+"""The study's trained stages and pipelines (`configs/study.py`): per conditioning CLIP c, its
+embeddings, the decoder reading z_i and the caption, GLIDE's decoder, and per training seed s the
+two priors; then one unCLIP pipeline per (c, s) and one GLIDE pipeline per c.
+
+    <workdir>/data, score_clip                      shared by every arm
+    <workdir>/clip_c{c}, embeddings_c{c}, decoder_c{c}, glide_decoder_c{c}
+    <workdir>/prior_c{c}_s{s}, ar_prior_c{c}_s{s}
+    <workdir>/pipelines/unclip_c{c}_s{s}, glide_c{c}
+"""
+
+from pathlib import Path
+
+import ml_collections
+
+from unclip_jax.demo import stages
+
+SPLITS = {"train": "train", "test": "test"}  # embeddings folder -> source split
+
+
+def clip_name(c: int) -> str:
+    return f"clip_c{c}"
+
+
+def clip_export(workdir: Path, c: int) -> Path:
+    """The CLIP (converted layout and tokenizer) that stage clip_c{c} leaves."""
+    from unclip_jax.train import clip_task
+
+    return workdir / clip_name(c) / clip_task.EXPORT_DIR
+
+
+def score_clip_dir(workdir: Path) -> Path:
+    from unclip_jax.train import clip_task
+
+    return workdir / "score_clip" / clip_task.EXPORT_DIR
+
+
+def _section(config: ml_collections.ConfigDict, name: str, seed: int) -> ml_collections.ConfigDict:
+    copy = stages.section(config, name)
+    copy.seed = seed
+    return copy
+
+
+def sections(config: ml_collections.ConfigDict, workdir: Path) -> dict:
+    """Each trained stage's config by stage name, wired to the stages before it."""
+    out = {"score_clip": stages.section(config, "score_clip")}
+    for c in config.clip_seeds:
+        out[clip_name(c)] = _section(config, "clip", seed=c)
+        for name in ("decoder", "glide_decoder"):
+            decoder = _section(config, name, seed=0)
+            decoder.clip_dir = str(clip_export(workdir, c))
+            out[f"{name}_c{c}"] = decoder
+        for s in config.seeds:
+            for name in ("prior", "ar_prior"):
+                prior = _section(config, name, seed=s)
+                prior.data.train_dir = str(workdir / f"embeddings_c{c}" / "train")
+                prior.data.eval_dir = str(workdir / f"embeddings_c{c}" / "test")
+                out[f"{name}_c{c}_s{s}"] = prior
+    return out
+
+
+def steps(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, stages.StageFn]:
+    """Every stage in order, each a function of its directory."""
+    configs = sections(config, workdir)
+    out = {"data": stages.shapes_data(config), "score_clip": stages.trained(configs["score_clip"])}
+    for c in config.clip_seeds:
+        out[clip_name(c)] = stages.trained(configs[clip_name(c)])
+        decoder = configs[f"decoder_c{c}"]
+        out[f"embeddings_c{c}"] = stages.embedded(clip_export(workdir, c), decoder.data, SPLITS)
+        for s in config.seeds:
+            for name in ("prior", "ar_prior"):
+                out[f"{name}_c{c}_s{s}"] = stages.trained(configs[f"{name}_c{c}_s{s}"])
+        for name in ("decoder", "glide_decoder"):
+            out[f"{name}_c{c}"] = stages.trained(configs[f"{name}_c{c}"])
+    return out
+
+
+def unclip_pipeline(workdir: Path, c: int, s: int) -> Path:
+    return workdir / "pipelines" / f"unclip_c{c}_s{s}"
+
+
+def glide_pipeline(workdir: Path, c: int) -> Path:
+    return workdir / "pipelines" / f"glide_c{c}"
+
+
+def export(config: ml_collections.ConfigDict, workdir: Path) -> None:
+    """The pipelines the arms sample, each exported once (an existing one is kept)."""
+    from unclip_jax.pipelines.store import export_pipeline
+
+    configs = sections(config, workdir)
+
+    def trained(name: str) -> tuple[ml_collections.ConfigDict, Path]:
+        return configs[name], workdir / name
+
+    for c in config.clip_seeds:
+        for s in config.seeds:
+            out = unclip_pipeline(workdir, c, s)
+            if not out.is_dir():
+                export_pipeline(
+                    out,
+                    clip_dir=clip_export(workdir, c),
+                    prior=trained(f"prior_c{c}_s{s}"),
+                    ar_prior=trained(f"ar_prior_c{c}_s{s}"),
+                    decoder=trained(f"decoder_c{c}"),
+                )
+        out = glide_pipeline(workdir, c)
+        if not out.is_dir():  # its prior is never sampled (the arm gives the null z_i)
+            export_pipeline(
+                out,
+                clip_dir=clip_export(workdir, c),
+                prior=trained(f"prior_c{c}_s{config.seeds[0]}"),
+                decoder=trained(f"glide_decoder_c{c}"),
+            )
