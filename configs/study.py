@@ -173,6 +173,8 @@ def _tier(config: ml_collections.ConfigDict, tier: str) -> None:
         config.update(clip_seeds=(0,), seeds=(0,), guidance_scales=(1.0, 4.0))
         config.eval.update(num_single=64, images_per_caption=4, num_pair=64)
         config.eval.update(num_variation_sources=16, variations_per_source=4)
+        # 25 DDIM steps: sampling the arms takes about as long as training the two decoders
+        config.sampling.decoder_steps = 25
     else:
         config.update(clip_seeds=(0,), seeds=(0, 1), guidance_scales=(1.0, 4.0))
         config.eval.update(num_single=4, images_per_caption=2, num_pair=2)
