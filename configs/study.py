@@ -19,7 +19,7 @@ verdict are written here, before any full run (`unclip_jax/demo/study_claims.py`
 
 import ml_collections
 
-from configs import ar_prior_demo, base, clip_shapes, decoder_demo, prior_demo
+from configs import ar_prior_demo, base, clip_shapes, decoder_demo, demo, prior_demo
 
 SOURCE = "shapes_captions/32px"
 IMAGE_SIZE = 32
@@ -74,58 +74,51 @@ def claims() -> list[dict]:
             guidance=guidance,  # None: the reference guidance (for guidance "max": the largest)
         )
 
+    def claim(name, paper, *comparisons):
+        return dict(name=name, paper=paper, comparisons=list(comparisons))
+
     return [
-        dict(
-            name="guidance_trade_off",
-            paper="Guidance trades diversity for fidelity, and unCLIP keeps more diversity than "
-            "GLIDE at equal fidelity (§5.2, Fig. 7)",
-            comparisons=[
-                compare("colour_shape", "A@max", "A@min"),
-                compare("diversity", "A@max", "A@min", direction=-1),
-                compare("diversity", "A@max", "D@max"),
-                compare("colour_shape", "A@max", "D@max", margin=0.05),
-            ],
+        claim(
+            "guidance_trade_off",
+            "Guidance trades diversity for fidelity, and unCLIP keeps more diversity than GLIDE "
+            "at equal fidelity (§5.2, Fig. 7)",
+            compare("colour_shape", "A@max", "A@min"),
+            compare("diversity", "A@max", "A@min", direction=-1),
+            compare("diversity", "A@max", "D@max"),
+            compare("colour_shape", "A@max", "D@max", margin=0.05),
         ),
-        dict(
-            name="diffusion_prior_vs_ar",
-            paper="The diffusion prior is at least as good as the AR prior, at lower compute "
-            "(§5.1, Table 2)",
-            comparisons=[
-                compare("colour_shape", "A", "B", margin=0.02),
-                compare("clip_score", "A", "B", margin=0.5),
-            ],
+        claim(
+            "diffusion_prior_vs_ar",
+            "The diffusion prior is at least as good as the AR prior, at lower compute (§5.1, "
+            "Table 2)",
+            compare("colour_shape", "A", "B", margin=0.02),
+            compare("clip_score", "A", "B", margin=0.5),
         ),
-        dict(
-            name="prior_matters",
-            paper="The prior matters: prior > text embedding > caption only (§5.1, Fig. 9)",
-            comparisons=[
-                compare("colour_shape", "A", "C2"),
-                compare("colour_shape", "C2", "C1"),
-                compare("fd", "A", "C2", direction=-1),
-                compare("fd", "C2", "C1", direction=-1),
-            ],
+        claim(
+            "prior_matters",
+            "The prior matters: prior > text embedding > caption only (§5.1, Fig. 9)",
+            compare("colour_shape", "A", "C2"),
+            compare("colour_shape", "C2", "C1"),
+            compare("fd", "A", "C2", direction=-1),
+            compare("fd", "C2", "C1", direction=-1),
         ),
-        dict(
-            name="binding",
-            paper="unCLIP binds attributes to objects worse than GLIDE (§7, Fig. 15)",
-            comparisons=[compare("binding", "A", "D", direction=-1)],
+        claim(
+            "binding",
+            "unCLIP binds attributes to objects worse than GLIDE (§7, Fig. 15)",
+            compare("binding", "A", "D", direction=-1),
         ),
-        dict(
-            name="unclip_vs_dalle",
-            paper="unCLIP beats DALL·E (2021) on FD and accuracy at comparable training compute "
+        claim(
+            "unclip_vs_dalle",
+            "unCLIP beats DALL·E (2021) on FD and accuracy at comparable training compute "
             "(§5.3, Table 2)",
-            comparisons=[
-                compare("colour_shape", "A", "E"),
-                compare("fd", "A", "E", direction=-1),
-            ],
+            compare("colour_shape", "A", "E"),
+            compare("fd", "A", "E", direction=-1),
         ),
-        dict(
-            name="variations",
-            paper="Variations keep the semantics while the layout varies (§3.1, Fig. 3)",
-            comparisons=[
-                compare("variation_kept", "A", "chance"),
-                compare("variation_layouts", "A", "one_layout"),
-            ],
+        claim(
+            "variations",
+            "Variations keep the semantics while the layout varies (§3.1, Fig. 3)",
+            compare("variation_kept", "A", "chance"),
+            compare("variation_layouts", "A", "one_layout"),
         ),
     ]
 
@@ -199,15 +192,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
     config.arms = arms()
     config.reference_guidance = 4.0  # the decoder guidance of arms B, C1, C2 (one of the scales)
-    config.sampling = ml_collections.ConfigDict(
-        dict(
-            seed=20_221,  # fresh seeds, apart from every training seed
-            prior_steps=64,
-            decoder_steps=50,
-            prior_guidance=2.0,
-            prior_candidates=2,
-        )
-    )
+    # The demo's seed and its prior's and decoder's settings (the decoder's guidance is the arms').
+    demo_sampling = demo.sampling_settings()
+    names = ("seed", "prior_steps", "decoder_steps", "prior_guidance", "prior_candidates")
+    config.sampling = ml_collections.ConfigDict({k: demo_sampling[k] for k in names})
     config.eval = ml_collections.ConfigDict()
     config.bootstrap_replicates = 2000
     config.claims = claims()
