@@ -19,7 +19,16 @@ verdict are written here, before any full run (`unclip_jax/demo/study_claims.py`
 
 import ml_collections
 
-from configs import ar_prior_demo, base, clip_shapes, decoder_demo, demo, prior_demo
+from configs import (
+    ar_prior_demo,
+    base,
+    clip_shapes,
+    dalle_shapes,
+    decoder_demo,
+    demo,
+    dvae_shapes,
+    prior_demo,
+)
 
 SOURCE = "shapes_captions/32px"
 IMAGE_SIZE = 32
@@ -32,7 +41,8 @@ def arms() -> dict:
     "" where none runs), where the decoder's z_i comes from ("prior"; "text": the CLIP text
     embedding z_t at the held-out images' mean ‖z_i‖; "null": the decoder's learned null),
     whether it is trained again per seed (else once per CLIP) and whether it is sampled at every
-    guidance scale (else at `reference_guidance`)."""
+    guidance scale (else at `reference_guidance`). "dalle": DALL·E's pipeline, at each N of
+    `rerank_curve` (no guidance)."""
 
     def arm(description, pipeline, prior, embedding, seeded=False, guided=False):
         return dict(
@@ -52,6 +62,9 @@ def arms() -> dict:
         "D": arm(
             "GLIDE-like: the same U-Net trained on captions alone", "glide", "", "null", guided=True
         ),
+        # DALL·E (2021): its codes drawn for the caption, the best of N by the conditioning CLIP
+        # ("E#N" in a claim; "E" is N = 1)
+        "E": arm("DALL·E (2021): dVAE and one transformer, CLIP reranking", "dalle", "", ""),
     }
 
 
@@ -64,14 +77,15 @@ def claims() -> list[dict]:
     reproduced when any comparison is reversed (its interval on the wrong side of 0, or below
     −margin), inconclusive otherwise."""
 
-    def compare(figure, first, second, direction=1, margin=None, guidance=None):
+    def compare(figure, first, second, direction=1, margin=None, versus=None):
+        # versus (third, fourth): the difference first − second against third − fourth
         return dict(
             figure=figure,
             first=first,
             second=second,
             direction=direction,
             margin=margin,
-            guidance=guidance,  # None: the reference guidance (for guidance "max": the largest)
+            versus=versus,
         )
 
     def claim(name, paper, *comparisons):
@@ -111,8 +125,15 @@ def claims() -> list[dict]:
             "unclip_vs_dalle",
             "unCLIP beats DALL·E (2021) on FD and accuracy at comparable training compute "
             "(§5.3, Table 2)",
-            compare("colour_shape", "A", "E"),
-            compare("fd", "A", "E", direction=-1),
+            compare("colour_shape", "A", "E#16"),
+            compare("fd", "A", "E#16", direction=-1),
+        ),
+        claim(
+            "reranking_flattens",
+            "DALL·E's gains from CLIP reranking flatten as N grows (Ramesh et al. 2021, §3, "
+            "Fig. 6)",
+            compare("colour_shape", "E#8", "E#1"),
+            compare("colour_shape", "E#32", "E#8", direction=-1, versus=("E#8", "E#1")),
         ),
         claim(
             "variations",
@@ -154,6 +175,14 @@ def _stages(config: ml_collections.ConfigDict, stage_arg: str | None) -> None:
     glide = ml_collections.ConfigDict(decoder.to_dict())
     glide.guidance.update(image_drop_prob=1.0, caption_drop_prob=0.2)
     config.glide_decoder = glide
+    # DALL·E: the demo's dVAE and transformer on the study's images, 32 px -> 8×8 codes
+    dvae = dvae_shapes.get_config(stage_arg)
+    dvae.data.update(source=SOURCE, image_size=IMAGE_SIZE)
+    dvae.model.group_count = 3
+    config.dvae = dvae
+    dalle = dalle_shapes.get_config(stage_arg)
+    dalle.data.update(source=SOURCE, image_size=IMAGE_SIZE)
+    config.dalle = dalle
 
 
 def _tier(config: ml_collections.ConfigDict, tier: str) -> None:
@@ -173,6 +202,7 @@ def _tier(config: ml_collections.ConfigDict, tier: str) -> None:
         config.eval.update(num_single=4, images_per_caption=2, num_pair=2)
         config.eval.update(num_variation_sources=2, variations_per_source=2)
         config.sampling.update(prior_steps=2, decoder_steps=2)
+        config.rerank_curve = (1, 8, 16, 32)
         config.bootstrap_replicates = 200
 
 
@@ -188,10 +218,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.table = "docs/paper_claims.md" if arg != "smoke" else ""
     _stages(config, "smoke" if arg == "smoke" else None)
     base.stage_budgets(
-        config, ["clip", "score_clip", "prior", "ar_prior", "decoder", "glide_decoder"]
+        config,
+        ["clip", "score_clip", "prior", "ar_prior", "decoder", "glide_decoder", "dvae", "dalle"],
     )
     config.arms = arms()
     config.reference_guidance = 4.0  # the decoder guidance of arms B, C1, C2 (one of the scales)
+    config.rerank_curve = (1, 2, 4, 8, 16, 32)  # DALL·E's N, from one draw of the most per image
     # The demo's seed and its prior's and decoder's settings (the decoder's guidance is the arms').
     demo_sampling = demo.sampling_settings()
     names = ("seed", "prior_steps", "decoder_steps", "prior_guidance", "prior_candidates")

@@ -30,7 +30,9 @@ def test_stages_are_wired_per_clip_and_seed(tmp_path):
     assert a.model.caption_source == "transformer" and a.image_size == 32
     assert (a.guidance.image_drop_prob, d.guidance.image_drop_prob) == (0.1, 1.0)
     steps = list(study_stages.steps(config, tmp_path))
-    assert steps[:2] == ["data", "score_clip"] and len(steps) == 2 + 2 * (4 + 2 * 3)
+    assert steps[:4] == ["data", "score_clip", "dvae", "dalle"]
+    assert len(steps) == 4 + 2 * (4 + 2 * 3)
+    assert sections["dalle"].dvae_dir == str(tmp_path / "dvae" / "dvae")
     assert study.replicates(config, config.arms["A"]) == [(c, s) for c in (0, 1) for s in (0, 1, 2)]
     assert study.replicates(config, config.arms["D"]) == [(0, 0), (1, 0)]
     assert config.reference_guidance in config.guidance_scales
@@ -65,6 +67,15 @@ def test_claims_follow_their_rules():
         "variation_kept": np.full((2, 8), 0.9),
         "variation_layouts": np.full((2, 8), 0.7),
     }
+    curve = {1: 0.1, 8: 0.35, 16: 0.38, 32: 0.4}  # DALL·E's reranking: gains flatten
+    arms["E"] = made_up_arm(0.2, 0.5, 2.0)
+    arms["E"]["rerank"] = {
+        str(n): made_up_arm(p, 0.5, 2.0)["guidance"]["4"] for n, p in curve.items()
+    }
+    judged = {c["name"]: c for c in study_claims.judge(claims, arms, 4.0, 500)}
+    assert judged["reranking_flattens"]["verdict"] == "reproduced"
+    assert judged["unclip_vs_dalle"]["verdict"] == "reproduced"
+    del arms["E"]
     judged = {c["name"]: c for c in study_claims.judge(claims, arms, 4.0, 500)}
     assert judged["prior_matters"]["verdict"] == "reproduced"
     assert judged["diffusion_prior_vs_ar"]["verdict"] == "reproduced"
@@ -101,7 +112,9 @@ def test_smoke_study_writes_every_arm_and_the_claims(tmp_path):
             assert np.shape(one["binding"]) == (replicates, config.eval.num_pair)
             assert np.shape(one["fd"]) == (replicates, 201)
     claims = {c["name"]: c for c in json.loads((results / "claims.json").read_text())["claims"]}
-    assert claims.pop("unclip_vs_dalle")["missing_arms"] == ["E"]  # DALL·E's arm: not yet
+    dalle = json.loads((results / "E.json").read_text())
+    assert sorted(dalle["rerank"], key=int) == [str(n) for n in config.rerank_curve]
+    assert dalle["guidance"]["4"] == dalle["rerank"]["1"]
     assert {c["verdict"] for c in claims.values()} <= {
         "reproduced",
         "not reproduced",
@@ -109,7 +122,7 @@ def test_smoke_study_writes_every_arm_and_the_claims(tmp_path):
     }
     assert (results / "guidance.png").is_file()
     table = (tmp_path / "paper_claims.md").read_text()
-    assert all(name in table for name in [*claims, "unclip_vs_dalle"])
+    assert all(name in table for name in claims)
     assert "binding:" in run.stdout
     again = run_study(tmp_path, "--config=configs/study.py:smoke")
     assert "not sampled again" in again.stderr + (tmp_path / "run.log").read_text()

@@ -54,9 +54,7 @@ def define_flags(config: str, workdir: str, outputs: str, demo_out: str = "demo"
     flags.DEFINE_string(
         "workdir", workdir, "Directory for data, stage workdirs, pipeline.", allow_override=True
     )
-    flags.DEFINE_string(
-        "demo_out", demo_out, f"Directory for {outputs}.", allow_override=True
-    )
+    flags.DEFINE_string("demo_out", demo_out, f"Directory for {outputs}.", allow_override=True)
     flags.DEFINE_list(
         "force",
         [],

@@ -9,6 +9,7 @@ Stages are skipped when finished and resumed when interrupted (`--force`, `--sta
 committed from an earlier run carry over. Run from the repository's root.
 """
 
+import functools
 import json
 import time
 from pathlib import Path
@@ -40,8 +41,11 @@ def replicates(config: ml_collections.ConfigDict, arm: dict) -> list[tuple[int, 
 
 
 def sample_options(config: ml_collections.ConfigDict, arm: dict) -> dict:
-    """The generate options of an arm: the diffusion prior's settings where it runs."""
+    """The generate options of an arm: the decoder's steps and the diffusion prior's settings
+    where they run (DALL·E's are its pipeline's)."""
     s = config.sampling
+    if arm["pipeline"] == "dalle":
+        return {}
     options = {"decoder_steps": s.decoder_steps}
     if arm["prior"] == "diffusion":
         options.update(
@@ -52,37 +56,49 @@ def sample_options(config: ml_collections.ConfigDict, arm: dict) -> dict:
     return options
 
 
-def evaluate_arm(config, workdir: Path, name: str, refs: study_arms.References) -> dict:
-    """An arm's figures (`study_arms`) for each replicate and guidance scale."""
+def samplers(config, workdir: Path, arm: dict, refs: study_arms.References, c: int, s: int):
+    """(pipeline, {figure key: generate}) of an arm at replicate (c, s): one key per guidance
+    scale (unCLIP's arms) or per N of the reranking curve (DALL·E's, keys "#N")."""
+    if arm["pipeline"] == "dalle":
+        from unclip_jax.pipelines.dalle import Dalle
+
+        pipe = Dalle.load(study_stages.dalle_pipeline(workdir, c), progress=True)
+        draws = study_arms.RerankedDraws(pipe, max(config.rerank_curve))
+        return pipe, {f"#{n}": draws.best_of(n) for n in config.rerank_curve}
     from unclip_jax.pipelines.unclip import UnCLIP
 
-    arm = config.arms[name].to_dict()
+    directory = study_stages.unclip_pipeline(workdir, c, s)
+    if arm["pipeline"] == "glide":
+        directory = study_stages.glide_pipeline(workdir, c)
+    pipe = UnCLIP.load(directory, prior=arm["prior"] or "diffusion", progress=True)
+    text_norm = 0.0  # the held-out images' mean ‖z_i‖, for z_t in place of z_i
+    if arm["embedding"] == "text":
+        z_i = pipe.encode_images([d["image"] for d in refs.data[:256]])
+        text_norm = float(np.linalg.norm(z_i, axis=-1).mean())
+    generate = study_arms.arm_generate(arm["embedding"], pipe, text_norm)
     scales = config.guidance_scales if arm["guided"] else (config.reference_guidance,)
-    figures: dict = {f"{g:g}": {} for g in scales}
+    return pipe, {f"{g:g}": functools.partial(generate, guidance=g) for g in scales}
+
+
+def evaluate_arm(config, workdir: Path, name: str, refs: study_arms.References) -> dict:
+    """An arm's figures (`study_arms`) for each replicate and guidance scale (or N)."""
+    arm = config.arms[name].to_dict()
+    figures: dict = {}
     variations: dict = {}
     start = time.time()
     for c, s in replicates(config, arm):
-        directory = study_stages.unclip_pipeline(workdir, c, s)
-        if arm["pipeline"] == "glide":
-            directory = study_stages.glide_pipeline(workdir, c)
-        pipe = UnCLIP.load(directory, prior=arm["prior"] or "diffusion", progress=True)
-        text_norm = 0.0  # the held-out images' mean ‖z_i‖, for z_t in place of z_i
-        if arm["embedding"] == "text":
-            z_i = pipe.encode_images([d["image"] for d in refs.data[:256]])
-            text_norm = float(np.linalg.norm(z_i, axis=-1).mean())
-        generate = study_arms.arm_generate(arm["embedding"], pipe, text_norm)
-        for g in scales:
-            logging.info("arm %s, CLIP %d, seed %d, guidance %g", name, c, s, g)
+        pipe, generators = samplers(config, workdir, arm, refs, c, s)
+        for key, generate in generators.items():
+            logging.info("arm %s, CLIP %d, seed %d, %s", name, c, s, key)
             one = study_arms.sample_figures(
                 generate,
                 refs,
-                g,
                 config.sampling.seed,
                 config.eval.images_per_caption,
                 sample_options(config, arm),
             )
-            for key, value in one.items():
-                figures[f"{g:g}"].setdefault(key, []).append(value)
+            for figure, value in one.items():
+                figures.setdefault(key, {}).setdefault(figure, []).append(value)
         if name == "A":
             e = config.eval
             one = study_arms.variation_figures(
@@ -95,13 +111,16 @@ def evaluate_arm(config, workdir: Path, name: str, refs: study_arms.References) 
         **arm,
         "tier": config.tier,
         "replicates": replicates(config, arm),
-        "guidance": figures,
         "fd_floor": refs.fd_floor,
         "sampling": config.sampling.to_dict(),
         "eval": config.eval.to_dict(),
         "seconds": round(time.time() - start, 1),
         "load_average": stages.load_average(),
     }
+    if arm["pipeline"] == "dalle":  # N = 1 stands at the reference guidance
+        out["rerank"] = {key[1:]: value for key, value in figures.items()}
+        figures = {f"{config.reference_guidance:g}": out["rerank"]["1"]}
+    out["guidance"] = figures
     if variations:
         out["variations"] = variations
     return out

@@ -1,7 +1,8 @@
 """How each arm of the study samples, and its figures per training replicate and guidance scale
 (`configs/study.py` names the arms).
 
-Per replicate (conditioning CLIP c, training seed s) and decoder guidance g, an arm draws
+Per replicate (conditioning CLIP c, training seed s) and decoder guidance g (for DALL·E: per
+N of best-of-N reranking, `RerankedDraws`), an arm draws
 `images_per_caption` images of each single-object caption and one of each two-object caption,
 all with the same seeds in every arm, and records per caption (so that intervals can be drawn
 over seeds, then captions, `evals.bootstrap`):
@@ -27,8 +28,10 @@ from unclip_jax.data import shapes_render
 from unclip_jax.demo import evaluate
 from unclip_jax.evals import demo_metrics, diversity, frechet
 from unclip_jax.evals.clip_score import CLIPScorer
+from unclip_jax.pipelines.dalle import Dalle
 from unclip_jax.pipelines.images import to_uint8
 from unclip_jax.pipelines.unclip import UnCLIP
+from unclip_jax.sampling.rerank import best_rows
 
 FD_REPLICATES = 200  # image-bootstrap replicates of each FD
 
@@ -60,6 +63,7 @@ def arm_generate(embedding: str, pipe: UnCLIP, text_norm: float) -> Callable[...
     ‖z_i‖ of held-out images; "text"), or the decoder's learned null ("null")."""
 
     def generate(captions: list[str], n: int, seed: int, guidance: float, **options) -> np.ndarray:
+        """uint8 [P·n, S, S, 3] at decoder guidance `guidance`."""
         extra = {}
         if embedding == "null":
             extra["null_image"] = True
@@ -84,16 +88,43 @@ def _fd_replicates(samples: np.ndarray, reference: np.ndarray, rng: np.random.Ge
     return [round(v, 6) for v in values]
 
 
-def sample_figures(generate, refs: References, guidance: float, seed: int, k: int, options):
-    """The figures of one replicate at one guidance scale (see the module's docstring)."""
-    single = generate(refs.single, k, seed, guidance, **options)
+class RerankedDraws:
+    """DALL·E's images for captions, each the best by the pipeline's CLIP of its first N
+    candidates among `most` drawn once (each candidate from its own key, `pipelines.dalle`: the
+    first N are what `rerank_candidates=N` would draw under other keys)."""
+
+    def __init__(self, pipe: Dalle, most: int):
+        self.pipe, self.most = pipe, most
+        self.drawn: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+
+    def best_of(self, n: int) -> Callable[..., np.ndarray]:
+        """`generate(captions, k, seed) -> uint8 [P·k, S, S, 3]`, each image the best of n."""
+
+        def generate(captions: list[str], k: int, seed: int, **options) -> np.ndarray:
+            key = (tuple(captions), k, seed)
+            if key not in self.drawn:
+                out = self.pipe.generate_float(captions, k * self.most, seed, **options)
+                images = to_uint8(out["images"]).reshape(len(captions) * k, self.most, -1)
+                self.drawn[key] = images, np.asarray(out["scores"]).reshape(-1, self.most)
+            images, scores = self.drawn[key]
+            rows = best_rows(scores[:, :n].reshape(-1), n)
+            size = self.pipe.image_size
+            return images[:, :n].reshape(-1, size, size, 3)[rows]
+
+        return generate
+
+
+def sample_figures(generate, refs: References, seed: int, k: int, options: dict) -> dict:
+    """The figures of one replicate at one setting of `generate(captions, n, seed, **options)`
+    (a guidance scale, a reranking N; see the module's docstring)."""
+    single = generate(refs.single, k, seed, **options)
     captions = [c for c in refs.single for _ in range(k)]
     hits = demo_metrics.single_object_hits(single, captions)
     features = refs.scorer.embed_images(single)
     text = refs.scorer.embed_texts(refs.single)
     scores = 100.0 * np.sum(features.reshape(len(refs.single), k, -1) * text[:, None], axis=-1)
     spread = diversity.group_diversity(features.reshape(len(refs.single), k, -1))
-    pairs = generate(refs.pairs, 1, seed + 1, guidance, **options)
+    pairs = generate(refs.pairs, 1, seed + 1, **options)
     layouts = evaluate.layout_diversity(single, captions, refs.data)
     per_caption = {
         "colour": hits["colour"].reshape(-1, k).mean(axis=1),

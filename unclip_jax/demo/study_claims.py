@@ -2,10 +2,12 @@
 rule written there, then the table (`docs/paper_claims.md`) and the guidance plot.
 
 A comparison names a figure and two arm references: "A" (the arm at the reference guidance),
-"A@max" / "A@min" (at its largest / smallest guidance scale) or a constant ("chance": the
-keep-rate of a random colour–shape pair; "one_layout": entropy 0). Its difference first − second
-gets a 95% bootstrap interval (seeds, then captions; a Fréchet distance over seeds and image
-resamples) and a verdict (`evals.bootstrap.verdict`); a claim is reproduced when all its
+"A@max" / "A@min" (at its largest / smallest guidance scale), "E#16" (DALL·E's best of 16) or a
+constant ("chance": the keep-rate of a random colour–shape pair; "one_layout": entropy 0); with
+`versus` (two more references) it compares the two differences (first − second) − (third −
+fourth), caption by caption. The difference gets a 95% bootstrap interval (seeds, then captions;
+a Fréchet distance over seeds and image resamples) and a verdict (`evals.bootstrap.verdict`);
+a claim is reproduced when all its
 comparisons are, not reproduced when any is reversed, inconclusive otherwise, and pending while
 an arm it needs has no figures yet.
 """
@@ -34,12 +36,20 @@ def guidance_key(arm: dict, reference: str, default: float) -> str:
     return f"{default:g}"
 
 
+def arm_name(reference: str) -> str:
+    """ "A@max" → "A", "E#16" → "E"."""
+    return reference.partition("@")[0].partition("#")[0]
+
+
 def figure_table(arms: dict, reference: str, figure: str, default: float) -> np.ndarray:
     """[S, C] per seed and caption (or source); [S, R] image resamples for "fd"."""
-    arm = arms[reference.partition("@")[0]]
+    arm = arms[arm_name(reference)]
     if figure in PER_SOURCE:
         return np.asarray(arm["variations"][figure], np.float64)
-    values = arm["guidance"][guidance_key(arm, reference, default)][figure]
+    if "#" in reference:
+        values = arm["rerank"][reference.partition("#")[2]][figure]
+    else:
+        values = arm["guidance"][guidance_key(arm, reference, default)][figure]
     table = np.asarray(values, np.float64)
     return table[:, 1:] if figure == "fd" else table  # fd's first value is the whole set's
 
@@ -53,6 +63,12 @@ def compare(arms: dict, comparison: dict, default: float, replicates: int) -> di
         constant = CONSTANTS[comparison["second"]]
         draws = bootstrap.bootstrap_means(a, replicates, rng) - constant
         point = a.mean() - constant
+    elif comparison.get("versus"):
+        third, fourth = (figure_table(arms, r, figure, default) for r in comparison["versus"])
+        a = a - figure_table(arms, comparison["second"], figure, default)
+        b = third - fourth
+        draws = bootstrap.bootstrap_difference(a, b, replicates, rng)
+        point = a.mean() - b.mean()
     else:
         b = figure_table(arms, comparison["second"], figure, default)
         if figure == "fd":
@@ -67,7 +83,8 @@ def compare(arms: dict, comparison: dict, default: float, replicates: int) -> di
 
 def needed_arms(claim: dict) -> set[str]:
     refs = [c[k] for c in claim["comparisons"] for k in ("first", "second")]
-    return {r.partition("@")[0] for r in refs if r not in CONSTANTS}
+    refs += [r for c in claim["comparisons"] for r in (c.get("versus") or ())]
+    return {arm_name(r) for r in refs if r not in CONSTANTS}
 
 
 def judge(claims: list, arms: dict, default: float, replicates: int) -> list[dict]:
@@ -129,7 +146,9 @@ def claims_table(judged: list[dict]) -> list[str]:
             figures = f"arms {', '.join(claim['missing_arms'])} not run yet"
         else:
             figures = "; ".join(
-                f"{c['figure']} {c['first']} − {c['second']}: {c['difference']:+.3g} "
+                f"{c['figure']} {c['first']} − {c['second']}"
+                + (f" vs {c['versus'][0]} − {c['versus'][1]}" if c.get("versus") else "")
+                + f": {c['difference']:+.3g} "
                 f"[{c['interval'][0]:+.3g}, {c['interval'][1]:+.3g}] ({c['verdict']})"
                 for c in claim["comparisons"]
             )

@@ -1,11 +1,12 @@
 """The study's trained stages and pipelines (`configs/study.py`): per conditioning CLIP c, its
 embeddings, the decoder reading z_i and the caption, GLIDE's decoder, and per training seed s the
-two priors; then one unCLIP pipeline per (c, s) and one GLIDE pipeline per c.
+two priors, and once DALL·E's dVAE and transformer; then one unCLIP pipeline per (c, s), one
+GLIDE pipeline per c and one DALL·E pipeline per c (CLIP c reranks).
 
-    <workdir>/data, score_clip                      shared by every arm
+    <workdir>/data, score_clip, dvae, dalle          shared by every arm
     <workdir>/clip_c{c}, embeddings_c{c}, decoder_c{c}, glide_decoder_c{c}
     <workdir>/prior_c{c}_s{s}, ar_prior_c{c}_s{s}
-    <workdir>/pipelines/unclip_c{c}_s{s}, glide_c{c}
+    <workdir>/pipelines/unclip_c{c}_s{s}, glide_c{c}, dalle_c{c}
 """
 
 from pathlib import Path
@@ -42,7 +43,10 @@ def _section(config: ml_collections.ConfigDict, name: str, seed: int) -> ml_coll
 
 def sections(config: ml_collections.ConfigDict, workdir: Path) -> dict:
     """Each trained stage's config by stage name, wired to the stages before it."""
-    out = {"score_clip": stages.section(config, "score_clip")}
+    from unclip_jax.train import dvae_task
+
+    out = {name: stages.section(config, name) for name in ("score_clip", "dvae", "dalle")}
+    out["dalle"].dvae_dir = str(workdir / "dvae" / dvae_task.EXPORT_DIR)
     for c in config.clip_seeds:
         out[clip_name(c)] = _section(config, "clip", seed=c)
         for name in ("decoder", "glide_decoder"):
@@ -61,7 +65,8 @@ def sections(config: ml_collections.ConfigDict, workdir: Path) -> dict:
 def steps(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, stages.StageFn]:
     """Every stage in order, each a function of its directory."""
     configs = sections(config, workdir)
-    out = {"data": stages.shapes_data(config), "score_clip": stages.trained(configs["score_clip"])}
+    out = {"data": stages.shapes_data(config)}
+    out |= {name: stages.trained(configs[name]) for name in ("score_clip", "dvae", "dalle")}
     for c in config.clip_seeds:
         out[clip_name(c)] = stages.trained(configs[clip_name(c)])
         decoder = configs[f"decoder_c{c}"]
@@ -82,8 +87,13 @@ def glide_pipeline(workdir: Path, c: int) -> Path:
     return workdir / "pipelines" / f"glide_c{c}"
 
 
+def dalle_pipeline(workdir: Path, c: int) -> Path:
+    return workdir / "pipelines" / f"dalle_c{c}"
+
+
 def export(config: ml_collections.ConfigDict, workdir: Path) -> None:
     """The pipelines the arms sample, each exported once (an existing one is kept)."""
+    from unclip_jax.pipelines.dalle_store import export_dalle_pipeline
     from unclip_jax.pipelines.store import export_pipeline
 
     configs = sections(config, workdir)
@@ -110,3 +120,6 @@ def export(config: ml_collections.ConfigDict, workdir: Path) -> None:
                 prior=trained(f"prior_c{c}_s{config.seeds[0]}"),
                 decoder=trained(f"glide_decoder_c{c}"),
             )
+        out = dalle_pipeline(workdir, c)
+        if not out.is_dir():
+            export_dalle_pipeline(out, clip_dir=clip_export(workdir, c), dalle=trained("dalle"))
