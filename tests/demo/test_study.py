@@ -106,6 +106,8 @@ def test_smoke_study_writes_every_arm_and_the_claims(tmp_path):
         figures = json.loads((results / f"{name}.json").read_text())
         replicates = 2 if arm.seeded else 1
         assert len(figures["replicates"]) == replicates
+        assert len(figures["training_seconds"]) == replicates
+        assert all(t > 0 for stages in figures["training_seconds"] for t in stages.values())
         assert len(figures["guidance"]) == (2 if arm.guided else 1)
         for one in figures["guidance"].values():
             assert np.shape(one["colour_shape"]) == (replicates, config.eval.num_single)

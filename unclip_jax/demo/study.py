@@ -85,8 +85,11 @@ def evaluate_arm(config, workdir: Path, name: str, refs: study_arms.References) 
     arm = config.arms[name].to_dict()
     figures: dict = {}
     variations: dict = {}
+    training = []
     start = time.time()
     for c, s in replicates(config, arm):
+        stage_names = study_stages.arm_stages(arm, c, s)
+        training.append(study_stages.training_seconds(workdir, stage_names))
         pipe, generators = samplers(config, workdir, arm, refs, c, s)
         for key, generate in generators.items():
             logging.info("arm %s, CLIP %d, seed %d, %s", name, c, s, key)
@@ -114,6 +117,7 @@ def evaluate_arm(config, workdir: Path, name: str, refs: study_arms.References) 
         "fd_floor": refs.fd_floor,
         "sampling": config.sampling.to_dict(),
         "eval": config.eval.to_dict(),
+        "training_seconds": training,  # per replicate, each stage's (on this machine)
         "seconds": round(time.time() - start, 1),
         "load_average": stages.load_average(),
     }

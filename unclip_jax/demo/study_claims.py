@@ -120,12 +120,16 @@ ARM_FIGURES = ("colour", "colour_shape", "binding", "clip_score", "diversity", "
 
 
 def arms_table(arms: dict, replicates: int) -> list[str]:
-    """Markdown rows: each arm at each of its guidance scales, each figure with its interval."""
+    """Markdown rows: each arm at each of its guidance scales, each figure with its interval,
+    and the training seconds of its stages."""
     lines = [
-        "| arm | guidance | " + " | ".join(ARM_FIGURES) + " |",
-        "|---|---|" + "---|" * len(ARM_FIGURES),
+        "| arm | guidance | " + " | ".join(ARM_FIGURES) + " | training s |",
+        "|---|---|" + "---|" * (len(ARM_FIGURES) + 1),
     ]
     for name, arm in arms.items():
+        # wall-clock seconds of the stages the arm's samples come from, mean over replicates
+        seconds = [sum(r.values()) for r in arm.get("training_seconds", [])]
+        trained = f"{np.mean(seconds):.0f}" if seconds else "–"
         for key in sorted(arm["guidance"], key=float):
             cells = []
             for figure in ARM_FIGURES:
@@ -133,7 +137,7 @@ def arms_table(arms: dict, replicates: int) -> list[str]:
                 cells.append(
                     _interval_text(table[:, 1:] if figure == "fd" else table, figure, replicates)
                 )
-            lines.append(f"| {name} | {key} | " + " | ".join(cells) + " |")
+            lines.append(f"| {name} | {key} | " + " | ".join(cells) + f" | {trained} |")
     return lines
 
 

@@ -9,6 +9,7 @@ GLIDE pipeline per c and one DALL·E pipeline per c (CLIP c reranks).
     <workdir>/pipelines/unclip_c{c}_s{s}, glide_c{c}, dalle_c{c}
 """
 
+import json
 from pathlib import Path
 
 import ml_collections
@@ -77,6 +78,24 @@ def steps(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, stages.
         for name in ("decoder", "glide_decoder"):
             out[f"{name}_c{c}"] = stages.trained(configs[f"{name}_c{c}"])
     return out
+
+
+def arm_stages(arm: dict, c: int, s: int) -> list[str]:
+    """The trained stages an arm's samples come from at replicate (c, s): the conditioning CLIP
+    and what reads it, or DALL·E's dVAE and transformer (with CLIP c reranking)."""
+    if arm["pipeline"] == "dalle":
+        return ["dvae", "dalle", clip_name(c)]
+    if arm["pipeline"] == "glide":  # its CLIP's embeddings are all dropped for the null
+        return [clip_name(c), f"embeddings_c{c}", f"glide_decoder_c{c}"]
+    priors = {"diffusion": [f"prior_c{c}_s{s}"], "ar": [f"ar_prior_c{c}_s{s}"], "": []}
+    return [clip_name(c), f"embeddings_c{c}", *priors[arm["prior"]], f"decoder_c{c}"]
+
+
+def training_seconds(workdir: Path, names: list[str]) -> dict[str, float]:
+    """Each named stage's wall-clock seconds, from its DONE record."""
+    return {
+        name: json.loads((workdir / name / stages.DONE).read_text())["seconds"] for name in names
+    }
 
 
 def unclip_pipeline(workdir: Path, c: int, s: int) -> Path:
