@@ -135,6 +135,7 @@ def test_smoke_study_writes_every_arm_and_the_claims(tmp_path):
     [
         ("--config=configs/study.py:tiny", "must be one of ['smoke', 'fast', 'full']"),
         ("--force=nothing", "unknown stages ['nothing']"),
+        ("--force_arms=Z", "unknown arms ['Z'] in --force_arms"),
     ],
 )
 def test_bad_input_is_one_line(tmp_path, flag, message):

@@ -191,6 +191,9 @@ def study(config: ml_collections.ConfigDict, workdir: Path) -> None:
     force, only = set(FLAGS.force), set(FLAGS.stages)
     steps = study_stages.steps(config, workdir)
     stages.check_stage_names(force | only, tuple(steps))
+    unknown_arms = set(FLAGS.force_arms) - {"all", *config.arms}
+    if unknown_arms:
+        raise ValueError(f"unknown arms {sorted(unknown_arms)} in --force_arms; arms: {list(config.arms)}")
     enable_compilation_cache(str(workdir / "xla_cache"))
     records = stages.train_or_exit(lambda: stages.run_stages(steps, workdir, force, only))
     missing = [name for name in steps if name not in records]

@@ -18,7 +18,6 @@ space between the single-caption samples and as many held-out single-object imag
 held-out source image, its variations' keep-rate of colour and shape and their layouts' entropy.
 """
 
-import itertools
 from collections.abc import Callable
 
 import ml_collections
@@ -154,4 +153,4 @@ def variation_figures(pipe: UnCLIP, refs: References, count: int, n: int, seed: 
 
 def chance_of_reading() -> float:
     """The keep-rate of variations drawn at random: one colour–shape pair of all."""
-    return 1.0 / len(list(itertools.product(shapes_render.COLOURS, shapes_render.SHAPES)))
+    return 1.0 / (len(shapes_render.COLOURS) * len(shapes_render.SHAPES))

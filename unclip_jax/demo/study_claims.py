@@ -109,11 +109,11 @@ def judge(claims: list, arms: dict, default: float, replicates: int) -> list[dic
 def _interval_text(values: np.ndarray, figure: str, replicates: int) -> str:
     rng = np.random.default_rng(0)
     if figure == "fd":
-        draws, point = bootstrap.resampled_means(values, rng), values.mean()
+        draws = bootstrap.resampled_means(values, rng)
     else:
-        draws, point = bootstrap.bootstrap_means(values, replicates, rng), values.mean()
+        draws = bootstrap.bootstrap_means(values, replicates, rng)
     low, high = bootstrap.interval(draws)
-    return f"{point:.3g} [{low:.3g}, {high:.3g}]"
+    return f"{values.mean():.3g} [{low:.3g}, {high:.3g}]"
 
 
 ARM_FIGURES = ("colour", "colour_shape", "binding", "clip_score", "diversity", "fd")
