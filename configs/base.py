@@ -68,6 +68,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.eval_with_ema = True
     config.train.sample_every = 5000  # 0: never; only stages that generate images
     config.train.num_samples = 16
+    config.train.count_flops = False  # <workdir>/compute.json: the train step's FLOPs
 
     config.optimizer = ml_collections.ConfigDict()
     config.optimizer.peak_lr = 1e-4

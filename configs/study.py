@@ -33,6 +33,7 @@ from configs import (
 SOURCE = "shapes_captions/32px"
 IMAGE_SIZE = 32
 TIERS = ("smoke", "fast", "full")
+STAGES = ("clip", "score_clip", "prior", "ar_prior", "decoder", "glide_decoder", "dvae", "dalle")
 
 
 def arms() -> dict:
@@ -75,7 +76,9 @@ def claims() -> list[dict]:
     direction (+1: first larger), or, with `margin`, "first at least as good as second": the
     interval's low end above −margin. A claim is reproduced when every comparison is, not
     reproduced when any comparison is reversed (its interval on the wrong side of 0, or below
-    −margin), inconclusive otherwise."""
+    −margin), inconclusive otherwise — and inconclusive where it names `compute` and the two
+    arms' training FLOPs (every stage's train step counted, `unclip_jax/hlo_cost.py`) differ by
+    more than the stated fraction."""
 
     def compare(figure, first, second, direction=1, margin=None, versus=None):
         # versus (third, fourth): the difference first − second against third − fourth
@@ -88,8 +91,10 @@ def claims() -> list[dict]:
             versus=versus,
         )
 
-    def claim(name, paper, *comparisons):
-        return dict(name=name, paper=paper, comparisons=list(comparisons))
+    def claim(name, paper, *comparisons, compute=None):
+        # compute: the claim holds only at comparable training FLOPs (ratio within 1 ± within),
+        # else inconclusive
+        return dict(name=name, paper=paper, comparisons=list(comparisons), compute=compute)
 
     return [
         claim(
@@ -127,6 +132,7 @@ def claims() -> list[dict]:
             "(§5.3, Table 2)",
             compare("colour_shape", "A", "E#16"),
             compare("fd", "A", "E#16", direction=-1),
+            compute=dict(first="A", second="E", within=0.25),
         ),
         claim(
             "reranking_flattens",
@@ -183,6 +189,8 @@ def _stages(config: ml_collections.ConfigDict, stage_arg: str | None) -> None:
     dalle = dalle_shapes.get_config(stage_arg)
     dalle.data.update(source=SOURCE, image_size=IMAGE_SIZE)
     config.dalle = dalle
+    for name in STAGES:  # each stage's train step's FLOPs in <stage>/compute.json
+        config[name].train.count_flops = True
 
 
 def _tier(config: ml_collections.ConfigDict, tier: str) -> None:
@@ -218,10 +226,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.results = "experiments/results/paper_claims" if arg != "smoke" else ""
     config.table = "docs/paper_claims.md" if arg != "smoke" else ""
     _stages(config, "smoke" if arg == "smoke" else None)
-    base.stage_budgets(
-        config,
-        ["clip", "score_clip", "prior", "ar_prior", "decoder", "glide_decoder", "dvae", "dalle"],
-    )
+    base.stage_budgets(config, list(STAGES))
     config.arms = arms()
     config.reference_guidance = 4.0  # the decoder guidance of arms B, C1, C2 (one of the scales)
     config.rerank_curve = (1, 2, 4, 8, 16, 32)  # DALL·E's N, from one draw of the most per image

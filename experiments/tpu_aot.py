@@ -41,8 +41,7 @@ import ml_collections
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from experiments import bench_common as common
-from experiments import hlo_cost
-from unclip_jax import sharding
+from unclip_jax import hlo_cost, sharding
 from unclip_jax.diffusion import guidance
 from unclip_jax.models.dvae import DVAEConfig, DVAEEncoder, FrozenDVAE
 from unclip_jax.models.prior import EmbeddingNormalizer

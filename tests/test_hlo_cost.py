@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from experiments import hlo_cost
+from unclip_jax import hlo_cost
 
 CHIP = hlo_cost.CHIPS["v5p"]
 LAYERS, BATCH, WIDTH = 12, 64, 256

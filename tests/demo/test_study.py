@@ -72,9 +72,20 @@ def test_claims_follow_their_rules():
     arms["E"]["rerank"] = {
         str(n): made_up_arm(p, 0.5, 2.0)["guidance"]["4"] for n, p in curve.items()
     }
+    arms["A"]["training_flops"] = [{"prior": 2e15, "decoder": 8e15}] * 2
+    arms["E"]["training_flops"] = [{"dalle": 9e15}]
     judged = {c["name"]: c for c in study_claims.judge(claims, arms, 4.0, 500)}
     assert judged["reranking_flattens"]["verdict"] == "reproduced"
     assert judged["unclip_vs_dalle"]["verdict"] == "reproduced"
+    assert judged["unclip_vs_dalle"]["compute_check"]["ratio"] == pytest.approx(10 / 9)
+    # better figures at 1.5× the compute (or uncounted compute) decide nothing
+    arms["E"]["training_flops"] = [{"dalle": 10e15 / 1.5}]
+    judged = {c["name"]: c for c in study_claims.judge(claims, arms, 4.0, 500)}
+    assert judged["unclip_vs_dalle"]["verdict"] == "inconclusive"
+    del arms["E"]["training_flops"]
+    judged = {c["name"]: c for c in study_claims.judge(claims, arms, 4.0, 500)}
+    assert judged["unclip_vs_dalle"]["compute_check"]["comparable"] is False
+    assert "not counted" in "".join(study_claims.claims_table(list(judged.values())))
     del arms["E"]
     judged = {c["name"]: c for c in study_claims.judge(claims, arms, 4.0, 500)}
     assert judged["prior_matters"]["verdict"] == "reproduced"
@@ -108,6 +119,11 @@ def test_smoke_study_writes_every_arm_and_the_claims(tmp_path):
         assert len(figures["replicates"]) == replicates
         assert len(figures["training_seconds"]) == replicates
         assert all(t > 0 for stages in figures["training_seconds"] for t in stages.values())
+        trained = [set(stages) for stages in figures["training_flops"]]
+        assert [
+            set(s) - {f"embeddings_c{c}" for c in (0,)} for s in figures["training_seconds"]
+        ] == trained
+        assert all(f > 0 for stages in figures["training_flops"] for f in stages.values())
         assert len(figures["guidance"]) == (2 if arm.guided else 1)
         for one in figures["guidance"].values():
             assert np.shape(one["colour_shape"]) == (replicates, config.eval.num_single)
@@ -126,8 +142,17 @@ def test_smoke_study_writes_every_arm_and_the_claims(tmp_path):
     table = (tmp_path / "paper_claims.md").read_text()
     assert all(name in table for name in claims)
     assert "binding:" in run.stdout
+    # a stage trained before FLOPs were counted is reopened for them and takes no step
+    compute = tmp_path / "prior_c0_s0" / "compute.json"
+    counted = json.loads(compute.read_text())
+    compute.unlink()
+    checkpoints = sorted(p.name for p in (tmp_path / "prior_c0_s0" / "checkpoints").iterdir())
     again = run_study(tmp_path, "--config=configs/study.py:smoke")
     assert "not sampled again" in again.stderr + (tmp_path / "run.log").read_text()
+    assert json.loads(compute.read_text()) == counted
+    assert (
+        sorted(p.name for p in (tmp_path / "prior_c0_s0" / "checkpoints").iterdir()) == checkpoints
+    )
 
 
 @pytest.mark.parametrize(

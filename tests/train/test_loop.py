@@ -1,6 +1,7 @@
 """The loop in-process: metrics in TensorBoard event files, eval and sample grids, and a run of
 non-finite steps stopping with an error while the last good checkpoint stays the latest."""
 
+import json
 import struct
 
 import ml_collections
@@ -126,3 +127,21 @@ def test_batch_size_mismatch_is_rejected_before_compiling(tmp_path):
         loop.train_and_evaluate(
             tiny_config(), tmp_path, tiny_task.TinyTask(), tiny_task.TinyIterator(8)
         )
+
+
+def test_count_flops_records_the_step_with_every_micro_batch(tmp_path):
+    """compute.json: the step's FLOPs over all devices, the same whether the batch of 16 runs at
+    once or as two scanned micro-batches (the scan's trips counted), at least the matmuls'."""
+    flops = {}
+    for accum in (1, 2):
+        workdir = tmp_path / f"accum{accum}"
+        config = tiny_config(count_flops=True, grad_accum_steps=accum, eval_every=0)
+        loop.train_and_evaluate(config, workdir, tiny_task.TinyTask(), tiny_task.TinyIterator(16))
+        record = json.loads((workdir / loop.COMPUTE_FILE).read_text())
+        assert record["devices"] == 8 and record["total_steps"] == 4
+        assert record["flops"] == record["flops_per_step"] * 4
+        flops[accum] = record["flops_per_step"]
+    d, h = tiny_task.DIM, tiny_task.HIDDEN
+    matmuls = 16 * (2 * d * h * 2 + 2 * h * d * 3)  # forward both, backward: 1 for layer 1, 2 for 2
+    assert flops[1] >= matmuls
+    assert flops[2] == pytest.approx(flops[1], rel=0.1)

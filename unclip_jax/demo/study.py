@@ -118,6 +118,7 @@ def evaluate_arm(config, workdir: Path, name: str, refs: study_arms.References) 
         "sampling": config.sampling.to_dict(),
         "eval": config.eval.to_dict(),
         "training_seconds": training,  # per replicate, each stage's (on this machine)
+        "training_flops": arm_flops(config, workdir, name),  # per replicate, each stage's
         "seconds": round(time.time() - start, 1),
         "load_average": stages.load_average(),
     }
@@ -138,6 +139,15 @@ def write_json(path: Path, value: dict) -> None:
     partial.replace(path)
 
 
+def arm_flops(config, workdir: Path, name: str) -> list[dict]:
+    """Per replicate of arm `name`, its trained stages' FLOPs."""
+    arm = config.arms[name].to_dict()
+    return [
+        study_stages.training_flops(config, workdir, study_stages.arm_stages(arm, c, s))
+        for c, s in replicates(config, arm)
+    ]
+
+
 def run_arms(config, workdir: Path, results: Path, force: set[str]) -> dict[str, dict]:
     """Every arm's figures: read where this tier wrote them before (unless forced), else
     sampled (a file of another tier is replaced)."""
@@ -151,6 +161,9 @@ def run_arms(config, workdir: Path, results: Path, force: set[str]) -> dict[str,
             earlier = json.loads(path.read_text())
             if earlier.get("tier") == config.tier:
                 logging.info("arm %s: figures in %s, not sampled again", name, path)
+                if "training_flops" not in earlier:  # sampled before FLOPs were counted
+                    earlier["training_flops"] = arm_flops(config, workdir, name)
+                    write_json(path, earlier)
                 arms[name] = earlier
                 continue
             logging.info("arm %s: %s holds the %s tier's figures", name, path, earlier.get("tier"))
@@ -200,6 +213,7 @@ def study(config: ml_collections.ConfigDict, workdir: Path) -> None:
     if missing:
         print(f"stages not finished yet: {', '.join(missing)}; the arms run once all are")
         return
+    study_stages.count_flops(config, workdir)
     study_stages.export(config, workdir)
     results, table = outputs(config, workdir)
     arms = run_arms(config, workdir, results, set(FLAGS.force_arms))

@@ -102,8 +102,28 @@ def judge(claims: list, arms: dict, default: float, replicates: int) -> list[dic
             verdict = bootstrap.VERDICTS[0]
         elif bootstrap.VERDICTS[1] in verdicts:
             verdict = bootstrap.VERDICTS[1]
-        out.append({**claim, "comparisons": rows, "verdict": verdict})
+        judged = {**claim, "comparisons": rows, "verdict": verdict}
+        if claim.get("compute"):
+            judged["compute_check"] = compute_check(arms, **claim["compute"])
+            if not judged["compute_check"]["comparable"]:
+                judged["verdict"] = bootstrap.VERDICTS[2]
+        out.append(judged)
     return out
+
+
+def training_flops(arm: dict) -> float | None:
+    """The arm's training FLOPs (its stages' summed), mean over replicates; None if uncounted."""
+    counted = arm.get("training_flops")
+    return float(np.mean([sum(r.values()) for r in counted])) if counted else None
+
+
+def compute_check(arms: dict, first: str, second: str, within: float) -> dict:
+    """Whether two arms were trained at comparable compute: FLOPs ratio first / second within
+    1 ± `within` (not comparable where either is uncounted)."""
+    a, b = training_flops(arms[first]), training_flops(arms[second])
+    ratio = a / b if a and b else None
+    comparable = ratio is not None and abs(ratio - 1.0) <= within
+    return dict(first=first, second=second, within=within, ratio=ratio, comparable=comparable)
 
 
 def _interval_text(values: np.ndarray, figure: str, replicates: int) -> str:
@@ -121,15 +141,17 @@ ARM_FIGURES = ("colour", "colour_shape", "binding", "clip_score", "diversity", "
 
 def arms_table(arms: dict, replicates: int) -> list[str]:
     """Markdown rows: each arm at each of its guidance scales, each figure with its interval,
-    and the training seconds of its stages."""
+    and the training seconds and FLOPs of its stages."""
     lines = [
-        "| arm | guidance | " + " | ".join(ARM_FIGURES) + " | training s |",
-        "|---|---|" + "---|" * (len(ARM_FIGURES) + 1),
+        "| arm | guidance | " + " | ".join(ARM_FIGURES) + " | training s | training FLOPs |",
+        "|---|---|" + "---|" * (len(ARM_FIGURES) + 2),
     ]
     for name, arm in arms.items():
         # wall-clock seconds of the stages the arm's samples come from, mean over replicates
         seconds = [sum(r.values()) for r in arm.get("training_seconds", [])]
         trained = f"{np.mean(seconds):.0f}" if seconds else "–"
+        flops = training_flops(arm)
+        trained += f" | {flops:.3g}" if flops else " | –"
         for key in sorted(arm["guidance"], key=float):
             cells = []
             for figure in ARM_FIGURES:
@@ -155,6 +177,13 @@ def claims_table(judged: list[dict]) -> list[str]:
                 + f": {c['difference']:+.3g} "
                 f"[{c['interval'][0]:+.3g}, {c['interval'][1]:+.3g}] ({c['verdict']})"
                 for c in claim["comparisons"]
+            )
+        compute = claim.get("compute_check")
+        if compute:
+            ratio = f"{compute['ratio']:.2f}" if compute["ratio"] else "not counted"
+            figures += (
+                f"; training FLOPs {compute['first']} / {compute['second']}: {ratio} "
+                f"({'within' if compute['comparable'] else 'not within'} ±{compute['within']:.0%})"
             )
         lines.append(f"| {claim['name']} | {claim['paper']} | {figures} | {claim['verdict']} |")
     return lines

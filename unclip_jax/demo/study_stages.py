@@ -91,6 +91,28 @@ def arm_stages(arm: dict, c: int, s: int) -> list[str]:
     return [clip_name(c), f"embeddings_c{c}", *priors[arm["prior"]], f"decoder_c{c}"]
 
 
+def count_flops(config: ml_collections.ConfigDict, workdir: Path) -> None:
+    """Each trained stage's `compute.json` (its train step's FLOPs × steps): one trained before
+    FLOPs were counted is reopened by its trainer, which takes no step and compiles once."""
+    from unclip_jax.train import loop
+
+    for name, section in sections(config, workdir).items():
+        if not (workdir / name / loop.COMPUTE_FILE).is_file():
+            section.train.count_flops = True
+            stages.trained(section)(workdir / name)
+
+
+def training_flops(config: ml_collections.ConfigDict, workdir: Path, names: list[str]) -> dict:
+    """Each named trained stage's training FLOPs (the data and embedding stages train nothing)."""
+    from unclip_jax.train import loop
+
+    trained = [name for name in names if name in sections(config, workdir)]
+    return {
+        name: json.loads((workdir / name / loop.COMPUTE_FILE).read_text())["flops"]
+        for name in trained
+    }
+
+
 def training_seconds(workdir: Path, names: list[str]) -> dict[str, float]:
     """Each named stage's wall-clock seconds, from its DONE record."""
     return {

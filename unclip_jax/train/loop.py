@@ -17,6 +17,7 @@ run.log all go there.
 
 import contextlib
 import dataclasses
+import json
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -28,7 +29,7 @@ from absl import logging
 from etils import epath
 from tqdm import tqdm
 
-from unclip_jax import console, sharding
+from unclip_jax import console, hlo_cost, sharding
 from unclip_jax.storage import locations, run_record
 from unclip_jax.train import checkpoints as checkpoints_lib
 from unclip_jax.train import images as images_lib
@@ -41,6 +42,7 @@ from unclip_jax.train.run_log import RunLog
 from unclip_jax.train.task import Batch, DataIterator, Task
 
 Hook = Callable[[int, state_lib.TrainState], None]
+COMPUTE_FILE = "compute.json"  # the train step's FLOPs (`train.count_flops`)
 BUCKET_LOG_FLUSH_SECONDS = 30.0  # run.log in a bucket: each flush uploads the whole file
 
 
@@ -61,6 +63,7 @@ class LoopConfig:
     checkpoint_every: int
     max_to_keep: int
     async_save: bool
+    count_flops: bool  # write the train step's FLOPs to <workdir>/compute.json (one compile)
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict) -> "LoopConfig":
@@ -77,6 +80,7 @@ class LoopConfig:
             checkpoint_every=c.every_steps,
             max_to_keep=c.max_to_keep,
             async_save=c.async_save,
+            count_flops=t.get("count_flops", False),
         )
 
 
@@ -166,6 +170,9 @@ def train_and_evaluate(
         pending = None
         logging.info("resumed from step %d in %s", latest, checkpoints.directory)
 
+    if loop.count_flops and chief:
+        record_compute(workdir, setup, loop.total_steps)
+
     sample_jit = jax.jit(task.sample, static_argnums=2, out_shardings=sharding.replicated(mesh))
     run = _Run(
         loop=loop,
@@ -183,6 +190,23 @@ def train_and_evaluate(
     logged = console.log_file(log_path, flush_seconds) if chief else contextlib.nullcontext()
     with logged:
         return run.train(state, train_data, pending, train_key, eval_data, hooks)
+
+
+def record_compute(workdir: epath.Path, setup: setup_lib.TrainSetup, total_steps: int) -> dict:
+    """Writes `<workdir>/compute.json`: the compiled train step's FLOPs per device (every loop
+    trip counted, `hlo_cost`), over all devices, and over the run's `total_steps`."""
+    text = setup.lower().compile().as_text()
+    per_device = hlo_cost.program_flops(text)
+    devices = setup.mesh.size
+    record = dict(
+        flops_per_step_per_device=per_device,
+        devices=devices,
+        flops_per_step=per_device * devices,
+        total_steps=total_steps,
+        flops=per_device * devices * total_steps,
+    )
+    (workdir / COMPUTE_FILE).write_text(json.dumps(record, indent=1) + "\n")
+    return record
 
 
 @dataclasses.dataclass

@@ -19,7 +19,7 @@ XLA's own `cost_analysis()` counts a loop body once, so a program whose work sit
 An instruction takes max(FLOPs / peak, bytes / HBM bandwidth) + collective bytes / ICI bandwidth,
 so the estimated utilisation FLOPs / (time × peak) is at most 1 and never negative.
 
-    python -m experiments.hlo_cost program.hlo --chip v5p   # HLO text of `compiled.as_text()`
+    python -m unclip_jax.hlo_cost program.hlo --chip v5p   # HLO text of `compiled.as_text()`
 """
 
 import argparse
@@ -244,6 +244,12 @@ def estimate(text: str, chip: Chip) -> dict[str, Any]:
         estimated_utilisation=cost.flops / cost.seconds / chip.peak_flops if cost.seconds else None,
         unknown_trip_counts=cost.unknown_trip_counts,
     )
+
+
+def program_flops(text: str) -> float:
+    """The FLOPs of one run of the program (per device of an SPMD program), every loop trip
+    counted; the same on any chip."""
+    return CostModel(text, CHIPS["v5p"]).cost().flops
 
 
 def main() -> None:
