@@ -138,7 +138,7 @@ def test_smoke_study_writes_every_arm_and_the_claims(tmp_path):
         "not reproduced",
         "inconclusive",
     }
-    assert (results / "guidance.png").is_file()
+    assert (results / "guidance.png").is_file() and (results / "rerank.png").is_file()
     table = (tmp_path / "paper_claims.md").read_text()
     assert all(name in table for name in claims)
     assert "binding:" in run.stdout

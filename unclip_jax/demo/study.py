@@ -1,7 +1,8 @@
 """`unclip study --config configs/study.py:fast`: the papers' comparisons on the shapes, one
 command — every stage trained (or reused), every arm sampled on the same held-out captions and
 scored, each arm's figures written to `<results>/<arm>.json`, the claims judged by the config's
-rules into `<table>` (Markdown) with `<results>/claims.json` and `<results>/guidance.png`.
+rules into `<table>` (Markdown) with `<results>/claims.json` and the plots `guidance.png`
+(fidelity against diversity) and `rerank.png` (DALL·E's reranking curve) beside it.
 
 Stages are skipped when finished and resumed when interrupted (`--force`, `--stages`, exit codes
 0, 1 and 143 as `unclip train`'s); an arm whose file exists is not sampled again unless named in
@@ -181,6 +182,7 @@ def report(config, arms: dict[str, dict], results: Path, table: Path) -> list[di
     judged = study_claims.judge(list(config.claims), arms, config.reference_guidance, replicates_)
     write_json(results / "claims.json", {"tier": config.tier, "claims": judged})
     study_claims.guidance_plot(arms, results / "guidance.png")
+    study_claims.rerank_plot(arms, results / "rerank.png")
     lines = [
         f"# The papers' claims on the shapes ({config.tier} tier)",
         "",

@@ -192,22 +192,41 @@ def claims_table(judged: list[dict]) -> list[str]:
 def guidance_plot(arms: dict, path: Path, names: tuple[str, ...] = ("A", "D")) -> None:
     """Fidelity (colour + shape) against diversity for each guidance scale of `names`: one
     line per arm, points labelled with their scale; a PNG at `path`."""
-    size, margin = 480, 60
-    image = Image.new("RGB", (size, size), "white")
-    draw = ImageDraw.Draw(image)
     series = {}
     for name in names:
         if name in arms:
             points = arms[name]["guidance"]
-            keys = sorted(points, key=float)
             series[name] = [
                 (
                     float(np.mean(points[k]["diversity"])),
                     float(np.mean(points[k]["colour_shape"])),
-                    k,
+                    f"{k}",
                 )
-                for k in keys
+                for k in sorted(points, key=float)
             ]
+    line_plot(series, "diversity (1 - cos), labels: guidance", "colour + shape", path)
+
+
+def rerank_plot(arms: dict, path: Path, name: str = "E") -> None:
+    """DALL·E's reranking curve: colour and colour + shape of the best of N against log2 N."""
+    if name not in arms:
+        return
+    curve = arms[name]["rerank"]
+    ns = sorted(curve, key=int)
+    series = {
+        figure: [(float(np.log2(int(n))), float(np.mean(curve[n][figure])), f"N={n}") for n in ns]
+        for figure in ("colour", "colour_shape")
+    }
+    line_plot(series, "log2 N (the best of N by CLIP)", "oracle accuracy", path)
+
+
+def line_plot(
+    series: dict[str, list[tuple[float, float, str]]], x_label: str, y_label: str, path: Path
+) -> None:
+    """One line per series of (x, y in [0, 1], label) points, each point labelled; a PNG."""
+    size, margin = 480, 60
+    image = Image.new("RGB", (size, size), "white")
+    draw = ImageDraw.Draw(image)
     xs = [x for pts in series.values() for x, _, _ in pts] or [0.0, 1.0]
     x_low, x_high = min(xs), max(xs) + 1e-9
 
@@ -216,12 +235,18 @@ def guidance_plot(arms: dict, path: Path, names: tuple[str, ...] = ("A", "D")) -
         return u, size - margin - y * (size - 2 * margin)
 
     draw.rectangle([margin, margin, size - margin, size - margin], outline="black")
-    draw.text((size // 2 - 40, size - margin + 20), "diversity (1 - cos)", fill="black")
-    draw.text((5, margin - 20), "colour + shape", fill="black")
-    for (name, pts), colour in zip(series.items(), ("#1f77b4", "#d62728", "#2ca02c"), strict=False):
+    draw.text((size // 2 - 60, size - margin + 20), x_label, fill="black")
+    draw.text((5, margin - 30), y_label, fill="black")
+    for tick in (0.0, 0.5, 1.0):
+        draw.text((margin - 28, at(x_low, tick)[1] - 6), f"{tick:.1f}", fill="black")
+    colours = ("#1f77b4", "#d62728", "#2ca02c")
+    for k, ((name, pts), colour) in enumerate(zip(series.items(), colours, strict=False)):
+        row = margin + 14 + 14 * k
+        draw.line([(margin + 8, row), (margin + 24, row)], fill=colour, width=2)
+        draw.text((margin + 30, row - 6), name, fill=colour)
         draw.line([at(x, y) for x, y, _ in pts], fill=colour, width=2)
-        for x, y, key in pts:
+        for x, y, label in pts:
             u, v = at(x, y)
             draw.ellipse([u - 4, v - 4, u + 4, v + 4], fill=colour)
-            draw.text((u + 6, v - 12), f"{name} g={key}", fill=colour)
+            draw.text((u + 6, v + (4 if k % 2 else -16)), label, fill=colour)
     image.save(path)
