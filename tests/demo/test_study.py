@@ -102,6 +102,24 @@ def test_claims_follow_their_rules():
     assert len(rows) == 2 + len(claims) and "not run yet" in "".join(rows)
 
 
+def test_guidance_claim_compares_diversity_at_equal_fidelity():
+    """A is taken at its lowest scale at least as faithful as D's most faithful point; where
+    none is, the comparison is inconclusive."""
+    claims = [c for c in study_config.claims() if c["name"] == "guidance_trade_off"]
+    # made_up_arm: each larger scale +0.1 colour + shape and −0.1 diversity
+    a = made_up_arm(0.4, 0.6, 1.0, scales=("1", "2", "4"))  # 0.4, 0.5, 0.6
+    d = made_up_arm(0.35, 0.3, 1.0, scales=("1", "4"))  # D@4: 0.45 colour + shape
+    (judged,) = study_claims.judge(claims, {"A": a, "D": d}, 4.0, 500)
+    matched = judged["comparisons"][2]
+    assert matched["first"] == "A@2" and matched["difference"] == pytest.approx(0.3, abs=0.02)
+    assert judged["verdict"] == "reproduced"
+    # D more faithful than A at every scale: nothing to compare at equal fidelity
+    d = made_up_arm(0.75, 0.3, 1.0, scales=("1", "4"))
+    (judged,) = study_claims.judge(claims, {"A": a, "D": d}, 4.0, 500)
+    assert judged["comparisons"][2]["interval"] is None and judged["verdict"] == "inconclusive"
+    assert "no scale of A reaches its colour_shape" in "".join(study_claims.claims_table([judged]))
+
+
 def run_study(workdir: Path, *flags: str) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "unclip_jax.cli", "study", f"--workdir={workdir}", *flags]
     run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=1200)

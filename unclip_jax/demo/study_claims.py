@@ -2,14 +2,15 @@
 rule written there, then the table (`docs/paper_claims.md`) and the guidance plot.
 
 A comparison names a figure and two arm references: "A" (the arm at the reference guidance),
-"A@max" / "A@min" (at its largest / smallest guidance scale), "E#16" (DALL·E's best of 16) or a
-constant ("chance": the keep-rate of a random colour–shape pair; "one_layout": entropy 0); with
-`versus` (two more references) it compares the two differences (first − second) − (third −
-fourth), caption by caption. The difference gets a 95% bootstrap interval (seeds, then captions;
-a Fréchet distance over seeds and image resamples) and a verdict (`evals.bootstrap.verdict`);
-a claim is reproduced when all its
-comparisons are, not reproduced when any is reversed, inconclusive otherwise, and pending while
-an arm it needs has no figures yet.
+"A@max" / "A@min" / "A@4" (at its largest / smallest / a named guidance scale), "E#16" (DALL·E's
+best of 16) or a constant ("chance": the keep-rate of a random colour–shape pair; "one_layout":
+entropy 0); with `versus` (two more references) it compares the two differences (first − second)
+− (third − fourth), caption by caption; with `matched` (a figure) the first arm is taken at its
+lowest guidance scale at least as good as the second on that figure (equal fidelity). The
+difference gets a 95% bootstrap interval (seeds, then captions; a Fréchet distance over seeds
+and image resamples) and a verdict (`evals.bootstrap.verdict`); a claim is reproduced when all
+its comparisons are, not reproduced when any is reversed, inconclusive otherwise, and pending
+while an arm it needs has no figures yet.
 """
 
 from pathlib import Path
@@ -26,18 +27,18 @@ PER_SOURCE = ("variation_kept", "variation_layouts")  # figures of the variation
 
 
 def guidance_key(arm: dict, reference: str, default: float) -> str:
-    """The arm's guidance key named by a reference's suffix ("", "@max", "@min")."""
+    """The arm's guidance key named by a reference's suffix ("", "@max", "@min", "@4")."""
     scales = sorted(arm["guidance"], key=float)
     suffix = reference.partition("@")[2]
     if suffix == "max":
         return scales[-1]
     if suffix == "min":
         return scales[0]
-    return f"{default:g}"
+    return suffix or f"{default:g}"
 
 
 def arm_name(reference: str) -> str:
-    """ "A@max" → "A", "E#16" → "E"."""
+    """ "A@max" → "A", "A@4" → "A", "E#16" → "E"."""
     return reference.partition("@")[0].partition("#")[0]
 
 
@@ -54,10 +55,27 @@ def figure_table(arms: dict, reference: str, figure: str, default: float) -> np.
     return table[:, 1:] if figure == "fd" else table  # fd's first value is the whole set's
 
 
+def matched_reference(arms: dict, comparison: dict, default: float) -> str | None:
+    """The first arm at its lowest guidance scale whose mean of the `matched` figure is at least
+    the second reference's ("A@4"); None where no scale reaches it."""
+    figure, name = comparison["matched"], arm_name(comparison["first"])
+    target = figure_table(arms, comparison["second"], figure, default).mean()
+    for key in sorted(arms[name]["guidance"], key=float):
+        if np.mean(arms[name]["guidance"][key][figure]) >= target:
+            return f"{name}@{key}"
+    return None
+
+
 def compare(arms: dict, comparison: dict, default: float, replicates: int) -> dict:
     """The difference's point estimate, 95% interval and verdict of one comparison."""
     rng = np.random.default_rng(0)
     figure = comparison["figure"]
+    if comparison.get("matched"):
+        first = matched_reference(arms, comparison, default)
+        if first is None:
+            none = dict(difference=None, interval=None, verdict=bootstrap.VERDICTS[2])
+            return {**comparison, **none}
+        comparison = {**comparison, "first": first}
     a = figure_table(arms, comparison["first"], figure, default)
     if comparison["second"] in CONSTANTS:
         constant = CONSTANTS[comparison["second"]]
@@ -163,6 +181,19 @@ def arms_table(arms: dict, replicates: int) -> list[str]:
     return lines
 
 
+def comparison_text(c: dict) -> str:
+    """'figure first − second: difference [interval] (verdict)' of a judged comparison."""
+    names = f"{c['figure']} {c['first']} − {c['second']}"
+    if c.get("versus"):
+        names += f" vs {c['versus'][0]} − {c['versus'][1]}"
+    if c["interval"] is None:  # a matched comparison with no scale at the second's figure
+        return f"{names}: no scale of {c['first']} reaches its {c['matched']} ({c['verdict']})"
+    if c.get("matched"):
+        names += f" (at {c['second']}'s {c['matched']} or more)"
+    low, high = c["interval"]
+    return f"{names}: {c['difference']:+.3g} [{low:+.3g}, {high:+.3g}] ({c['verdict']})"
+
+
 def claims_table(judged: list[dict]) -> list[str]:
     """Markdown rows: one per claim, its comparisons' differences with intervals, its verdict."""
     lines = ["| claim | the paper | our figures: first − second [95% interval] | verdict |"]
@@ -171,13 +202,7 @@ def claims_table(judged: list[dict]) -> list[str]:
         if claim["verdict"] == PENDING:
             figures = f"arms {', '.join(claim['missing_arms'])} not run yet"
         else:
-            figures = "; ".join(
-                f"{c['figure']} {c['first']} − {c['second']}"
-                + (f" vs {c['versus'][0]} − {c['versus'][1]}" if c.get("versus") else "")
-                + f": {c['difference']:+.3g} "
-                f"[{c['interval'][0]:+.3g}, {c['interval'][1]:+.3g}] ({c['verdict']})"
-                for c in claim["comparisons"]
-            )
+            figures = "; ".join(comparison_text(c) for c in claim["comparisons"])
         compute = claim.get("compute_check")
         if compute:
             ratio = f"{compute['ratio']:.2f}" if compute["ratio"] else "not counted"
