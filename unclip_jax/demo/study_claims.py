@@ -264,6 +264,8 @@ def line_plot(
     draw.text((5, margin - 30), y_label, fill="black")
     for tick in (0.0, 0.5, 1.0):
         draw.text((margin - 28, at(x_low, tick)[1] - 6), f"{tick:.1f}", fill="black")
+    for x in (x_low, x_high):
+        draw.text((at(x, 0.0)[0] - 12, size - margin + 4), f"{x:.3g}", fill="black")
     colours = ("#1f77b4", "#d62728", "#2ca02c")
     for k, ((name, pts), colour) in enumerate(zip(series.items(), colours, strict=False)):
         row = margin + 14 + 14 * k
