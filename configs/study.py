@@ -69,6 +69,27 @@ def arms() -> dict:
     }
 
 
+def compare(figure, first, second, direction=1, margin=None, versus=None, matched=None):
+    # versus (third, fourth): the difference first − second against third − fourth;
+    # matched (figure): first at its lowest guidance scale whose mean of that figure is at
+    # least second's (inconclusive where no scale reaches it)
+    return dict(
+        figure=figure,
+        first=first,
+        second=second,
+        direction=direction,
+        margin=margin,
+        versus=versus,
+        matched=matched,
+    )
+
+
+def claim(name, paper, *comparisons, compute=None):
+    # compute: the claim holds only at comparable training FLOPs (ratio within 1 ± within),
+    # else inconclusive
+    return dict(name=name, paper=paper, comparisons=list(comparisons), compute=compute)
+
+
 def claims() -> list[dict]:
     """The claims, each a list of comparisons of figures; the verdict rule
     (`study_claims.claim_verdict`): each comparison is the 95% bootstrap interval (seeds, then
@@ -79,25 +100,6 @@ def claims() -> list[dict]:
     −margin), inconclusive otherwise — and inconclusive where it names `compute` and the two
     arms' training FLOPs (every stage's train step counted, `unclip_jax/hlo_cost.py`) differ by
     more than the stated fraction."""
-
-    def compare(figure, first, second, direction=1, margin=None, versus=None, matched=None):
-        # versus (third, fourth): the difference first − second against third − fourth;
-        # matched (figure): first at its lowest guidance scale whose mean of that figure is at
-        # least second's (inconclusive where no scale reaches it)
-        return dict(
-            figure=figure,
-            first=first,
-            second=second,
-            direction=direction,
-            margin=margin,
-            versus=versus,
-            matched=matched,
-        )
-
-    def claim(name, paper, *comparisons, compute=None):
-        # compute: the claim holds only at comparable training FLOPs (ratio within 1 ± within),
-        # else inconclusive
-        return dict(name=name, paper=paper, comparisons=list(comparisons), compute=compute)
 
     return [
         claim(
@@ -209,7 +211,7 @@ def _tier(config: ml_collections.ConfigDict, tier: str) -> None:
         config.eval.update(num_variation_sources=16, variations_per_source=4)
         config.sampling.decoder_steps = 25
     else:
-        config.update(clip_seeds=(0,), seeds=(0, 1), guidance_scales=(1.0, 4.0))
+        config.update(clip_seeds=(0,), seeds=(0,), guidance_scales=(1.0, 4.0))
         config.eval.update(num_single=4, images_per_caption=2, num_pair=2)
         config.eval.update(num_variation_sources=2, variations_per_source=2)
         config.sampling.update(prior_steps=2, decoder_steps=2)

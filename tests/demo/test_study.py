@@ -133,7 +133,7 @@ def test_smoke_study_writes_every_arm_and_the_claims(tmp_path):
     results = tmp_path / "paper_claims"
     for name, arm in config.arms.items():
         figures = json.loads((results / f"{name}.json").read_text())
-        replicates = 2 if arm.seeded else 1
+        replicates = len(config.seeds) if arm.seeded else 1
         assert len(figures["replicates"]) == replicates
         assert len(figures["training_seconds"]) == replicates
         assert all(t > 0 for stages in figures["training_seconds"] for t in stages.values())
