@@ -2,8 +2,10 @@
 non-finite steps stopping with an error while the last good checkpoint stays the latest."""
 
 import json
+import logging
 import struct
 
+import jax
 import ml_collections
 import numpy as np
 import pytest
@@ -129,14 +131,21 @@ def test_batch_size_mismatch_is_rejected_before_compiling(tmp_path):
         )
 
 
-def test_count_flops_records_the_step_with_every_micro_batch(tmp_path):
+def test_count_flops_records_the_step_with_every_micro_batch(tmp_path, caplog):
     """compute.json: the step's FLOPs over all devices, the same whether the batch of 16 runs at
-    once or as two scanned micro-batches (the scan's trips counted), at least the matmuls'."""
+    once or as two scanned micro-batches (the scan's trips counted), at least the matmuls'.
+    Counting costs no compile: the train step is compiled once per run."""
     flops = {}
     for accum in (1, 2):
         workdir = tmp_path / f"accum{accum}"
         config = tiny_config(count_flops=True, grad_accum_steps=accum, eval_every=0)
-        loop.train_and_evaluate(config, workdir, tiny_task.TinyTask(), tiny_task.TinyIterator(16))
+        caplog.clear()
+        with jax.log_compiles(), caplog.at_level(logging.WARNING):
+            loop.train_and_evaluate(
+                config, workdir, tiny_task.TinyTask(), tiny_task.TinyIterator(16)
+            )
+        compiles = [r for r in caplog.messages if r.startswith("Finished XLA compilation of")]
+        assert sum("jit(train_step)" in r for r in compiles) <= 1, compiles
         record = json.loads((workdir / loop.COMPUTE_FILE).read_text())
         assert record["devices"] == 8 and record["total_steps"] == 4
         assert record["flops"] == record["flops_per_step"] * 4

@@ -170,8 +170,9 @@ def train_and_evaluate(
         pending = None
         logging.info("resumed from step %d in %s", latest, checkpoints.directory)
 
-    if loop.count_flops and chief:
-        record_compute(workdir, setup, loop.total_steps)
+    if loop.count_flops and chief:  # lowered from the real inputs: the first step reuses it
+        inputs = (state, step_lib.to_global(first_batch, mesh), train_key)
+        record_compute(workdir, setup, loop.total_steps, inputs)
 
     sample_jit = jax.jit(task.sample, static_argnums=2, out_shardings=sharding.replicated(mesh))
     run = _Run(
@@ -192,10 +193,19 @@ def train_and_evaluate(
         return run.train(state, train_data, pending, train_key, eval_data, hooks)
 
 
-def record_compute(workdir: epath.Path, setup: setup_lib.TrainSetup, total_steps: int) -> dict:
+def record_compute(
+    workdir: epath.Path,
+    setup: setup_lib.TrainSetup,
+    total_steps: int,
+    inputs: tuple = (),
+) -> dict:
     """Writes `<workdir>/compute.json`: the compiled train step's FLOPs per device (every loop
-    trip counted, `hlo_cost`), over all devices, and over the run's `total_steps`."""
-    text = setup.lower().compile().as_text()
+    trip counted, `hlo_cost`), over all devices, and over the run's `total_steps`.
+
+    inputs: (state, global batch, key) to lower for, so that the step's first call finds the
+    compiled program in JAX's cache; by default the setup's abstract inputs (one more compile).
+    """
+    text = setup.lower(*inputs).compile().as_text()
     per_device = hlo_cost.program_flops(text)
     devices = setup.mesh.size
     record = dict(
