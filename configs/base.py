@@ -9,6 +9,7 @@ field can be overridden on the command line:
 """
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import ml_collections
@@ -211,6 +212,44 @@ def shrink_paper_training(config: ml_collections.ConfigDict, num_samples: int = 
     config.optimizer.warmup_steps = 2
     config.ema.decay = 0.99
     config.checkpoint.update(every_steps=10, max_to_keep=1)
+
+
+def set_remat(config: ml_collections.ConfigDict, policy: str) -> None:
+    """In place: the per-block remat policy of the config's model, a U-Net's (`model.unet.remat`)
+    or a transformer's (`remat`)."""
+    if "unet" in config.get("model", {}):
+        config.model.unet.remat = policy
+    else:
+        config.remat = policy
+
+
+def block_remat(config: ml_collections.ConfigDict) -> str:
+    """The per-block remat policy `set_remat` sets."""
+    return config.model.unet.remat if "unet" in config.get("model", {}) else config.remat
+
+
+def paper_arg(
+    config: ml_collections.ConfigDict,
+    arg: str | None,
+    slices: dict[str, dict],
+    smoke: Callable[[ml_collections.ConfigDict], None],
+    name: str,
+) -> None:
+    """In place, for a paper config's `arg`: "" the paper's run as written; "smoke" its CPU-size
+    variant (`smoke(config)`); a TPU slice of `slices` (e.g. "v5p-128") the mesh, per-block remat
+    and micro-batches with which its train step fits that slice with ≥ 10% HBM headroom, as
+    `experiments/tpu_aot.py` compiles it (BENCHMARKS.md)."""
+    if arg == "smoke":
+        smoke(config)
+    elif arg in slices:
+        plan = slices[arg]
+        config.mesh = ml_collections.ConfigDict({"data": 1, "fsdp": 1, "tensor": 1, **plan["mesh"]})
+        set_remat(config, plan["remat"])
+        config.train.grad_accum_steps = plan["grad_accum_steps"]
+    elif arg:
+        raise ValueError(
+            f"{name} config arg must be '', 'smoke' or a TPU slice of {sorted(slices)}, got {arg!r}"
+        )
 
 
 def stage_budgets(config: ml_collections.ConfigDict, stages: list[str]) -> None:

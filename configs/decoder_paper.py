@@ -18,12 +18,11 @@ source holds one split, so evaluation reads training images. No sample grids dur
     unclip train --config=configs/decoder_paper.py --workdir=workdirs/decoder_paper \
         --config.clip_dir=checkpoints/clip_vit_h16 --config.data.source=folder_captions:/data/pairs
 
-On a v5p-128 slice (64 chips) the state needs FSDP and the activations of 32 images per chip
-need per-block remat and two micro-batches; this compiles to 52 of 88.5 GiB per chip
-(`experiments/tpu_aot.py`; BENCHMARKS.md):
+On a TPU slice, the config arg names it and sets the mesh, per-block remat and micro-batches
+with which the step fits (`SLICES`; on v5p-128 FSDP over 8 chips and two micro-batches of 16
+images per chip; `experiments/tpu_aot.py`, BENCHMARKS.md):
 
-    --config.mesh.data=8 --config.mesh.fsdp=8 --config.model.unet.remat=full \
-        --config.train.grad_accum_steps=2
+    unclip train --config=configs/decoder_paper.py:v5p-128 --workdir=gs://bucket/decoder_paper ...
 
 `arg="smoke"`: a 16 px U-Net with a 2-layer caption transformer on the `large_64px` shapes,
 batch 8, 10 steps, for a CPU; `clip_dir` names a small CLIP (the CLIP task's `<workdir>/clip`,
@@ -52,6 +51,14 @@ DEVIATIONS = [
         "available offline.",
     ),
 ]
+
+# Per TPU slice (`get_config(<slice>)`): the mesh, per-block remat and micro-batches with which the
+# train step fits with ≥ 10% HBM headroom, compiled ahead of time by `experiments/tpu_aot.py`.
+# The state needs FSDP, and 32 images per chip on v5p-128 two micro-batches (as one, 2% is free).
+SLICES = {
+    "v5p-128": dict(mesh=dict(data=8, fsdp=8), remat="full", grad_accum_steps=2),
+    "v5e-256": dict(mesh=dict(data=16, fsdp=16), remat="full", grad_accum_steps=4),
+}
 
 
 def _model() -> ml_collections.ConfigDict:
@@ -122,8 +129,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config, total_steps=800_000, batch_size=2048, peak_lr=1.2e-4, sample_every=20_000
     )
 
-    if arg == "smoke":
-        _smoke(config)
-    elif arg:
-        raise ValueError(f"decoder_paper config arg must be '' or 'smoke', got {arg!r}")
+    base.paper_arg(config, arg, SLICES, _smoke, "decoder_paper")
     return config

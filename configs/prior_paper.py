@@ -30,6 +30,19 @@ from configs import base, prior_demo
 # the 10% caption drop, two candidates ranked by z_i·z_t and the optimiser column are the paper's.
 DEVIATIONS = [base.PRIOR_CAPTION_STATES]
 
+# Per TPU slice (`get_config(<slice>)`): the mesh, per-block remat and micro-batches with which the
+# train step fits with ≥ 10% HBM headroom, compiled ahead of time by `experiments/tpu_aot.py`.
+SLICES = {
+    "v5p-128": dict(mesh=dict(data=64), remat="none", grad_accum_steps=1),
+    "v5e-256": dict(mesh=dict(data=16, fsdp=16), remat="none", grad_accum_steps=1),
+}
+
+
+def _smoke(config: ml_collections.ConfigDict) -> None:
+    config.model.update(embed_dim=64, **base.prior_transformer())  # the demo's sizes
+    base.shrink_paper_training(config)
+    config.eval.sample_steps = 4
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # The demo prior's data, diffusion (cosine, 64 sampling steps, x0) and guidance sections.
@@ -61,10 +74,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         eps=1.0e-6,
     )
 
-    if arg == "smoke":
-        config.model.update(embed_dim=64, **base.prior_transformer())  # the demo's sizes
-        base.shrink_paper_training(config)
-        config.eval.sample_steps = 4
-    elif arg:
-        raise ValueError(f"prior_paper config arg must be '' or 'smoke', got {arg!r}")
+    base.paper_arg(config, arg, SLICES, _smoke, "prior_paper")
     return config

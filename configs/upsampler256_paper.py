@@ -30,6 +30,13 @@ from configs import base, upsampler_demo
 # paper's; the blur's σ range (`degradations.blur_degrade`) is this code's (the paper gives none).
 DEVIATIONS: list[base.Deviation] = []
 
+# Per TPU slice (`get_config(<slice>)`): the mesh, per-block remat and micro-batches with which the
+# train step fits with ≥ 10% HBM headroom, compiled ahead of time by `experiments/tpu_aot.py`.
+SLICES = {
+    "v5p-128": dict(mesh=dict(data=64), remat="none", grad_accum_steps=1),
+    "v5e-256": dict(mesh=dict(data=16, fsdp=16), remat="full", grad_accum_steps=2),
+}
+
 
 def stage_config() -> ml_collections.ConfigDict:
     """The full-size 64→256 stage: the demo upsampler's sections with the paper's values."""
@@ -66,8 +73,5 @@ def shrink_for_cpu(config: ml_collections.ConfigDict) -> None:
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = stage_config()
-    if arg == "smoke":
-        shrink_for_cpu(config)
-    elif arg:
-        raise ValueError(f"upsampler256_paper config arg must be '' or 'smoke', got {arg!r}")
+    base.paper_arg(config, arg, SLICES, shrink_for_cpu, "upsampler256_paper")
     return config

@@ -2,20 +2,21 @@
 
 libtpu compiles for a described topology (`jax.experimental.topologies`): the train step of each
 paper-size stage (prior, decoder, 64→256 and 256→1024 upsamplers; DALL·E's 12B transformer) at
-its paper batch on v5p-128 and v5e-256, with the config's mesh and sharding rules, and one guided
-decoder sampling step on v5e-8. Per compiled program: per-chip memory from XLA's memory analysis
-(arguments + outputs − donated aliases + temporaries) against the chip's HBM, the FLOPs per chip
-and XLA's estimated step time (`optimal_seconds` of the cost analysis) → estimated utilisation =
-FLOPs / time / peak.
+its paper batch on v5p-128 and v5e-256, with the mesh, per-block remat and micro-batches its
+config names for that slice (`SLICES`, applied by `get_config("<slice>")`), and one guided decoder
+sampling step on v5e-8. Per compiled program: per-chip memory from XLA's memory analysis
+(arguments + outputs − donated aliases + temporaries) against the chip's HBM, and `hlo_cost`'s
+roofline (FLOPs, HBM and collective bytes, every loop trip counted) → estimated step time and
+utilisation.
 
     JAX_PLATFORMS=cpu .venv/bin/python -m experiments.tpu_aot --stages decoder --targets v5p-128
-    JAX_PLATFORMS=cpu .venv/bin/python -m experiments.tpu_aot --stages decoder --remat full \
-        --mesh data=-1,fsdp=8
+    # a probe of other settings than the config's (recorded as ..._<remat>_accum<n>):
+    JAX_PLATFORMS=cpu .venv/bin/python -m experiments.tpu_aot --stages decoder --targets v5e-256 \
+        --mesh data=16,fsdp=16 --remat full --grad-accum 4
 
 Needs the `tpu` extra (libtpu); nothing in the test suite does. Results go to
-`experiments/results/tpu_aot/tpu_aot_<stage>_<target>.json`. Batch sizes are the configs'
-`train.batch_size`. Without libtpu, the same programs at the configs' CPU size compile for the
-local devices (a check of the code paths, seconds per stage):
+`experiments/results/tpu_aot/tpu_aot_<stage>_<target>.json`. Without libtpu, the same programs at
+the configs' CPU size compile for the local devices (a check of the code paths, seconds per stage):
 
     JAX_PLATFORMS=cpu .venv/bin/python -m experiments.tpu_aot --smoke --targets local
 """
@@ -40,6 +41,7 @@ import ml_collections
 # repository root.
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+from configs import base
 from experiments import bench_common as common
 from unclip_jax import hlo_cost, sharding
 from unclip_jax.diffusion import guidance
@@ -147,24 +149,15 @@ STAGES: dict[str, tuple[str, Callable[..., tuple[Any, dict]]]] = {
 }
 
 
-def paper_config(
-    stage: str, remat: str | None, arg: str | None = None
-) -> ml_collections.ConfigDict:
-    """The stage's paper config (`arg="smoke"`: its CPU-size variant), with `remat` per block."""
-    config = importlib.import_module(STAGES[stage][0]).get_config(arg)
-    if remat is not None:
-        if "unet" in config.model:
-            config.model.unet.remat = remat
-        elif "remat" in config:
-            config.remat = remat
-        else:
-            raise ValueError(f"stage {stage!r} has no per-block remat setting")
-    return config
+def paper_config(stage: str, arg: str | None = None) -> ml_collections.ConfigDict:
+    """The stage's paper config at `arg`: None as written, "smoke" its CPU-size variant, or a TPU
+    slice of its `SLICES` (that slice's mesh, remat and micro-batches)."""
+    return importlib.import_module(STAGES[stage][0]).get_config(arg)
 
 
-def block_remat(config: ml_collections.ConfigDict) -> str:
-    """The config's per-block remat policy (a U-Net's, or a transformer's `remat`)."""
-    return config.model.get("unet", {}).get("remat", config.get("remat", "none"))
+def slices(stage: str) -> dict[str, dict]:
+    """The TPU slices the stage's config names settings for (`SLICES`)."""
+    return importlib.import_module(STAGES[stage][0]).SLICES
 
 
 def parse_mesh(text: str | None) -> dict[str, int] | None:
@@ -208,15 +201,19 @@ def _analyse(compiled, target: Target) -> dict[str, Any]:
 def compile_train_step(
     stage: str,
     target_name: str,
-    mesh_shape: dict | None,
-    remat: str | None,
-    accum: int,
     config_arg: str | None = None,
+    mesh_shape: dict | None = None,
+    remat: str | None = None,
+    accum: int | None = None,
 ) -> dict[str, Any]:
     """Compiles the stage's train step for the target at the config's global batch
-    (`config.train.batch_size`); returns the analysis."""
+    (`config.train.batch_size`), with the mesh, remat and micro-batches of the config at
+    `config_arg` unless given; returns the analysis."""
     target = TARGETS[target_name]
-    config = paper_config(stage, remat, config_arg)
+    config = paper_config(stage, config_arg)
+    if remat is not None:
+        base.set_remat(config, remat)
+    accum = accum or config.train.grad_accum_steps
     devices = target_devices(target)
     mesh_shape = mesh_shape or dict(config.mesh)
     mesh = sharding.make_mesh(mesh_shape, devices)
@@ -241,7 +238,7 @@ def compile_train_step(
         target=target_name,
         program="train_step",
         mesh={k: int(v) for k, v in mesh.shape.items()},
-        remat=remat or block_remat(config),
+        remat=base.block_remat(config),
         grad_accum_steps=accum,
         global_batch=batch,
         params=params,
@@ -256,7 +253,7 @@ def compile_decoder_sampling_step(
     """One guided decoder step (2 × batch rows through the U-Net, guidance on the mean) with
     bfloat16 weights replicated over a data-parallel mesh."""
     target = TARGETS[target_name]
-    config = paper_config("decoder", None, config_arg)
+    config = paper_config("decoder", config_arg)
     config.model.param_dtype = "bfloat16"
     task, example = decoder_stage(config)
     model = task.model
@@ -332,38 +329,20 @@ def _report(row: dict[str, Any]) -> None:
     )
 
 
-# (stage, target, mesh or None for the config's, remat or None for the config's, micro-batches
-# per step): the config's data-parallel mesh where the state fits a chip; FSDP over 8 or 16 chips
-# (and per-block remat of the U-Nets) where it does not. The decoder's 32 images per chip on
-# v5p-128 (2048 over 64 chips) need two micro-batches of 16: with one, its activations leave
-# 2% of HBM free. DALL·E's 12B: FSDP over 8 chips on v5p-128 (the config's mesh), over 128 on
-# v5e-256 (its width, 3968 = 31 · 128, divides by 128, not by 256).
-PLANS: tuple[tuple[str, str, dict[str, int] | None, str | None, int], ...] = (
-    ("prior", "v5p-128", None, None, 1),
-    ("upsampler256", "v5p-128", None, None, 1),
-    ("upsampler1024", "v5p-128", None, None, 1),
-    ("decoder", "v5p-128", {"data": 8, "fsdp": 8}, "full", 2),
-    ("prior", "v5e-256", {"data": 16, "fsdp": 16}, None, 1),
-    ("upsampler256", "v5e-256", {"data": 16, "fsdp": 16}, None, 1),
-    ("upsampler1024", "v5e-256", {"data": 16, "fsdp": 16}, "full", 1),
-    ("decoder", "v5e-256", {"data": 16, "fsdp": 16}, "full", 1),
-    ("dalle", "v5p-128", None, None, 1),
-    ("dalle", "v5e-256", {"data": 2, "fsdp": 128}, None, 1),
-)
-
-
-def _run_plan(
-    stage: str, target: str, mesh: dict | None, remat: str | None, accum: int, args
-) -> None:
-    config_arg = "smoke" if args.smoke else None
+def _run_plan(stage: str, target: str, args, probe: dict | None = None) -> None:
+    """Compiles and records one stage on one target: with the config's settings for that slice
+    (`tpu_aot_<stage>_<target>.json`), or a `probe` of mesh / remat / micro-batches from the
+    command line (named `..._<remat>_accum<n><tag>`)."""
+    config_arg = "smoke" if args.smoke else (None if probe else target)
     try:
-        row = compile_train_step(stage, target, mesh, remat, accum, config_arg)
+        row = compile_train_step(stage, target, config_arg, **(probe or {}))
     except Exception as error:  # a program that does not fit fails to compile: record why
-        row = dict(stage=stage, target=target, mesh=mesh, remat=remat, error=str(error)[:2000])
-        print(f"{stage} {target} mesh {mesh} remat {remat}: {row['error'][:300]}", flush=True)
+        row = dict(stage=stage, target=target, probe=probe, error=str(error)[:2000])
+        print(f"{stage} {target} {probe or 'slice settings'}: {row['error'][:300]}", flush=True)
     else:
         _report(row)
-    suffix = (f"_{remat}" if remat else "") + ("_smoke" if args.smoke else "")
+    suffix = f"_{row.get('remat')}_accum{row.get('grad_accum_steps')}" if probe else ""
+    suffix += "_smoke" if args.smoke else ""
     common.write_results("tpu_aot", f"tpu_aot_{stage}_{target}{suffix}{args.tag}", row)
 
 
@@ -374,12 +353,11 @@ def main() -> None:
     parser.add_argument(
         "--mesh",
         default=None,
-        help="e.g. data=-1,fsdp=8; without --mesh and --remat, PLANS' settings",
+        help="a probe, e.g. data=-1,fsdp=8; without --mesh, --remat and --grad-accum, each "
+        "config's settings for the slice (its SLICES)",
     )
     parser.add_argument("--remat", default=None, choices=sorted(sharding.REMAT_POLICIES))
-    parser.add_argument(
-        "--grad-accum", type=int, default=0, help="micro-batches per step (0: PLANS', else 1)"
-    )
+    parser.add_argument("--grad-accum", type=int, default=0, help="micro-batches per step")
     parser.add_argument("--sampling", action="store_true", help="the v5e-8 decoder sampling step")
     parser.add_argument("--sampling-batch", type=int, default=64)
     parser.add_argument("--tag", default="")
@@ -399,16 +377,12 @@ def main() -> None:
         _report(row)
         common.write_results("tpu_aot", f"tpu_aot_decoder_sampling_{target}{args.tag}", row)
         return
-    targets = args.targets.split(",")
-    stages = args.stages.split(",") if args.stages else list(STAGES)
-    if args.mesh is None and args.remat is None and "local" not in targets:
-        for stage, target, mesh, remat, accum in PLANS:
-            if target in targets and stage in stages:
-                _run_plan(stage, target, mesh, remat, args.grad_accum or accum, args)
-        return
-    for stage in stages:
-        for target in targets:
-            _run_plan(stage, target, parse_mesh(args.mesh), args.remat, args.grad_accum or 1, args)
+    flags = dict(mesh_shape=parse_mesh(args.mesh), remat=args.remat, accum=args.grad_accum or None)
+    probe = flags if any(v is not None for v in flags.values()) else None
+    for stage in args.stages.split(",") if args.stages else list(STAGES):
+        for target in args.targets.split(","):
+            if probe or args.smoke or target in slices(stage):
+                _run_plan(stage, target, args, probe)
 
 
 if __name__ == "__main__":

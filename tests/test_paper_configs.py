@@ -10,6 +10,7 @@ task's init: shapes only, nothing allocated).
 
 import importlib
 import inspect
+import math
 import re
 import types
 from pathlib import Path
@@ -34,6 +35,8 @@ TABLE_3_PARAMS = {
 # DALL·E (2021): the transformer's 12B; the dVAE as OpenAI released it (dall_e 0.1).
 DALLE_PARAMS = {"dvae_paper": 97.6e6, "dalle_paper": 12e9}
 PAPER_PARAMS = {**TABLE_3_PARAMS, **DALLE_PARAMS}
+# Chips of the TPU slices the configs name settings for (`SLICES`).
+SLICE_CHIPS = {"v5p-128": 64, "v5e-256": 256}
 CODE = re.compile(r"^(?P<module>[\w.]+):(?P<name>[\w.]+)(\((?P<parameter>\w+)\))?$")
 
 
@@ -83,6 +86,24 @@ def test_deviation_names_what_holds_ours(name, deviation):
     if match["parameter"]:
         default = inspect.signature(target).parameters[match["parameter"]].default
         assert default == deviation.ours, f"{name}: {deviation.code} defaults to {default!r}"
+
+
+@pytest.mark.parametrize("name", [n for n in PAPER if hasattr(_module(n), "SLICES")])
+def test_slice_settings_cover_the_slice_and_split_the_batch(name):
+    """`get_config(<slice>)`: a mesh over exactly the slice's chips, the batch split over its
+    data axes and the micro-batches, the remat named; everything else as the paper config."""
+    module = _module(name)
+    assert sorted(module.SLICES) == sorted(SLICE_CHIPS)
+    paper = module.get_config()
+    for slice_name, chips in SLICE_CHIPS.items():
+        config = module.get_config(slice_name)
+        mesh, accum = dict(config.mesh), config.train.grad_accum_steps
+        assert math.prod(mesh.values()) == chips, (slice_name, mesh)
+        assert config.train.batch_size % (mesh["data"] * mesh["fsdp"] * accum) == 0
+        assert base.block_remat(config) == module.SLICES[slice_name]["remat"]
+        config.mesh, config.train.grad_accum_steps = paper.mesh, paper.train.grad_accum_steps
+        base.set_remat(config, base.block_remat(paper))
+        assert config.to_dict() == paper.to_dict(), slice_name
 
 
 def _spec(*shape: int, dtype=jnp.float32) -> jax.ShapeDtypeStruct:
