@@ -38,7 +38,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.dtype = "bfloat16"
     config.relaxation.update(kl_weight=6.6, kl_warmup_steps=5_000)
     config.relaxation.update(temperature_start=1.0, temperature_end=1.0 / 16)
-    config.relaxation.temperature_steps = 150_000
+    config.relaxation.update(temperature_steps=150_000, straight_through=False)
     config.eval.update(batch_size=64, num_batches=4)
     base.paper_training(
         config,

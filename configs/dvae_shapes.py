@@ -43,6 +43,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             temperature_start=1.0,
             temperature_end=0.25,
             temperature_steps=1200,
+            straight_through=False,
         )
     )
     config.eval = ml_collections.ConfigDict(dict(batch_size=32, num_batches=2))

@@ -8,6 +8,8 @@ and its record `<workdir>/run.json`, whose command gives the overrides); writes
 
     unclip train --config=configs/dvae_shapes.py --workdir=/tmp/dvae_a --config.seed=1
     python -m experiments.dvae_recon /tmp/dvae_a /tmp/dvae_b --name=demo_dvae_trials
+    python -m experiments.dvae_recon <study>/dvae --data_source=shapes_captions/32px \
+        --name=study_dvae_trials
 """
 
 import argparse
@@ -33,6 +35,13 @@ def parse() -> argparse.Namespace:
     parser.add_argument("workdirs", nargs="+", help="Trained dvae_shapes workdirs.")
     parser.add_argument("--num", type=int, default=128, help="Held-out single-object images.")
     parser.add_argument("--name", default="dvae_recon", help="Results file name.")
+    parser.add_argument(
+        "--data_source",
+        default="",
+        help="TFDS source of the held-out images (default: the DALL·E demo's), e.g. "
+        "shapes_captions/32px for the study's dVAE",
+    )
+    parser.add_argument("--data_dir", default="", help="TFDS data directory of --data_source.")
     return parser.parse_args()
 
 
@@ -63,12 +72,20 @@ def reconstruction_figures(workdir: pathlib.Path, data: list[dict]) -> dict:
 
 def main() -> None:
     args = parse()
-    data = [d for d in held_out(demo_dalle.get_config(), 2 * args.num)][: args.num]
+    source = demo_dalle.get_config()
+    if args.data_source:
+        source.update(data_source=args.data_source, data_dir=args.data_dir)
+    data = held_out(source, 2 * args.num)[: args.num]
     rows = {}
     for workdir in map(pathlib.Path, args.workdirs):
         rows[workdir.name] = training_run(workdir) | reconstruction_figures(workdir, data)
         print(workdir.name, json.dumps(rows[workdir.name]), flush=True)
-    payload = {"images": len(data), "runs": rows, "machine": bench_common.machine()}
+    payload = {
+        "images": len(data),
+        "data_source": source.data_source,
+        "runs": rows,
+        "machine": bench_common.machine(),
+    }
     print(bench_common.write_results("dvae_recon", args.name, payload))
 
 

@@ -71,6 +71,34 @@ def test_uniform_codes_have_zero_kl_and_full_perplexity():
     np.testing.assert_allclose(hard["beta"], 6.6, rtol=1e-6)
 
 
+def test_straight_through_decodes_the_hard_sample_and_trains_the_encoder():
+    """With `straight_through`, the decoder reads the one-hot of argmax(logits + Gumbel noise)
+    (what evaluation and the transformer decode) and the encoder still gets a gradient."""
+    task = dvae_task.build_task(smoke_config(), None)
+    params = nn.unbox(jax.jit(task.init, static_argnums=1)(jax.random.key(0), None))
+    images = jax.random.uniform(jax.random.key(1), (2, 16, 16, 3))
+    key, beta, tau = jax.random.key(2), jnp.float32(0.0), jnp.float32(0.5)
+    loss = functools.partial(dvae_task.dvae_loss, task.encoder, task.decoder)
+
+    @jax.jit
+    def figures(params):
+        """NLL per dim of the hard Gumbel sample decoded, with straight_through, and relaxed;
+        the encoder's gradient with straight_through."""
+        logits = task.encoder.apply({"params": params["encoder"]}, images)
+        hard = jnp.argmax(logits + jax.random.gumbel(key, logits.shape), axis=-1)
+        stats = task.decoder.apply({"params": params["decoder"]}, hard)
+        nll = jnp.mean(dvae_task.logit_laplace_nll(dvae_task.map_pixels(images), stats))
+        straight = lambda p: loss(p, images, key, beta, tau, straight_through=True)
+        grads, metrics = jax.grad(straight, has_aux=True)(params)
+        relaxed = loss(params, images, key, beta, tau)[1]
+        return nll, metrics["nll_per_dim"], relaxed["nll_per_dim"], grads["encoder"]
+
+    expected, straight, relaxed, grads = figures(params)
+    np.testing.assert_allclose(straight, expected, rtol=1e-5)
+    assert abs(float(relaxed) - float(expected)) > 1e-4
+    assert any(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(grads))
+
+
 def test_numbered_batches_resume_their_count():
     class Batches:
         def __init__(self):

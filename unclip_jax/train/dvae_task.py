@@ -67,6 +67,10 @@ class RelaxationSchedule:
     temperature_start: float = 1.0
     temperature_end: float = 1.0 / 16
     temperature_steps: int = 150_000
+    # The decoder reads the hard one-hot of the relaxed sample, its gradient the relaxed one's
+    # (straight-through Gumbel-softmax; Jang et al. 2017, §2.2): training decodes what evaluation
+    # and the transformer decode. False is the paper's relaxation.
+    straight_through: bool = False
 
     def __post_init__(self):
         if not self.kl_weight >= 0:
@@ -95,6 +99,7 @@ def dvae_loss(
     key: Array,
     beta: Array,
     temperature: Array | None,  # None: hard (argmax) codes, no relaxation
+    straight_through: bool = False,  # relaxed codes: the hard one-hot forward, soft gradient
 ) -> tuple[Array, Metrics]:
     """(mean over images of (NLL + β·KL) / (H·W·C), metrics); see the module docstring."""
     logits = encoder.apply({"params": params["encoder"]}, images)  # [B, h, w, V]
@@ -104,6 +109,9 @@ def dvae_loss(
     else:
         gumbel = jax.random.gumbel(key, logits.shape, jnp.float32)
         codes = jax.nn.softmax((logits + gumbel) / temperature, axis=-1)
+        if straight_through:
+            hard = jax.nn.one_hot(jnp.argmax(codes, axis=-1), codes.shape[-1], dtype=codes.dtype)
+            codes = codes + jax.lax.stop_gradient(hard - codes)
     stats = decoder.apply({"params": params["decoder"]}, codes)  # [B, H, W, 2C]
     nll = jnp.sum(logit_laplace_nll(map_pixels(images), stats), axis=(1, 2, 3))  # [B]
     q = jnp.exp(log_q)
@@ -162,7 +170,16 @@ class DVAETask(Task):
             return dvae_loss(self.encoder, self.decoder, params, images, key, beta, None)
         step = batch["step"][0]
         beta, temperature = self.schedule.beta(step), self.schedule.temperature(step)
-        return dvae_loss(self.encoder, self.decoder, params, images, key, beta, temperature)
+        return dvae_loss(
+            self.encoder,
+            self.decoder,
+            params,
+            images,
+            key,
+            beta,
+            temperature,
+            self.schedule.straight_through,
+        )
 
     def reconstruct(self, params: Params, images: Array) -> Array:
         """[B, H, W, C] in [-1, 1] -> decoded hard codes, [B, H, W, C] in [-1, 1]."""
