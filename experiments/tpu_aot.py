@@ -60,12 +60,17 @@ os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 class Target:
     topology: str  # jax.experimental.topologies name; "" for this process's own devices
     chip: hlo_cost.Chip | None  # None: the local devices, no roofline
+    # The chips of one host, where libtpu's default host (2x2 chips) does not fit the topology:
+    # (1, 1, 1) for a single chip.
+    chips_per_host_bounds: tuple[int, int, int] | None = None
 
 
 TARGETS: dict[str, Target] = {
     "v5p-128": Target("v5p:4x4x4", hlo_cost.CHIPS["v5p"]),  # 64 chips
     "v5e-256": Target("v5e:16x16", hlo_cost.CHIPS["v5e"]),  # 256 chips
     "v5e-8": Target("v5e:2x4", hlo_cost.CHIPS["v5e"]),  # 8 chips
+    "v5e-1": Target("v5e:1x1", hlo_cost.CHIPS["v5e"], (1, 1, 1)),  # one chip on a one-chip host
+    "v6e-1": Target("v6e:1x1", hlo_cost.CHIPS["v6e"], (1, 1, 1)),
     # The local devices (e.g. CPU, no libtpu): a quick check of the code paths with --smoke.
     "local": Target("", None),
 }
@@ -77,7 +82,9 @@ def target_devices(target: Target) -> list:
         return jax.devices()
     from jax.experimental import topologies
 
-    return topologies.get_topology_desc(target.topology, "tpu").devices
+    bounds = target.chips_per_host_bounds
+    host = {} if bounds is None else dict(chips_per_host_bounds=list(bounds))
+    return topologies.get_topology_desc(target.topology, "tpu", **host).devices
 
 
 def _spec(shape: tuple[int, ...], dtype=jnp.float32) -> jax.ShapeDtypeStruct:
@@ -171,7 +178,7 @@ def parse_mesh(text: str | None) -> dict[str, int] | None:
     return {axis: int(size) for axis, size in pairs}
 
 
-def _analyse(compiled, target: Target) -> dict[str, Any]:
+def analyse(compiled, target: Target) -> dict[str, Any]:
     """Per-chip memory from XLA's memory analysis against the chip's HBM, and the roofline of
     `hlo_cost` (every loop step counted); XLA's own FLOPs and optimal seconds beside them."""
     memory = compiled.memory_analysis()
@@ -243,7 +250,7 @@ def compile_train_step(
         global_batch=batch,
         params=params,
         compile_s=time.perf_counter() - start,
-        **_analyse(compiled, target),
+        **analyse(compiled, target),
     )
 
 
@@ -301,7 +308,7 @@ def compile_decoder_sampling_step(
     start = time.perf_counter()
     with sharding.activation_rules(mesh, rules):
         compiled = jax.jit(guided_step).lower(params, **inputs, scale=scale).compile()
-    analysis = _analyse(compiled, target)
+    analysis = analyse(compiled, target)
     return dict(
         stage="decoder",
         target=target_name,

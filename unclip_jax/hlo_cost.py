@@ -4,26 +4,42 @@ XLA's own `cost_analysis()` counts a loop body once, so a program whose work sit
 (micro-batch scans, layer scans, sampling loops) is undercounted by the trip count, and its
 `optimal_seconds` can come out negative. Here each instruction is costed where it runs:
 
-- FLOPs: 2·M·N·K for `dot` (output elements × contracted size), 2 × output elements × kernel
-  window × input features per group for `convolution`, one per output element for elementwise
-  arithmetic and one per input element for reductions; inside fusions, summed over the fused body.
+- FLOPs: 2·M·N·K for `dot` (output elements × contracted size); for `convolution`, 2 × the
+  multiply-adds that read real input: input features / feature_group_count × output features ×
+  batch / batch_group_count × the product over spatial dimensions of the (output position, kernel
+  tap) pairs that land on an input element, not on padding nor on a hole of `lhs_dilate` (TPU
+  lowers attention's batched dots to such dilated convolutions); one per output element for
+  elementwise arithmetic and one per input element for reductions; inside fusions, summed over
+  the fused body.
 - HBM bytes: operands + result of each top-level instruction (a fusion's traffic is its operands
-  and result; what it computes inside stays on chip); tuples, bitcasts, parameters, constants and
-  get-tuple-element move nothing.
+  and result; what it computes inside stays on chip), counting only arrays in the default memory
+  space (a TPU layout's `S(n)`, n ≥ 1, is on-chip memory: prefetched weights, activations and
+  scalars held there move no HBM bytes). A `slice` or `dynamic-slice` reads only its slice, also
+  where slices are all a fusion does with a parameter; a `dynamic-update-slice` reads and writes
+  only its update (in place), also as a fusion's output (its buffer parameter then read for
+  nothing); an async prefetch (`copy-start`, `slice-start`) reads its destination's bytes (a
+  copy, or a slice of its operand) and writes them, each side where it is in HBM (not its whole
+  operand, nor the tuple that echoes it). Tuples, bitcasts, `ConcatBitcast` custom-calls
+  (prefetched slices joined in place), optimisation barriers, parameters, constants,
+  get-tuple-element and the `-done` of async ops move nothing.
 - Collective bytes: the larger of operands and result of all-reduce, all-gather, reduce-scatter,
   all-to-all and collective-permute (their -start forms).
-- A `while` multiplies its body by its `known_trip_count` (loops without one are counted once and
-  reported in `unknown_trip_counts`); `call`, `conditional` (each branch, as an upper bound) and
-  async wrappers are entered.
+- A `while` multiplies its body by its `known_trip_count`; a loop without one (a traced trip
+  count) is multiplied by `unknown_trip_count` where given, else counted once, and either way
+  reported in `unknown_trip_counts`. A `conditional` counts its costliest branch (by time), the
+  one that runs at worst; `call` and async wrappers are entered.
 
 An instruction takes max(FLOPs / peak, bytes / HBM bandwidth) + collective bytes / ICI bandwidth,
 so the estimated utilisation FLOPs / (time × peak) is at most 1 and never negative.
 
     python -m unclip_jax.hlo_cost program.hlo --chip v5p   # HLO text of `compiled.as_text()`
+    python -m unclip_jax.hlo_cost chain.hlo --chip v5e --unknown-trip-count 25
 """
 
 import argparse
+import collections
 import dataclasses
+import functools
 import json
 import math
 import pathlib
@@ -60,10 +76,16 @@ ELEMENTWISE = {
 REDUCTIONS = {"reduce", "reduce-window"}
 COLLECTIVES = {"all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute"}
 FREE = {"parameter", "constant", "tuple", "get-tuple-element", "bitcast", "after-all"}
+FREE |= {"opt-barrier"}
+PREFETCHES = {"copy-start", "slice-start"}  # async copies: (operand echo, destination, context)
+SLICES = {"slice", "dynamic-slice"}
+FREE_CUSTOM_CALLS = {"ConcatBitcast"}  # TPU: prefetched slices, contiguous, joined in place
 
 _COMPUTATION = re.compile(r"^(?:ENTRY )?%?([\w.\-]+) \(.*\) -> .* \{$")
-_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (.+?) ([\w\-]+)\((.*?)\)(.*)$")
-_ARRAY = re.compile(r"\b([a-z]+\d*[a-z0-9]*)\[([\d,]*)\]")
+_INSTRUCTION = re.compile(r"^\s*(ROOT )?%?([\w.\-]+) = (.+?) ([\w\-]+)\((.*?)\)(.*)$")
+_ARRAY = re.compile(r"\b([a-z]+\d*[a-z0-9]*)\[([\d,]*)\](\{[^}]*\})?")
+_MEMORY_SPACE = re.compile(r"S\((\d+)\)")
+_COMMENT = re.compile(r"/\*.*?\*/")
 
 
 @dataclasses.dataclass
@@ -73,6 +95,7 @@ class Instruction:
     opcode: str
     operands: list[str]
     attributes: str
+    root: bool = False  # its computation's ROOT
 
 
 @dataclasses.dataclass
@@ -91,17 +114,42 @@ class Cost:
         self.unknown_trip_counts += other.unknown_trip_counts
 
 
+@dataclasses.dataclass(frozen=True)
+class Array:
+    """One array of a type text: element type, dims, and whether its layout puts it in an
+    on-chip memory space (`S(n)`, n ≥ 1) rather than HBM."""
+
+    dtype: str
+    dims: tuple[int, ...]
+    on_chip: bool
+
+    @property
+    def nbytes(self) -> int:
+        return BYTES[self.dtype] * math.prod(self.dims)
+
+
+def _arrays(shape: str) -> list[Array]:
+    found = []
+    for dtype, dims, layout in _ARRAY.findall(shape):
+        if dtype in BYTES:
+            space = _MEMORY_SPACE.search(layout)
+            on_chip = bool(space) and int(space.group(1)) != 0
+            found.append(Array(dtype, tuple(int(d) for d in dims.split(",") if d), on_chip))
+    return found
+
+
 def arrays(shape: str) -> list[tuple[str, list[int]]]:
     """(element type, dims) of every array in a type text (tuples flattened)."""
-    return [
-        (dtype, [int(d) for d in dims.split(",") if d])
-        for dtype, dims in _ARRAY.findall(shape)
-        if dtype in BYTES
-    ]
+    return [(a.dtype, list(a.dims)) for a in _arrays(shape)]
 
 
 def size_in_bytes(shape: str) -> int:
-    return sum(BYTES[t] * math.prod(dims) for t, dims in arrays(shape))
+    return sum(a.nbytes for a in _arrays(shape))
+
+
+def hbm_size(shape: str) -> int:
+    """The bytes of the arrays of a type text that sit in HBM (the default memory space)."""
+    return sum(a.nbytes for a in _arrays(shape) if not a.on_chip)
 
 
 def elements(shape: str) -> int:
@@ -123,9 +171,10 @@ def parse(text: str) -> tuple[dict[str, dict[str, Instruction]], str]:
             continue
         match = _INSTRUCTION.match(line) if current is not None else None
         if match:
-            name, shape, opcode, operands, attributes = match.groups()
+            root, name, shape, opcode, operands, attributes = match.groups()
+            operands = _COMMENT.sub("", operands)  # e.g. /*index=5*/ before every fifth
             names = [o.strip().split(" ")[-1].lstrip("%") for o in operands.split(",") if o.strip()]
-            current[name] = Instruction(name, shape, opcode, names, attributes)
+            current[name] = Instruction(name, shape, opcode, names, attributes, bool(root))
     if not entry:
         raise ValueError("no ENTRY computation in the HLO text")
     return computations, entry
@@ -150,26 +199,87 @@ def _dot_flops(instruction: Instruction, shapes: dict[str, str]) -> float:
     return 2.0 * elements(instruction.shape) * contracted
 
 
+def _window(attributes: str) -> list[dict[str, int]]:
+    """Per spatial dimension of a convolution's `window={...}`: stride, low padding and the lhs
+    (base) and rhs (window) dilations, XLA's defaults where absent."""
+    match = re.search(r"window=\{([^}]*)\}", attributes)
+    if not match:
+        return []
+    fields = dict(item.split("=", 1) for item in match.group(1).split())
+    rank = len(fields["size"].split("x"))
+    keys = dict(stride="stride", pad="pad", lhs="lhs_dilate", rhs="rhs_dilate")
+    columns = {
+        key: [int(v.split("_")[0]) for v in fields[name].split("x")] if name in fields else None
+        for key, name in keys.items()
+    }
+    defaults = dict(stride=1, pad=0, lhs=1, rhs=1)
+    return [
+        {key: values[d] if values else defaults[key] for key, values in columns.items()}
+        for d in range(rank)
+    ]
+
+
+@functools.cache
+def _window_taps(inputs: int, outputs: int, size: int, stride=1, pad=0, lhs=1, rhs=1) -> int:
+    """The (output position, kernel tap) pairs of one spatial dimension whose tap reads an input
+    element: position o·stride + k·rhs − pad of the input dilated by `lhs` (its holes between
+    elements) must hold an element, not a hole nor padding."""
+    total, last = 0, (inputs - 1) * lhs  # the dilated input's last element
+    for tap in range(size):
+        offset = tap * rhs - pad  # output o reads dilated position o·stride + offset
+        first, end = max(0, -(offset // stride)), min(outputs - 1, (last - offset) // stride)
+        if lhs == 1:
+            total += max(0, end - first + 1)
+        else:
+            total += sum((o * stride + offset) % lhs == 0 for o in range(first, end + 1))
+    return total
+
+
 def _convolution_flops(instruction: Instruction, shapes: dict[str, str]) -> float:
-    kernel = arrays(shapes.get(instruction.operands[1], ""))
-    labels = re.search(r"dim_labels=\w+_(\w+)->", instruction.attributes)
-    if not kernel or not labels:
+    lhs = arrays(shapes.get(instruction.operands[0], ""))
+    rhs = arrays(shapes.get(instruction.operands[1], ""))
+    out = arrays(instruction.shape)
+    labels = re.search(r"dim_labels=(\w+)_(\w+)->(\w+)", instruction.attributes)
+    if not (lhs and rhs and out and labels):
         return 0.0
-    per_output = math.prod(
-        size for label, size in zip(labels.group(1), kernel[0][1], strict=True) if label != "o"
-    )  # the window and the input features of one group
-    return 2.0 * elements(instruction.shape) * per_output
+    (lhs_labels, lhs_dims), (rhs_labels, rhs_dims), (out_labels, out_dims) = zip(
+        labels.groups(), (lhs[0][1], rhs[0][1], out[0][1]), strict=True
+    )
+    pairs = 1
+    for d, window in enumerate(_window(instruction.attributes)):
+        inputs, outputs = lhs_dims[lhs_labels.index(str(d))], out_dims[out_labels.index(str(d))]
+        size = rhs_dims[rhs_labels.index(str(d))]
+        pairs *= _window_taps(inputs, outputs, size, **window)
+    groups = [
+        int(m.group(1)) if (m := re.search(rf"{key}=(\d+)", instruction.attributes)) else 1
+        for key in ("feature_group_count", "batch_group_count")
+    ]
+    features = lhs_dims[lhs_labels.index("f")] // groups[0] * out_dims[out_labels.index("f")]
+    return 2.0 * features * (lhs_dims[lhs_labels.index("b")] // groups[1]) * pairs
 
 
 class CostModel:
-    """The cost of a compiled program's HLO text on one chip."""
+    """The cost of a compiled program's HLO text on one chip; loops without a known trip count
+    run `unknown_trip_count` times (None: once)."""
 
-    def __init__(self, text: str, chip: Chip):
+    def __init__(self, text: str, chip: Chip, unknown_trip_count: int | None = None):
         self.computations, self.entry = parse(text)
         self.chip = chip
+        self.unknown_trip_count = unknown_trip_count
+        self._costs: dict[str, Cost] = {}
 
     def shapes(self, computation: str) -> dict[str, str]:
         return {name: i.shape for name, i in self.computations[computation].items()}
+
+    def loops_without_trip_count(self) -> list[str]:
+        """The bodies of the `while` loops whose trip count is unknown (traced)."""
+        return [
+            body
+            for computation in self.computations.values()
+            for instruction in computation.values()
+            if instruction.opcode == "while" and _trip_count(instruction.attributes) is None
+            for body in _called(instruction.attributes, "body")
+        ]
 
     def compute_flops(self, computation: str) -> float:
         """FLOPs of a fused body (nested fusions and calls entered)."""
@@ -197,30 +307,35 @@ class CostModel:
     def cost(self, computation: str | None = None) -> Cost:
         """The cost of running `computation` (the entry by default) once."""
         computation = computation or self.entry
-        shapes, total = self.shapes(computation), Cost()
-        for instruction in self.computations[computation].values():
-            total.add(self._instruction_cost(instruction, shapes))
-        return total
+        if computation not in self._costs:
+            shapes, total = self.shapes(computation), Cost()
+            for instruction in self.computations[computation].values():
+                total.add(self._instruction_cost(instruction, shapes))
+            self._costs[computation] = total
+        return dataclasses.replace(self._costs[computation])
 
     def _instruction_cost(self, instruction: Instruction, shapes: dict[str, str]) -> Cost:
         opcode, attributes = instruction.opcode, instruction.attributes
         if opcode == "while":
             trips = _trip_count(attributes)
+            times = trips if trips is not None else self.unknown_trip_count
             body = Cost(unknown_trip_counts=int(trips is None))
             for name in _called(attributes, "body"):
-                body.add(self.cost(name), times=1 if trips is None else trips)
+                body.add(self.cost(name), times=1 if times is None else times)
             return body
-        if opcode in ("call", "conditional", "async-start"):
+        if opcode == "conditional":
+            branches = [self.cost(n) for n in _called(attributes, "branch_computations")]
+            costliest = max(branches, key=lambda c: (c.seconds, c.flops), default=Cost())
+            costliest.unknown_trip_counts = sum(b.unknown_trip_counts for b in branches)
+            return costliest
+        if opcode in ("call", "async-start"):
             inner = Cost()
-            for key in ("to_apply", "calls", "branch_computations"):
+            for key in ("to_apply", "calls"):
                 for name in _called(attributes, key):
                     inner.add(self.cost(name))
             return inner
-        if opcode in FREE or opcode.endswith("-done"):
+        if _moves_nothing(instruction):
             return Cost()
-        moved = size_in_bytes(instruction.shape) + sum(
-            size_in_bytes(shapes.get(o, "")) for o in instruction.operands
-        )
         if opcode.removesuffix("-start") in COLLECTIVES:
             operands = sum(size_in_bytes(shapes.get(o, "")) for o in instruction.operands)
             traffic = max(operands, size_in_bytes(instruction.shape))
@@ -228,14 +343,102 @@ class CostModel:
         flops = self._own_flops(instruction, shapes)
         if opcode == "fusion":
             flops = sum(self.compute_flops(c) for c in _called(attributes, "calls"))
+        moved = self._moved_bytes(instruction, shapes)
         seconds = max(flops / self.chip.peak_flops, moved / self.chip.hbm_bandwidth)
         return Cost(flops=flops, hbm_bytes=moved, seconds=seconds)
 
+    def _moved_bytes(self, instruction: Instruction, shapes: dict[str, str]) -> float:
+        """The HBM bytes an instruction reads and writes."""
+        opcode, result = instruction.opcode, instruction.shape
+        operands = [shapes.get(o, "") for o in instruction.operands]
+        if opcode in PREFETCHES:
+            return float(_prefetch_bytes(result, operands))
+        if opcode in SLICES and operands:  # reads its slice of operand 0, and the indices
+            read = size_in_bytes(result) if hbm_size(operands[0]) else 0
+            return float(read + hbm_size(result) + sum(map(hbm_size, operands[1:])))
+        if opcode == "dynamic-update-slice" and len(operands) > 1:  # the update, in place
+            written = size_in_bytes(operands[1]) if hbm_size(operands[0]) else 0
+            return float(written + sum(map(hbm_size, operands[1:])))
+        if opcode == "fusion":
+            return float(self._fusion_bytes(instruction, operands))
+        return float(hbm_size(result) + sum(map(hbm_size, operands)))
 
-def estimate(text: str, chip: Chip) -> dict[str, Any]:
+    def _fusion_bytes(self, instruction: Instruction, operands: list[str]) -> int:
+        """A fusion's operands and outputs in HBM, where a parameter only sliced reads its
+        slices, and an output that is a `dynamic-update-slice` writes its update in place (its
+        buffer parameter read for nothing)."""
+        called = _called(instruction.attributes, "calls")
+        if not called:
+            return hbm_size(instruction.shape) + sum(map(hbm_size, operands))
+        body = self.computations[called[0]]
+        users: dict[str, list[Instruction]] = collections.defaultdict(list)
+        for inner in body.values():
+            for name in inner.operands:
+                users[name].append(inner)
+        roots = [i for i in body.values() if i.root][:1]
+        if roots and roots[0].opcode == "tuple":
+            roots = [body[name] for name in roots[0].operands if name in body]
+        outputs = _arrays(instruction.shape)
+        if len(outputs) != len(roots):
+            written = hbm_size(instruction.shape)
+        else:
+            written = sum(
+                0 if out.on_chip else
+                size_in_bytes(body[root.operands[1]].shape) if root.opcode == "dynamic-update-slice"
+                else out.nbytes
+                for out, root in zip(outputs, roots, strict=True)
+            )  # fmt: skip
+        parameters = {int(i.operands[0]): i.name for i in body.values() if i.opcode == "parameter"}
+        read = 0
+        for index, shape in enumerate(operands):
+            uses = users.get(parameters.get(index, ""), [])
+            read += _parameter_read(shape, parameters.get(index, ""), uses, roots)
+        return read + written
+
+
+def _moves_nothing(instruction: Instruction) -> bool:
+    opcode = instruction.opcode
+    if opcode == "custom-call":
+        target = re.search(r'custom_call_target="([^"]*)"', instruction.attributes)
+        return bool(target) and target.group(1) in FREE_CUSTOM_CALLS
+    return opcode in FREE or opcode.endswith("-done")
+
+
+def _parameter_read(shape: str, name: str, uses: list[Instruction], roots: list) -> int:
+    """The HBM bytes a fusion reads of its parameter `name` (type text `shape`), given its uses
+    inside the fusion: only slices of it, or only the buffer of an in-place output update."""
+    full = hbm_size(shape)
+    if not full or not uses or any(use.operands[:1] != [name] for use in uses):
+        return full
+    if all(use.opcode in SLICES for use in uses):
+        return min(full, sum(size_in_bytes(use.shape) for use in uses))
+    if all(use.opcode == "dynamic-update-slice" and any(use is r for r in roots) for use in uses):
+        return 0
+    return full
+
+
+def _prefetch_bytes(result: str, operands: list[str]) -> int:
+    """An async copy's HBM bytes: its result tuple echoes the operand(s), then holds the
+    destination (a copy, or a slice of operand 0) and a context scalar; the destination's bytes
+    are read from the source and written, each where that side is in HBM."""
+    echoed = sum(len(_arrays(shape)) for shape in operands)
+    arrays_out = _arrays(result)
+    if not operands or len(arrays_out) <= echoed:
+        return hbm_size(result) + sum(map(hbm_size, operands))
+    destination = arrays_out[echoed]
+    source_in_hbm = bool(hbm_size(operands[0]))
+    return destination.nbytes * (int(source_in_hbm) + int(not destination.on_chip))
+
+
+def estimate(text: str, chip: Chip, unknown_trip_count: int | None = None) -> dict[str, Any]:
     """The program's per-chip FLOPs, HBM and collective bytes, estimated step time and
-    utilisation (FLOPs / time / peak, in [0, 1])."""
-    cost = CostModel(text, chip).cost()
+    utilisation (FLOPs / time / peak, in [0, 1]); loops without a known trip count (reported in
+    `unknown_trip_counts`) run `unknown_trip_count` times (None: once)."""
+    return summary(CostModel(text, chip, unknown_trip_count).cost(), chip)
+
+
+def summary(cost: Cost, chip: Chip) -> dict[str, Any]:
+    """`estimate`'s fields of a `Cost` on `chip`."""
     return dict(
         flops_per_chip=cost.flops,
         hbm_bytes_per_step=cost.hbm_bytes,
@@ -246,18 +449,23 @@ def estimate(text: str, chip: Chip) -> dict[str, Any]:
     )
 
 
-def program_flops(text: str) -> float:
+def program_flops(text: str, unknown_trip_count: int | None = None) -> float:
     """The FLOPs of one run of the program (per device of an SPMD program), every loop trip
-    counted; the same on any chip."""
-    return CostModel(text, CHIPS["v5p"]).cost().flops
+    counted (`unknown_trip_count` for loops without a known count; None: once); the same on any
+    chip."""
+    return CostModel(text, CHIPS["v5p"], unknown_trip_count).cost().flops
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("hlo", type=pathlib.Path, help="HLO text (compiled.as_text())")
     parser.add_argument("--chip", choices=sorted(CHIPS), default="v5p")
+    parser.add_argument(
+        "--unknown-trip-count", type=int, default=None, help="trips of loops without a known one"
+    )
     args = parser.parse_args()
-    print(json.dumps(estimate(args.hlo.read_text(), CHIPS[args.chip]), indent=2))
+    text = args.hlo.read_text()
+    print(json.dumps(estimate(text, CHIPS[args.chip], args.unknown_trip_count), indent=2))
 
 
 if __name__ == "__main__":
