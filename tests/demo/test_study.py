@@ -143,6 +143,9 @@ def test_smoke_study_writes_every_arm_and_the_claims(tmp_path):
         ] == trained
         assert all(f > 0 for stages in figures["training_flops"] for f in stages.values())
         assert len(figures["guidance"]) == (2 if arm.guided else 1)
+        sampled = figures["sampling_flops_per_image"]
+        assert sorted(sampled) == sorted(figures["guidance"])
+        assert all(len(v) == replicates and min(v) > 0 for v in sampled.values())
         for one in figures["guidance"].values():
             assert np.shape(one["colour_shape"]) == (replicates, config.eval.num_single)
             assert np.shape(one["binding"]) == (replicates, config.eval.num_pair)
@@ -151,6 +154,11 @@ def test_smoke_study_writes_every_arm_and_the_claims(tmp_path):
     dalle = json.loads((results / "E.json").read_text())
     assert sorted(dalle["rerank"], key=int) == [str(n) for n in config.rerank_curve]
     assert dalle["guidance"]["4"] == dalle["rerank"]["1"]
+    per_n = dalle["rerank_sampling_flops_per_image"]
+    np.testing.assert_allclose(per_n["32"], np.multiply(32, per_n["1"]))
+    # the prior's programs are part of A's sampling, not of C1's (the decoder's null z_i)
+    a, c1 = (json.loads((results / f"{n}.json").read_text()) for n in ("A", "C1"))
+    assert a["sampling_flops_per_image"]["4"][0] > c1["sampling_flops_per_image"]["4"][0]
     assert {c["verdict"] for c in claims.values()} <= {
         "reproduced",
         "not reproduced",

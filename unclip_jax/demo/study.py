@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
-from unclip_jax import console
+from unclip_jax import console, flop_meter
 from unclip_jax.demo import stages, study_arms, study_claims, study_stages
 from unclip_jax.storage.locations import location
 
@@ -86,6 +86,7 @@ def evaluate_arm(config, workdir: Path, name: str, refs: study_arms.References) 
     arm = config.arms[name].to_dict()
     figures: dict = {}
     variations: dict = {}
+    sampled: dict = {}  # figure key -> per replicate, the FLOPs its sampling ran
     training = []
     start = time.time()
     for c, s in replicates(config, arm):
@@ -94,13 +95,15 @@ def evaluate_arm(config, workdir: Path, name: str, refs: study_arms.References) 
         pipe, generators = samplers(config, workdir, arm, refs, c, s)
         for key, generate in generators.items():
             logging.info("arm %s, CLIP %d, seed %d, %s", name, c, s, key)
-            one = study_arms.sample_figures(
-                generate,
-                refs,
-                config.sampling.seed,
-                config.eval.images_per_caption,
-                sample_options(config, arm),
-            )
+            with flop_meter.metering() as meter:
+                one = study_arms.sample_figures(
+                    generate,
+                    refs,
+                    config.sampling.seed,
+                    config.eval.images_per_caption,
+                    sample_options(config, arm),
+                )
+            sampled.setdefault(key, []).append(meter.flops)
             for figure, value in one.items():
                 figures.setdefault(key, {}).setdefault(figure, []).append(value)
         if name == "A":
@@ -123,13 +126,31 @@ def evaluate_arm(config, workdir: Path, name: str, refs: study_arms.References) 
         "seconds": round(time.time() - start, 1),
         "load_average": stages.load_average(),
     }
+    images = len(refs.single) * config.eval.images_per_caption + len(refs.pairs)
+    most = max(config.rerank_curve) if arm["pipeline"] == "dalle" else None
+    per_image = sampling_flops_per_image(sampled, images, most)
     if arm["pipeline"] == "dalle":  # N = 1 stands at the reference guidance
         out["rerank"] = {key[1:]: value for key, value in figures.items()}
+        out["rerank_sampling_flops_per_image"] = {key[1:]: v for key, v in per_image.items()}
         figures = {f"{config.reference_guidance:g}": out["rerank"]["1"]}
+        per_image = {f"{config.reference_guidance:g}": per_image["#1"]}
     out["guidance"] = figures
+    out["sampling_flops_per_image"] = per_image
     if variations:
         out["variations"] = variations
     return out
+
+
+def sampling_flops_per_image(
+    sampled: dict[str, list[float]], images: int, dalle_most: int | None
+) -> dict[str, list[float]]:
+    """Per figure key and replicate, the FLOPs per image of the programs the arm's sampling ran
+    (`flop_meter`: the pipeline's; scoring is not counted). DALL·E draws `dalle_most` candidates
+    per image once, under its first key: the best of N costs N of those candidates."""
+    if dalle_most is None:
+        return {key: [flops / images for flops in runs] for key, runs in sampled.items()}
+    per_candidate = np.sum(list(sampled.values()), axis=0) / (images * dalle_most)
+    return {key: (int(key[1:]) * per_candidate).tolist() for key in sampled}
 
 
 def write_json(path: Path, value: dict) -> None:
@@ -208,7 +229,9 @@ def study(config: ml_collections.ConfigDict, workdir: Path) -> None:
     stages.check_stage_names(force | only, tuple(steps))
     unknown_arms = set(FLAGS.force_arms) - {"all", *config.arms}
     if unknown_arms:
-        raise ValueError(f"unknown arms {sorted(unknown_arms)} in --force_arms; arms: {list(config.arms)}")
+        raise ValueError(
+            f"unknown arms {sorted(unknown_arms)} in --force_arms; arms: {list(config.arms)}"
+        )
     enable_compilation_cache(str(workdir / "xla_cache"))
     records = stages.train_or_exit(lambda: stages.run_stages(steps, workdir, force, only))
     missing = [name for name in steps if name not in records]

@@ -159,10 +159,12 @@ ARM_FIGURES = ("colour", "colour_shape", "binding", "clip_score", "diversity", "
 
 def arms_table(arms: dict, replicates: int) -> list[str]:
     """Markdown rows: each arm at each of its guidance scales, each figure with its interval,
-    and the training seconds and FLOPs of its stages."""
+    the sampling FLOPs per image, and the training seconds and FLOPs of its stages."""
     lines = [
-        "| arm | guidance | " + " | ".join(ARM_FIGURES) + " | training s | training FLOPs |",
-        "|---|---|" + "---|" * (len(ARM_FIGURES) + 2),
+        "| arm | guidance | "
+        + " | ".join(ARM_FIGURES)
+        + " | sampling FLOPs / image | training s | training FLOPs |",
+        "|---|---|" + "---|" * (len(ARM_FIGURES) + 3),
     ]
     for name, arm in arms.items():
         # wall-clock seconds of the stages the arm's samples come from, mean over replicates
@@ -177,6 +179,8 @@ def arms_table(arms: dict, replicates: int) -> list[str]:
                 cells.append(
                     _interval_text(table[:, 1:] if figure == "fd" else table, figure, replicates)
                 )
+            sampled = arm.get("sampling_flops_per_image", {}).get(key)
+            cells.append(f"{np.mean(sampled):.3g}" if sampled else "–")
             lines.append(f"| {name} | {key} | " + " | ".join(cells) + f" | {trained} |")
     return lines
 

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from unclip_jax import flop_meter
 from unclip_jax.models.dalle import DalleConfig, DalleTransformer
 from unclip_jax.models.dvae import FrozenDVAE
 from unclip_jax.nn.precision import cast_floats, compute_dtype
@@ -129,8 +130,8 @@ class Dalle:
         self.num_devices = self.batches.num_devices
         models = {"transformer": params, "dvae": dvae, "clip": clip.clip}
         self.models = self.batches.replicate(models)
-        self._sample = jax.jit(rows_program(model))
-        self._encode = jax.jit(FrozenDVAE.encode)
+        self._sample = flop_meter.jit(rows_program(model))
+        self._encode = flop_meter.jit(FrozenDVAE.encode)
 
     @classmethod
     def load(cls, directory: str | Path, dtype: Any = None, **options: Any) -> "Dalle":

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from etils import epath
 
+from unclip_jax import flop_meter
 from unclip_jax.convert.karlo_checkpoint import KarloCheckpoint, load_karlo
 from unclip_jax.nn.precision import cast_floats, compute_dtype
 from unclip_jax.pipelines.stages import cache_size
@@ -76,7 +77,7 @@ class KarloTextEncoder:
         self.model = checkpoint.text_encoder
         self.params = checkpoint.params["text_encoder"]
         self.tokenizer = load_tokenizer(checkpoint.tokenizer_dir)
-        self._text = jax.jit(self._encode_text)
+        self._text = flop_meter.jit(self._encode_text)
 
     @property
     def context_length(self) -> int:
@@ -101,7 +102,7 @@ class KarloTextEncoder:
         mask [1, L] bool."""
         ids, mask = self.tokenize([""])
         # A program of its own, not counted among the stage's.
-        embed, states = jax.jit(self._encode_text)(self.params, ids, mask)
+        embed, states = flop_meter.jit(self._encode_text)(self.params, ids, mask)
         return {
             "embed": np.asarray(embed, np.float32),
             "states": np.asarray(states, np.float32),

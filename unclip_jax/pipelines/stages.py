@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from unclip_jax import flop_meter
 from unclip_jax.convert import hf_clip
 from unclip_jax.diffusion.analytic import AnalyticTable
 from unclip_jax.models.frozen_clip import FrozenCLIP
@@ -86,8 +87,8 @@ class TextImageEncoder:
         self.clip = hf_clip.load_frozen_clip(directory, dtype)
         self.config = self.clip.model.config
         self.tokenizer = load_tokenizer(directory / store.TOKENIZER_DIR)
-        self._text = jax.jit(FrozenCLIP.encode_text)
-        self._image = jax.jit(FrozenCLIP.encode_image)
+        self._text = flop_meter.jit(FrozenCLIP.encode_text)
+        self._image = flop_meter.jit(FrozenCLIP.encode_image)
 
     def example_caption(self) -> dict[str, Any]:
         """The shapes of one encoded caption (ids, mask, states, text_embed; batch 1), for

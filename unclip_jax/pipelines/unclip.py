@@ -27,6 +27,7 @@ from typing import Any, Unpack
 import jax
 import numpy as np
 
+from unclip_jax import flop_meter
 from unclip_jax.pipelines import karlo as karlo_stages
 from unclip_jax.pipelines import protocol, store
 from unclip_jax.pipelines.ar_prior_stage import ARPriorStage
@@ -100,7 +101,7 @@ class UnCLIP(ImageOperations):
         self.upsamplers = list(upsamplers)
         for stage in (clip, prior, decoder, *self.upsamplers):
             stage.params = self.batches.replicate(stage.params)
-        self._noise = jax.jit(_noise_rows, static_argnums=2)
+        self._noise = flop_meter.jit(_noise_rows, static_argnums=2)
 
     @classmethod
     def load(

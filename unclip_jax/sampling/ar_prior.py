@@ -12,6 +12,7 @@ largest z_i·z_t is kept, as the diffusion prior's sampler does.
 import jax
 import jax.numpy as jnp
 
+from unclip_jax import flop_meter
 from unclip_jax.diffusion.guidance import guide
 from unclip_jax.models.ar_prior import ARPrior
 from unclip_jax.models.pca_quantizer import ARQuantizers, PCAQuantizer
@@ -125,7 +126,9 @@ def make_ar_prior_sampler(model: ARPrior, *, num_candidates: int = 1) -> Checked
         aux = {"codes": codes.reshape(batch, n, -1), "dot_buckets": dots.reshape(batch, n)}
         return best, aux | {"candidates": candidates, "scores": scores}
 
-    return CheckedProgram(sample, jax.jit(sample), lambda arguments: _check(arguments, model))
+    return CheckedProgram(
+        sample, flop_meter.jit(sample), lambda arguments: _check(arguments, model)
+    )
 
 
 def _check(arguments: dict, model: ARPrior) -> None:

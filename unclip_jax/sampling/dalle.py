@@ -15,6 +15,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+from unclip_jax import flop_meter
 from unclip_jax.models.dalle import DalleTransformer, layer_params
 from unclip_jax.sampling import autoregressive
 from unclip_jax.sampling.checked import CheckedProgram
@@ -91,4 +92,4 @@ def make_dalle_sampler(model: DalleTransformer) -> CheckedProgram:
             arguments[name] = jnp.float32(arguments[name])
         arguments["top_k"] = jnp.int32(arguments["top_k"])
 
-    return CheckedProgram(program, jax.jit(program), check)
+    return CheckedProgram(program, flop_meter.jit(program), check)

@@ -22,6 +22,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from unclip_jax import flop_meter
 from unclip_jax.diffusion import gaussian, guidance, samplers
 from unclip_jax.diffusion.schedules import Schedule, make_schedule
 from unclip_jax.models.unet import CAPTION_INPUTS, Decoder, Upsampler
@@ -79,9 +80,9 @@ class DecoderChain:
         self.settings = settings
         self.channels = channels
         self.caption_keys = CAPTION_INPUTS[model.caption_source]
-        self._sample = jax.jit(self._run_sample)
-        self._sample_from_key = jax.jit(self._run_sample_from_key, static_argnames="shape")
-        self._invert = jax.jit(self._run_invert)
+        self._sample = flop_meter.jit(self._run_sample)
+        self._sample_from_key = flop_meter.jit(self._run_sample_from_key, static_argnames="shape")
+        self._invert = flop_meter.jit(self._run_invert)
 
     def apply(self, params: Params, x: Array, t: Array, cond: Mapping[str, Array]) -> Array:
         """One call of the decoder on x [B, S, S, C] at timesteps t [B] with `conditioning`."""
@@ -215,8 +216,8 @@ class UpsamplerChain:
         self.settings = settings
         self.channels = channels
         self._train_schedule = make_schedule(settings.schedule, settings.train_steps)
-        self._sample = jax.jit(self._run_sample)
-        self._sample_from_key = jax.jit(self._run_sample_from_key, static_argnames="size")
+        self._sample = flop_meter.jit(self._run_sample)
+        self._sample_from_key = flop_meter.jit(self._run_sample_from_key, static_argnames="size")
 
     def _run_sample(self, params, x_T, low_res, schedule, eta, key, noise_level):
         level = None

@@ -15,6 +15,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from unclip_jax import flop_meter
 from unclip_jax.convert.karlo_checkpoint import KarloCheckpoint
 from unclip_jax.diffusion import guidance, samplers
 from unclip_jax.diffusion.karlo import KarloScheduler
@@ -66,7 +67,7 @@ class KarloPriorChain:
 
     def __init__(self, model, scheduler: KarloScheduler, normalizer: EmbeddingNormalizer):
         self.model, self.scheduler, self.normalizer = model, scheduler, normalizer
-        self.compiled = jax.jit(self._run, static_argnames="candidates")
+        self.compiled = flop_meter.jit(self._run, static_argnames="candidates")
 
     def _run(self, params, key, text_embed, states, mask, schedule, scales, latents, noise,
              candidates):  # fmt: skip
@@ -100,7 +101,7 @@ class KarloDecoderChain:
 
     def __init__(self, model, scheduler: KarloScheduler):
         self.model, self.scheduler = model, scheduler
-        self.compiled = jax.jit(self._run)
+        self.compiled = flop_meter.jit(self._run)
 
     def _run(self, params, x_T, cond, schedule, scale, key, noise):
         null = params["null"]
@@ -140,7 +141,7 @@ class KarloSuperResChain:
 
     def __init__(self, model, scheduler: KarloScheduler):
         self.model, self.scheduler = model, scheduler
-        self.compiled = jax.jit(self._run)
+        self.compiled = flop_meter.jit(self._run)
 
     def _run(self, params, x_T, low_res, schedule, key, noise):
         def denoise(x, t):

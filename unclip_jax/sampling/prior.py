@@ -19,6 +19,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from unclip_jax import flop_meter
 from unclip_jax.diffusion import guidance, samplers
 from unclip_jax.diffusion.schedules import Schedule
 from unclip_jax.models.prior import (
@@ -141,4 +142,4 @@ def make_prior_sampler(
                 "(DiffusionSettings.schedule_for(steps, analytic))"
             )
 
-    return CheckedProgram(sample, jax.jit(sample), check)
+    return CheckedProgram(sample, flop_meter.jit(sample), check)
