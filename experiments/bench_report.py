@@ -96,13 +96,16 @@ def aot_table() -> str:
                 f"{r.get('remat')} | | compile failed: {r['error'][:120]} | | no | | | |"
             )
             continue
-        util = r["estimated_utilisation"]
+        util, step = r.get("estimated_utilisation"), r.get("estimated_step_s")
+        accum = r.get("grad_accum_steps", 1)
+        program = r["program"] + (f", {accum} micro-batches" if accum > 1 else "")
         lines.append(
-            f"| {r['stage']} | {r['target']} | {r['program']} | {mesh} | {r.get('remat', '-')} | "
+            f"| {r['stage']} | {r['target']} | {program} | {mesh} | {r.get('remat', '-')} | "
             f"{r['params'] / 1e9:.2f}B | {r['bytes_per_chip'] / GIB:.1f} / "
             f"{r['hbm_bytes'] / GIB:.1f} GiB | {100 * r['headroom']:.0f}% | "
             f"{'yes' if r['fits_with_10pct_headroom'] else '**no**'} | "
-            f"{r['estimated_step_s']:.3f} s | {'' if util is None else f'{100 * util:.0f}%'} | "
+            f"{'–' if step is None else f'{step:.3f} s'} | "
+            f"{'–' if util is None else f'{100 * util:.0f}%'} | "
             f"{r['compile_s']:.0f} s |"
         )
     return "\n".join(lines)
