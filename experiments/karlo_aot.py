@@ -469,7 +469,7 @@ def main() -> None:
     names = args.programs.split(",")
     unknown = sorted(set(names) - set(PROGRAMS))
     if unknown:
-        raise ValueError(f"--programs must name entries of {PROGRAMS}, got {unknown}")
+        parser.error(f"--programs must name entries of {PROGRAMS}, got {unknown}")
     payload = run(names, args.chip, args.batch, smoke=args.smoke, hlo_dir=args.hlo_dir)
     print(json.dumps(payload["cascade"], indent=1))
     if not args.smoke:

@@ -7,7 +7,9 @@ config names for that slice (`SLICES`, applied by `get_config("<slice>")`), and 
 sampling step on v5e-8. Per compiled program: per-chip memory from XLA's memory analysis
 (arguments + outputs − donated aliases + temporaries) against the chip's HBM, and `hlo_cost`'s
 roofline (FLOPs, HBM and collective bytes, every loop trip counted) → estimated step time and
-utilisation.
+utilisation. With `--hlo-dir DIR` each program's compiled HLO text is saved there
+(`<results name>.hlo`), and `--from-hlo DIR` re-estimates the roofline of the results files it
+names from those texts, without compiling again.
 
     JAX_PLATFORMS=cpu .venv/bin/python -m experiments.tpu_aot --stages decoder --targets v5p-128
     # a probe of other settings than the config's (recorded as ..._<remat>_accum<n>):
@@ -24,6 +26,7 @@ the configs' CPU size compile for the local devices (a check of the code paths, 
 import argparse
 import dataclasses
 import importlib
+import json
 import os
 import pathlib
 import sys
@@ -172,15 +175,24 @@ def parse_mesh(text: str | None) -> dict[str, int] | None:
     if not text:
         return None
     pairs = [item.split("=") for item in text.split(",")]
-    bad = [p for p in pairs if len(p) != 2 or p[0] not in sharding.MESH_AXES]
+    bad = [
+        p
+        for p in pairs
+        if len(p) != 2 or p[0] not in sharding.MESH_AXES or not p[1].lstrip("-").isdigit()
+    ]
     if bad:
         raise ValueError(f"mesh must be axis=size pairs over {sharding.MESH_AXES}, got {text!r}")
     return {axis: int(size) for axis, size in pairs}
 
 
-def analyse(compiled, target: Target) -> dict[str, Any]:
+def analyse(compiled, target: Target, hlo_path: pathlib.Path | None = None) -> dict[str, Any]:
     """Per-chip memory from XLA's memory analysis against the chip's HBM, and the roofline of
-    `hlo_cost` (every loop step counted); XLA's own FLOPs and optimal seconds beside them."""
+    `hlo_cost` (every loop step counted); XLA's own FLOPs and optimal seconds beside them.
+    `hlo_path`: where to write the compiled HLO text (for `--from-hlo`)."""
+    text = compiled.as_text()
+    if hlo_path is not None:
+        hlo_path.parent.mkdir(parents=True, exist_ok=True)
+        hlo_path.write_text(text)
     memory = compiled.memory_analysis()
     xla = compiled.cost_analysis()
     xla = xla[0] if isinstance(xla, list | tuple) else xla
@@ -191,7 +203,7 @@ def analyse(compiled, target: Target) -> dict[str, Any]:
         + memory.temp_size_in_bytes
     )
     hbm = target.chip.hbm_bytes if target.chip else float("inf")
-    roofline = hlo_cost.estimate(compiled.as_text(), target.chip) if target.chip else {}
+    roofline = hlo_cost.estimate(text, target.chip) if target.chip else {}
     return dict(
         bytes_per_chip=per_chip,
         argument_bytes=memory.argument_size_in_bytes,
@@ -212,10 +224,11 @@ def compile_train_step(
     mesh_shape: dict | None = None,
     remat: str | None = None,
     accum: int | None = None,
+    hlo_path: pathlib.Path | None = None,
 ) -> dict[str, Any]:
     """Compiles the stage's train step for the target at the config's global batch
     (`config.train.batch_size`), with the mesh, remat and micro-batches of the config at
-    `config_arg` unless given; returns the analysis."""
+    `config_arg` unless given; returns the analysis (`hlo_path`: see `analyse`)."""
     target = TARGETS[target_name]
     config = paper_config(stage, config_arg)
     if remat is not None:
@@ -250,7 +263,7 @@ def compile_train_step(
         global_batch=batch,
         params=params,
         compile_s=time.perf_counter() - start,
-        **analyse(compiled, target),
+        **analyse(compiled, target, hlo_path),
     )
 
 
@@ -336,21 +349,49 @@ def _report(row: dict[str, Any]) -> None:
     )
 
 
+def _result_name(stage: str, target: str, args, probe: dict | None) -> str:
+    """`tpu_aot_<stage>_<target>`, a probe's `_<remat>_accum<n>`, `_smoke`, then `--tag`."""
+    suffix = ""
+    if probe:
+        config = paper_config(stage, "smoke" if args.smoke else None)
+        remat = probe["remat"] or base.block_remat(config)
+        suffix = f"_{remat}_accum{probe['accum'] or config.train.grad_accum_steps}"
+    suffix += "_smoke" if args.smoke else ""
+    return f"tpu_aot_{stage}_{target}{suffix}{args.tag}"
+
+
 def _run_plan(stage: str, target: str, args, probe: dict | None = None) -> None:
     """Compiles and records one stage on one target: with the config's settings for that slice
     (`tpu_aot_<stage>_<target>.json`), or a `probe` of mesh / remat / micro-batches from the
     command line (named `..._<remat>_accum<n><tag>`)."""
     config_arg = "smoke" if args.smoke else (None if probe else target)
+    name = _result_name(stage, target, args, probe)
+    hlo_path = args.hlo_dir / f"{name}.hlo" if args.hlo_dir else None
     try:
-        row = compile_train_step(stage, target, config_arg, **(probe or {}))
+        row = compile_train_step(stage, target, config_arg, **(probe or {}), hlo_path=hlo_path)
     except Exception as error:  # a program that does not fit fails to compile: record why
         row = dict(stage=stage, target=target, probe=probe, error=str(error)[:2000])
         print(f"{stage} {target} {probe or 'slice settings'}: {row['error'][:300]}", flush=True)
     else:
         _report(row)
-    suffix = f"_{row.get('remat')}_accum{row.get('grad_accum_steps')}" if probe else ""
-    suffix += "_smoke" if args.smoke else ""
-    common.write_results("tpu_aot", f"tpu_aot_{stage}_{target}{suffix}{args.tag}", row)
+    common.write_results("tpu_aot", name, row)
+
+
+def reestimate(name: str, hlo_dir: pathlib.Path) -> bool:
+    """Rewrites results file `name` with `hlo_cost`'s roofline estimated again from its HLO text
+    in `hlo_dir` (as `--hlo-dir` wrote it); memory and XLA's figures stay as compiled. False
+    when the file or its HLO text is missing, or the target is the local devices."""
+    path, hlo = common.results_dir("tpu_aot") / f"{name}.json", hlo_dir / f"{name}.hlo"
+    if not (path.exists() and hlo.exists()):
+        return False
+    row = json.loads(path.read_text())
+    chip = TARGETS[row["target"]].chip
+    if chip is None:  # the local devices: no roofline
+        return False
+    row.update(hlo_cost.estimate(hlo.read_text(), chip))
+    _report(row)
+    common.write_results("tpu_aot", name, row)
+    return True
 
 
 def main() -> None:
@@ -368,6 +409,12 @@ def main() -> None:
     parser.add_argument("--sampling", action="store_true", help="the v5e-8 decoder sampling step")
     parser.add_argument("--sampling-batch", type=int, default=64)
     parser.add_argument("--tag", default="")
+    parser.add_argument("--hlo-dir", type=pathlib.Path, help="write each program's HLO text here")
+    parser.add_argument(
+        "--from-hlo",
+        type=pathlib.Path,
+        help="re-estimate the named results files from the HLO texts here (no compiling)",
+    )
     parser.add_argument(
         "--smoke",
         action="store_true",
@@ -376,7 +423,10 @@ def main() -> None:
     args = parser.parse_args()
     unknown = sorted(set(args.targets.split(",")) - set(TARGETS))
     if unknown:
-        raise ValueError(f"--targets must name entries of {sorted(TARGETS)}, got {unknown}")
+        parser.error(f"--targets must name entries of {sorted(TARGETS)}, got {unknown}")
+    stages = args.stages.split(",") if args.stages else list(STAGES)
+    if sorted(set(stages) - set(STAGES)):
+        parser.error(f"--stages must name entries of {sorted(STAGES)}, got {args.stages!r}")
     config_arg = "smoke" if args.smoke else None
     if args.sampling:
         target = "local" if args.targets == "local" else "v5e-8"
@@ -384,11 +434,21 @@ def main() -> None:
         _report(row)
         common.write_results("tpu_aot", f"tpu_aot_decoder_sampling_{target}{args.tag}", row)
         return
-    flags = dict(mesh_shape=parse_mesh(args.mesh), remat=args.remat, accum=args.grad_accum or None)
+    try:
+        mesh_shape = parse_mesh(args.mesh)
+    except ValueError as error:
+        parser.error(str(error))
+    flags = dict(mesh_shape=mesh_shape, remat=args.remat, accum=args.grad_accum or None)
     probe = flags if any(v is not None for v in flags.values()) else None
-    for stage in args.stages.split(",") if args.stages else list(STAGES):
+    for stage in stages:
         for target in args.targets.split(","):
-            if probe or args.smoke or target in slices(stage):
+            if not (probe or args.smoke or target in slices(stage)):
+                continue
+            if args.from_hlo:
+                name = _result_name(stage, target, args, probe)
+                if not reestimate(name, args.from_hlo):
+                    print(f"{name}: no results file or HLO text in {args.from_hlo}")
+            else:
                 _run_plan(stage, target, args, probe)
 
 
