@@ -129,7 +129,8 @@ def dalle_stage(config: ml_collections.ConfigDict, arg: str | None = None) -> tu
     the program, here all one value (a splat: the program stays small)."""
     from configs import dvae_paper
 
-    fields = {k: v for k, v in dvae_paper.get_config(arg).model.items() if k != "dtype"}
+    dvae_arg = "smoke" if arg == "smoke" else None  # the dVAE has no slice settings
+    fields = {k: v for k, v in dvae_paper.get_config(dvae_arg).model.items() if k != "dtype"}
     dvae_config = DVAEConfig(**fields)
     side = dvae_config.downsample_factor
     shapes = jax.eval_shape(
