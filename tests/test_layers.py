@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).parents[1] / "unclip_jax"
 # Layer of each top-level part of the package, lowest first; a module may import its own part
 # and any part of a lower layer.
 LAYERS = [
-    {"console", "hlo_cost", "flop_meter"},
+    {"console", "hlo_text", "hlo_cost", "flop_meter"},
     {"text"},
     {"diffusion"},
     {"sharding"},

@@ -24,9 +24,10 @@ XLA's own `cost_analysis()` counts a loop body once, so a program whose work sit
   get-tuple-element and the `-done` of async ops move nothing.
 - Collective bytes: the larger of operands and result of all-reduce, all-gather, reduce-scatter,
   all-to-all and collective-permute (their -start forms).
-- A `while` multiplies its body by its `known_trip_count`; a loop without one (a traced trip
-  count) is multiplied by `unknown_trip_count` where given, else counted once, and either way
-  reported in `unknown_trip_counts`. A `conditional` counts its costliest branch (by time), the
+- A `while` multiplies its body by its `known_trip_count`, or by the count its shape shows
+  (`counter < N` from a constant start); a loop without either (a traced trip count) is
+  multiplied by `unknown_trip_count` where given, else counted once, and either way reported in
+  `unknown_trip_counts`. A `conditional` counts its costliest branch (by time), the
   one that runs at worst; `call` and async wrappers are entered.
 
 An instruction takes max(FLOPs / peak, bytes / HBM bandwidth) + collective bytes / ICI bandwidth,
@@ -46,6 +47,18 @@ import pathlib
 import re
 from typing import Any
 
+from unclip_jax.hlo_text import (
+    Instruction,
+    array_list,
+    arrays,
+    called,
+    elements,
+    hbm_size,
+    parse,
+    size_in_bytes,
+    trip_count,
+)
+
 
 @dataclasses.dataclass(frozen=True)
 class Chip:
@@ -64,9 +77,6 @@ CHIPS: dict[str, Chip] = {
     "v6e": Chip(peak_flops=918e12, hbm_bytes=32e9, hbm_bandwidth=1640e9, ici_bandwidth=400e9),
 }
 
-BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4}
-BYTES |= {"u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16}
-BYTES |= {"f8e4m3fn": 1, "f8e5m2": 1, "s4": 1, "u4": 1}
 ELEMENTWISE = {
     "add", "subtract", "multiply", "divide", "maximum", "minimum", "negate", "abs", "exponential",
     "log", "tanh", "logistic", "sqrt", "rsqrt", "power", "compare", "select", "clamp", "and",
@@ -80,22 +90,6 @@ FREE |= {"opt-barrier"}
 PREFETCHES = {"copy-start", "slice-start"}  # async copies: (operand echo, destination, context)
 SLICES = {"slice", "dynamic-slice"}
 FREE_CUSTOM_CALLS = {"ConcatBitcast"}  # TPU: prefetched slices, contiguous, joined in place
-
-_COMPUTATION = re.compile(r"^(?:ENTRY )?%?([\w.\-]+) \(.*\) -> .* \{$")
-_INSTRUCTION = re.compile(r"^\s*(ROOT )?%?([\w.\-]+) = (.+?) ([\w\-]+)\((.*?)\)(.*)$")
-_ARRAY = re.compile(r"\b([a-z]+\d*[a-z0-9]*)\[([\d,]*)\](\{[^}]*\})?")
-_MEMORY_SPACE = re.compile(r"S\((\d+)\)")
-_COMMENT = re.compile(r"/\*.*?\*/")
-
-
-@dataclasses.dataclass
-class Instruction:
-    name: str
-    shape: str  # the result type text, e.g. "f32[8,64]{1,0}" or a tuple of them
-    opcode: str
-    operands: list[str]
-    attributes: str
-    root: bool = False  # its computation's ROOT
 
 
 @dataclasses.dataclass
@@ -112,82 +106,6 @@ class Cost:
         self.collective_bytes += times * other.collective_bytes
         self.seconds += times * other.seconds
         self.unknown_trip_counts += other.unknown_trip_counts
-
-
-@dataclasses.dataclass(frozen=True)
-class Array:
-    """One array of a type text: element type, dims, and whether its layout puts it in an
-    on-chip memory space (`S(n)`, n ≥ 1) rather than HBM."""
-
-    dtype: str
-    dims: tuple[int, ...]
-    on_chip: bool
-
-    @property
-    def nbytes(self) -> int:
-        return BYTES[self.dtype] * math.prod(self.dims)
-
-
-def _arrays(shape: str) -> list[Array]:
-    found = []
-    for dtype, dims, layout in _ARRAY.findall(shape):
-        if dtype in BYTES:
-            space = _MEMORY_SPACE.search(layout)
-            on_chip = bool(space) and int(space.group(1)) != 0
-            found.append(Array(dtype, tuple(int(d) for d in dims.split(",") if d), on_chip))
-    return found
-
-
-def arrays(shape: str) -> list[tuple[str, list[int]]]:
-    """(element type, dims) of every array in a type text (tuples flattened)."""
-    return [(a.dtype, list(a.dims)) for a in _arrays(shape)]
-
-
-def size_in_bytes(shape: str) -> int:
-    return sum(a.nbytes for a in _arrays(shape))
-
-
-def hbm_size(shape: str) -> int:
-    """The bytes of the arrays of a type text that sit in HBM (the default memory space)."""
-    return sum(a.nbytes for a in _arrays(shape) if not a.on_chip)
-
-
-def elements(shape: str) -> int:
-    return sum(math.prod(dims) for _, dims in arrays(shape))
-
-
-def parse(text: str) -> tuple[dict[str, dict[str, Instruction]], str]:
-    """({computation: {instruction name: Instruction}} in order, the entry computation's name)."""
-    computations: dict[str, dict[str, Instruction]] = {}
-    entry, current = "", None
-    for line in text.splitlines():
-        header = _COMPUTATION.match(line)
-        if header:
-            current = computations.setdefault(header.group(1), {})
-            entry = header.group(1) if line.startswith("ENTRY") else entry
-            continue
-        if line.strip() == "}":
-            current = None
-            continue
-        match = _INSTRUCTION.match(line) if current is not None else None
-        if match:
-            root, name, shape, opcode, operands, attributes = match.groups()
-            operands = _COMMENT.sub("", operands)  # e.g. /*index=5*/ before every fifth
-            names = [o.strip().split(" ")[-1].lstrip("%") for o in operands.split(",") if o.strip()]
-            current[name] = Instruction(name, shape, opcode, names, attributes, bool(root))
-    if not entry:
-        raise ValueError("no ENTRY computation in the HLO text")
-    return computations, entry
-
-
-def _called(attributes: str, key: str) -> list[str]:
-    match = re.search(rf"\b{key}=\{{?([^}},]+(?:, ?%[^}},]+)*)\}}?", attributes)
-    return [c.strip().lstrip("%") for c in match.group(1).split(",")] if match else []
-
-
-def _trip_count(attributes: str) -> int | None:
-    match = re.search(r'"known_trip_count":\{"n":"(\d+)"', attributes)
-    return int(match.group(1)) if match else None
 
 
 def _dot_flops(instruction: Instruction, shapes: dict[str, str]) -> float:
@@ -275,10 +193,11 @@ class CostModel:
         """The bodies of the `while` loops whose trip count is unknown (traced)."""
         return [
             body
-            for computation in self.computations.values()
+            for name, computation in self.computations.items()
             for instruction in computation.values()
-            if instruction.opcode == "while" and _trip_count(instruction.attributes) is None
-            for body in _called(instruction.attributes, "body")
+            if instruction.opcode == "while"
+            and trip_count(self.computations, instruction, name) is None
+            for body in called(instruction.attributes, "body")
         ]
 
     def compute_flops(self, computation: str) -> float:
@@ -288,9 +207,7 @@ class CostModel:
             total += self._own_flops(instruction, shapes)
             for key in ("calls", "to_apply"):
                 if instruction.opcode in ("fusion", "call"):
-                    total += sum(
-                        self.compute_flops(c) for c in _called(instruction.attributes, key)
-                    )
+                    total += sum(self.compute_flops(c) for c in called(instruction.attributes, key))
         return total
 
     def _own_flops(self, instruction: Instruction, shapes: dict[str, str]) -> float:
@@ -310,28 +227,30 @@ class CostModel:
         if computation not in self._costs:
             shapes, total = self.shapes(computation), Cost()
             for instruction in self.computations[computation].values():
-                total.add(self._instruction_cost(instruction, shapes))
+                total.add(self._instruction_cost(instruction, shapes, computation))
             self._costs[computation] = total
         return dataclasses.replace(self._costs[computation])
 
-    def _instruction_cost(self, instruction: Instruction, shapes: dict[str, str]) -> Cost:
+    def _instruction_cost(
+        self, instruction: Instruction, shapes: dict[str, str], computation: str
+    ) -> Cost:
         opcode, attributes = instruction.opcode, instruction.attributes
         if opcode == "while":
-            trips = _trip_count(attributes)
+            trips = trip_count(self.computations, instruction, computation)
             times = trips if trips is not None else self.unknown_trip_count
             body = Cost(unknown_trip_counts=int(trips is None))
-            for name in _called(attributes, "body"):
+            for name in called(attributes, "body"):
                 body.add(self.cost(name), times=1 if times is None else times)
             return body
         if opcode == "conditional":
-            branches = [self.cost(n) for n in _called(attributes, "branch_computations")]
+            branches = [self.cost(n) for n in called(attributes, "branch_computations")]
             costliest = max(branches, key=lambda c: (c.seconds, c.flops), default=Cost())
             costliest.unknown_trip_counts = sum(b.unknown_trip_counts for b in branches)
             return costliest
         if opcode in ("call", "async-start"):
             inner = Cost()
             for key in ("to_apply", "calls"):
-                for name in _called(attributes, key):
+                for name in called(attributes, key):
                     inner.add(self.cost(name))
             return inner
         if _moves_nothing(instruction):
@@ -342,7 +261,7 @@ class CostModel:
             return Cost(collective_bytes=traffic, seconds=traffic / self.chip.ici_bandwidth)
         flops = self._own_flops(instruction, shapes)
         if opcode == "fusion":
-            flops = sum(self.compute_flops(c) for c in _called(attributes, "calls"))
+            flops = sum(self.compute_flops(c) for c in called(attributes, "calls"))
         moved = self._moved_bytes(instruction, shapes)
         seconds = max(flops / self.chip.peak_flops, moved / self.chip.hbm_bandwidth)
         return Cost(flops=flops, hbm_bytes=moved, seconds=seconds)
@@ -367,10 +286,10 @@ class CostModel:
         """A fusion's operands and outputs in HBM, where a parameter only sliced reads its
         slices, and an output that is a `dynamic-update-slice` writes its update in place (its
         buffer parameter read for nothing)."""
-        called = _called(instruction.attributes, "calls")
-        if not called:
+        fused = called(instruction.attributes, "calls")
+        if not fused:
             return hbm_size(instruction.shape) + sum(map(hbm_size, operands))
-        body = self.computations[called[0]]
+        body = self.computations[fused[0]]
         users: dict[str, list[Instruction]] = collections.defaultdict(list)
         for inner in body.values():
             for name in inner.operands:
@@ -378,7 +297,7 @@ class CostModel:
         roots = [i for i in body.values() if i.root][:1]
         if roots and roots[0].opcode == "tuple":
             roots = [body[name] for name in roots[0].operands if name in body]
-        outputs = _arrays(instruction.shape)
+        outputs = array_list(instruction.shape)
         if len(outputs) != len(roots):
             written = hbm_size(instruction.shape)
         else:
@@ -421,8 +340,8 @@ def _prefetch_bytes(result: str, operands: list[str]) -> int:
     """An async copy's HBM bytes: its result tuple echoes the operand(s), then holds the
     destination (a copy, or a slice of operand 0) and a context scalar; the destination's bytes
     are read from the source and written, each where that side is in HBM."""
-    echoed = sum(len(_arrays(shape)) for shape in operands)
-    arrays_out = _arrays(result)
+    echoed = sum(len(array_list(shape)) for shape in operands)
+    arrays_out = array_list(result)
     if not operands or len(arrays_out) <= echoed:
         return hbm_size(result) + sum(map(hbm_size, operands))
     destination = arrays_out[echoed]
