@@ -19,12 +19,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from experiments import bench_common as common
 from unclip_jax.convert.diffusers_prior import convert_prior_state_dict, prior_from_diffusers_config
 from unclip_jax.diffusion.schedules import make_schedule
 from unclip_jax.nn.precision import COMPUTE_DTYPES
+from unclip_jax.pipelines.batches import RowBatches
 from unclip_jax.sampling.decoder import DecoderChain, UpsamplerChain
 from unclip_jax.sampling.prior import EncodedCaption, make_prior_sampler
 from unclip_jax.sampling.settings import DiffusionSettings
@@ -48,7 +48,8 @@ def text_inputs(size: common.CascadeSize, batch: int, seed: int = 0) -> dict[str
 
 class OurCascade:
     """The three stage samplers of unclip_jax, each one compiled program per batch shape; the
-    caption rows are split over `bench_common.row_devices` (parameters replicated)."""
+    caption rows laid out over the local devices as `UnCLIP` lays them out (parameters
+    replicated)."""
 
     def __init__(self, pipe, size: common.CascadeSize, dtype=jnp.float32):
         self.size = size
@@ -72,24 +73,24 @@ class OurCascade:
         self.super_res = UpsamplerChain(
             self.super_res_model, DiffusionSettings(sampler="ddpm", max_steps=MAX_STEPS)
         )
-        self._placement: dict = {}
+        self.batches = RowBatches()  # every local device
+        self.params = self.batches.replicate(
+            (self.prior_params, self.decoder_params, self.super_res_params)
+        )
 
-    def _placed(self, text: dict) -> tuple[dict, tuple]:
-        """(text rows sharded, (prior, decoder, super-res) parameters replicated) over the
-        devices that split this batch."""
-        mesh = Mesh(np.asarray(common.row_devices(text["embed"].shape[0])), ("data",))
-        if self._placement.get("mesh") != mesh:
-            replicated = NamedSharding(mesh, PartitionSpec())
-            params = (self.prior_params, self.decoder_params, self.super_res_params)
-            self._placement = dict(mesh=mesh, params=jax.device_put(params, replicated))
-        rows = NamedSharding(mesh, PartitionSpec("data"))
-        placed = {k: jax.device_put(v, rows) for k, v in text.items() if not k.startswith("null")}
-        placed |= {k: v for k, v in text.items() if k.startswith("null")}
-        return placed, self._placement["params"]
+    def _placed(self, text: dict) -> dict:
+        """The caption rows laid out as the pipeline lays them out (`RowBatches.place`: split over
+        the devices, or one image copied to both, its guided rows then split)."""
+        placed = self.batches.place({k: v for k, v in text.items() if not k.startswith("null")})
+        return placed | {k: v for k, v in text.items() if k.startswith("null")}
 
     def __call__(self, text: dict, key, steps=common.STEPS, guidance=common.GUIDANCE) -> np.ndarray:
+        with jax.set_mesh(self.batches.mesh):
+            return self._run(self._placed(text), key, steps, guidance)
+
+    def _run(self, text: dict, key, steps: dict, guidance: dict) -> np.ndarray:
         prior_key, decoder_key, super_res_key = jax.random.split(key, 3)
-        text, (prior_params, decoder_params, super_res_params) = self._placed(text)
+        prior_params, decoder_params, super_res_params = self.params
         schedule = make_schedule("cosine", 1000, steps["prior"], max_steps=MAX_STEPS)
         null = (text["null_embed"], text["null_states"], text["null_mask"])
         image_embed, _ = self.prior(
@@ -247,7 +248,8 @@ def bench_size(name: str, batches: list[int], reps: int, dtype) -> list[dict]:
             diffusers_flops_per_s=per_image["total"] * theirs_ips,
             params=params,
             torch_threads=threads,
-            devices=len(common.row_devices(batch)),
+            devices=ours.batches.num_devices,
+            rows_layout="split" if batch % ours.batches.num_devices == 0 else "guided rows split",
             load_average=[load_before, common.load_average()],
         )
         rows.append(row)

@@ -28,7 +28,8 @@ _DEVICES = re.compile(r"\b(?:num_partitions|replica_count)=(\d+)")
 
 @dataclasses.dataclass
 class Meter:
-    """FLOPs and calls of the programs run while it was open, in total and per program name."""
+    """FLOPs and calls of the programs run while it was open, in total and per program (the
+    jitted function's qualified name, e.g. `DecoderChain._run_sample`)."""
 
     flops: float = 0.0
     calls: int = 0
@@ -98,4 +99,4 @@ class Metered:
 
 def jit(fn: Callable, **jit_kwargs: Any) -> Metered:
     """`jax.jit(fn, **jit_kwargs)`, counted inside `metering()` blocks."""
-    return Metered(jax.jit(fn, **jit_kwargs), getattr(fn, "__name__", repr(fn)))
+    return Metered(jax.jit(fn, **jit_kwargs), getattr(fn, "__qualname__", repr(fn)))

@@ -138,7 +138,8 @@ def logical_to_spec(
 
     The first rule naming a logical axis wins; a mesh axis is used at most once per array; mesh
     axes of size 1, and those whose size does not divide the dimension, are dropped (the dimension
-    is then replicated over them) so that any small model runs on any mesh.
+    is then replicated over them) so that any small model runs on any mesh; so are mesh axes the
+    mesh lacks (a pipeline's one-axis `data` mesh).
     """
     if len(logical_axes) != len(shape):
         raise ValueError(f"logical axes {tuple(logical_axes)} do not match shape {tuple(shape)}")
@@ -150,7 +151,7 @@ def logical_to_spec(
     for name, size in zip(logical_axes, shape, strict=True):
         chosen: list[str] = []
         for axis in table.get(name, ()) if name is not None else ():
-            if axis in used or mesh.shape[axis] == 1:
+            if axis in used or mesh.shape.get(axis, 1) == 1:
                 continue
             if size % (int(np.prod([mesh.shape[a] for a in chosen])) * mesh.shape[axis]):
                 continue
@@ -204,6 +205,25 @@ def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
     if mesh.empty or not rules:
         return x
     return jax.lax.with_sharding_constraint(x, logical_to_spec(logical_axes, x.shape, mesh, rules))
+
+
+def spread_rows(tree: object) -> object:
+    """Arrays of `tree` with their leading (row) axis split over the batch axes (`data`, `fsdp`)
+    of the ambient mesh (`jax.set_mesh`) that divide it; unchanged without one. A guided step's
+    doubled batch (conditional and unconditional rows) goes through this, so that fewer images
+    than devices still fill them: one image's two rows run on two devices."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return tree
+    batch_rule = ((BATCH, BATCH_MESH_AXES),)
+
+    def one(x: jax.Array) -> jax.Array:
+        logical = (BATCH,) + (None,) * (x.ndim - 1)
+        return jax.lax.with_sharding_constraint(
+            x, logical_to_spec(logical, x.shape, mesh, batch_rule)
+        )
+
+    return jax.tree.map(one, tree)
 
 
 @contextlib.contextmanager

@@ -13,6 +13,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).parents[1]))
 import tiny_pipeline
 
+from unclip_jax import flop_meter
 from unclip_jax.pipelines import arguments, image_operations
 from unclip_jax.pipelines import images as pipeline_images
 from unclip_jax.pipelines.unclip import UnCLIP
@@ -178,3 +179,22 @@ def test_slerp_and_buckets():
     np.testing.assert_allclose(path[[0, -1]], [a, b], atol=1e-12)
     assert [arguments.bucket_size(n, 1) for n in (1, 3, 4, 5, 64)] == [1, 4, 4, 8, 64]
     assert [arguments.bucket_size(n, 8) for n in (1, 9, 24)] == [8, 16, 32]
+
+
+def test_one_image_on_two_devices_splits_its_guided_rows(pipeline_dir, pipe):
+    """One image on two devices: its row is copied to both, and each guided step runs the
+    conditional row on one device and the unconditional row on the other, so the guided programs
+    (prior, decoder) do the FLOPs of one device's run (a row padded to one per device would
+    double them) and give the same image."""
+    with flop_meter.metering() as one_device:
+        alone = pipe.generate_float(PROMPTS[:1], seed=5)
+    pipe2 = UnCLIP.load(pipeline_dir, num_devices=2)
+    with flop_meter.metering() as two_devices:
+        split = pipe2.generate_float(PROMPTS[:1], seed=5)
+    np.testing.assert_allclose(split["images"], alone["images"], atol=1e-3)
+    guided = ["make_prior_sampler.<locals>.sample", "DecoderChain._run_sample"]
+    for name in guided:
+        assert two_devices.per_program[name] <= 1.05 * one_device.per_program[name], name
+    # unguided: the copied row runs on both devices
+    upsampler = "UpsamplerChain._run_sample"
+    assert two_devices.per_program[upsampler] > 1.9 * one_device.per_program[upsampler]

@@ -1,7 +1,10 @@
 """Rows of a pipeline's work over the local devices: cut into chunks of at most `max_batch` rows,
 each padded to a bucketed size (a power of two, a multiple of the device count) and sharded along
 its leading axis, parameters replicated; so each program of a pipeline compiles once per bucket,
-whatever the number of prompts, images or candidates."""
+whatever the number of prompts, images or candidates. A chunk with fewer rows than devices whose
+guided steps' doubled batch fills them (one image on two devices) is copied to every device
+instead, and each guided step splits its conditional and unconditional rows over them
+(`sharding.spread_rows`, under the mesh the chunk's programs trace in)."""
 
 from collections.abc import Callable
 from typing import Any
@@ -32,13 +35,35 @@ class RowBatches:
         self.num_devices = count
         self.max_batch = bucket_size(check_count("max_batch", max_batch), count)
         self.progress = progress
-        mesh = Mesh(np.asarray(devices[:count]), ("data",))
-        self._rows = NamedSharding(mesh, PartitionSpec("data"))
-        self._replicated = NamedSharding(mesh, PartitionSpec())
+        self.mesh = Mesh(np.asarray(devices[:count]), ("data",))
+        self._rows = NamedSharding(self.mesh, PartitionSpec("data"))
+        self._replicated = NamedSharding(self.mesh, PartitionSpec())
+
+    def layout(self, count: int) -> tuple[int, NamedSharding]:
+        """The rows a chunk of `count` is padded to and their layout: split over the devices, or
+        copied to each where fewer than the devices fill them once doubled by guidance."""
+        rows = bucket_size(count, 1)
+        if rows < self.num_devices and (2 * rows) % self.num_devices == 0:
+            return rows, self._replicated
+        return bucket_size(count, self.num_devices), self._rows
+
+    def place(self, rows: dict[str, np.ndarray]) -> dict[str, Array]:
+        """A chunk padded to its bucket (by repeating its last row) and laid out (`layout`)."""
+        count = len(next(iter(rows.values())))
+        size, layout = self.layout(count)
+        pad = size - count
+        padded = {
+            k: np.concatenate([v, np.repeat(v[-1:], pad, axis=0)]) if pad else v
+            for k, v in rows.items()
+        }
+        return jax.device_put(padded, layout)
 
     def shard(self, tree: Any) -> Any:
-        """Arrays laid out over the devices along their leading (row) axis."""
-        return jax.device_put(tree, self._rows)
+        """Arrays of a chunk (leading axis: its padded rows) laid out as the chunk is (`layout`)."""
+        rows = len(jax.tree.leaves(tree)[0])
+        return jax.device_put(
+            tree, self._rows if rows % self.num_devices == 0 else self._replicated
+        )
 
     def replicate(self, tree: Any) -> Any:
         """Arrays (parameters) copied to every device."""
@@ -47,19 +72,15 @@ class RowBatches:
     def map(
         self, fn: Callable[[dict, int], dict], rows: dict[str, np.ndarray], desc: str
     ) -> dict[str, np.ndarray]:
-        """fn(chunk, chunk index) over chunks of `rows` (padded to a bucket by repeating the last
-        row, sharded); the results' rows unpadded and joined on the host."""
+        """fn(chunk, chunk index) over chunks of `rows` (`place`d; fn's programs trace under the
+        devices' mesh); the results' rows unpadded and joined on the host."""
         total = len(next(iter(rows.values())))
         outputs: list[dict] = []
         starts = range(0, total, self.max_batch)
         for index, start in enumerate(tqdm(starts, desc=desc, disable=not self.progress)):
             chunk = {k: v[start : start + self.max_batch] for k, v in rows.items()}
             count = len(next(iter(chunk.values())))
-            pad = bucket_size(count, self.num_devices) - count
-            padded = {
-                k: np.concatenate([v, np.repeat(v[-1:], pad, axis=0)]) if pad else v
-                for k, v in chunk.items()
-            }
-            result = fn(self.shard(padded), index)
+            with jax.set_mesh(self.mesh):
+                result = fn(self.place(chunk), index)
             outputs.append({k: np.asarray(jax.device_get(v))[:count] for k, v in result.items()})
         return {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]}

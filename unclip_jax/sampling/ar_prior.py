@@ -12,8 +12,8 @@ largest z_i·z_t is kept, as the diffusion prior's sampler does.
 import jax
 import jax.numpy as jnp
 
-from unclip_jax import flop_meter
-from unclip_jax.diffusion.guidance import guide
+from unclip_jax import flop_meter, sharding
+from unclip_jax.diffusion.guidance import guide, pair, unpair
 from unclip_jax.models.ar_prior import ARPrior
 from unclip_jax.models.pca_quantizer import ARQuantizers, PCAQuantizer
 from unclip_jax.models.prior import check_null_given
@@ -101,15 +101,16 @@ def make_ar_prior_sampler(model: ARPrior, *, num_candidates: int = 1) -> Checked
         scale = jnp.repeat(scale, n)[:, None] if scale.ndim else scale  # [BN, 1] or []
         variables = {"params": params}
         logits, cache = model.apply(
-            variables, jnp.concatenate([dots, dots]), *doubled, drop, method=model.encode_prefix
+            variables, pair(dots, dots), *doubled, drop, method=model.encode_prefix
         )
 
         def choose(step_key, logits):  # [2BN, V] -> [BN]
-            captioned, unconditional = jnp.split(logits, 2, axis=0)
+            captioned, unconditional = unpair(logits)
             guided = guide(captioned, unconditional, scale, logits.shape[-1])
             return autoregressive.sample_token(step_key, guided, temperature, top_p)
 
         def step(cache, codes, index):  # codes [2BN] -> logits [2BN, V]
+            codes = sharding.spread_rows(codes)  # the guided halves over the devices
             return model.apply(variables, cache, codes, index, method=model.decode_step)
 
         codes = autoregressive.decode(
@@ -119,7 +120,7 @@ def make_ar_prior_sampler(model: ARPrior, *, num_candidates: int = 1) -> Checked
             cache,
             model.num_codes,
             key,
-            feed=lambda code: jnp.concatenate([code, code]),
+            feed=lambda code: pair(code, code),
         )
         candidates = quantizer.decode(codes).reshape(batch, n, -1)
         best, scores = rerank_by_dot_product(candidates, caption[0])

@@ -22,7 +22,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from unclip_jax import flop_meter
+from unclip_jax import flop_meter, sharding
 from unclip_jax.diffusion import gaussian, guidance, samplers
 from unclip_jax.diffusion.schedules import Schedule, make_schedule
 from unclip_jax.models.unet import CAPTION_INPUTS, Decoder, Upsampler
@@ -104,7 +104,7 @@ class DecoderChain:
             "drop_caption": jnp.ones_like(cond["drop_caption"]),
         }
         denoise = guidance.classifier_free_guidance(
-            lambda x, t, c: self.apply(params, x, t, c),
+            lambda x, t, c: self.apply(params, *sharding.spread_rows((x, t, c))),
             cond,
             null,
             scale,

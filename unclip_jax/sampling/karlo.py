@@ -15,7 +15,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from unclip_jax import flop_meter
+from unclip_jax import flop_meter, sharding
 from unclip_jax.convert.karlo_checkpoint import KarloCheckpoint
 from unclip_jax.diffusion import guidance, samplers
 from unclip_jax.diffusion.karlo import KarloScheduler
@@ -57,8 +57,8 @@ def ancestral(
 
 
 def with_null(cond: Array, null: Array) -> Array:
-    """[B, …] conditional rows then the null row broadcast to B: [2B, …]."""
-    return jnp.concatenate([cond, jnp.broadcast_to(null, cond.shape).astype(cond.dtype)])
+    """[B, …] conditional rows and the null row broadcast to B, paired (`guidance.pair`)."""
+    return guidance.pair(cond, jnp.asarray(null, cond.dtype))
 
 
 class KarloPriorChain:
@@ -75,11 +75,16 @@ class KarloPriorChain:
             jnp.repeat(a, candidates, axis=0) for a in (text_embed, states, mask, scales)
         )
         null = params["null"]
-        both = [
-            with_null(a, null[k]) for a, k in ((embed, "embed"), (states, "states"), (mask, "mask"))
-        ]
+        both = sharding.spread_rows(
+            [
+                with_null(a, null[k])
+                for a, k in ((embed, "embed"), (states, "states"), (mask, "mask"))
+            ]
+        )
         denoise = guidance.guided_denoiser(
-            lambda x, t: self.model.apply({"params": params["model"]}, x, t, *both),
+            lambda x, t: self.model.apply(
+                {"params": params["model"]}, *sharding.spread_rows((x, t)), *both
+            ),
             scales[:, None],
         )
         if latents is None:
@@ -107,22 +112,22 @@ class KarloDecoderChain:
         null = params["null"]
         batch = len(x_T)
         image_embed = cond["image_embed"]
-        caption = {
-            "caption_states": with_null(cond["caption_states"], null["states"]),
-            "caption_embed": with_null(cond["caption_embed"], null["embed"]),
-            "caption_mask": with_null(cond["caption_mask"], null["mask"]),
-            # the learned null image embedding: the unconditional half, and conditional rows
-            # given none (`drop_image`)
-            "drop_image": jnp.concatenate(
-                [cond.get("drop_image", jnp.zeros((batch,), bool)), jnp.ones((batch,), bool)]
-            ),
-        }
+        caption = sharding.spread_rows(
+            {
+                "caption_states": with_null(cond["caption_states"], null["states"]),
+                "caption_embed": with_null(cond["caption_embed"], null["embed"]),
+                "caption_mask": with_null(cond["caption_mask"], null["mask"]),
+                # the learned null image embedding: the unconditional half, and conditional rows
+                # given none (`drop_image`)
+                "drop_image": guidance.pair(
+                    cond.get("drop_image", jnp.zeros((batch,), bool)), jnp.ones((batch,), bool)
+                ),
+            }
+        )
         denoise = guidance.guided_denoiser(
             lambda x, t: self.model.apply(
                 {"params": params["model"]},
-                x,
-                t,
-                jnp.concatenate([image_embed, image_embed]),
+                *sharding.spread_rows((x, t, guidance.pair(image_embed, image_embed))),
                 **caption,
             ),
             scale,

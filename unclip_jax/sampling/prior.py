@@ -19,7 +19,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from unclip_jax import flop_meter
+from unclip_jax import flop_meter, sharding
 from unclip_jax.diffusion import guidance, samplers
 from unclip_jax.diffusion.schedules import Schedule
 from unclip_jax.models.prior import (
@@ -63,12 +63,12 @@ def captioned_and_null(
     text_mask: Array,  # [B, L]
     null: NullCaption | None,
 ) -> tuple[tuple[Array, Array, Array], Array | None]:
-    """The guided pair of halves as one batch of 2B: (embed, tokens, mask) with the captioned
-    rows first, and `drop` [2B] marking the null half for priors with a learned null (None when
-    the null half holds the empty caption's encoding `null` instead)."""
+    """The guided pair of halves as one batch of 2B in `guidance.pair` order: (embed, tokens,
+    mask), and `drop` [2B] marking the null rows for priors with a learned null (None when the
+    null rows hold the empty caption's encoding `null` instead)."""
     caption = (text_embed, text_tokens, jnp.asarray(text_mask, bool))
-    doubled = tuple(jnp.concatenate([c, c], axis=0) for c in caption)
-    is_null = jnp.arange(doubled[0].shape[0]) >= text_embed.shape[0]
+    doubled = tuple(guidance.pair(c, c) for c in caption)
+    is_null = guidance.is_unconditional(doubled[0].shape[0])
     if null is None:
         return doubled, is_null
     return substitute_null(is_null, *doubled, *null), None
@@ -112,7 +112,8 @@ def make_prior_sampler(
         batch = text_embed.shape[0]
         rows = batch * num_candidates
         repeated = (jnp.repeat(a, num_candidates, axis=0) for a in caption)
-        doubled, drop = captioned_and_null(*repeated, null)
+        # the guided halves over the devices (one caption's two rows on two devices)
+        doubled, drop = sharding.spread_rows(captioned_and_null(*repeated, null))
         variables = {"params": params}
 
         if use_cache:
@@ -120,8 +121,9 @@ def make_prior_sampler(
             model_fn = lambda x, t: model.apply(variables, cache, x, t, method=model.step)
         else:
             model_fn = lambda x, t: model.apply(variables, x, t, *doubled, drop=drop)
+        spread_fn = lambda x, t: model_fn(*sharding.spread_rows((x, t)))
 
-        denoise = guidance.guided_denoiser(model_fn, guidance_scale)  # [BN, D] -> x0 [BN, D]
+        denoise = guidance.guided_denoiser(spread_fn, guidance_scale)  # [BN, D] -> x0 [BN, D]
 
         noise_key, chain_key = jax.random.split(key)
         x_T = jax.random.normal(noise_key, (rows, model.embed_dim), jnp.float32)
