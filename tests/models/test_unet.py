@@ -281,10 +281,11 @@ def test_activations_are_constrained_only_under_activation_rules(decoder):
         constrained = apply(params, inputs)
     found = [line for line in text.splitlines() if "sdy.sharding_constraint" in line]
     batch = '[{"data", "fsdp"}, {}'
-    # The outputs [B, H, W, C] of 10 residual and 4 attention blocks, channels over tensor; the
-    # caption block's MLP hidden layer [B, L, M]; q, k, v (and extra k, v in the U-Net) and
+    # The outputs [B, H, W, C] of 10 residual and 4 attention blocks, of every convolution (2
+    # per residual block, 5 skip convolutions, the first and the last), channels over tensor;
+    # the caption block's MLP hidden layer [B, L, M]; q, k, v (and extra k, v in the U-Net) and
     # attended values [B, L, H, Dh], heads over tensor.
-    assert sum(f'{batch}, {{}}, {{"tensor"}}]>' in line for line in found) == 14
+    assert sum(f'{batch}, {{}}, {{"tensor"}}]>' in line for line in found) == 14 + 20 + 5 + 2
     assert sum(f'{batch}, {{"tensor"}}]>' in line for line in found) == 1
     assert sum(f'{batch}, {{"tensor"}}, {{}}]>' in line for line in found) == 4 * 6 + 4
     assert "sharding_constraint" not in apply.lower(params, inputs).as_text()

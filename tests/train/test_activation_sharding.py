@@ -161,10 +161,11 @@ def test_step_program_carries_activation_constraints_only_under_rules():
         return found.count("[" + ", ".join((batch, *dims)) + "]")
 
     # Forward and backward (the transpose of a constraint is a constraint): the outputs
-    # [B, H, W, C] of 5 residual blocks and the attention block, channels over tensor; its q, k,
-    # v, extra k, extra v and attended values [B, L, H, Dh], heads over tensor; its output and
-    # the conditioning tokens [B, L, D].
-    assert count("{}", "{}", '{"tensor"}') == 2 * 6
+    # [B, H, W, C] of 5 residual blocks and the attention block, and of every convolution (2 per
+    # residual block, 2 skip convolutions, the first and the last), channels over tensor; its q,
+    # k, v, extra k, extra v and attended values [B, L, H, Dh], heads over tensor; its output
+    # and the conditioning tokens [B, L, D].
+    assert count("{}", "{}", '{"tensor"}') == 2 * (6 + 10 + 2 + 2)
     assert count("{}", '{"tensor"}', "{}") == 2 * 6
     assert count("{}", "{}") == 2 * 2
     assert constraints(lowered_text(FULL_MESH, under_rules=False)) == []

@@ -31,7 +31,7 @@ from unclip_jax.nn.linear import conv
 from unclip_jax.nn.norm import group_norm
 from unclip_jax.nn.precision import PrecisionModule, parse_dtypes
 from unclip_jax.nn.resize import bicubic_resize
-from unclip_jax.sharding import REMAT_POLICIES, remat
+from unclip_jax.sharding import FEATURE_MAP, REMAT_POLICIES, constrain, remat
 
 Array = jax.Array
 
@@ -117,6 +117,7 @@ class UNet(PrecisionModule):
         if added_emb is not None:
             emb = emb + added_emb.astype(emb.dtype)
         h = conv(cfg.base_channels, 3, name="conv_in", **self.dtypes)(x.astype(self.dtype))
+        h = constrain(h, FEATURE_MAP)
         skips = [h]
         for level, width in enumerate(cfg.widths):
             for i in range(cfg.num_res_blocks):
@@ -145,7 +146,8 @@ class UNet(PrecisionModule):
             if level > 0:
                 h = res(width, f"up_{level}_upsample", "up")(h, emb, deterministic)
         h = nn.silu(group_norm(cfg.groups, cfg.norm_eps, name="norm_out", **self.dtypes)(h))
-        return conv(cfg.out_channels, 3, name="conv_out", zero=True, **self.dtypes)(h)
+        h = conv(cfg.out_channels, 3, name="conv_out", zero=True, **self.dtypes)(h)
+        return constrain(h, FEATURE_MAP)
 
 
 # Where the caption encodings come from -> the caption inputs the decoder then takes.

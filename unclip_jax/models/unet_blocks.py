@@ -76,7 +76,9 @@ class ResBlock(UNetBlock):
         resample = RESAMPLE[self.resample]
         h = nn.silu(self.norm("norm1")(x))
         h, x = resample(h), resample(x)
-        h = conv(self.out_channels, 3, name="conv1", **self.dtypes)(h)
+        # Every convolution's output keeps the batch split (FEATURE_MAP): under FSDP the
+        # partitioner then gathers the kernel, not the batch, for the convolution.
+        h = constrain(conv(self.out_channels, 3, name="conv1", **self.dtypes)(h), FEATURE_MAP)
         width = 2 * self.out_channels if self.scale_shift else self.out_channels
         e = dense(width, (EMBED, CONV_OUT), name="emb_proj", **self.dtypes)(nn.silu(emb))
         e = e[:, None, None, :]
@@ -87,9 +89,11 @@ class ResBlock(UNetBlock):
         else:
             h = norm2(h + e)
         h = nn.Dropout(self.dropout)(nn.silu(h), deterministic=deterministic)
-        h = conv(self.out_channels, 3, name="conv2", zero=True, **self.dtypes)(h)
+        h = constrain(
+            conv(self.out_channels, 3, name="conv2", zero=True, **self.dtypes)(h), FEATURE_MAP
+        )
         if x.shape[-1] != self.out_channels:
-            x = conv(self.out_channels, 1, name="skip", **self.dtypes)(x)
+            x = constrain(conv(self.out_channels, 1, name="skip", **self.dtypes)(x), FEATURE_MAP)
         return constrain(x + h, FEATURE_MAP)
 
 
