@@ -90,10 +90,16 @@ def aot_table() -> str:
     for path in sorted(results_dir("tpu_aot").glob("*.json")):
         r = json.loads(path.read_text())
         mesh = ",".join(f"{k}={v}" for k, v in (r.get("mesh") or {}).items() if v != 1)
-        if "error" in r:
+        if "error" in r:  # a failed compile records the probe's settings, if any
+            probe = r.get("probe") or {}
+            shape = probe.get("mesh_shape") or {}
+            mesh = mesh or ",".join(f"{k}={v}" for k, v in shape.items() if v != 1) or "config"
+            accum = probe.get("accum") or r.get("grad_accum_steps") or 1
+            program = "train_step" + (f", {accum} micro-batches" if accum > 1 else "")
             lines.append(
-                f"| {r['stage']} | {r['target']} | train_step | {mesh or 'config'} | "
-                f"{r.get('remat')} | | compile failed: {r['error'][:120]} | | no | | | |"
+                f"| {r['stage']} | {r['target']} | {program} | {mesh} | "
+                f"{r.get('remat') or probe.get('remat')} | | compile failed: {r['error'][:120]} "
+                "| | no | | | |"
             )
             continue
         util, step = r.get("estimated_utilisation"), r.get("estimated_step_s")
