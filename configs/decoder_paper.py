@@ -54,8 +54,8 @@ DEVIATIONS = [
 
 # Per TPU slice (`get_config(<slice>)`): the mesh, per-block remat and micro-batches with which the
 # train step fits with ≥ 10% HBM headroom, compiled ahead of time by `experiments/tpu_aot.py`.
-# The state needs FSDP; 32 images per chip on v5p-128 two micro-batches (as one, 2% is free), 8 per
-# chip on v5e-256 eight micro-batches of one (13.3 of 14.9 GiB; four micro-batches leave 6% free).
+# The state needs FSDP; 32 images per chip on v5p-128 two micro-batches (32.5 of 88.5 GiB), 8 per
+# chip on v5e-256 eight micro-batches of one (10.3 of 14.9 GiB); BENCHMARKS.md, "TPU".
 SLICES = {
     "v5p-128": dict(mesh=dict(data=8, fsdp=8), remat="full", grad_accum_steps=2),
     "v5e-256": dict(mesh=dict(data=16, fsdp=16), remat="full", grad_accum_steps=8),
