@@ -43,9 +43,13 @@ class RowBatches:
         """The rows a chunk of `count` is padded to and their layout: split over the devices, or
         copied to each where fewer than the devices fill them once doubled by guidance."""
         rows = bucket_size(count, 1)
-        if rows < self.num_devices and (2 * rows) % self.num_devices == 0:
-            return rows, self._replicated
-        return bucket_size(count, self.num_devices), self._rows
+        if not (rows < self.num_devices and (2 * rows) % self.num_devices == 0):
+            rows = bucket_size(count, self.num_devices)
+        return rows, self._sharding(rows)
+
+    def _sharding(self, rows: int) -> NamedSharding:
+        """A padded chunk of `rows`: copied to each device when fewer than them, else split."""
+        return self._replicated if rows < self.num_devices else self._rows
 
     def place(self, rows: dict[str, np.ndarray]) -> dict[str, Array]:
         """A chunk padded to its bucket (by repeating its last row) and laid out (`layout`)."""
@@ -60,10 +64,7 @@ class RowBatches:
 
     def shard(self, tree: Any) -> Any:
         """Arrays of a chunk (leading axis: its padded rows) laid out as the chunk is (`layout`)."""
-        rows = len(jax.tree.leaves(tree)[0])
-        return jax.device_put(
-            tree, self._rows if rows % self.num_devices == 0 else self._replicated
-        )
+        return jax.device_put(tree, self._sharding(len(jax.tree.leaves(tree)[0])))
 
     def replicate(self, tree: Any) -> Any:
         """Arrays (parameters) copied to every device."""
