@@ -122,3 +122,33 @@ def test_numbered_batches_resume_their_count():
     batch = next(resumed)
     np.testing.assert_array_equal(batch["step"], [3, 3, 3])
     assert resumed.batches.position == 4
+
+
+def test_code_usage_term_is_the_kl_of_the_average_code_distribution_from_uniform():
+    """Every position's q the softmax of logits (8, 0, …, 0): the batch's average code
+    distribution is that softmax, and the loss adds usage_weight × (log V − its entropy)."""
+    config = smoke_config()
+    config.relaxation.usage_weight = 0.5
+    task = dvae_task.build_task(config, None)
+    params = nn.unbox(jax.jit(task.init, static_argnums=1)(jax.random.key(0), None))
+    output = jax.tree.map(jnp.zeros_like, params["encoder"]["output"])
+    output["bias"] = output["bias"].at[0].set(8.0)
+    params["encoder"]["output"] = output
+    images = jax.random.uniform(jax.random.key(1), (2, 16, 16, 3), minval=-1, maxval=1)
+    batch = {"image": images, "step": jnp.full((2,), 10, jnp.int32)}  # β and τ at their ends
+    loss, metrics = jax.jit(task.loss, static_argnames="train")(
+        params, batch, jax.random.key(2), train=True
+    )
+    q = jax.nn.softmax(jnp.zeros(16).at[0].set(8.0))
+    entropy = -float(jnp.sum(q * jnp.log(q)))
+    np.testing.assert_allclose(metrics["perplexity"], np.exp(entropy), rtol=1e-5)
+    np.testing.assert_allclose(metrics["kl_per_code"], np.log(16) - entropy, rtol=1e-5)
+    codes_per_dim = 8 * 8 / (16 * 16 * 3)
+    expected = (
+        metrics["nll_per_dim"]
+        + 6.6 * metrics["kl_per_code"] * codes_per_dim
+        + 0.5 * (np.log(16) - entropy)
+    )
+    np.testing.assert_allclose(loss, expected, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"usage_weight must be >= 0, got -1"):
+        dvae_task.RelaxationSchedule(usage_weight=-1)

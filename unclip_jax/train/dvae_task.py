@@ -71,10 +71,15 @@ class RelaxationSchedule:
     # (straight-through Gumbel-softmax; Jang et al. 2017, §2.2): training decodes what evaluation
     # and the transformer decode. False is the paper's relaxation.
     straight_through: bool = False
+    # Weight of KL(ū ‖ uniform), ū the batch's average code distribution (all images and
+    # positions): spreads the codes in use (the "diversity loss" of Baevski et al. 2020, §3.2).
+    # Not in the paper (0); small runs otherwise settle on a handful of codes.
+    usage_weight: float = 0.0
 
     def __post_init__(self):
-        if not self.kl_weight >= 0:
-            raise ValueError(f"kl_weight must be >= 0, got {self.kl_weight}")
+        for name in ("kl_weight", "usage_weight"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("temperature_start", "temperature_end"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
@@ -100,6 +105,7 @@ def dvae_loss(
     beta: Array,
     temperature: Array | None,  # None: hard (argmax) codes, no relaxation
     straight_through: bool = False,  # relaxed codes: the hard one-hot forward, soft gradient
+    usage_weight: float = 0.0,  # RelaxationSchedule.usage_weight
 ) -> tuple[Array, Metrics]:
     """(mean over images of (NLL + β·KL) / (H·W·C), metrics); see the module docstring."""
     logits = encoder.apply({"params": params["encoder"]}, images)  # [B, h, w, V]
@@ -118,9 +124,10 @@ def dvae_loss(
     vocab = logits.shape[-1]
     kl = jnp.sum(jnp.sum(q * log_q, axis=-1) + math.log(vocab), axis=(1, 2))  # [B]
     dims = math.prod(images.shape[1:])
-    loss = jnp.mean(nll + beta * kl) / dims
     usage = jnp.mean(q, axis=(0, 1, 2))  # [V]
-    perplexity = jnp.exp(-jnp.sum(usage * jnp.log(jnp.maximum(usage, 1e-30))))
+    usage_entropy = -jnp.sum(usage * jnp.log(jnp.maximum(usage, 1e-30)))
+    loss = jnp.mean(nll + beta * kl) / dims + usage_weight * (math.log(vocab) - usage_entropy)
+    perplexity = jnp.exp(usage_entropy)
     return loss, {
         "nll_per_dim": jnp.mean(nll) / dims,
         "kl_per_code": jnp.mean(kl) / math.prod(logits.shape[1:3]),
@@ -179,6 +186,7 @@ class DVAETask(Task):
             beta,
             temperature,
             self.schedule.straight_through,
+            self.schedule.usage_weight,
         )
 
     def reconstruct(self, params: Params, images: Array) -> Array:
