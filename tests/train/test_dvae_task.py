@@ -68,7 +68,7 @@ def test_uniform_codes_have_zero_kl_and_full_perplexity():
     np.testing.assert_allclose(metrics["perplexity"], 16.0, rtol=1e-5)
     np.testing.assert_allclose(loss, metrics["nll_per_dim"], atol=1e-6)
     _, hard = loss_fn(params, {"image": images}, jax.random.key(2), train=False)
-    np.testing.assert_allclose(hard["beta"], 6.6, rtol=1e-6)
+    np.testing.assert_allclose(hard["beta"], smoke_config().relaxation.kl_weight, rtol=1e-6)
 
 
 def test_straight_through_decodes_the_hard_sample_and_trains_the_encoder():
@@ -146,7 +146,7 @@ def test_code_usage_term_is_the_kl_of_the_average_code_distribution_from_uniform
     codes_per_dim = 8 * 8 / (16 * 16 * 3)
     expected = (
         metrics["nll_per_dim"]
-        + 6.6 * metrics["kl_per_code"] * codes_per_dim
+        + config.relaxation.kl_weight * metrics["kl_per_code"] * codes_per_dim
         + 0.5 * (np.log(16) - entropy)
     )
     np.testing.assert_allclose(loss, expected, rtol=1e-5)
