@@ -203,7 +203,16 @@ def _tier(config: ml_collections.ConfigDict, tier: str) -> None:
         config.update(clip_seeds=(0, 1), seeds=(0, 1, 2), guidance_scales=(1.0, 2.0, 4.0, 8.0))
         config.eval.update(num_single=128, images_per_caption=4, num_pair=128)
         config.eval.update(num_variation_sources=32, variations_per_source=4)
+        # E's training FLOPs at A's (claim unclip_vs_dalle: within ±25%): the `:fast` run's
+        # 1,500 steps of 32 counted dVAE 2.5e12 + transformer 2.2e13 + CLIP 2.8e12 = 2.8e13
+        # against A's 9.5e13; four times the transformer's steps give about 9.4e13 (about 40 min
+        # here, within `:full`'s hour an arm and beyond `:fast`'s 90 minutes in all).
+        config.dalle.train.update(total_steps=6000, batch_size=32, sample_every=6000)
+        config.dalle.train.eval_every = 2000
     elif tier == "fast":
+        # The demo's transformer budget before its 16×16 codes: what the committed `:fast` E ran.
+        config.dalle.train.update(total_steps=1500, batch_size=32, sample_every=1500)
+        config.dalle.train.eval_every = 500
         config.update(clip_seeds=(0,), seeds=(0,), guidance_scales=(1.0, 4.0))
         # 2 images a caption and 25 DDIM steps: the arms sample in about a quarter of the time
         # the stages train (two 1000-step decoders, 20 min each here)
@@ -230,7 +239,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.results = "experiments/results/paper_claims" if arg != "smoke" else ""
     config.table = "docs/paper_claims.md" if arg != "smoke" else ""
     _stages(config, "smoke" if arg == "smoke" else None)
-    base.stage_budgets(config, list(STAGES))
     config.arms = arms()
     config.reference_guidance = 4.0  # the decoder guidance of arms B, C1, C2 (one of the scales)
     config.rerank_curve = (1, 2, 4, 8, 16, 32)  # DALL·E's N, from one draw of the most per image
@@ -242,4 +250,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.bootstrap_replicates = 2000
     config.claims = claims()
     _tier(config, arg)
+    base.stage_budgets(config, list(STAGES))
     return config
