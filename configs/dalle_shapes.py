@@ -2,7 +2,7 @@
 the captions (128 tokens, 16 positions) then the 16×16 codes of `dvae_shapes.py`'s dVAE, 4
 layers of width 128 (2 heads of 64) with the paper's row / column / convolutional mask schedule
 (kernel 5 over the 16×16 grid, as the paper's 11 over 32×32), trained with the "dalle" trainer
-(2,200 steps of 16 sequences of 16 + 256 tokens: about 0.45 s a step on a 2-core CPU).
+(2,200 steps of 16 sequences of 16 + 256 tokens: about 0.4 s a step on a 2-core CPU).
 
     unclip train --config=configs/dalle_shapes.py --workdir=workdirs/dalle_shapes \
         --config.dvae_dir=workdirs/dvae_shapes/dvae
