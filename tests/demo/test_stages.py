@@ -43,6 +43,23 @@ def test_failed_stage_leaves_no_marker(tmp_path):
     assert not (tmp_path / "decoder" / stages.DONE).exists()
 
 
+def test_a_resumed_stage_reports_the_time_of_every_attempt(tmp_path):
+    attempts = []
+
+    def preempted_once(stage_dir: Path) -> None:
+        attempts.append(stage_dir.name)
+        time.sleep(0.3)
+        if len(attempts) == 1:
+            raise SystemExit(143)
+
+    with pytest.raises(SystemExit):
+        stages.run_stage("dalle", tmp_path, set(), preempted_once)
+    record = stages.run_stage("dalle", tmp_path, set(), preempted_once)
+    assert record["seconds"] >= 0.6  # both attempts', not the last one's 0.3
+    assert record["interrupted_runs"] == 1
+    assert not (tmp_path / "dalle" / stages.INTERRUPTED).exists()
+
+
 def test_only_named_stages_run_and_finished_ones_are_reported(tmp_path):
     ran = []
     steps = {name: lambda d: ran.append(d.name) for name in ("data", "clip", "dvae")}

@@ -1,6 +1,7 @@
 """What every demo driver shares (`demo.run`: unCLIP's, `demo.dalle`: DALL·E's): stages that run
-once, each leaving `<workdir>/<stage>/DONE` (its wall-clock seconds and the load average), the
-flags that skip, force or pick them, and `main`, which trains, exports and writes the figures.
+once, each leaving `<workdir>/<stage>/DONE` (its wall-clock seconds, interrupted attempts
+included, and the load average), the flags that skip, force or pick them, and `main`, which
+trains, exports and writes the figures.
 
 A re-run skips a finished stage unless it is named in `--force` (or `--force=all`): a forced stage
 that finished starts afresh, its previous directory kept beside it as `<stage>.before-<time>`. A
@@ -26,6 +27,9 @@ from unclip_jax.storage.locations import location
 
 FLAGS = flags.FLAGS
 DONE = "DONE"
+# Seconds and runs of a stage's earlier attempts that were stopped (preempted or failed): a
+# resumed stage's DONE reports the time of every attempt.
+INTERRUPTED = "INTERRUPTED"
 
 StageFn = Callable[[Path], None]  # runs a stage in its directory
 
@@ -88,10 +92,22 @@ def run_stage(name: str, workdir: Path, force: set[str], fn: StageFn) -> dict:
         stage_dir.rename(kept)
         logging.info("stage %s: forced; the finished run is kept in %s", name, kept)
     stage_dir.mkdir(parents=True, exist_ok=True)
+    interrupted = stage_dir / INTERRUPTED
+    earlier = json.loads(interrupted.read_text()) if interrupted.is_file() else {"seconds": 0.0}
     logging.info("stage %s: running", name)
     start = time.time()
-    fn(stage_dir)
-    record = {"seconds": round(time.time() - start, 1), "load_average": load_average()}
+    try:
+        fn(stage_dir)
+    except BaseException:  # preempted or failed: its time so far counts when it resumes
+        seconds = earlier["seconds"] + time.time() - start
+        runs = earlier.get("runs", 0) + 1
+        interrupted.write_text(json.dumps({"seconds": round(seconds, 1), "runs": runs}))
+        raise
+    seconds = earlier["seconds"] + time.time() - start
+    record = {"seconds": round(seconds, 1), "load_average": load_average()}
+    if interrupted.is_file():
+        record["interrupted_runs"] = earlier["runs"]
+        interrupted.unlink()
     marker.write_text(json.dumps(record))
     logging.info(
         "stage %s: done in %.0f s (load %s)", name, record["seconds"], record["load_average"]

@@ -5,10 +5,12 @@ Per image: L = -log p(x | z̃) + β · KL(q(z | x) ‖ uniform), divided by the 
 z̃ = softmax((logits + g) / τ) with Gumbel noise g is the relaxed one-hot code at each position
 and p is the decoder's logit-Laplace likelihood of the mapped pixels. β rises from 0 to 6.6 over
 the first 5,000 updates and τ falls from 1 to 1/16 over the first 150,000, both along a half
-cosine (`RelaxationSchedule`). Evaluation decodes the hard (argmax) codes, as DALL·E's
-transformer will see them, with β at its final value. Metrics: the NLL per dimension, the KL per
-code position, β, τ and the perplexity of the batch's average code distribution (how many codes
-are in use; at most the vocabulary size).
+cosine (`RelaxationSchedule`). Training adds, where `usage_weight` w > 0 (not in the paper),
+w · KL(ū ‖ uniform) once per batch, ū the batch's average of q over images and positions.
+Evaluation reports the bound alone: it decodes the hard (argmax) codes, as DALL·E's transformer
+will see them, with β at its final value and no usage term. Metrics: the NLL per dimension,
+the KL per code position, β, τ and the perplexity of the batch's average code distribution (how
+many codes are in use; at most the vocabulary size).
 
 The schedules depend on the update, which a `Task` does not see: the train batches carry it as
 `step` [B] (`NumberedBatches`, saved with the data iterator's state).
@@ -107,7 +109,8 @@ def dvae_loss(
     straight_through: bool = False,  # relaxed codes: the hard one-hot forward, soft gradient
     usage_weight: float = 0.0,  # RelaxationSchedule.usage_weight
 ) -> tuple[Array, Metrics]:
-    """(mean over images of (NLL + β·KL) / (H·W·C), metrics); see the module docstring."""
+    """(mean over images of (NLL + β·KL) / (H·W·C) + usage_weight · KL(ū ‖ uniform), metrics),
+    ū [V] the batch's average code distribution; see the module docstring."""
     logits = encoder.apply({"params": params["encoder"]}, images)  # [B, h, w, V]
     log_q = jax.nn.log_softmax(logits, axis=-1)
     if temperature is None:
