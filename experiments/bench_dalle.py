@@ -6,8 +6,10 @@ Each call encodes a caption of `text_length` tokens and samples `grid²` image c
 temperature 1 without truncation (GPT-2: `top_k=0`, `top_p=1`, no stop token). GPT-2's
 vocabulary is the image vocabulary, so that both compute the same logits per sampled token (ours
 reads the caption through its own text table). Weights are random: speed does not depend on them.
-Both run in one process, alternately, so that they share the machine's load; the first call of
-each (compilation, allocator warm-up) is excluded; PyTorch gets the faster of 1 and all cores.
+Ours runs in chunks of `sampling.dalle.CHUNK` codes (each step reading the cache written before
+its chunk and the chunk) and, beside it, in one chunk (each step reading all S positions). All
+run in one process, alternately, so that they share the machine's load; the first call of each
+(compilation, allocator warm-up) is excluded; PyTorch gets the faster of 1 and all cores.
 Prints image tokens/s and the ratio, and writes
 `experiments/results/bench_dalle/dalle_sampling<tag>.json`.
 
@@ -24,7 +26,7 @@ import numpy as np
 from experiments import bench_common as common
 from unclip_jax.models.dalle import DalleConfig, DalleTransformer, sized_config
 from unclip_jax.models.dvae import DVAEConfig
-from unclip_jax.sampling.dalle import make_dalle_sampler
+from unclip_jax.sampling.dalle import CHUNK, make_dalle_sampler
 
 
 def dalle_shapes_size() -> DalleConfig:
@@ -103,13 +105,14 @@ def bench(name: str, batch: int, reps: int) -> dict:
     config = dense(SIZES[name]())
     model = DalleTransformer(config)
     params = jax.device_put(random_params(model))
-    sampler = make_dalle_sampler(model)
+    sampler = make_dalle_sampler(model)  # codes in chunks (sampling.dalle.CHUNK)
+    one_chunk = make_dalle_sampler(model, chunk=config.num_codes)  # every step reads all S
     rng = np.random.default_rng(0)
     text = jnp.asarray(rng.integers(0, config.text_vocab_size, (batch, config.text_length)))
     text_mask = jnp.ones_like(text, bool)
 
-    def ours(seed: int = 0):
-        return jax.block_until_ready(sampler(params, text, text_mask, jax.random.key(seed)))
+    def ours(seed: int = 0, sample=sampler):
+        return jax.block_until_ready(sample(params, text, text_mask, jax.random.key(seed)))
 
     theirs_model = gpt2(config)
     prompt = torch.from_numpy(rng.integers(0, config.image_vocab_size, (batch, config.text_length)))
@@ -134,13 +137,16 @@ def bench(name: str, batch: int, reps: int) -> dict:
         return out
 
     assert ours().shape == (batch, config.num_codes)
+    np.testing.assert_array_equal(ours(sample=one_chunk), ours())  # chunks draw the same codes
     threads = common.pick_torch_threads(theirs, repeats=1)
-    times = {"ours": [], "transformers": []}
+    times = {"ours": [], "ours_one_chunk": [], "transformers": []}
     for rep in range(reps):
         times["ours"].append(common.seconds(ours, rep + 1))
+        times["ours_one_chunk"].append(common.seconds(lambda r=rep: ours(r + 1, one_chunk)))
         times["transformers"].append(common.seconds(theirs))
     tokens = batch * config.num_codes
     ours_tps = tokens / statistics.median(times["ours"])
+    one_chunk_tps = tokens / statistics.median(times["ours_one_chunk"])
     theirs_tps = tokens / statistics.median(times["transformers"])
     row = dict(
         size=name,
@@ -155,6 +161,8 @@ def bench(name: str, batch: int, reps: int) -> dict:
         params_ours=common.num_params(params),
         params_transformers=sum(p.numel() for p in theirs_model.parameters()),
         ours_tokens_per_s=ours_tps,
+        ours_one_chunk_tokens_per_s=one_chunk_tps,
+        chunk=CHUNK,
         transformers_tokens_per_s=theirs_tps,
         ratio=ours_tps / theirs_tps,
         seconds=times,
@@ -162,8 +170,9 @@ def bench(name: str, batch: int, reps: int) -> dict:
         load_average=common.load_average(),
     )
     print(
-        f"{name:13s} batch {batch:3d}  ours {ours_tps:9.1f} tok/s  transformers {theirs_tps:9.1f} "
-        f"tok/s  ratio {row['ratio']:.2f}  (torch threads {threads}, load {row['load_average']})",
+        f"{name:13s} batch {batch:3d}  ours {ours_tps:9.1f} tok/s (one chunk {one_chunk_tps:9.1f})"
+        f"  transformers {theirs_tps:9.1f} tok/s  ratio {row['ratio']:.2f}  (torch threads "
+        f"{threads}, load {row['load_average']})",
         flush=True,
     )
     return row

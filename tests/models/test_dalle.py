@@ -71,9 +71,13 @@ def test_cached_decoding_and_completion_equal_teacher_forcing(pattern):
     logits, cache = prefill(text, mask)
     got = [logits]
     step = jax.jit(lambda c, code, i: model.apply(params, c, code, i, method=model.decode_step))
+    chunk = 5  # a cache segment for every 5 codes fed, the last one shorter
     for index in range(GRID * GRID - 1):
+        if index % chunk == 0:
+            cache = dalle.grow_cache(cache, min(chunk, GRID * GRID - 1 - index))
         logits, cache = step(cache, codes[:, index], jnp.int32(index))
         got.append(logits)
+    assert len(cache[0]) == 2  # the positions before the last chunk, and the chunk
     np.testing.assert_allclose(np.stack(got, axis=1), expected, atol=1e-5)
 
     kept = 2 * GRID  # complete after two kept rows

@@ -1,6 +1,7 @@
 """DALL·E code sampling: top-k = 1 decodes exactly the greedy chain of teacher-forced calls,
-completion keeps the given codes and continues them, one compiled program for new captions,
-keys and settings, and bad settings refused before compiling."""
+completion keeps the given codes and continues them, decoding in chunks draws the same codes,
+one compiled program for new captions, keys and settings, and bad settings refused before
+compiling."""
 
 import jax
 import jax.numpy as jnp
@@ -45,6 +46,24 @@ def test_top_k_one_is_the_greedy_chain_and_completion_keeps_its_rows(params):
     completed = sample(params, TEXT, MASK, jax.random.key(2), top_k=1, kept_codes=jnp.asarray(kept))
     np.testing.assert_array_equal(completed[:, :3], kept)
     np.testing.assert_array_equal(completed, greedy(params, kept))
+
+
+def test_decoding_in_chunks_draws_the_same_codes(params):
+    # chunks of 2 codes: four cache segments after the caption's, one copy of the cache each
+    whole, chunked = make_dalle_sampler(MODEL), make_dalle_sampler(MODEL, chunk=2)
+    for key in range(3):
+        np.testing.assert_array_equal(
+            chunked(params, TEXT, MASK, jax.random.key(key)),
+            whole(params, TEXT, MASK, jax.random.key(key)),
+        )
+    kept = jnp.asarray([[1, 2, 3, 4], [4, 5, 6, 7]], jnp.int32)  # not a whole number of chunks
+    np.testing.assert_array_equal(
+        chunked(params, TEXT, MASK, jax.random.key(7), kept_codes=kept),
+        whole(params, TEXT, MASK, jax.random.key(7), kept_codes=kept),
+    )
+    np.testing.assert_array_equal(
+        chunked(params, TEXT, MASK, jax.random.key(8), top_k=1), greedy(params)
+    )
 
 
 def test_one_program_for_new_keys_captions_and_settings(params):

@@ -27,9 +27,12 @@ The layers run under `nn.scan` (one compiled block, the mask picked by layer ind
 optional rematerialisation.
 
 The same layers serve training (all positions at once, attending among themselves) and cached
-decoding: the new tokens' keys and values are written in place into buffers of all S positions
-at `start`, and the queries attend over the buffer (positions not yet written are excluded by
-causality).
+decoding. A layer's cache is a tuple of segments, each a (keys, values) pair of buffers
+[B, H, S_k, Dh] holding consecutive positions from 0: the new tokens' keys and values are written
+in place into the last segment, and the queries attend over every segment (positions not yet
+written are excluded by causality). The prefix fills one segment of its own length; decoding
+adds a segment per chunk of tokens (`grow_cache`), so that each step reads the positions written
+so far and the chunk, not all S positions.
 
     model = DalleTransformer(DalleConfig(...))
     text_logits, image_logits = model.apply(v, text_ids, text_mask, codes)  # teacher forcing
@@ -169,25 +172,53 @@ def sequence_masks(config: DalleConfig) -> np.ndarray:
     return np.stack(masks)
 
 
+Segment = tuple[Array, Array]  # a run of positions' keys and values, each [B, H, S_k, Dh]
+
+
 def cached_attention(
     query: Array,  # [B, T, H, Dh] at positions start … start + T − 1
     key: Array,  # [B, T, H, Dh]
     value: Array,  # [B, T, H, Dh]
-    cache: tuple[Array, Array],  # the layer's keys, values [B, H, S, Dh]
-    start: Array,  # [] the first new position
+    segments: tuple[Segment, ...],  # the layer's cache, positions 0 … ΣS_k − 1
+    start: Array,  # [] the first new position, in the last segment
     rows: Array,  # [T, S] bool: may query t attend to position s
-) -> tuple[Array, tuple[Array, Array]]:  # ([B, T, H, Dh], the cache with the new entries)
-    """The new keys and values written in place into the layer's buffers, then the queries
-    attend over the whole buffer (positions not yet written are excluded by `rows`). The buffers
-    are laid out heads before positions, as both products read them."""
-    keys, values = (
-        jax.lax.dynamic_update_slice(buffer, new.transpose(0, 2, 1, 3).astype(buffer.dtype), at)
-        for buffer, new, at in zip(cache, (key, value), [(0, 0, start, 0)] * 2, strict=True)
+) -> tuple[Array, tuple[Segment, ...]]:  # ([B, T, H, Dh], the cache with the new entries)
+    """The new keys and values written in place into the last segment, then the queries attend
+    over every segment (each read where it lies: no concatenated copy). The buffers are laid out
+    heads before positions, as both products read them."""
+    offset = sum(keys.shape[2] for keys, _ in segments[:-1])
+    last = tuple(
+        jax.lax.dynamic_update_slice(
+            buffer, new.transpose(0, 2, 1, 3).astype(buffer.dtype), (0, 0, start - offset, 0)
+        )
+        for buffer, new in zip(segments[-1], (key, value), strict=True)
     )
-    logits = jnp.einsum("bthd,bhsd->bhts", query, keys.astype(query.dtype))
-    logits = jnp.where(rows, logits / np.sqrt(query.shape[-1]), jnp.finfo(logits.dtype).min)
+    segments = (*segments[:-1], last)
+    logits = jnp.concatenate(
+        [jnp.einsum("bthd,bhsd->bhts", query, keys.astype(query.dtype)) for keys, _ in segments],
+        axis=-1,
+    )  # [B, H, T, ΣS_k]
+    visible = rows[:, : logits.shape[-1]]
+    logits = jnp.where(visible, logits / np.sqrt(query.shape[-1]), jnp.finfo(logits.dtype).min)
     weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(query.dtype)
-    return jnp.einsum("bhts,bhsd->bthd", weights, values.astype(query.dtype)), (keys, values)
+    attended, first = 0, 0
+    for _, values in segments:
+        part = weights[..., first : first + values.shape[2]]
+        attended = attended + jnp.einsum("bhts,bhsd->bthd", part, values.astype(query.dtype))
+        first += values.shape[2]
+    return attended, segments
+
+
+def grow_cache(cache: tuple[tuple[Segment, ...], ...], length: int):
+    """Each layer's segments joined into one, then an empty segment of `length` positions after
+    them (where a decoding chunk writes): one copy of the cache per chunk, none per token."""
+
+    def grown(segments: tuple[Segment, ...]) -> tuple[Segment, ...]:
+        joined = tuple(jnp.concatenate(parts, axis=2) for parts in zip(*segments, strict=True))
+        empty = jnp.zeros((*joined[0].shape[:2], length, joined[0].shape[3]), joined[0].dtype)
+        return (joined, (empty, empty))
+
+    return tuple(grown(segments) for segments in cache)
 
 
 class DalleBlock(PrecisionModule):
@@ -204,10 +235,10 @@ class DalleBlock(PrecisionModule):
         mask_index: Array,
         start: Array,
         masks: Array,
-        cache: tuple[Array, Array] | None = None,
-    ) -> tuple[Array, tuple[Array, Array] | None]:
+        cache: tuple[Segment, ...] | None = None,
+    ) -> tuple[Array, tuple[Segment, ...] | None]:
         """h [B, T, W] at positions start … start + T − 1 (start 0 without a cache); the index of
-        the layer's mask in masks [len(MASKS), S, S]; the layer's buffers (`cached_attention`).
+        the layer's mask in masks [len(MASKS), S, S]; the layer's segments (`cached_attention`).
         Returns (h, cache)."""
         cfg = self.config
         heads = (cfg.num_heads, cfg.head_dim)
@@ -275,12 +306,13 @@ class DalleTransformer(PrecisionModule):
         positions = self.rows[index // self.config.grid] + self.columns[index % self.config.grid]
         return self.image_embed(jnp.asarray(codes, jnp.int32)) + jnp.asarray(positions, self.dtype)
 
-    def empty_cache(self, batch: int) -> tuple[tuple[Array, Array], ...]:
-        """Each layer's key and value buffers [B, H, S, Dh] in the compute dtype."""
+    def empty_cache(self, batch: int, length: int) -> tuple[tuple[Segment, ...], ...]:
+        """Each layer's cache: one segment of `length` positions, in the compute dtype."""
         cfg = self.config
-        shape = (batch, cfg.num_heads, cfg.length, cfg.head_dim)
+        shape = (batch, cfg.num_heads, length, cfg.head_dim)
         return tuple(
-            (jnp.zeros(shape, self.dtype), jnp.zeros(shape, self.dtype)) for _ in range(cfg.depth)
+            ((jnp.zeros(shape, self.dtype), jnp.zeros(shape, self.dtype)),)
+            for _ in range(cfg.depth)
         )
 
     def run(self, h: Array) -> Array:
@@ -292,7 +324,7 @@ class DalleTransformer(PrecisionModule):
         self,
         h: Array,
         start: Array,
-        cache: tuple[tuple[Array, Array], ...],
+        cache: tuple[tuple[Segment, ...], ...],
         layers: tuple[Any, ...] | None = None,
     ):
         """The layers over h [B, T, W] at positions start … start + T − 1, attending over the
@@ -333,24 +365,26 @@ class DalleTransformer(PrecisionModule):
         text_mask: Array,
         codes: Array | None = None,
         layers: tuple[Any, ...] | None = None,
-    ) -> tuple[Array, tuple[tuple[Array, Array], ...]]:
+    ) -> tuple[Array, tuple[tuple[Segment, ...], ...]]:
         """The caption (and the first K codes [B, K], for completion) encoded at once: the logits
-        of the next code [B, Vi] and the cache (`layers`: as `run_cached`)."""
+        of the next code [B, Vi] and the cache, one segment of the L + K positions (`layers`: as
+        `run_cached`)."""
         h = self.text_inputs(text_ids, text_mask)
         if codes is not None and codes.shape[1]:
             h = jnp.concatenate([h, self.image_inputs(codes)], axis=1)
-        h, cache = self.run_cached(h, jnp.int32(0), self.empty_cache(h.shape[0]), layers)
+        empty = self.empty_cache(h.shape[0], h.shape[1])
+        h, cache = self.run_cached(h, jnp.int32(0), empty, layers)
         return self.image_head(h[:, -1]).astype(jnp.float32), cache
 
     def decode_step(
         self,
-        cache: tuple[tuple[Array, Array], ...],
+        cache: tuple[tuple[Segment, ...], ...],
         code: Array,
         index: Array,
         layers: tuple[Any, ...] | None = None,
-    ) -> tuple[Array, tuple[tuple[Array, Array], ...]]:
-        """Feed code `index` [B]; the logits of code index + 1 [B, Vi] and the new cache
-        (`layers`: as `run_cached`)."""
+    ) -> tuple[Array, tuple[tuple[Segment, ...], ...]]:
+        """Feed code `index` [B], its position in the cache's last segment (`grow_cache`); the
+        logits of code index + 1 [B, Vi] and the new cache (`layers`: as `run_cached`)."""
         h = self.image_inputs(code[:, None], index)
         h, cache = self.run_cached(h, self.config.text_length + index, cache, layers)
         return self.image_head(h[:, 0]).astype(jnp.float32), cache

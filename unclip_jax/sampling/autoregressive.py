@@ -51,6 +51,23 @@ def decode(
     """Tokens 0 … num_tokens − 1; token k is chosen with `fold_in(key, k)`. `feed` maps a chosen
     token [B] to the step's input [B'] (e.g. both halves of a guided batch)."""
     first = choose(jax.random.fold_in(key, 0), first_logits)
+    _, _, rest = continue_decoding(step, choose, cache, first, 0, num_tokens - 1, key, feed)
+    return jnp.concatenate([first[:, None], rest], axis=1)
+
+
+def continue_decoding(
+    step: StepFn,
+    choose: ChooseFn,
+    cache: Any,
+    token: Array,  # [B] token `first`, chosen
+    first: int,
+    count: int,
+    key: Array,
+    feed: Callable[[Array], Array] = lambda token: token,
+) -> tuple[Any, Array, Array]:  # (cache, the last token [B], tokens first + 1 … first + count)
+    """Feeds tokens first … first + count − 1 (the first one given), choosing token k + 1 after
+    token k with `fold_in(key, k + 1)`, as `decode` does: decoding split into runs of tokens
+    (each with a cache of its own shape) draws the same tokens as one run."""
 
     def body(carry, index):
         cache, token = carry
@@ -58,5 +75,6 @@ def decode(
         token = choose(jax.random.fold_in(key, index + 1), logits)
         return (cache, token), token
 
-    _, rest = jax.lax.scan(body, (cache, first), jnp.arange(num_tokens - 1))
-    return jnp.concatenate([first[:, None], rest.T], axis=1)
+    indices = jnp.arange(first, first + count)
+    (cache, token), tokens = jax.lax.scan(body, (cache, token), indices)
+    return cache, token, tokens.T

@@ -16,11 +16,14 @@ import jax
 import jax.numpy as jnp
 
 from unclip_jax import flop_meter
-from unclip_jax.models.dalle import DalleTransformer, layer_params
+from unclip_jax.models.dalle import DalleTransformer, grow_cache, layer_params
 from unclip_jax.sampling import autoregressive
 from unclip_jax.sampling.checked import CheckedProgram
 
 Array = jax.Array
+# Codes a decoding chunk feeds: each chunk's steps attend over the positions before the chunk
+# and the chunk (`models.dalle.grow_cache`), not all of them; the last ones copy the cache once.
+CHUNK = 64
 
 
 def check_truncation(temperature: float, top_p: float, top_k: int, vocab: int) -> None:
@@ -47,10 +50,14 @@ def top_k_logits(logits: Array, top_k: Array) -> Array:
     return jax.lax.cond(top_k > 0, truncated, lambda x: x, logits)
 
 
-def make_dalle_sampler(model: DalleTransformer) -> CheckedProgram:
+def make_dalle_sampler(model: DalleTransformer, chunk: int = CHUNK) -> CheckedProgram:
     """A compiled `sample(params, text_ids [B, L], text_mask [B, L], key, temperature=1.0,
     top_p=1.0, top_k=0, kept_codes=None [B, K]) -> codes [B, N] int32`; with `kept_codes` the
-    first K codes (whole rows or not) are kept and the rest sampled after them."""
+    first K codes (whole rows or not) are kept and the rest sampled after them. The codes are
+    drawn in chunks of `chunk` (the same codes for any chunk size), each step reading the cache
+    written before its chunk and the chunk."""
+    if not (isinstance(chunk, int) and chunk > 0):
+        raise ValueError(f"chunk must be a positive integer, got {chunk!r}")
     config = model.config
 
     def program(params, text_ids, text_mask, key, temperature=1.0, top_p=1.0, top_k=0,
@@ -70,7 +77,16 @@ def make_dalle_sampler(model: DalleTransformer) -> CheckedProgram:
             logits = top_k_logits(logits, top_k)
             return autoregressive.sample_token(key, logits, temperature, top_p)
 
-        codes = autoregressive.decode(step, choose, logits, cache, config.num_codes - kept, key)
+        token = choose(jax.random.fold_in(key, 0), logits)
+        codes, to_feed = [token[:, None]], config.num_codes - kept - 1
+        for first in range(0, to_feed, chunk):  # each chunk reads the cache written before it
+            count = min(chunk, to_feed - first)
+            cache = grow_cache(cache, count)
+            cache, token, tokens = autoregressive.continue_decoding(
+                step, choose, cache, token, first, count, key
+            )
+            codes.append(tokens)
+        codes = jnp.concatenate(codes, axis=1)
         if kept_codes is None:
             return codes
         return jnp.concatenate([jnp.asarray(kept_codes, jnp.int32), codes], axis=1)
