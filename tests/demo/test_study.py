@@ -1,6 +1,7 @@
 """`unclip study`: its stages wired per CLIP and seed, the claims judged by their written rules
-(on made-up figures whose verdicts are known), and the smoke tier end to end through the
-command: every arm's figure file, the table, the plot, and a re-run that samples nothing again."""
+(on made-up figures whose verdicts are known), pipelines exported again after a stage is, and
+the smoke tier end to end through the command: every arm's figure file, the table, the plot,
+and a re-run that samples nothing again."""
 
 import json
 import subprocess
@@ -10,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from unclip_jax.demo import study, study_claims, study_stages
+from unclip_jax.demo import stages, study, study_claims, study_stages
 
 ROOT = Path(__file__).parents[2]
 sys.path.insert(0, str(ROOT))
@@ -193,3 +194,22 @@ def test_bad_input_is_one_line(tmp_path, flag, message):
     command = [sys.executable, "-m", "unclip_jax.cli", "study", f"--workdir={tmp_path}", flag]
     run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode != 0 and message in run.stderr and "Traceback" not in run.stderr
+
+
+def test_a_pipeline_is_exported_again_once_a_stage_it_reads_is_trained_again(tmp_path):
+    exported = []
+
+    def export(out: Path) -> None:
+        out.mkdir(parents=True)
+        exported.append((out / "weights").write_text(str(len(exported))))
+
+    for name in ("dvae", "dalle"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / stages.DONE).write_text('{"seconds": 1.0}')
+    out = tmp_path / "pipelines" / "dalle_c0"
+    study_stages._export_once(out, tmp_path, ["dvae", "dalle"], export)
+    study_stages._export_once(out, tmp_path, ["dvae", "dalle"], export)
+    assert len(exported) == 1  # unchanged stages: the pipeline is kept
+    (tmp_path / "dalle" / stages.DONE).write_text('{"seconds": 2.0}')  # `--force=dalle`
+    study_stages._export_once(out, tmp_path, ["dvae", "dalle"], export)
+    assert len(exported) == 2 and (out / "weights").read_text() == "1"

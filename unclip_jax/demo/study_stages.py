@@ -9,7 +9,9 @@ GLIDE pipeline per c and one DALL·E pipeline per c (CLIP c reranks).
     <workdir>/pipelines/unclip_c{c}_s{s}, glide_c{c}, dalle_c{c}
 """
 
+import functools
 import json
+import shutil
 from pathlib import Path
 
 import ml_collections
@@ -132,8 +134,28 @@ def dalle_pipeline(workdir: Path, c: int) -> Path:
     return workdir / "pipelines" / f"dalle_c{c}"
 
 
+SOURCES = "SOURCES"  # in a pipeline: the DONE records of the stages it was exported from
+
+
+def _sources(workdir: Path, names: list[str]) -> dict:
+    return {name: (workdir / name / stages.DONE).read_text() for name in names}
+
+
+def _export_once(out: Path, workdir: Path, names: list[str], export_fn) -> None:
+    """`export_fn(out)` unless `out` was exported from the stages' present runs: a stage trained
+    again (`--force`) makes the pipelines built from it stale, and they are exported anew."""
+    sources = _sources(workdir, names)
+    marker = out / SOURCES
+    if marker.is_file() and json.loads(marker.read_text()) == sources:
+        return
+    if out.exists():
+        shutil.rmtree(out)  # derived from the stages, which are kept
+    export_fn(out)
+    marker.write_text(json.dumps(sources))
+
+
 def export(config: ml_collections.ConfigDict, workdir: Path) -> None:
-    """The pipelines the arms sample, each exported once (an existing one is kept)."""
+    """The pipelines the arms sample, each exported once from its stages' present runs."""
     from unclip_jax.pipelines.dalle_store import export_dalle_pipeline
     from unclip_jax.pipelines.store import export_pipeline
 
@@ -143,24 +165,27 @@ def export(config: ml_collections.ConfigDict, workdir: Path) -> None:
         return configs[name], workdir / name
 
     for c in config.clip_seeds:
+        clip = clip_export(workdir, c)
         for s in config.seeds:
-            out = unclip_pipeline(workdir, c, s)
-            if not out.is_dir():
-                export_pipeline(
-                    out,
-                    clip_dir=clip_export(workdir, c),
-                    prior=trained(f"prior_c{c}_s{s}"),
-                    ar_prior=trained(f"ar_prior_c{c}_s{s}"),
-                    decoder=trained(f"decoder_c{c}"),
-                )
-        out = glide_pipeline(workdir, c)
-        if not out.is_dir():  # its prior is never sampled (the arm gives the null z_i)
-            export_pipeline(
-                out,
-                clip_dir=clip_export(workdir, c),
-                prior=trained(f"prior_c{c}_s{config.seeds[0]}"),
-                decoder=trained(f"glide_decoder_c{c}"),
+            prior, ar_prior = f"prior_c{c}_s{s}", f"ar_prior_c{c}_s{s}"
+            unclip = functools.partial(
+                export_pipeline,
+                clip_dir=clip,
+                prior=trained(prior),
+                ar_prior=trained(ar_prior),
+                decoder=trained(f"decoder_c{c}"),
             )
-        out = dalle_pipeline(workdir, c)
-        if not out.is_dir():
-            export_dalle_pipeline(out, clip_dir=clip_export(workdir, c), dalle=trained("dalle"))
+            names = [clip_name(c), prior, ar_prior, f"decoder_c{c}"]
+            _export_once(unclip_pipeline(workdir, c, s), workdir, names, unclip)
+        # its prior is never sampled (the arm gives the null z_i)
+        prior = f"prior_c{c}_s{config.seeds[0]}"
+        glide = functools.partial(
+            export_pipeline,
+            clip_dir=clip,
+            prior=trained(prior),
+            decoder=trained(f"glide_decoder_c{c}"),
+        )
+        names = [clip_name(c), prior, f"glide_decoder_c{c}"]
+        _export_once(glide_pipeline(workdir, c), workdir, names, glide)
+        dalle = functools.partial(export_dalle_pipeline, clip_dir=clip, dalle=trained("dalle"))
+        _export_once(dalle_pipeline(workdir, c), workdir, [clip_name(c), "dvae", "dalle"], dalle)
