@@ -39,6 +39,17 @@ def test_stages_are_wired_per_clip_and_seed(tmp_path):
     assert config.reference_guidance in config.guidance_scales
 
 
+def test_a_stage_trained_again_resamples_the_arms_that_read_it():
+    config = study_config.get_config("full")
+    assert study.arms_reading(config, {"dalle"}) == {"E"}
+    assert study.arms_reading(config, {"decoder_c1"}) == {"A", "B", "C1", "C2"}
+    assert study.arms_reading(config, {"glide_decoder_c0"}) == {"D"}
+    assert study.arms_reading(config, {"ar_prior_c1_s2"}) == {"B"}
+    assert study.arms_reading(config, {"clip_c1"}) == set(config.arms)
+    assert study.arms_reading(config, {"score_clip"}) == set(config.arms)
+    assert study.arms_reading(config, set()) == set()
+
+
 def made_up_arm(colour_shape: float, diversity: float, fd: float, scales=("4",)) -> dict:
     """An arm's figure file with 2 seeds × 64 captions around the given means."""
     rng = np.random.default_rng(int(1000 * colour_shape + 100 * diversity))

@@ -6,8 +6,8 @@ rules into `<table>` (Markdown) with `<results>/claims.json` and the plots `guid
 
 Stages are skipped when finished and resumed when interrupted (`--force`, `--stages`, exit codes
 0, 1 and 143 as `unclip train`'s); an arm whose file exists is not sampled again unless named in
-`--force_arms`, so a run stopped half-way goes on from its last finished arm, and results
-committed from an earlier run carry over. Run from the repository's root.
+`--force_arms` or reading a stage named in `--force`, so a run stopped half-way goes on from its
+last finished arm, and results committed from an earlier run carry over. Run from the repository's root.
 """
 
 import functools
@@ -39,6 +39,19 @@ def replicates(config: ml_collections.ConfigDict, arm: dict) -> list[tuple[int, 
     """(CLIP, seed) pairs an arm is sampled for: every seed where it is seeded, else the first."""
     seeds = config.seeds if arm["seeded"] else config.seeds[:1]
     return [(c, s) for c in config.clip_seeds for s in seeds]
+
+
+def arms_reading(config: ml_collections.ConfigDict, stages_: set[str]) -> set[str]:
+    """The arms whose samples come from one of the named stages: those of its replicates
+    (`study_stages.arm_stages`), and every arm for "all", the data or the score CLIP."""
+    if stages_ & {"all", "data", "score_clip"}:
+        return set(config.arms)
+    return {
+        name
+        for name, arm in config.arms.items()
+        for c, s in replicates(config, arm)
+        if stages_ & set(study_stages.arm_stages(arm, c, s))
+    }
 
 
 def sample_options(config: ml_collections.ConfigDict, arm: dict) -> dict:
@@ -241,7 +254,8 @@ def study(config: ml_collections.ConfigDict, workdir: Path) -> None:
     study_stages.count_flops(config, workdir)
     study_stages.export(config, workdir)
     results, table = outputs(config, workdir)
-    arms = run_arms(config, workdir, results, set(FLAGS.force_arms))
+    # a stage trained again makes the figures of the arms that read it stale
+    arms = run_arms(config, workdir, results, set(FLAGS.force_arms) | arms_reading(config, force))
     for claim in report(config, arms, results, table):
         print(f"{claim['name']}: {claim['verdict']}")
     print(f"claims in {table}, figures in {results}")
