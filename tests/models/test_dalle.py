@@ -2,6 +2,8 @@
 definition, cached decoding (and completion from kept rows) equal to teacher forcing for every
 pattern, the 1/8 – 7/8 loss weighting, and the 12B parameter count of the paper config."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -83,6 +85,19 @@ def test_cached_decoding_and_completion_equal_teacher_forcing(pattern):
     kept = 2 * GRID  # complete after two kept rows
     logits, _ = prefill(text, mask, codes[:, :kept])
     np.testing.assert_allclose(logits, expected[:, kept], atol=1e-5)
+
+
+def test_the_transposed_decoding_head_gives_the_heads_logits():
+    config = tiny("sparse")
+    model = dalle.DalleTransformer(config)
+    text, mask, codes = inputs()
+    params = jax.jit(model.init)(jax.random.key(3), text, mask, codes)
+    _, cache = model.apply(params, text, mask, method=model.prefill)
+    cache = dalle.grow_cache(cache, 1)
+    step = functools.partial(model.apply, params, cache, codes[:, 0], 0, method=model.decode_step)
+    head = dalle.decoding_head(params["params"])
+    assert head[0].shape == (config.image_vocab_size, config.width)
+    np.testing.assert_allclose(step(head=head)[0], step()[0], atol=1e-5)
 
 
 def test_layer_schedule_of_the_paper():

@@ -382,12 +382,18 @@ class DalleTransformer(PrecisionModule):
         code: Array,
         index: Array,
         layers: tuple[Any, ...] | None = None,
+        head: tuple[Array, Array] | None = None,
     ) -> tuple[Array, tuple[tuple[Segment, ...], ...]]:
         """Feed code `index` [B], its position in the cache's last segment (`grow_cache`); the
-        logits of code index + 1 [B, Vi] and the new cache (`layers`: as `run_cached`)."""
+        logits of code index + 1 [B, Vi] and the new cache (`layers`: as `run_cached`; `head`:
+        the image head as `decoding_head` gives it, else the module's)."""
         h = self.image_inputs(code[:, None], index)
         h, cache = self.run_cached(h, self.config.text_length + index, cache, layers)
-        return self.image_head(h[:, 0]).astype(jnp.float32), cache
+        if head is None:
+            return self.image_head(h[:, 0]).astype(jnp.float32), cache
+        kernel, bias = head
+        logits = jnp.einsum("bw,vw->bv", h[:, 0].astype(self.dtype), kernel.astype(self.dtype))
+        return (logits + bias.astype(self.dtype)).astype(jnp.float32), cache
 
 
 def layer_params(params: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -395,6 +401,14 @@ def layer_params(params: Mapping[str, Any]) -> tuple[Any, ...]:
     stacked = nn.unbox(params["layers"])
     depth = jax.tree.leaves(stacked)[0].shape[0]
     return tuple(jax.tree.map(lambda x, i=i: x[i], stacked) for i in range(depth))
+
+
+def decoding_head(params: Mapping[str, Any]) -> tuple[Array, Array]:
+    """The image head's (kernel transposed [Vi, W], bias [Vi]), made once before a decoding
+    loop: on a CPU, XLA's product of a few rows with a wide [W, Vi] kernel streams it at half
+    the rate of the [Vi, W] one (12 × 768, Vi 8192, 16 rows: 5.3 against 3.1 ms)."""
+    head = nn.unbox(params["image_head"])
+    return head["kernel"].T, head["bias"]
 
 
 def dalle_loss(

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from unclip_jax import flop_meter
-from unclip_jax.models.dalle import DalleTransformer, grow_cache, layer_params
+from unclip_jax.models.dalle import DalleTransformer, decoding_head, grow_cache, layer_params
 from unclip_jax.sampling import autoregressive
 from unclip_jax.sampling.checked import CheckedProgram
 
@@ -64,13 +64,20 @@ def make_dalle_sampler(model: DalleTransformer, chunk: int = CHUNK) -> CheckedPr
                 kept_codes=None):  # fmt: skip
         kept = 0 if kept_codes is None else kept_codes.shape[1]
         layers = layer_params(params)  # sliced once, outside the loop over codes
+        head = decoding_head(params)  # transposed once, likewise
         logits, cache = model.apply(
             {"params": params}, text_ids, text_mask, kept_codes, layers, method=model.prefill
         )
 
         def step(cache, code, index):  # feeds code kept + index, the last one chosen
             return model.apply(
-                {"params": params}, cache, code, kept + index, layers, method=model.decode_step
+                {"params": params},
+                cache,
+                code,
+                kept + index,
+                layers,
+                head,
+                method=model.decode_step,
             )
 
         def choose(key, logits):
