@@ -7,7 +7,8 @@ rules into `<table>` (Markdown) with `<results>/claims.json` and the plots `guid
 Stages are skipped when finished and resumed when interrupted (`--force`, `--stages`, exit codes
 0, 1 and 143 as `unclip train`'s); an arm whose file exists is not sampled again unless named in
 `--force_arms` or reading a stage named in `--force`, so a run stopped half-way goes on from its
-last finished arm, and results committed from an earlier run carry over. Run from the repository's root.
+last finished arm, and results committed from an earlier run carry over. Run from the
+repository's root.
 """
 
 import functools
