@@ -60,6 +60,13 @@ def test_a_resumed_stage_reports_the_time_of_every_attempt(tmp_path):
     assert not (tmp_path / "dalle" / stages.INTERRUPTED).exists()
 
 
+def test_an_unreadable_record_of_earlier_attempts_does_not_stop_a_resume(tmp_path):
+    (tmp_path / "dvae").mkdir()
+    (tmp_path / "dvae" / stages.INTERRUPTED).write_text("")  # cut short by a full disk
+    record = stages.run_stage("dvae", tmp_path, set(), lambda stage_dir: None)
+    assert "interrupted_runs" not in record and (tmp_path / "dvae" / stages.DONE).is_file()
+
+
 def test_only_named_stages_run_and_finished_ones_are_reported(tmp_path):
     ran = []
     steps = {name: lambda d: ran.append(d.name) for name in ("data", "clip", "dvae")}

@@ -78,6 +78,18 @@ def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
+def earlier_attempts(path: Path) -> dict:
+    """{"seconds", "runs"} of a stage's stopped attempts from its INTERRUPTED record; none where
+    there is no record or it cannot be read (a write cut short by a full disk)."""
+    try:
+        record = json.loads(path.read_text())
+        return {"seconds": float(record["seconds"]), "runs": int(record["runs"])}
+    except (OSError, ValueError, KeyError, TypeError):
+        if path.exists():
+            logging.warning("%s unreadable: the earlier attempts' seconds are not counted", path)
+        return {"seconds": 0.0, "runs": 0}
+
+
 def run_stage(name: str, workdir: Path, force: set[str], fn: StageFn) -> dict:
     """Runs fn(<workdir>/<name>) unless its DONE marker exists and the stage is not forced;
     returns the stage's record {"seconds", "load_average", "skipped"}."""
@@ -93,21 +105,25 @@ def run_stage(name: str, workdir: Path, force: set[str], fn: StageFn) -> dict:
         logging.info("stage %s: forced; the finished run is kept in %s", name, kept)
     stage_dir.mkdir(parents=True, exist_ok=True)
     interrupted = stage_dir / INTERRUPTED
-    earlier = json.loads(interrupted.read_text()) if interrupted.is_file() else {"seconds": 0.0}
+    earlier = earlier_attempts(interrupted)
     logging.info("stage %s: running", name)
     start = time.time()
     try:
         fn(stage_dir)
     except BaseException:  # preempted or failed: its time so far counts when it resumes
         seconds = earlier["seconds"] + time.time() - start
-        runs = earlier.get("runs", 0) + 1
-        interrupted.write_text(json.dumps({"seconds": round(seconds, 1), "runs": runs}))
+        try:  # a full disk must not hide the stage's own error
+            interrupted.write_text(
+                json.dumps({"seconds": round(seconds, 1), "runs": earlier["runs"] + 1})
+            )
+        except OSError:
+            pass
         raise
     seconds = earlier["seconds"] + time.time() - start
     record = {"seconds": round(seconds, 1), "load_average": load_average()}
-    if interrupted.is_file():
+    if earlier["runs"]:
         record["interrupted_runs"] = earlier["runs"]
-        interrupted.unlink()
+    interrupted.unlink(missing_ok=True)
     marker.write_text(json.dumps(record))
     logging.info(
         "stage %s: done in %.0f s (load %s)", name, record["seconds"], record["load_average"]
