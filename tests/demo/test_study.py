@@ -50,6 +50,35 @@ def test_a_stage_trained_again_resamples_the_arms_that_read_it():
     assert study.arms_reading(config, set()) == set()
 
 
+def test_each_arm_waits_only_for_the_stages_it_reads(tmp_path):
+    """An arm is trained for on its own (a later session resumes the study from the committed
+    arms): DALL·E's reads no decoder, unCLIP's no GLIDE decoder, the prior-less arms the prior
+    their pipeline holds and no other."""
+    config = study_config.get_config("full")
+
+    def needed(name: str) -> set[str]:
+        arm = config.arms[name].to_dict()
+        return study_stages.needed_stages(config, arm, study.replicates(config, arm))
+
+    every = {"data", "score_clip"}
+    clips = {f"{kind}_c{c}" for kind in ("clip", "embeddings") for c in (0, 1)}
+    assert needed("E") == every | {"dvae", "dalle", "clip_c0", "clip_c1"}
+    priors = {f"prior_c{c}_s{s}" for c in (0, 1) for s in (0, 1, 2)}
+    decoders = {"decoder_c0", "decoder_c1"}
+    assert needed("A") == every | clips | priors | decoders
+    assert needed("B") == every | clips | {f"ar_{p}" for p in priors} | decoders
+    first_priors = {"prior_c0_s0", "prior_c1_s0"}
+    assert needed("C1") == needed("C2") == every | clips | first_priors | decoders
+    assert needed("D") == every | clips | first_priors | {"glide_decoder_c0", "glide_decoder_c1"}
+    assert set().union(*map(needed, config.arms)) == set(study_stages.steps(config, tmp_path))
+
+    def pipeline(name: str, c: int = 1, s: int = 0) -> Path:
+        return study_stages.arm_pipeline(tmp_path, config.arms[name].to_dict(), c, s)
+
+    assert pipeline("A") == pipeline("C1") == pipeline("C2") != pipeline("B")
+    assert len({pipeline("A"), pipeline("B"), pipeline("D"), pipeline("E"), pipeline("A", 0)}) == 5
+
+
 def made_up_arm(colour_shape: float, diversity: float, fd: float, scales=("4",)) -> dict:
     """An arm's figure file with 2 seeds × 64 captions around the given means."""
     rng = np.random.default_rng(int(1000 * colour_shape + 100 * diversity))
@@ -141,8 +170,15 @@ def run_study(workdir: Path, *flags: str) -> subprocess.CompletedProcess:
 
 def test_smoke_study_writes_every_arm_and_the_claims(tmp_path):
     config = study_config.get_config("smoke")
-    run = run_study(tmp_path, "--config=configs/study.py:smoke")
+    first = run_study(tmp_path, "--config=configs/study.py:smoke", "--arms=C1,E")
     results = tmp_path / "paper_claims"
+    assert sorted(p.name for p in results.iterdir()) == ["C1.json", "E.json"]
+    assert "arms without figures yet: A, B, C2, D" in first.stdout
+    trained = {p.name for p in tmp_path.iterdir() if (p / stages.DONE).is_file()}
+    assert "dalle" in trained and "decoder_c0" in trained
+    assert not trained & {"glide_decoder_c0", "ar_prior_c0_s0"}  # D's and B's, not sampled yet
+    run = run_study(tmp_path, "--config=configs/study.py:smoke")
+    assert "arm C1:" not in run.stdout and "arm A:" in run.stdout
     for name, arm in config.arms.items():
         figures = json.loads((results / f"{name}.json").read_text())
         replicates = len(config.seeds) if arm.seeded else 1
@@ -185,7 +221,8 @@ def test_smoke_study_writes_every_arm_and_the_claims(tmp_path):
     counted = json.loads(compute.read_text())
     compute.unlink()
     checkpoints = sorted(p.name for p in (tmp_path / "prior_c0_s0" / "checkpoints").iterdir())
-    again = run_study(tmp_path, "--config=configs/study.py:smoke")
+    again = run_study(tmp_path, "--config=configs/study.py:smoke", "--force_arms=C1")
+    assert "arm C1:" in again.stdout and "arm A:" not in again.stdout  # C1's pipeline holds it
     assert "not sampled again" in again.stderr + (tmp_path / "run.log").read_text()
     assert json.loads(compute.read_text()) == counted
     assert (
@@ -199,6 +236,7 @@ def test_smoke_study_writes_every_arm_and_the_claims(tmp_path):
         ("--config=configs/study.py:tiny", "must be one of ['smoke', 'fast', 'full']"),
         ("--force=nothing", "unknown stages ['nothing']"),
         ("--force_arms=Z", "unknown arms ['Z'] in --force_arms"),
+        ("--arms=A,F", "unknown arms ['F'] in --arms"),
     ],
 )
 def test_bad_input_is_one_line(tmp_path, flag, message):

@@ -10,6 +10,7 @@ stage interrupted mid-training resumes from its last checkpoint. Exit codes as `
 re-queue the same command to resume).
 """
 
+import contextlib
 import dataclasses
 import importlib
 import json
@@ -112,12 +113,10 @@ def run_stage(name: str, workdir: Path, force: set[str], fn: StageFn) -> dict:
         fn(stage_dir)
     except BaseException:  # preempted or failed: its time so far counts when it resumes
         seconds = earlier["seconds"] + time.time() - start
-        try:  # a full disk must not hide the stage's own error
+        with contextlib.suppress(OSError):  # a full disk must not hide the stage's own error
             interrupted.write_text(
                 json.dumps({"seconds": round(seconds, 1), "runs": earlier["runs"] + 1})
             )
-        except OSError:
-            pass
         raise
     seconds = earlier["seconds"] + time.time() - start
     record = {"seconds": round(seconds, 1), "load_average": load_average()}

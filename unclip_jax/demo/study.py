@@ -4,11 +4,14 @@ scored, each arm's figures written to `<results>/<arm>.json`, the claims judged 
 rules into `<table>` (Markdown) with `<results>/claims.json` and the plots `guidance.png`
 (fidelity against diversity) and `rerank.png` (DALL·E's reranking curve) beside it.
 
-Stages are skipped when finished and resumed when interrupted (`--force`, `--stages`, exit codes
-0, 1 and 143 as `unclip train`'s); an arm whose file exists is not sampled again unless named in
+The study goes arm by arm (in the config's order, or those named in `--arms`): it trains the
+stages an arm reads, skipping those finished and resuming those interrupted (`--force`,
+`--stages`, exit codes 0, 1 and 143 as `unclip train`'s), then samples and scores the arm and
+writes its file. An arm whose file exists is not trained for nor sampled again unless named in
 `--force_arms` or reading a stage named in `--force`, so a run stopped half-way goes on from its
-last finished arm, and results committed from an earlier run carry over. Run from the
-repository's root.
+last finished arm, and results committed from an earlier run carry over (on another machine,
+only the missing arms' stages are trained). The claims are judged once every arm has its file.
+Run from the repository's root.
 """
 
 import functools
@@ -27,6 +30,7 @@ from unclip_jax.storage.locations import location
 FLAGS = flags.FLAGS
 stages.define_flags("configs/study.py", "workdirs/study", "the figures", demo_out="")
 flags.DEFINE_list("force_arms", [], "Arms to sample again although their figures exist ('all').")
+flags.DEFINE_list("arms", [], "Arms to train for and sample in this run (default: every arm).")
 
 
 def outputs(config: ml_collections.ConfigDict, workdir: Path) -> tuple[Path, Path]:
@@ -71,20 +75,17 @@ def sample_options(config: ml_collections.ConfigDict, arm: dict) -> dict:
     return options
 
 
-def samplers(config, workdir: Path, arm: dict, refs: study_arms.References, c: int, s: int):
-    """(pipeline, {figure key: generate}) of an arm at replicate (c, s): one key per guidance
-    scale (unCLIP's arms) or per N of the reranking curve (DALL·E's, keys "#N")."""
+def samplers(config, directory: Path, arm: dict, refs: study_arms.References):
+    """(pipeline, {figure key: generate}) of an arm from its pipeline at `directory`: one key per
+    guidance scale (unCLIP's arms) or per N of the reranking curve (DALL·E's, keys "#N")."""
     if arm["pipeline"] == "dalle":
         from unclip_jax.pipelines.dalle import Dalle
 
-        pipe = Dalle.load(study_stages.dalle_pipeline(workdir, c), progress=True)
+        pipe = Dalle.load(directory, progress=True)
         draws = study_arms.RerankedDraws(pipe, max(config.rerank_curve))
         return pipe, {f"#{n}": draws.best_of(n) for n in config.rerank_curve}
     from unclip_jax.pipelines.unclip import UnCLIP
 
-    directory = study_stages.unclip_pipeline(workdir, c, s)
-    if arm["pipeline"] == "glide":
-        directory = study_stages.glide_pipeline(workdir, c)
     pipe = UnCLIP.load(directory, prior=arm["prior"] or "diffusion", progress=True)
     text_norm = 0.0  # the held-out images' mean ‖z_i‖, for z_t in place of z_i
     if arm["embedding"] == "text":
@@ -106,7 +107,9 @@ def evaluate_arm(config, workdir: Path, name: str, refs: study_arms.References) 
     for c, s in replicates(config, arm):
         stage_names = study_stages.arm_stages(arm, c, s)
         training.append(study_stages.training_seconds(workdir, stage_names))
-        pipe, generators = samplers(config, workdir, arm, refs, c, s)
+        pipe, generators = samplers(
+            config, study_stages.export_arm(config, workdir, arm, c, s), arm, refs
+        )
         for key, generate in generators.items():
             logging.info("arm %s, CLIP %d, seed %d, %s", name, c, s, key)
             with flop_meter.metering() as meter:
@@ -184,25 +187,43 @@ def arm_flops(config, workdir: Path, name: str) -> list[dict]:
     ]
 
 
-def run_arms(config, workdir: Path, results: Path, force: set[str]) -> dict[str, dict]:
-    """Every arm's figures: read where this tier wrote them before (unless forced), else
-    sampled (a file of another tier is replaced)."""
+def figures_on_file(config: ml_collections.ConfigDict, path: Path) -> dict | None:
+    """The figures this tier wrote to `path` before, or None (none, or another tier's: those are
+    replaced)."""
+    if not path.is_file():
+        return None
+    earlier = json.loads(path.read_text())
+    if earlier.get("tier") != config.tier:
+        logging.info("arm %s: %s holds the %s tier's figures", path.stem, path, earlier.get("tier"))
+        return None
+    logging.info("arm %s: figures in %s, not sampled again", path.stem, path)
+    return earlier
+
+
+def run_arms(config, workdir: Path, chosen: list[str], force: set[str], resample: set[str]):
+    """The figures of every arm that has them: read where this tier wrote them before (unless
+    in `resample`), else, for the `chosen` arms, sampled once the stages they read are trained;
+    each stage of `force` is trained again once."""
     from unclip_jax.evals.clip_score import CLIPScorer
 
+    steps = study_stages.steps(config, workdir)
+    force = set(steps) if "all" in force else set(force)
+    results, _ = outputs(config, workdir)
     refs = None
     arms = {}
     for name in config.arms:
         path = results / f"{name}.json"
-        if path.is_file() and not ({name, "all"} & force):
-            earlier = json.loads(path.read_text())
-            if earlier.get("tier") == config.tier:
-                logging.info("arm %s: figures in %s, not sampled again", name, path)
-                if "training_flops" not in earlier:  # sampled before FLOPs were counted
-                    earlier["training_flops"] = arm_flops(config, workdir, name)
-                    write_json(path, earlier)
-                arms[name] = earlier
-                continue
-            logging.info("arm %s: %s holds the %s tier's figures", name, path, earlier.get("tier"))
+        earlier = None if {name, "all"} & resample else figures_on_file(config, path)
+        if earlier is not None or name not in chosen:
+            arms |= {name: earlier} if earlier is not None else {}
+            continue
+        arm = config.arms[name].to_dict()
+        needed = study_stages.needed_stages(config, arm, replicates(config, arm))
+        arm_steps = {stage: step for stage, step in steps.items() if stage in needed}
+        train = functools.partial(stages.run_stages, arm_steps, workdir, force & needed, set())
+        stages.train_or_exit(train)
+        force -= needed
+        study_stages.count_flops(config, workdir, needed)
         if refs is None:
             refs = study_arms.References(config, CLIPScorer(study_stages.score_clip_dir(workdir)))
         arms[name] = evaluate_arm(config, workdir, name, refs)
@@ -233,30 +254,37 @@ def report(config, arms: dict[str, dict], results: Path, table: Path) -> list[di
     return judged
 
 
+def check_arm_names(config: ml_collections.ConfigDict, flag: str, names: list[str]) -> None:
+    """ValueError naming the arms of `flag` that the study does not have."""
+    unknown = set(names) - {"all", *config.arms}
+    if unknown:
+        raise ValueError(f"unknown arms {sorted(unknown)} in --{flag}; arms: {list(config.arms)}")
+
+
 def study(config: ml_collections.ConfigDict, workdir: Path) -> None:
-    """Trains (or skips) the stages, then, once all are finished, samples and scores the arms
-    and judges the claims."""
+    """Arm by arm, trains (or skips) the stages it reads, then samples and scores it; judges the
+    claims once every arm has its figures."""
     from unclip_jax.pipelines.outputs import enable_compilation_cache
 
     force, only = set(FLAGS.force), set(FLAGS.stages)
     steps = study_stages.steps(config, workdir)
     stages.check_stage_names(force | only, tuple(steps))
-    unknown_arms = set(FLAGS.force_arms) - {"all", *config.arms}
-    if unknown_arms:
-        raise ValueError(
-            f"unknown arms {sorted(unknown_arms)} in --force_arms; arms: {list(config.arms)}"
-        )
+    check_arm_names(config, "force_arms", FLAGS.force_arms)
+    check_arm_names(config, "arms", FLAGS.arms)
     enable_compilation_cache(str(workdir / "xla_cache"))
-    records = stages.train_or_exit(lambda: stages.run_stages(steps, workdir, force, only))
-    missing = [name for name in steps if name not in records]
-    if missing:
-        print(f"stages not finished yet: {', '.join(missing)}; the arms run once all are")
+    if only:  # e.g. in a second process: the stages alone, no arm sampled
+        stages.train_or_exit(lambda: stages.run_stages(steps, workdir, force, only))
+        print(f"stages {', '.join(sorted(only))} trained; a run without --stages samples the arms")
         return
-    study_stages.count_flops(config, workdir)
-    study_stages.export(config, workdir)
-    results, table = outputs(config, workdir)
+    chosen = list(config.arms) if {"all"} >= set(FLAGS.arms) else FLAGS.arms
     # a stage trained again makes the figures of the arms that read it stale
-    arms = run_arms(config, workdir, results, set(FLAGS.force_arms) | arms_reading(config, force))
+    resample = set(FLAGS.force_arms) | arms_reading(config, force)
+    arms = run_arms(config, workdir, chosen, force, resample)
+    missing = [name for name in config.arms if name not in arms]
+    if missing:
+        print(f"arms without figures yet: {', '.join(missing)}; the claims wait for every arm")
+        return
+    results, table = outputs(config, workdir)
     for claim in report(config, arms, results, table):
         print(f"{claim['name']}: {claim['verdict']}")
     print(f"claims in {table}, figures in {results}")

@@ -1,12 +1,14 @@
 """The study's trained stages and pipelines (`configs/study.py`): per conditioning CLIP c, its
 embeddings, the decoder reading z_i and the caption, GLIDE's decoder, and per training seed s the
-two priors, and once DALL·E's dVAE and transformer; then one unCLIP pipeline per (c, s), one
-GLIDE pipeline per c and one DALL·E pipeline per c (CLIP c reranks).
+two priors, and once DALL·E's dVAE and transformer; then, for the arms that sample them, unCLIP's
+pipelines per (c, s) (one with each prior), GLIDE's per c and DALL·E's per c (CLIP c reranks).
+An arm waits only for the stages it reads (`needed_stages`), so the study goes arm by arm.
 
-    <workdir>/data, score_clip, dvae, dalle          shared by every arm
+    <workdir>/data, score_clip                       read by every arm
+    <workdir>/dvae, dalle                            DALL·E's
     <workdir>/clip_c{c}, embeddings_c{c}, decoder_c{c}, glide_decoder_c{c}
     <workdir>/prior_c{c}_s{s}, ar_prior_c{c}_s{s}
-    <workdir>/pipelines/unclip_c{c}_s{s}, glide_c{c}, dalle_c{c}
+    <workdir>/pipelines/unclip_c{c}_s{s}, unclip_ar_c{c}_s{s}, glide_c{c}, dalle_c{c}
 """
 
 import functools
@@ -93,13 +95,13 @@ def arm_stages(arm: dict, c: int, s: int) -> list[str]:
     return [clip_name(c), f"embeddings_c{c}", *priors[arm["prior"]], f"decoder_c{c}"]
 
 
-def count_flops(config: ml_collections.ConfigDict, workdir: Path) -> None:
-    """Each trained stage's `compute.json` (its train step's FLOPs × steps): one trained before
-    FLOPs were counted is reopened by its trainer, which takes no step and compiles once."""
+def count_flops(config: ml_collections.ConfigDict, workdir: Path, names: set[str]) -> None:
+    """The named trained stages' `compute.json` (their train step's FLOPs × steps): one trained
+    before FLOPs were counted is reopened by its trainer, which takes no step and compiles once."""
     from unclip_jax.train import loop
 
     for name, section in sections(config, workdir).items():
-        if not (workdir / name / loop.COMPUTE_FILE).is_file():
+        if name in names and not (workdir / name / loop.COMPUTE_FILE).is_file():
             section.train.count_flops = True
             stages.trained(section)(workdir / name)
 
@@ -122,16 +124,31 @@ def training_seconds(workdir: Path, names: list[str]) -> dict[str, float]:
     }
 
 
-def unclip_pipeline(workdir: Path, c: int, s: int) -> Path:
-    return workdir / "pipelines" / f"unclip_c{c}_s{s}"
+def pipeline_stages(arm: dict, c: int, s: int) -> list[str]:
+    """The stages the pipeline an arm samples at replicate (c, s) is exported from: the arm's
+    own, and for an arm that runs no prior the diffusion prior of seed `s`, which a pipeline
+    holds although the arm never samples it."""
+    own = arm_stages(arm, c, s)
+    if arm["pipeline"] == "dalle" or arm["prior"]:
+        return own
+    return [*own, f"prior_c{c}_s{s}"]
 
 
-def glide_pipeline(workdir: Path, c: int) -> Path:
-    return workdir / "pipelines" / f"glide_c{c}"
+def needed_stages(config: ml_collections.ConfigDict, arm: dict, replicates) -> set[str]:
+    """Every stage an arm's sampling waits for at its replicates [(c, s)]: the data, the score
+    CLIP and its pipelines' stages."""
+    return {"data", "score_clip"}.union(*(pipeline_stages(arm, c, s) for c, s in replicates))
 
 
-def dalle_pipeline(workdir: Path, c: int) -> Path:
-    return workdir / "pipelines" / f"dalle_c{c}"
+def arm_pipeline(workdir: Path, arm: dict, c: int, s: int) -> Path:
+    """The pipeline an arm samples at replicate (c, s): DALL·E's or GLIDE's per CLIP, unCLIP's
+    per CLIP and seed, one with the diffusion prior and one with the AR prior."""
+    if arm["pipeline"] == "dalle":
+        return workdir / "pipelines" / f"dalle_c{c}"
+    if arm["pipeline"] == "glide":
+        return workdir / "pipelines" / f"glide_c{c}"
+    kind = "ar_" if arm["prior"] == "ar" else ""
+    return workdir / "pipelines" / f"unclip_{kind}c{c}_s{s}"
 
 
 SOURCES = "SOURCES"  # in a pipeline: the DONE records of the stages it was exported from
@@ -154,8 +171,9 @@ def _export_once(out: Path, workdir: Path, names: list[str], export_fn) -> None:
     marker.write_text(json.dumps(sources))
 
 
-def export(config: ml_collections.ConfigDict, workdir: Path) -> None:
-    """The pipelines the arms sample, each exported once from its stages' present runs."""
+def export_arm(config: ml_collections.ConfigDict, workdir: Path, arm: dict, c: int, s: int) -> Path:
+    """The pipeline an arm samples at replicate (c, s), exported once from its stages' present
+    runs (`pipeline_stages`)."""
     from unclip_jax.pipelines.dalle_store import export_dalle_pipeline
     from unclip_jax.pipelines.store import export_pipeline
 
@@ -164,28 +182,18 @@ def export(config: ml_collections.ConfigDict, workdir: Path) -> None:
     def trained(name: str) -> tuple[ml_collections.ConfigDict, Path]:
         return configs[name], workdir / name
 
-    for c in config.clip_seeds:
-        clip = clip_export(workdir, c)
-        for s in config.seeds:
-            prior, ar_prior = f"prior_c{c}_s{s}", f"ar_prior_c{c}_s{s}"
-            unclip = functools.partial(
-                export_pipeline,
-                clip_dir=clip,
-                prior=trained(prior),
-                ar_prior=trained(ar_prior),
-                decoder=trained(f"decoder_c{c}"),
-            )
-            names = [clip_name(c), prior, ar_prior, f"decoder_c{c}"]
-            _export_once(unclip_pipeline(workdir, c, s), workdir, names, unclip)
-        # its prior is never sampled (the arm gives the null z_i)
-        prior = f"prior_c{c}_s{config.seeds[0]}"
-        glide = functools.partial(
+    clip = clip_export(workdir, c)
+    if arm["pipeline"] == "dalle":
+        export = functools.partial(export_dalle_pipeline, clip_dir=clip, dalle=trained("dalle"))
+    else:
+        decoder = "glide_decoder" if arm["pipeline"] == "glide" else "decoder"
+        prior = "ar_prior" if arm["prior"] == "ar" else "prior"
+        export = functools.partial(
             export_pipeline,
             clip_dir=clip,
-            prior=trained(prior),
-            decoder=trained(f"glide_decoder_c{c}"),
+            decoder=trained(f"{decoder}_c{c}"),
+            **{prior: trained(f"{prior}_c{c}_s{s}")},
         )
-        names = [clip_name(c), prior, f"glide_decoder_c{c}"]
-        _export_once(glide_pipeline(workdir, c), workdir, names, glide)
-        dalle = functools.partial(export_dalle_pipeline, clip_dir=clip, dalle=trained("dalle"))
-        _export_once(dalle_pipeline(workdir, c), workdir, [clip_name(c), "dvae", "dalle"], dalle)
+    out = arm_pipeline(workdir, arm, c, s)
+    _export_once(out, workdir, pipeline_stages(arm, c, s), export)
+    return out
