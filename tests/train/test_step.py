@@ -1,5 +1,6 @@
 """Sharded train step: mesh equivalence, sharded parameters, accumulation, non-finite skipping."""
 
+import re
 import sys
 from pathlib import Path
 
@@ -26,10 +27,10 @@ OPT = optimizer_lib.OptimizerConfig(
 DEFAULT_STEP = step_lib.StepConfig(ema_decay=0.9)
 
 
-def make(mesh_shape, devices, step_config=DEFAULT_STEP, noise=0.01):
-    """(state, jitted step, iterator) for the tiny task on a mesh of `devices`."""
+def make(mesh_shape, devices, step_config=DEFAULT_STEP, noise=0.01, task=None):
+    """(state, jitted step, iterator) for the tiny task (or `task`) on a mesh of `devices`."""
     mesh = sharding.make_mesh(mesh_shape, devices)
-    task = tiny_task.TinyTask(noise)
+    task = task or tiny_task.TinyTask(noise)
     spec = {"x": jax.ShapeDtypeStruct((1, tiny_task.DIM), jnp.float32)}
     init_fn = lambda key: task.init(key, spec)
     mask = optimizer_lib.decay_mask(jax.eval_shape(init_fn, jax.random.key(0)))
@@ -182,3 +183,23 @@ def test_update_is_finite_reads_the_loss_gradients_and_learning_rate():
     assert not bool(step_lib.update_is_finite(one, huge, one))
     large = optimizer_lib.global_norm({"g": jnp.full((1000,), 1e17, jnp.float32)})
     assert bool(step_lib.update_is_finite(one, large, one))
+
+
+class LossOnly(tiny_task.TinyTask):
+    """The tiny task without its metric (a metric read of a parameter that the update does not
+    wait for is one XLA must copy the parameter for)."""
+
+    def loss(self, params, batch, key, train):
+        return super().loss(params, batch, key, train)[0], {}
+
+
+def test_the_step_updates_each_parameter_in_its_donated_buffer():
+    """The compiled step copies no parameter at its entry: the EMA reads the kept parameters
+    rather than computing their update again from the old ones, a read of those after their
+    in-place update that made XLA copy every parameter first."""
+    state, step, data, mesh = make({"data": 1}, jax.devices()[:1], task=LossOnly())
+    batch = step_lib.to_global(next(data), mesh)
+    entry = step.lower(state, batch, jax.random.key(7)).compile().as_text().split("\nENTRY")[1]
+    copied = set(re.findall(r"= \S+ copy\(%state_(\w+?)__", entry))
+    assert "opt_state_1" in copied, "no moment copied: the state's names in the HLO changed"
+    assert not copied & {"params", "ema_params"}, sorted(copied)

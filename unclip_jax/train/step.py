@@ -121,25 +121,30 @@ def train_step(
         loss, metrics, grads = jax.tree.map(lambda x: x / n, (loss, metrics, grads))
 
     grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
+    old_params = state.params
     applied = state.step - state.nonfinite_total  # updates applied so far
     grad_norm = optimizer_lib.global_norm(grads)
     learning_rate = schedule(applied)
     finite = update_is_finite(loss, grad_norm, learning_rate)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    ema = update_ema(
-        state.ema_params, params, ema_decay(applied, config.ema_decay, config.ema_warmup)
-    )
+    updates, opt_state = tx.update(grads, state.opt_state, old_params)
+    params = optax.apply_updates(old_params, updates)
 
     def keep_if_finite(new: object, old: object) -> object:
         return jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
 
+    # the EMA reads the kept parameters (computing their update again from the old ones would
+    # be another read of those after their in-place update)
+    params = keep_if_finite(params, old_params)
+    opt_state = keep_if_finite(opt_state, state.opt_state)
+    ema = update_ema(
+        state.ema_params, params, ema_decay(applied, config.ema_decay, config.ema_warmup)
+    )
     skipped = 1 - finite.astype(jnp.int32)
     new_state = TrainState(
         step=state.step + 1,
-        params=keep_if_finite(params, state.params),
+        params=params,
         ema_params=keep_if_finite(ema, state.ema_params),
-        opt_state=keep_if_finite(opt_state, state.opt_state),
+        opt_state=opt_state,
         nonfinite_streak=(state.nonfinite_streak + 1) * skipped,
         nonfinite_total=state.nonfinite_total + skipped,
     )
