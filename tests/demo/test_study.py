@@ -174,6 +174,8 @@ def test_smoke_study_writes_every_arm_and_the_claims(tmp_path):
     results = tmp_path / "paper_claims"
     assert sorted(p.name for p in results.iterdir()) == ["C1.json", "E.json"]
     assert "arms without figures yet: A, B, C2, D" in first.stdout
+    partial = (tmp_path / "paper_claims.md").read_text()
+    assert "Arms without figures yet: A, B, C2, D." in partial and "| C1 | 4 |" in partial
     trained = {p.name for p in tmp_path.iterdir() if (p / stages.DONE).is_file()}
     assert "dalle" in trained and "decoder_c0" in trained
     assert not trained & {"glide_decoder_c0", "ar_prior_c0_s0"}  # D's and B's, not sampled yet

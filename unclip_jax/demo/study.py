@@ -10,7 +10,8 @@ stages an arm reads, skipping those finished and resuming those interrupted (`--
 writes its file. An arm whose file exists is not trained for nor sampled again unless named in
 `--force_arms` or reading a stage named in `--force`, so a run stopped half-way goes on from its
 last finished arm, and results committed from an earlier run carry over (on another machine,
-only the missing arms' stages are trained). The claims are judged once every arm has its file.
+only the missing arms' stages are trained). Until every arm has its file, the table holds the
+figures of those that have; then the claims are judged.
 Run from the repository's root.
 """
 
@@ -233,22 +234,27 @@ def run_arms(config, workdir: Path, chosen: list[str], force: set[str], resample
 
 
 def report(config, arms: dict[str, dict], results: Path, table: Path) -> list[dict]:
-    """The judged claims into `<results>/claims.json` and `table`, the plot beside them."""
+    """`table`: the arms' figures, and once every arm has them the judged claims (also into
+    `<results>/claims.json`, with the plots beside it); returns the judged claims ([] while an
+    arm is missing)."""
     replicates_ = config.bootstrap_replicates
-    judged = study_claims.judge(list(config.claims), arms, config.reference_guidance, replicates_)
-    write_json(results / "claims.json", {"tier": config.tier, "claims": judged})
-    study_claims.guidance_plot(arms, results / "guidance.png")
-    study_claims.rerank_plot(arms, results / "rerank.png")
-    lines = [
-        f"# The papers' claims on the shapes ({config.tier} tier)",
-        "",
-        *study_claims.claims_table(judged),
-        "",
-        "## Arms",
-        "",
-        *study_claims.arms_table(arms, replicates_),
-        "",
-    ]
+    missing = [name for name in config.arms if name not in arms]
+    lines = [f"# The papers' claims on the shapes ({config.tier} tier)", ""]
+    judged = []
+    if missing:
+        lines.append(
+            f"Arms without figures yet: {', '.join(missing)}. The claims are judged once every "
+            "arm has them."
+        )
+    else:
+        judged = study_claims.judge(
+            list(config.claims), arms, config.reference_guidance, replicates_
+        )
+        write_json(results / "claims.json", {"tier": config.tier, "claims": judged})
+        study_claims.guidance_plot(arms, results / "guidance.png")
+        study_claims.rerank_plot(arms, results / "rerank.png")
+        lines.extend(study_claims.claims_table(judged))
+    lines += ["", "## Arms", "", *study_claims.arms_table(arms, replicates_), ""]
     table.parent.mkdir(parents=True, exist_ok=True)
     table.write_text("\n".join(lines))
     return judged
@@ -280,14 +286,14 @@ def study(config: ml_collections.ConfigDict, workdir: Path) -> None:
     # a stage trained again makes the figures of the arms that read it stale
     resample = set(FLAGS.force_arms) | arms_reading(config, force)
     arms = run_arms(config, workdir, chosen, force, resample)
+    results, table = outputs(config, workdir)
+    judged = report(config, arms, results, table)
+    for claim in judged:
+        print(f"{claim['name']}: {claim['verdict']}")
     missing = [name for name in config.arms if name not in arms]
     if missing:
         print(f"arms without figures yet: {', '.join(missing)}; the claims wait for every arm")
-        return
-    results, table = outputs(config, workdir)
-    for claim in report(config, arms, results, table):
-        print(f"{claim['name']}: {claim['verdict']}")
-    print(f"claims in {table}, figures in {results}")
+    print(f"{'claims' if judged else 'figures'} in {table}, figures in {results}")
 
 
 def main(argv: list[str]) -> None:
