@@ -293,7 +293,7 @@ def study(config: ml_collections.ConfigDict, workdir: Path) -> None:
     missing = [name for name in config.arms if name not in arms]
     if missing:
         print(f"arms without figures yet: {', '.join(missing)}; the claims wait for every arm")
-    print(f"{'claims' if judged else 'figures'} in {table}, figures in {results}")
+    print(f"{'claims' if judged else 'the arms so far'} in {table}, figures in {results}")
 
 
 def main(argv: list[str]) -> None:
