@@ -215,8 +215,9 @@ def run_arms(config, workdir: Path, chosen: list[str], force: set[str], resample
     for name in config.arms:
         path = results / f"{name}.json"
         earlier = None if {name, "all"} & resample else figures_on_file(config, path)
+        if earlier is not None:
+            arms[name] = earlier
         if earlier is not None or name not in chosen:
-            arms |= {name: earlier} if earlier is not None else {}
             continue
         arm = config.arms[name].to_dict()
         needed = study_stages.needed_stages(config, arm, replicates(config, arm))
