@@ -30,6 +30,8 @@ def test_stages_are_wired_per_clip_and_seed(tmp_path):
     assert a.model.to_dict() == d.model.to_dict() and a.train.to_dict() == d.train.to_dict()
     assert a.model.caption_source == "transformer" and a.image_size == 32
     assert (a.guidance.image_drop_prob, d.guidance.image_drop_prob) == (0.1, 1.0)
+    # D's decoders read no embedding of their CLIP: each replicate is trained from its own seed.
+    assert sections["glide_decoder_c1"].seed != d.seed
     steps = list(study_stages.steps(config, tmp_path))
     assert steps[:4] == ["data", "score_clip", "dvae", "dalle"]
     assert len(steps) == 4 + 2 * (4 + 2 * 3)

@@ -54,8 +54,10 @@ def sections(config: ml_collections.ConfigDict, workdir: Path) -> dict:
     out["dalle"].dvae_dir = str(workdir / "dvae" / dvae_task.EXPORT_DIR)
     for c in config.clip_seeds:
         out[clip_name(c)] = _section(config, "clip", seed=c)
-        for name in ("decoder", "glide_decoder"):
-            decoder = _section(config, name, seed=0)
+        # unCLIP's decoders differ by the embeddings of their CLIP; GLIDE's drops every embedding,
+        # so its replicate per CLIP is its own training seed.
+        for name, seed in (("decoder", 0), ("glide_decoder", c)):
+            decoder = _section(config, name, seed=seed)
             decoder.clip_dir = str(clip_export(workdir, c))
             out[f"{name}_c{c}"] = decoder
         for s in config.seeds:
