@@ -398,6 +398,7 @@ FLAG_HELP = {
     "batch": "rows per call",
     "batches": "comma-separated batch sizes",
     "reps": "alternating passes (the ratio is their median)",
+    "calls": "calls in a row per timing (their mean)",
     "repeats": "timed repetitions",
     "steps": "timed steps",
     "dtype": "compute dtype",

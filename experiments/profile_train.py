@@ -42,7 +42,52 @@ def shares(times: collections.Counter, counts: collections.Counter, steps: int, 
     ]
 
 
-def profile_ours(step: OurStep, steps: int, top: int) -> list[dict]:
+# a kernel gradient is a convolution whose window is the image (the input's size), not the kernel's
+WINDOW = re.compile(r"window=\{size=(\d+)x(\d+)")
+PROJECTIONS = re.compile(r"/(query|key|value|extra_key|extra_value|out)/")
+
+
+def compiled_roles(hlo: str) -> dict[str, str]:
+    """{operation name: its role}, read from the compiled step's HLO: the convolutions (forward,
+    input gradient, kernel gradient), attention's projections, its products and the rest of it
+    (softmax, masks, layout), other products. Operations not named here keep their kind."""
+    lines = {}
+    for line in hlo.splitlines():
+        match = re.match(r"\s*(?:ROOT )?%([\w.\-]+) = ", line)
+        if match:
+            lines.setdefault(match.group(1), line)
+    bodies = {
+        match.group(1): match.group(2)
+        for match in re.finditer(r"\n%([\w.\-]+) [^\n]*\{\n(.*?)\n\}", hlo, re.S)
+    }
+    roles = {}
+    for name, line in lines.items():
+        if re.search(r" (all-reduce|all-gather|reduce-scatter|collective-permute)", line):
+            continue  # a collective's name lists every layer it carries
+        called = re.search(r"calls=%([\w.\-]+)", line)
+        body = line + (bodies.get(called.group(1), "") if called else "")
+        attention = re.search(r"[/(]attention[/)]", body) is not None
+        if "convolution(" in body:
+            window = WINDOW.search(body)
+            if window and min(int(window[1]), int(window[2])) > 7:
+                roles[name] = "convolution: kernel gradient"
+            elif "transpose(jvp" in body:
+                roles[name] = "convolution: input gradient"
+            else:
+                roles[name] = "convolution: forward"
+        elif " dot(" in body and attention:
+            projection = PROJECTIONS.search(body)
+            roles[name] = "attention: projections" if projection else "attention: products"
+        elif " dot(" in body:
+            roles[name] = "other products"
+        elif attention:
+            roles[name] = "attention: softmax, masks, layout"
+    return roles
+
+
+def profile_ours(step: OurStep, steps: int, top: int) -> tuple[list[dict], list[dict]]:
+    """The top operation kinds and the top roles (`compiled_roles`) of the step's time."""
+    roles = compiled_roles(step.step.lower(step.state, step.batch, step.key).compile().as_text())
     with tempfile.TemporaryDirectory() as folder:
         jax.profiler.start_trace(folder, create_perfetto_trace=True)
         for _ in range(steps):
@@ -52,14 +97,18 @@ def profile_ours(step: OurStep, steps: int, top: int) -> list[dict]:
         with gzip.open(trace) as file:
             events = json.load(file)["traceEvents"]
     times, counts = collections.Counter(), collections.Counter()
+    role_times, role_counts = collections.Counter(), collections.Counter()
     for event in events:
         name = event.get("name", "")
         if event.get("ph") != "X" or name.startswith(HOST_SPANS):
             continue
         kind = re.sub(r"[.\d]+$", "", name)
+        role = roles.get(name, kind)
         times[kind] += event.get("dur", 0)
         counts[kind] += 1
-    return shares(times, counts, steps, top)
+        role_times[role] += event.get("dur", 0)
+        role_counts[role] += 1
+    return shares(times, counts, steps, top), shares(role_times, role_counts, steps, top)
 
 
 def profile_torch(step: TorchStep, steps: int, top: int) -> list[dict]:
@@ -106,11 +155,12 @@ def main() -> None:
             devices=ours.devices,
             torch_threads=torch.get_num_threads(),
             load_average=common.load_average(),
-            ours=profile_ours(ours, args.steps, args.top),
             torch=profile_torch(theirs, args.steps, args.top),
         )
+        row["ours"], row["ours_roles"] = profile_ours(ours, args.steps, args.top)
         print(f"{name}, batch {args.batch}, load {row['load_average']}")
         print_side(f"ours ({ours.devices} devices)", row["ours"])
+        print_side("ours by role", row["ours_roles"])
         print_side(f"PyTorch ({row['torch_threads']} threads)", row["torch"])
         path = common.write_results(
             "profile_train",

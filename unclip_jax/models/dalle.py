@@ -54,6 +54,7 @@ from unclip_jax.nn.embedding import position_embedding, token_embedding
 from unclip_jax.nn.linear import dense
 from unclip_jax.nn.norm import layer_norm
 from unclip_jax.nn.precision import PrecisionModule
+from unclip_jax.nn.softmax_attention import dot_product_attention
 from unclip_jax.sharding import EMBED, LAYERS, MLP, PER_HEAD, TOKENS, VOCAB, constrain, remat
 
 Array = jax.Array
@@ -250,7 +251,7 @@ class DalleBlock(PrecisionModule):
         query, key, value = project("query"), project("key"), project("value")
         rows = jax.lax.dynamic_slice_in_dim(masks[mask_index], start, h.shape[1], axis=0)
         if cache is None:
-            attended = jax.nn.dot_product_attention(
+            attended = dot_product_attention(
                 query, key, value, mask=rows[None, None, :, : h.shape[1]]
             )
         else:

@@ -27,6 +27,7 @@ from unclip_jax.nn.embedding import position_embedding, timestep_embedding
 from unclip_jax.nn.linear import dense
 from unclip_jax.nn.norm import layer_norm
 from unclip_jax.nn.precision import PrecisionModule
+from unclip_jax.nn.softmax_attention import dot_product_attention
 from unclip_jax.sharding import EMBED, HIDDEN, JOINT_EMBED, LENGTH, MLP, TOKENS, constrain
 
 Array = jax.Array
@@ -213,7 +214,7 @@ class PriorBlock(PrecisionModule):
         query = _project(params["query"], normed, self.dtype)
         new_keys = _project(params["key"], normed, self.dtype)
         new_values = _project(params["value"], normed, self.dtype)
-        attended = jax.nn.dot_product_attention(
+        attended = dot_product_attention(
             query,
             jnp.concatenate([keys, new_keys], axis=1),
             jnp.concatenate([values, new_values], axis=1),

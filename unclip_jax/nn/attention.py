@@ -1,4 +1,4 @@
-"""Multi-head attention with optional extra key/value tokens (jax.nn.dot_product_attention).
+"""Multi-head attention with optional extra key/value tokens (`softmax_attention`).
 
 The extra tokens are how conditioning enters attention in GLIDE/unCLIP (caption and image-embedding
 tokens prepended to the keys and values) and in diffusers' `AttnAddedKVProcessor`.
@@ -10,6 +10,7 @@ import jax.numpy as jnp
 
 from unclip_jax.nn.linear import dense
 from unclip_jax.nn.precision import PrecisionModule
+from unclip_jax.nn.softmax_attention import dot_product_attention
 from unclip_jax.sharding import EMBED, HEAD_DIM, HEADS, PER_HEAD, TOKENS, constrain
 
 Array = jax.Array
@@ -55,7 +56,7 @@ class MultiHeadAttention(PrecisionModule):
         if extra_tokens is not None:
             key = jnp.concatenate([project("extra_key", extra_tokens), key], axis=1)
             value = jnp.concatenate([project("extra_value", extra_tokens), value], axis=1)
-        attended = jax.nn.dot_product_attention(
+        attended = dot_product_attention(
             query, key, value, mask=mask, is_causal=is_causal
         )  # [B, Lq, H, Dh]
         attended = constrain(attended, PER_HEAD)
