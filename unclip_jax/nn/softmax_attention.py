@@ -68,7 +68,9 @@ def _scores(query: Array, key: Array, bias: Array | None) -> Array:
     return scores if bias is None else scores + bias
 
 
-def _forward(query: Array, key: Array, value: Array, bias: Array | None) -> tuple[Array, Array]:
+def _forward(
+    query: Array, key: Array, value: Array, bias: Array | None
+) -> tuple[Array, tuple[Array, Array]]:
     """Output [B, H, T, Dh] and each query's softmax statistics: the top score and the
     reciprocal of the sum of exp(score − top), each [B, H, T, 1] (kept apart: their log-sum-exp
     would round away the sum next to a masked row's top, MASKED_SCORE)."""
