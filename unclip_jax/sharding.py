@@ -199,10 +199,11 @@ def create_sharded(
 
 def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
     """Sharding constraint on an activation by logical names (`x: [B, L, D]` with `TOKENS`);
-    a no-op outside `activation_rules` (plain `model.apply`, samplers, pipelines)."""
+    a no-op outside `activation_rules` (plain `model.apply`, samplers, pipelines) and in a
+    per-device region (`jax.shard_map` over every mesh axis)."""
     mesh = jax.sharding.get_abstract_mesh()
     rules = nn.get_logical_axis_rules()
-    if mesh.empty or not rules:
+    if mesh.empty or not rules or mesh.are_all_axes_manual:
         return x
     return jax.lax.with_sharding_constraint(x, logical_to_spec(logical_axes, x.shape, mesh, rules))
 

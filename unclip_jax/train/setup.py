@@ -61,7 +61,9 @@ class TrainSetup:
 
     @property
     def pure_step(self) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, Metrics]]:
-        """The unjitted step with this setup's task, optimiser and config bound."""
+        """The unjitted step with this setup's task, optimiser and config bound, written for the
+        whole batch (gradients reduced by the partitioner, never summed per device in buckets):
+        its lowered program's cost analysis counts the whole step's FLOPs."""
         return step_lib.bind_train_step(self.task, self.tx, self.schedule, self.step_config)
 
 

@@ -6,7 +6,8 @@ differentiated function, so gradients and updates stay float32); a step whose ne
 optimiser state would not be finite (a non-finite loss or gradient, a gradient whose square
 overflows, a NaN learning rate: `update_is_finite`) leaves params, EMA and optimiser state
 untouched and counts itself instead, so that no state a checkpoint could be written from is ever
-non-finite.
+non-finite. On several CPU devices with replicated parameters each device computes its rows'
+gradients and the devices sum them in buckets (`data_parallel`).
 """
 
 import dataclasses
@@ -23,6 +24,7 @@ from jax.sharding import PartitionSpec as P
 
 from unclip_jax import sharding
 from unclip_jax.nn.precision import cast_floats, compute_dtype
+from unclip_jax.train import data_parallel
 from unclip_jax.train import optimizer as optimizer_lib
 from unclip_jax.train.state import TrainState, ema_decay, update_ema
 from unclip_jax.train.task import Batch, Metrics, Task
@@ -87,8 +89,13 @@ def train_step(
     tx: optax.GradientTransformation,
     schedule: optax.Schedule,
     config: StepConfig,
+    per_device_mesh: Mesh | None = None,
 ) -> tuple[TrainState, Metrics]:
-    """One optimiser step on the global `batch`. Pure; returns (new state, scalar metrics)."""
+    """One optimiser step on the global `batch`. Pure; returns (new state, scalar metrics).
+
+    per_device_mesh: compute each device's gradients of its rows and sum them in buckets over
+    this mesh (`data_parallel`: CPU devices with replicated parameters); by default the
+    partitioner reduces each parameter's gradient."""
     step_key = jax.random.fold_in(key, state.step)
     dtype = compute_dtype(config.compute_dtype)
 
@@ -98,28 +105,28 @@ def train_step(
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     n = config.grad_accum_steps
-    if n == 1:
-        (loss, metrics), grads = grad_fn(state.params, batch, step_key)
-    else:
+
+    def gradients(params: object, batch: Batch, key: jax.Array) -> tuple:
+        """(loss, metrics, gradients) of `batch`, means over its rows and micro-batches."""
+        if n == 1:
+            (loss, metrics), grads = grad_fn(params, batch, key)
+            return loss, metrics, grads
 
         def accumulate(carry: tuple, xs: tuple) -> tuple:
             index, micro = xs
-            (loss, metrics), grads = grad_fn(
-                state.params, micro, jax.random.fold_in(step_key, index)
-            )
+            (loss, metrics), grads = grad_fn(params, micro, jax.random.fold_in(key, index))
             total = jax.tree.map(jnp.add, carry, (loss, metrics, grads))
             return total, None
 
         micro = _micro_batches(batch, n)
-        _, first_metrics = jax.eval_shape(
-            loss_fn, state.params, jax.tree.map(lambda x: x[0], micro), step_key
-        )
-        zeros = jax.tree.map(
-            jnp.zeros_like, (jnp.zeros((), jnp.float32), first_metrics, state.params)
-        )
-        (loss, metrics, grads), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(n), micro))
-        loss, metrics, grads = jax.tree.map(lambda x: x / n, (loss, metrics, grads))
+        _, first_metrics = jax.eval_shape(loss_fn, params, jax.tree.map(lambda x: x[0], micro), key)
+        zeros = jax.tree.map(jnp.zeros_like, (jnp.zeros((), jnp.float32), first_metrics, params))
+        total, _ = jax.lax.scan(accumulate, zeros, (jnp.arange(n), micro))
+        return jax.tree.map(lambda x: x / n, total)
 
+    if per_device_mesh is not None:
+        gradients = data_parallel.per_device_mean(gradients, per_device_mesh)
+    loss, metrics, grads = gradients(state.params, batch, step_key)
     grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
     old_params = state.params
     applied = state.step - state.nonfinite_total  # updates applied so far
@@ -165,10 +172,24 @@ def eval_step(params: object, batch: Batch, key: jax.Array, *, task: Task) -> Me
 
 
 def bind_train_step(
-    task: Task, tx: optax.GradientTransformation, schedule: optax.Schedule, config: StepConfig
+    task: Task,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    config: StepConfig,
+    mesh: Mesh | None = None,
+    param_shardings: object = None,
 ) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, Metrics]]:
-    """`train_step` with everything but (state, batch, key) bound."""
-    return functools.partial(train_step, task=task, tx=tx, schedule=schedule, config=config)
+    """`train_step` with everything but (state, batch, key) bound; its gradients summed in
+    buckets where the step runs on `mesh` with `param_shardings` that `data_parallel` buckets."""
+    per_device = mesh is not None and data_parallel.uses_buckets(mesh, param_shardings)
+    return functools.partial(
+        train_step,
+        task=task,
+        tx=tx,
+        schedule=schedule,
+        config=config,
+        per_device_mesh=mesh if per_device else None,
+    )
 
 
 def batch_shardings(mesh: Mesh, batch: Batch) -> dict[str, NamedSharding]:
@@ -209,7 +230,7 @@ def jit_train_step(
     `(state, batch [B, ...], key) -> (state, metrics)`. Only the tree of `batch_spec` is read."""
     repl = sharding.replicated(mesh)
     fn = jax.jit(
-        bind_train_step(task, tx, schedule, config),
+        bind_train_step(task, tx, schedule, config, mesh, state_shardings.params),
         in_shardings=(state_shardings, batch_shardings(mesh, batch_spec), repl),
         out_shardings=(state_shardings, repl),
         donate_argnums=0,
