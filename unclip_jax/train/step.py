@@ -80,6 +80,32 @@ def update_is_finite(loss: jax.Array, grad_norm: jax.Array, learning_rate: jax.A
     return jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(learning_rate)
 
 
+def _batch_gradients(loss_fn: Callable, n: int) -> Callable[[object, Batch, jax.Array], tuple]:
+    """`(params, batch, key) -> (loss, metrics, gradients)` of `loss_fn(params, batch, key) ->
+    (loss, metrics)`: means over the batch's rows, accumulated over `n` micro-batches (`lax.scan`,
+    micro-batch i drawing from `fold_in(key, i)`)."""
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def gradients(params: object, batch: Batch, key: jax.Array) -> tuple:
+        if n == 1:
+            (loss, metrics), grads = grad_fn(params, batch, key)
+            return loss, metrics, grads
+
+        def accumulate(carry: tuple, xs: tuple) -> tuple:
+            index, micro = xs
+            (loss, metrics), grads = grad_fn(params, micro, jax.random.fold_in(key, index))
+            total = jax.tree.map(jnp.add, carry, (loss, metrics, grads))
+            return total, None
+
+        micro = _micro_batches(batch, n)
+        _, first_metrics = jax.eval_shape(loss_fn, params, jax.tree.map(lambda x: x[0], micro), key)
+        zeros = jax.tree.map(jnp.zeros_like, (jnp.zeros((), jnp.float32), first_metrics, params))
+        total, _ = jax.lax.scan(accumulate, zeros, (jnp.arange(n), micro))
+        return jax.tree.map(lambda x: x / n, total)
+
+    return gradients
+
+
 def train_step(
     state: TrainState,
     batch: Batch,
@@ -103,27 +129,7 @@ def train_step(
         loss, metrics = task.loss(cast_floats(params, dtype), micro, micro_key, True)
         return loss.astype(jnp.float32), metrics
 
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    n = config.grad_accum_steps
-
-    def gradients(params: object, batch: Batch, key: jax.Array) -> tuple:
-        """(loss, metrics, gradients) of `batch`, means over its rows and micro-batches."""
-        if n == 1:
-            (loss, metrics), grads = grad_fn(params, batch, key)
-            return loss, metrics, grads
-
-        def accumulate(carry: tuple, xs: tuple) -> tuple:
-            index, micro = xs
-            (loss, metrics), grads = grad_fn(params, micro, jax.random.fold_in(key, index))
-            total = jax.tree.map(jnp.add, carry, (loss, metrics, grads))
-            return total, None
-
-        micro = _micro_batches(batch, n)
-        _, first_metrics = jax.eval_shape(loss_fn, params, jax.tree.map(lambda x: x[0], micro), key)
-        zeros = jax.tree.map(jnp.zeros_like, (jnp.zeros((), jnp.float32), first_metrics, params))
-        total, _ = jax.lax.scan(accumulate, zeros, (jnp.arange(n), micro))
-        return jax.tree.map(lambda x: x / n, total)
-
+    gradients = _batch_gradients(loss_fn, config.grad_accum_steps)
     if per_device_mesh is not None:
         gradients = data_parallel.per_device_mean(gradients, per_device_mesh)
     loss, metrics, grads = gradients(state.params, batch, step_key)
