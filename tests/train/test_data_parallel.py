@@ -63,6 +63,8 @@ def test_uses_buckets_only_for_replicated_parameters_on_several_cpu_devices():
     replicated = {"kernel": NamedSharding(two, P()), "bias": NamedSharding(two, P())}
     assert data_parallel.uses_buckets(two, replicated)
     assert not data_parallel.uses_buckets(one, {"kernel": NamedSharding(one, P())})
+    tensor = sharding.make_mesh({"data": 1, "tensor": 2}, jax.devices()[:2])
+    assert not data_parallel.uses_buckets(tensor, {"kernel": NamedSharding(tensor, P())})
     fsdp = sharding.make_mesh({"data": 2, "fsdp": 2}, jax.devices()[:4])
     split = {"kernel": NamedSharding(fsdp, P("fsdp")), "bias": NamedSharding(fsdp, P())}
     assert not data_parallel.uses_buckets(fsdp, split)

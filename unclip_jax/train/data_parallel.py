@@ -28,11 +28,17 @@ from unclip_jax import sharding
 BUCKET_BYTES = 4 * 2**20  # `tiny`'s and `small`'s steps ran as fast with buckets of 64 KiB to 4 MiB
 
 
+def _batch_axes(mesh: Mesh) -> tuple[tuple[str, ...], int]:
+    """The mesh axes the batch is split over, and how many shards they make."""
+    axes = tuple(a for a in sharding.BATCH_MESH_AXES if a in mesh.shape)
+    return axes, math.prod(mesh.shape[a] for a in axes)
+
+
 def uses_buckets(mesh: Mesh, param_shardings: object) -> bool:
-    """Whether a step on `mesh` sums its gradients in buckets: more than one device, all CPUs,
-    every parameter replicated on all of them."""
+    """Whether a step on `mesh` sums its gradients in buckets: the batch split over more than
+    one device, all CPUs, every parameter replicated on all of them."""
     return (
-        mesh.size > 1
+        _batch_axes(mesh)[1] > 1
         and all(d.platform == "cpu" for d in mesh.devices.flat)
         and all(
             isinstance(s, NamedSharding) and s.is_fully_replicated
@@ -60,12 +66,13 @@ def sum_in_buckets(tree: object, axis_name: str | tuple[str, ...], bucket_bytes:
 
     for i, leaf in enumerate(leaves):
         dtype = jnp.result_type(leaf)
-        if leaf.size * dtype.itemsize >= bucket_bytes:  # its own bucket: nothing to copy
+        leaf_bytes = leaf.size * dtype.itemsize
+        if leaf_bytes >= bucket_bytes:  # its own bucket: nothing to copy
             reduce([i])
             continue
         indices, nbytes = open_buckets.get(dtype, ([], 0))
         indices.append(i)
-        nbytes += leaf.size * dtype.itemsize
+        nbytes += leaf_bytes
         if nbytes >= bucket_bytes:
             reduce(indices)
             indices, nbytes = [], 0
@@ -82,8 +89,7 @@ def per_device_mean(
     """`fn(params, batch, key)` run on each device's rows of `batch` [B, ...] (split over the
     batch axes) with its own key, its outputs (losses, metrics, gradients: means over the rows)
     averaged over the devices in buckets. params and key replicated; outputs replicated."""
-    axes = tuple(a for a in sharding.BATCH_MESH_AXES if a in mesh.shape)
-    devices = math.prod(mesh.shape[a] for a in axes)
+    axes, devices = _batch_axes(mesh)
 
     def local(params: object, batch: object, key: jax.Array) -> object:
         index = jax.lax.axis_index(axes)
