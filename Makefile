@@ -15,11 +15,17 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 $(STAMP): setup.py constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[train,test,serve]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[train,test,serve,cpu]'
 	$(BIN)/python -m pip install -q --no-deps -c constraints.txt dall-e==0.1
 	touch $(STAMP)
 
-venv: $(STAMP)
+# oneDNN's convolutions for CPUs (nn/conv.py); without a C++ compiler the build says so and the
+# models use XLA's.
+NATIVE := unclip_jax/nn/native/_onednn_conv.so
+$(NATIVE): unclip_jax/nn/native/onednn_conv.cc unclip_jax/nn/native/build.py $(STAMP)
+	$(BIN)/python -m unclip_jax.nn.native.build
+
+venv: $(STAMP) $(NATIVE)
 
 lint: venv
 	$(BIN)/ruff format --check .
@@ -58,4 +64,4 @@ notebook: venv
 	$(BIN)/jupytext --sync notebooks/sampling.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache $(NATIVE)

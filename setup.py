@@ -49,6 +49,9 @@ setup(
             "nbformat>=5.10,<6",
             "ipykernel>=6.29,<8",
         ],
+        # oneDNN's headers and library: the CPU convolutions of nn/conv.py, built by
+        # `python -m unclip_jax.nn.native.build` (`make venv` runs it).
+        "cpu": ["onednn-devel-cpu-gomp==2023.2.0"],
         # `unclip serve`: the local web page.
         "serve": ["gradio>=6.31,<7"],
         # Deviceless TPU compilation (jax.experimental.topologies) for the paper-size configs.

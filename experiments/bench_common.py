@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from unclip_jax import flop_meter, hlo_cost
+
 RESULTS = pathlib.Path(__file__).parent / "results"  # one folder per script
 
 
@@ -327,12 +329,10 @@ def row_devices(batch: int) -> list[jax.Device]:
 
 
 def flops(fn, *args, **kwargs) -> float:
-    """XLA's cost-analysis FLOPs of one call of `fn` (a loop body would be counted once), from
-    the lowered program: nothing is compiled."""
-    analysis = jax.jit(fn).lower(*args, **kwargs).cost_analysis()
-    if isinstance(analysis, list | tuple):
-        analysis = analysis[0]
-    return float(analysis.get("flops", 0.0))
+    """The FLOPs of one call of `fn` on all its devices: `hlo_cost`'s count of the compiled
+    program (every loop trip, the oneDNN convolutions included)."""
+    text = jax.jit(fn).lower(*args, **kwargs).compile().as_text()
+    return hlo_cost.program_flops(text) * flop_meter.program_devices(text)
 
 
 def machine() -> dict[str, Any]:

@@ -1,11 +1,11 @@
-"""Where decoder training loses to PyTorch on a CPU: the U-Net's 3×3 convolutions, forward, input
-gradient and weight gradient, ours (XLA:CPU: the NHWC, same-padded `jax.lax.conv_general_dilated`
-that Flax's `nn.Conv` in `nn/linear.py` lowers to) against PyTorch's (oneDNN, NCHW) at the shapes
-of a decoder size's levels.
+"""The U-Net's 3×3 convolutions on a CPU, forward, input gradient and weight gradient: XLA:CPU's
+(the NHWC, same-padded `jax.lax.conv_general_dilated`), ours through oneDNN (`nn/conv.py`'s FFI
+calls, where built) and PyTorch's (oneDNN, NCHW), at the shapes of a decoder size's levels.
 
 A training step runs each convolution three times: forward, the gradient of its input and the
 gradient of its kernel. The three are timed separately (median of `--reps` calls after a
-warm-up, ours and PyTorch's alternating, one process, both on all cores), with the FLOP/s each
+warm-up, the implementations alternating, one process; with one JAX device, each on all cores;
+with `JAX_NUM_CPU_DEVICES=n`, ours on cores / n threads), with the FLOP/s each
 reaches (2 · B · H · W · 9 · C_in · C_out per product). XLA's flags apply to the whole process:
 run it once per setting (`XLA_FLAGS=... --tag ...`) to compare them. Writes
 `experiments/results/bench_conv/conv_<size><tag>.json`.
@@ -19,6 +19,7 @@ import jax
 import numpy as np
 
 from experiments import bench_common as common
+from unclip_jax.nn import conv as conv_lib
 
 PARTS = ("forward", "input_grad", "kernel_grad")
 
@@ -35,14 +36,8 @@ def level_shapes(size: common.CascadeSize) -> list[tuple[int, int, int]]:
     return shapes
 
 
-def ours(batch: int, resolution: int, c_in: int, c_out: int):
-    """{part: fn()} of XLA's three products, each compiled once."""
-
-    def conv(x, w):
-        return jax.lax.conv_general_dilated(
-            x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
-        )
-
+def ours(conv, batch: int, resolution: int, c_in: int, c_out: int):
+    """{part: fn()} of `conv`'s three products, each compiled once."""
     rng = np.random.default_rng(0)
     x = jax.numpy.asarray(rng.normal(size=(batch, resolution, resolution, c_in)), np.float32)
     w = jax.numpy.asarray(rng.normal(size=(3, 3, c_in, c_out)) * 0.05, np.float32)
@@ -82,10 +77,12 @@ def bench(size_name: str, batch: int, reps: int) -> list[dict]:
     rows = []
     for resolution, c_in, c_out in level_shapes(common.SIZES[size_name]):
         flop = 2 * batch * resolution * resolution * 9 * c_in * c_out
-        calls = {"ours": ours(batch, resolution, c_in, c_out)}
+        calls = {"xla": ours(conv_lib.xla_conv_same, batch, resolution, c_in, c_out)}
+        if conv_lib.onednn_available():
+            calls["onednn"] = ours(conv_lib.onednn_conv_same, batch, resolution, c_in, c_out)
         calls["torch"] = theirs(batch, resolution, c_in, c_out)
         for part in PARTS:
-            times = {"ours": [], "torch": []}
+            times = {name: [] for name in calls}
             for name in times:
                 calls[name][part]()  # warm-up (compilation, allocation)
             for _ in range(reps):
@@ -99,18 +96,19 @@ def bench(size_name: str, batch: int, reps: int) -> list[dict]:
                 c_in=c_in,
                 c_out=c_out,
                 part=part,
-                ours_ms=1e3 * median["ours"],
-                torch_ms=1e3 * median["torch"],
-                ratio=median["torch"] / median["ours"],
-                ours_gflops=flop / median["ours"] / 1e9,
-                torch_gflops=flop / median["torch"] / 1e9,
+                **{f"{name}_ms": 1e3 * m for name, m in median.items()},
+                **{f"{name}_gflops": flop / m / 1e9 for name, m in median.items()},
                 seconds=times,
             )
             rows.append(row)
             print(
-                f"{resolution:3d} px {c_in:4d} → {c_out:4d}  {part:11s}  ours {row['ours_ms']:7.2f}"
-                f" ms ({row['ours_gflops']:5.0f} GFLOP/s)  torch {row['torch_ms']:7.2f} ms "
-                f"({row['torch_gflops']:5.0f} GFLOP/s)  ratio {row['ratio']:.2f}",
+                f"{resolution:3d} px {c_in:4d} → {c_out:4d}  {part:11s}  "
+                + "  ".join(f"{name} {row[name + '_ms']:7.2f} ms" for name in median)
+                + "".join(
+                    f"  {name}/xla {median['xla'] / median[name]:.2f}×"
+                    for name in median
+                    if name != "xla"
+                ),
                 flush=True,
             )
     return rows

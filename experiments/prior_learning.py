@@ -432,7 +432,7 @@ def gate(test: dict) -> dict[str, bool]:
 
 def flops(fn, *args) -> float:
     """XLA's FLOPs of one call of `fn` after optimisation (the compiled program's cost analysis,
-    as the recorded results were counted; `bench_common.flops` counts the lowered program)."""
+    as the recorded results were counted)."""
     return float(jax.jit(fn).lower(*args).compile().cost_analysis()["flops"])
 
 

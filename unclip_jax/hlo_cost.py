@@ -10,7 +10,8 @@ XLA's own `cost_analysis()` counts a loop body once, so a program whose work sit
   tap) pairs that land on an input element, not on padding nor on a hole of `lhs_dilate` (TPU
   lowers attention's batched dots to such dilated convolutions); one per output element for
   elementwise arithmetic and one per input element for reductions; inside fusions, summed over
-  the fused body.
+  the fused body. The oneDNN convolutions of `nn/conv.py` (FFI custom calls) count as the
+  `convolution`s they replace.
 - HBM bytes: operands + result of each top-level instruction (a fusion's traffic is its operands
   and result; what it computes inside stays on chip), counting only arrays in the default memory
   space (a TPU layout's `S(n)`, n ≥ 1, is on-chip memory: prefetched weights, activations and
@@ -176,6 +177,30 @@ def _convolution_flops(instruction: Instruction, shapes: dict[str, str]) -> floa
     return 2.0 * features * (lhs_dims[lhs_labels.index("b")] // groups[1]) * pairs
 
 
+# The FFI convolutions of `nn/conv.py` (same-padded, stride 1, NHWC / HWIO): where each finds the
+# convolution's input x and kernel among its operands (0, 1) and result ("out").
+NATIVE_CONVOLUTIONS = {
+    "unclip_conv_forward": (0, 1),
+    "unclip_conv_backward_input": ("out", 1),
+    "unclip_conv_backward_kernel": (0, "out"),
+}
+
+
+def _native_convolution_flops(instruction: Instruction, shapes: dict[str, str]) -> float:
+    """2 × the multiply-adds on real input of a same-padded convolution (as for `convolution`);
+    its two gradients cost the same."""
+    target = re.search(r'custom_call_target="([^"]*)"', instruction.attributes)
+    places = NATIVE_CONVOLUTIONS.get(target.group(1)) if target else None
+    if places is None:
+        return 0.0
+    arrays_of = [arrays(shapes.get(o, "")) for o in instruction.operands[:2]]
+    (n, h, w, ci), (kh, kw, _, co) = (
+        (arrays(instruction.shape) if p == "out" else arrays_of[p])[0][1] for p in places
+    )
+    taps = _window_taps(h, h, kh, pad=(kh - 1) // 2) * _window_taps(w, w, kw, pad=(kw - 1) // 2)
+    return 2.0 * n * ci * co * taps
+
+
 class CostModel:
     """The cost of a compiled program's HLO text on one chip; loops without a known trip count
     run `unknown_trip_count` times (None: once)."""
@@ -215,6 +240,8 @@ class CostModel:
             return _dot_flops(instruction, shapes)
         if instruction.opcode == "convolution":
             return _convolution_flops(instruction, shapes)
+        if instruction.opcode == "custom-call":
+            return _native_convolution_flops(instruction, shapes)
         if instruction.opcode in ELEMENTWISE:
             return float(elements(instruction.shape))
         if instruction.opcode in REDUCTIONS:

@@ -10,6 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from unclip_jax.nn.conv import conv_same
 from unclip_jax.nn.precision import PrecisionModule
 from unclip_jax.sharding import CONV_IN, CONV_OUT, CONV_SPATIAL
 
@@ -79,6 +80,36 @@ def dense(
     return Dense(features, tuple(names), use_bias, dtype=dtype, param_dtype=param_dtype, name=name)
 
 
+class Conv(PrecisionModule):
+    """A same-padded, stride-1 2-D convolution of NHWC maps: kernel [K, K, C_in, C_out] (odd K),
+    bias [C_out]; `nn.conv.conv_same` (oneDNN's on CPUs, XLA's elsewhere)."""
+
+    features: int
+    kernel_size: int
+    zero: bool = False  # zero-initialised kernel (residual branches' last convolution)
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:  # [N, H, W, C_in] -> [N, H, W, C_out]
+        init = nn.initializers.zeros_init() if self.zero else nn.initializers.lecun_normal()
+        k = self.kernel_size
+        # Flax forbids a logical name twice in one array; the width axis, like the height, is
+        # never sharded.
+        kernel = self.param(
+            "kernel",
+            nn.with_logical_partitioning(init, (CONV_SPATIAL, None, CONV_IN, CONV_OUT)),
+            (k, k, x.shape[-1], self.features),
+            self.param_dtype,
+        )
+        bias = self.param(
+            "bias",
+            nn.with_logical_partitioning(nn.initializers.zeros_init(), (CONV_OUT,)),
+            (self.features,),
+            self.param_dtype,
+        )
+        y = conv_same(x.astype(self.dtype), jnp.asarray(kernel, self.dtype))
+        return y + jnp.asarray(bias, self.dtype)
+
+
 def conv(
     features: int,
     kernel: int,
@@ -87,18 +118,8 @@ def conv(
     zero: bool = False,  # zero-initialised kernel (residual branches' last convolution)
     dtype: jnp.dtype = jnp.float32,
     param_dtype: jnp.dtype = jnp.float32,
-) -> nn.Conv:
+) -> Conv:
     """A same-padded 2-D convolution; kernel [k, k, C_in, C_out], bias [C_out]."""
-    init = nn.initializers.zeros_init() if zero else nn.initializers.lecun_normal()
-    return nn.Conv(
-        features,
-        (kernel, kernel),
-        padding="SAME",
-        # Flax forbids a logical name twice in one array; the width axis, like the height, is
-        # never sharded.
-        kernel_init=nn.with_logical_partitioning(init, (CONV_SPATIAL, None, CONV_IN, CONV_OUT)),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (CONV_OUT,)),
-        dtype=dtype,
-        param_dtype=param_dtype,
-        name=name,
-    )
+    if kernel % 2 != 1:
+        raise ValueError(f"convolution {name!r}: kernel size {kernel}; expected an odd size")
+    return Conv(features, kernel, zero, dtype=dtype, param_dtype=param_dtype, name=name)
