@@ -2,10 +2,13 @@
 
 `conv_same(x, kernel)` is `lax.conv_general_dilated(x, kernel, (1, 1), "SAME")` in NHWC / HWIO.
 Where a program is lowered for a CPU, the inputs are float32, the kernel is odd-sized and the
-native library (`unclip_jax/nn/native`, `make native`) is built, the convolution and both halves
-of its VJP are oneDNN's (XLA FFI calls): XLA:CPU's own convolutions run at 0.4–0.5× oneDNN's on
-the U-Net's 3×3 shapes (BENCHMARKS.md, "oneDNN convolutions"). Programs lowered for TPUs and GPUs,
-and CPUs without the library, use XLA's convolution.
+native library is built (`python -m unclip_jax.nn.native.build`; `make venv` runs it), the
+convolution and both halves of its VJP are oneDNN's, as XLA FFI calls: no layout transposes
+around the gradients, and products 1.2× as fast as XLA:CPU's on one thread (the `small` decoder's
+training step 1.22×; BENCHMARKS.md, "oneDNN convolutions"). Each call is partitioned over the
+batch dimension (a device convolves its own rows; kernel gradients are summed over the devices)
+and vmaps by joining the vmapped axis to the rows. Programs lowered for TPUs and GPUs, bfloat16
+inputs, and CPUs without the library (or with `UNCLIP_ONEDNN=0`) use XLA's convolution.
 """
 
 import ctypes
@@ -65,9 +68,7 @@ def _call(target: str, out_shape: tuple[int, ...], *args: Array) -> Array:
         out = jax.ShapeDtypeStruct(
             out_shape, jnp.float32, sharding=NamedSharding(mesh, P()), manual_axis_type=varying.mat
         )
-    return jax.ffi.ffi_call(target, out)(
-        *args, threads=np.int64(_threads_per_device())
-    )
+    return jax.ffi.ffi_call(target, out)(*args, threads=np.int64(_threads_per_device()))
 
 
 def _forward_call(x: Array, kernel: Array) -> Array:  # [N, H, W, Ci], [K, K, Ci, Co]
