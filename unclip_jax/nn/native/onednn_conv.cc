@@ -15,9 +15,12 @@
 
 #include <cstdint>
 #include <cstdlib>
+#include <exception>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <new>
+#include <string>
 #include <tuple>
 #include <unordered_map>
 #include <utility>
@@ -136,6 +139,10 @@ struct ThreadBuffer {
       std::free(data);
       size = (bytes + 4095) / 4096 * 4096;
       data = std::aligned_alloc(64, size);
+      if (data == nullptr) {
+        size = 0;
+        throw std::bad_alloc();
+      }
     }
     return data;
   }
@@ -160,7 +167,7 @@ ffi::ErrorOr<Shape> ConvShape(ffi::Span<const int64_t> x, ffi::Span<const int64_
   return Shape{x[0], x[1], x[2], x[3], kernel[3], kernel[0], kernel[1]};
 }
 
-ffi::Error ConvForwardImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel,
+ffi::Error ConvForwardRun(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel,
                            ffi::ResultBuffer<ffi::F32> y, int64_t threads) {
   auto shape = ConvShape(x.dimensions(), kernel.dimensions());
   if (shape.has_error()) return shape.error();
@@ -181,7 +188,7 @@ ffi::Error ConvForwardImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel
   return ffi::Error::Success();
 }
 
-ffi::Error ConvBackwardInputImpl(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> kernel,
+ffi::Error ConvBackwardInputRun(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> kernel,
                                  ffi::ResultBuffer<ffi::F32> dx, int64_t threads) {
   auto shape = ConvShape(dx->dimensions(), kernel.dimensions());
   if (shape.has_error()) return shape.error();
@@ -202,7 +209,7 @@ ffi::Error ConvBackwardInputImpl(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32>
   return ffi::Error::Success();
 }
 
-ffi::Error ConvBackwardKernelImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
+ffi::Error ConvBackwardKernelRun(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
                                   ffi::ResultBuffer<ffi::F32> dkernel, int64_t threads) {
   auto shape = ConvShape(x.dimensions(), dkernel->dimensions());
   if (shape.has_error()) return shape.error();
@@ -221,6 +228,32 @@ ffi::Error ConvBackwardKernelImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32>
            {DNNL_ARG_TO, memory(d.kernel_hwio, Engine(), dkernel->typed_data())}});
   stream.wait();
   return ffi::Error::Success();
+}
+
+// oneDNN reports a failure (a primitive it cannot build, memory) by throwing: XLA gets it as an
+// error of the call, not a crash of the process.
+template <typename... Args>
+ffi::Error Guarded(ffi::Error (*run)(Args...), Args... args) {
+  try {
+    return run(args...);
+  } catch (const std::exception& e) {
+    return ffi::Error(ffi::ErrorCode::kInternal, std::string("oneDNN convolution: ") + e.what());
+  }
+}
+
+ffi::Error ConvForwardImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel,
+                           ffi::ResultBuffer<ffi::F32> y, int64_t threads) {
+  return Guarded(ConvForwardRun, x, kernel, y, threads);
+}
+
+ffi::Error ConvBackwardInputImpl(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> kernel,
+                                 ffi::ResultBuffer<ffi::F32> dx, int64_t threads) {
+  return Guarded(ConvBackwardInputRun, dy, kernel, dx, threads);
+}
+
+ffi::Error ConvBackwardKernelImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
+                                  ffi::ResultBuffer<ffi::F32> dkernel, int64_t threads) {
+  return Guarded(ConvBackwardKernelRun, x, dy, dkernel, threads);
 }
 
 }  // namespace
