@@ -1,6 +1,7 @@
 """`conv_same`: oneDNN's convolution and its VJP against XLA's on the same inputs (1×1, 3×3, 7×7),
-partitioned over a batch-sharded mesh, inside shard_map and vmap; XLA's where oneDNN does not
-apply; the cost model counting its FLOPs as XLA's convolution's; the build's refusals."""
+partitioned over a batch-sharded mesh, inside shard_map and vmap; XLA's in programs for TPUs and
+GPUs and where oneDNN does not apply; the cost model counting its FLOPs as XLA's convolution's;
+the build's refusals."""
 
 import jax
 import jax.numpy as jnp
@@ -82,6 +83,18 @@ def test_inside_shard_map_and_vmap():
     _assert_close([jax.jit(per_device)(x)], [want])
     stacked = jax.vmap(lambda x: conv_lib.conv_same(x, kernel))(x.reshape(2, 2, *x.shape[1:]))
     _assert_close([stacked.reshape(want.shape)], [want])
+
+
+@needs_onednn
+def test_tpu_and_gpu_programs_hold_xla_convolutions():
+    x, kernel, cotangent = _inputs()
+    step = jax.jit(lambda *a: _value_and_grads(conv_lib.conv_same, *a))
+    ffi_targets = [jax.export.DisabledSafetyCheck.custom_call(t) for t in conv_lib._TARGETS]
+    for platform, native in (("tpu", False), ("cuda", False), ("cpu", True)):
+        exported = jax.export.export(step, platforms=[platform], disabled_checks=ffi_targets)
+        text = exported(x, kernel, cotangent).mlir_module()
+        assert ("unclip_conv_forward" in text) == native, platform
+        assert ("stablehlo.convolution" in text) != native, platform
 
 
 def test_xla_where_onednn_does_not_apply(monkeypatch):
