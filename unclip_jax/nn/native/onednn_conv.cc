@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <exception>
+#include <initializer_list>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -151,12 +152,6 @@ struct ThreadBuffer {
 
 thread_local ThreadBuffer scratchpad_buffer, kernel_buffer;
 
-void Execute(dnnl::stream& stream, const Step& step, std::unordered_map<int, memory> args) {
-  args.emplace(DNNL_ARG_SCRATCHPAD,
-               memory(step.scratchpad, Engine(), scratchpad_buffer.Get(step.scratchpad.get_size())));
-  step.prim.execute(stream, args);
-}
-
 // Checks the shapes and returns the convolution's: x [N,H,W,Ci], kernel [Kh,Kw,Ci,Co].
 ffi::ErrorOr<Shape> ConvShape(ffi::Span<const int64_t> x, ffi::Span<const int64_t> kernel) {
   if (x.size() != 4 || kernel.size() != 4 || kernel[2] != x[3] || kernel[0] % 2 == 0 ||
@@ -167,67 +162,82 @@ ffi::ErrorOr<Shape> ConvShape(ffi::Span<const int64_t> x, ffi::Span<const int64_
   return Shape{x[0], x[1], x[2], x[3], kernel[3], kernel[0], kernel[1]};
 }
 
+// What a handler works with: the primitives of its shape built for `threads` OpenMP threads (set
+// first: oneDNN splits its work for the threads it sees when it builds them), the shape's memory
+// descriptions, and the kernel in the primitives' layout, in the calling thread's buffer.
+struct Call {
+  const Conv& conv;
+  Descs d;
+  memory blocked;
+  dnnl::stream stream;
+
+  Call(const Shape& s, int64_t threads, Conv (*make)(const Shape&))
+      : conv((omp_set_num_threads(static_cast<int>(threads)), Cached(s, make))),
+        d(MakeDescs(s)),
+        blocked(conv.kernel_blocked, Engine(), kernel_buffer.Get(conv.kernel_blocked.get_size())),
+        stream(Engine()) {}
+
+  memory Hwio(float* data) { return memory(d.kernel_hwio, Engine(), data); }
+  memory X(float* data) { return memory(d.x, Engine(), data); }
+  memory Y(float* data) { return memory(d.y, Engine(), data); }
+
+  ffi::Error Run(std::initializer_list<std::pair<const Step&, std::unordered_map<int, memory>>>
+                     steps) {
+    for (const auto& [step, args] : steps) {
+      auto with_scratchpad = args;
+      with_scratchpad.emplace(DNNL_ARG_SCRATCHPAD,
+                              memory(step.scratchpad, Engine(),
+                                     scratchpad_buffer.Get(step.scratchpad.get_size())));
+      step.prim.execute(stream, with_scratchpad);
+    }
+    stream.wait();
+    return ffi::Error::Success();
+  }
+};
+
 ffi::Error ConvForwardRun(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel,
-                           ffi::ResultBuffer<ffi::F32> y, int64_t threads) {
+                          ffi::ResultBuffer<ffi::F32> y, int64_t threads) {
   auto shape = ConvShape(x.dimensions(), kernel.dimensions());
   if (shape.has_error()) return shape.error();
-  // before the primitive is built: oneDNN splits its work for the threads it sees then
-  omp_set_num_threads(static_cast<int>(threads));
-  const Conv& c = Cached(*shape, MakeForward);
-  Descs d = MakeDescs(*shape);
-  dnnl::stream stream(Engine());
-  memory blocked(c.kernel_blocked, Engine(), kernel_buffer.Get(c.kernel_blocked.get_size()));
-  Execute(stream, c.kernel_move,
-          {{DNNL_ARG_FROM, memory(d.kernel_hwio, Engine(), kernel.typed_data())},
-           {DNNL_ARG_TO, blocked}});
-  Execute(stream, c.conv,
-          {{DNNL_ARG_SRC, memory(d.x, Engine(), x.typed_data())},
-           {DNNL_ARG_WEIGHTS, blocked},
-           {DNNL_ARG_DST, memory(d.y, Engine(), y->typed_data())}});
-  stream.wait();
-  return ffi::Error::Success();
+  Call call(*shape, threads, MakeForward);
+  return call.Run({
+      {call.conv.kernel_move,
+       {{DNNL_ARG_FROM, call.Hwio(kernel.typed_data())}, {DNNL_ARG_TO, call.blocked}}},
+      {call.conv.conv,
+       {{DNNL_ARG_SRC, call.X(x.typed_data())},
+        {DNNL_ARG_WEIGHTS, call.blocked},
+        {DNNL_ARG_DST, call.Y(y->typed_data())}}},
+  });
 }
 
 ffi::Error ConvBackwardInputRun(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> kernel,
-                                 ffi::ResultBuffer<ffi::F32> dx, int64_t threads) {
+                                ffi::ResultBuffer<ffi::F32> dx, int64_t threads) {
   auto shape = ConvShape(dx->dimensions(), kernel.dimensions());
   if (shape.has_error()) return shape.error();
-  // before the primitive is built: oneDNN splits its work for the threads it sees then
-  omp_set_num_threads(static_cast<int>(threads));
-  const Conv& c = Cached(*shape, MakeBackwardInput);
-  Descs d = MakeDescs(*shape);
-  dnnl::stream stream(Engine());
-  memory blocked(c.kernel_blocked, Engine(), kernel_buffer.Get(c.kernel_blocked.get_size()));
-  Execute(stream, c.kernel_move,
-          {{DNNL_ARG_FROM, memory(d.kernel_hwio, Engine(), kernel.typed_data())},
-           {DNNL_ARG_TO, blocked}});
-  Execute(stream, c.conv,
-          {{DNNL_ARG_DIFF_DST, memory(d.y, Engine(), dy.typed_data())},
-           {DNNL_ARG_WEIGHTS, blocked},
-           {DNNL_ARG_DIFF_SRC, memory(d.x, Engine(), dx->typed_data())}});
-  stream.wait();
-  return ffi::Error::Success();
+  Call call(*shape, threads, MakeBackwardInput);
+  return call.Run({
+      {call.conv.kernel_move,
+       {{DNNL_ARG_FROM, call.Hwio(kernel.typed_data())}, {DNNL_ARG_TO, call.blocked}}},
+      {call.conv.conv,
+       {{DNNL_ARG_DIFF_DST, call.Y(dy.typed_data())},
+        {DNNL_ARG_WEIGHTS, call.blocked},
+        {DNNL_ARG_DIFF_SRC, call.X(dx->typed_data())}}},
+  });
 }
 
 ffi::Error ConvBackwardKernelRun(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
-                                  ffi::ResultBuffer<ffi::F32> dkernel, int64_t threads) {
+                                 ffi::ResultBuffer<ffi::F32> dkernel, int64_t threads) {
   auto shape = ConvShape(x.dimensions(), dkernel->dimensions());
   if (shape.has_error()) return shape.error();
-  // before the primitive is built: oneDNN splits its work for the threads it sees then
-  omp_set_num_threads(static_cast<int>(threads));
-  const Conv& c = Cached(*shape, MakeBackwardKernel);
-  Descs d = MakeDescs(*shape);
-  dnnl::stream stream(Engine());
-  memory blocked(c.kernel_blocked, Engine(), kernel_buffer.Get(c.kernel_blocked.get_size()));
-  Execute(stream, c.conv,
-          {{DNNL_ARG_SRC, memory(d.x, Engine(), x.typed_data())},
-           {DNNL_ARG_DIFF_DST, memory(d.y, Engine(), dy.typed_data())},
-           {DNNL_ARG_DIFF_WEIGHTS, blocked}});
-  Execute(stream, c.kernel_move,
-          {{DNNL_ARG_FROM, blocked},
-           {DNNL_ARG_TO, memory(d.kernel_hwio, Engine(), dkernel->typed_data())}});
-  stream.wait();
-  return ffi::Error::Success();
+  Call call(*shape, threads, MakeBackwardKernel);
+  return call.Run({
+      {call.conv.conv,
+       {{DNNL_ARG_SRC, call.X(x.typed_data())},
+        {DNNL_ARG_DIFF_DST, call.Y(dy.typed_data())},
+        {DNNL_ARG_DIFF_WEIGHTS, call.blocked}}},
+      {call.conv.kernel_move,
+       {{DNNL_ARG_FROM, call.blocked}, {DNNL_ARG_TO, call.Hwio(dkernel->typed_data())}}},
+  });
 }
 
 // oneDNN reports a failure (a primitive it cannot build, memory) by throwing: XLA gets it as an
