@@ -1,1 +1,1 @@
-"""oneDNN\x27s convolutions for CPUs: their C++ source and its build."""
+"""oneDNN's convolutions for CPUs: their C++ source and its build."""
